@@ -1,0 +1,221 @@
+/**
+ * The guard: the one place that sequences identity → policy → approval →
+ * audit for every protocol. Adapters call openSession() once, check() before
+ * forwarding each command, outcome() when the target answers, and
+ * closeSession() at the end. Each check is a list of steps composed like
+ * Hono's compose.ts: a step calls next() at most once, or refuses.
+ *
+ * Fail closed: a policy error is a deny (the engine returns one), an audit
+ * write that cannot be made durable rejects, and nothing is forwarded that
+ * is not in the log.
+ */
+import { randomUUID } from "node:crypto";
+import { AgateError, asError } from "./errors.ts";
+import type { Command, ConnectionRef, Decision, Identity, Outcome, Session } from "./types.ts";
+
+/** What the guard needs from the policy engine (src/policy). */
+export interface PolicyDecider {
+  decide(input: object): Decision;
+  readonly version: string;
+}
+
+/** What the guard needs from the audit log (src/audit). */
+export interface AuditSink {
+  /** Resolves once the record is durable. */
+  append(fields: Record<string, unknown>): Promise<number>;
+  /** Ordered, made durable with the next group. */
+  appendLater(fields: Record<string, unknown>): number;
+}
+
+/** A presented credential: PostgreSQL password, SSH password, bearer token. */
+export interface Credential {
+  user: string;
+  secret: string;
+}
+
+/** Identity step (src/identity): turns a credential into a verified identity or throws AgateError("AUTH_FAILED"). */
+export interface IdentityVerifier {
+  verify(credential: Credential, connection: ConnectionRef): Promise<Identity>;
+}
+
+export interface ClientInfo {
+  address: string;
+  port?: number;
+  tls: boolean;
+  application?: string;
+}
+
+/** The guard's answer to one command. */
+export interface Verdict {
+  allow: boolean;
+  decision: Decision;
+  /** Index of the command's audit record, -1 when not recorded (an allowed Parse). */
+  record: number;
+  /** Version of the policy that decided. */
+  policy: string;
+}
+
+interface CheckContext {
+  session: Session;
+  command: Command;
+  /** A decision made earlier for the same text (extended protocol: at Parse); reused while the policy is unchanged. */
+  decision?: Decision;
+  policyVersion?: string;
+  /** Record only if denied (a Parse is decided early; its execution is what gets recorded). */
+  recordDenialsOnly?: boolean;
+  /** Index of the audit record, or -1 when nothing was recorded. */
+  record?: number;
+}
+
+export type Step = (ctx: CheckContext, next: () => Promise<void>) => Promise<void>;
+
+export interface GuardDeps {
+  policy: PolicyDecider;
+  audit: AuditSink;
+  identity: IdentityVerifier;
+  /** Clock, for tests; the WASM runtime has none, so time comes in the input. */
+  now?: () => Date;
+}
+
+export class Guard {
+  private readonly pipeline: (ctx: CheckContext) => Promise<void>;
+  private readonly now: () => Date;
+
+  constructor(private readonly deps: GuardDeps) {
+    this.now = deps.now ?? (() => new Date());
+    this.pipeline = compose([this.decideStep(), approvalStep(), this.recordStep()]);
+  }
+
+  /**
+   * Verify the credential, ask the policy (stage "session"), and record the
+   * session start durably. Throws AgateError: AUTH_FAILED, SESSION_DENIED,
+   * AUDIT_WRITE_FAILED. Every refusal is recorded too.
+   */
+  async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential): Promise<Session> {
+    const refuse = async (e: AgateError) => {
+      this.deps.audit.appendLater({ type: "session_refused", connection, client, user: credential.user, code: e.code, reason: e.message });
+      return e;
+    };
+    let identity: Identity;
+    try {
+      identity = await this.deps.identity.verify(credential, connection);
+    } catch (e) {
+      const err = e instanceof AgateError ? e : new AgateError("AUTH_FAILED", "the credential could not be verified");
+      throw await refuse(err);
+    }
+    const session: Session = { id: randomUUID(), started_at: this.now().toISOString(), identity, connection, client };
+    const decision = this.deps.policy.decide(this.input(session, "session"));
+    if (!decision.allow) {
+      throw await refuse(new AgateError("SESSION_DENIED", `policy denied the session: ${decision.reasons.join("; ") || "no rule allowed it"}`, { reasons: decision.reasons }));
+    }
+    await this.deps.audit.append({ type: "session_start", session: session.id, identity, connection, client, policy: this.deps.policy.version });
+    return session;
+  }
+
+  /**
+   * Decide one command and make its record durable. Never forwards anything itself.
+   * `prior` carries an earlier decision for the same text (reused while the policy is unchanged);
+   * `recordDenialsOnly` decides without recording an allowed command (it is recorded when it runs).
+   */
+  async check(session: Session, command: Command, opts: { prior?: Verdict; recordDenialsOnly?: boolean } = {}): Promise<Verdict> {
+    const ctx: CheckContext = { session, command, decision: opts.prior?.decision, policyVersion: opts.prior?.policy, recordDenialsOnly: opts.recordDenialsOnly };
+    await this.pipeline(ctx);
+    if (!ctx.decision || ctx.record === undefined) throw new AgateError("GUARD_INCOMPLETE", "the guard did not reach a decision");
+    return { allow: ctx.decision.allow, decision: ctx.decision, record: ctx.record, policy: ctx.policyVersion ?? this.deps.policy.version };
+  }
+
+  /** Record what the target answered for commands `seqs` (not awaited: ordered into the next group commit). */
+  outcome(session: Session, seqs: number[], outcome: Outcome): void {
+    this.deps.audit.appendLater({ type: "outcome", session: session.id, seqs, ...outcome });
+  }
+
+  closeSession(session: Session, reason: string, commands: number): void {
+    this.deps.audit.appendLater({ type: "session_end", session: session.id, reason, commands });
+  }
+
+  /** The policy input document (DESIGN.md, "Policy contract"). */
+  private input(session: Session, stage: "session" | "command", command?: Command): object {
+    return {
+      stage,
+      now: this.now().toISOString(),
+      identity: session.identity,
+      connection: session.connection,
+      session: { id: session.id, started_at: session.started_at },
+      client: session.client,
+      ...(command ? { command: { text: command.text, sql: command.sql, exec: command.exec, http: command.http } } : {}),
+    };
+  }
+
+  private decideStep(): Step {
+    const guard = this;
+    return async function decide(ctx: CheckContext, next: () => Promise<void>) {
+      const { command } = ctx;
+      if (command.invalid) ctx.decision = denied(`agate.${command.invalid.code.toLowerCase()}: ${command.invalid.message}`);
+      else if (!ctx.decision || ctx.policyVersion !== guard.deps.policy.version) {
+        ctx.decision = guard.deps.policy.decide(guard.input(ctx.session, "command", command));
+        ctx.policyVersion = guard.deps.policy.version;
+      }
+      await next();
+    };
+  }
+
+  private recordStep(): Step {
+    const guard = this;
+    return async function record(ctx: CheckContext, next: () => Promise<void>) {
+      const d = ctx.decision!;
+      const { command } = ctx;
+      if (ctx.recordDenialsOnly && d.allow) {
+        ctx.record = -1;
+        return next();
+      }
+      try {
+        ctx.record = await guard.deps.audit.append({
+          type: "command",
+          session: ctx.session.id,
+          seq: command.seq,
+          text: command.text,
+          ...(command.sql ? { sql: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag })) } : {}),
+          ...(command.params ? { params: command.params } : {}),
+          decision: { allow: d.allow, reasons: d.reasons, policy: guard.deps.policy.version },
+        });
+      } catch (e) {
+        const err = asError(e);
+        throw err instanceof AgateError ? err : new AgateError("AUDIT_WRITE_FAILED", `the audit log could not record the command: ${err.message}`);
+      }
+      await next();
+    };
+  }
+}
+
+function denied(reason: string): Decision {
+  return { allow: false, reasons: [reason], approval: { required: false, approvers: [], timeout_s: 0 }, mask: { columns: [], detectors: [] } };
+}
+
+/**
+ * Approvals are a later step of the pipeline. Until a store and approvers
+ * exist, a decision that requires approval is refused (fail closed), with a
+ * reason that says so.
+ */
+function approvalStep(): Step {
+  return async function approve(ctx, next) {
+    const d = ctx.decision!;
+    if (d.allow && d.approval.required) {
+      ctx.decision = { ...d, allow: false, reasons: [...d.reasons, "agate.approval.unavailable: the policy requires an approval and this gateway has no approvals configured"] };
+    }
+    await next();
+  };
+}
+
+/** Run steps in order; each may call next() once. */
+export function compose(steps: Step[]): (ctx: CheckContext) => Promise<void> {
+  return (ctx) => {
+    let index = -1;
+    const dispatch = async (i: number): Promise<void> => {
+      if (i <= index) throw new AgateError("GUARD_NEXT_TWICE", "a guard step called next() more than once");
+      index = i;
+      const step = steps[i];
+      if (step) await step(ctx, () => dispatch(i + 1));
+    };
+    return dispatch(0);
+  };
+}

@@ -1,0 +1,92 @@
+/**
+ * The protocol-neutral vocabulary every adapter speaks to the guard.
+ * Adapters translate wire traffic into these shapes; nothing here knows
+ * about sockets, Rego or the log format.
+ */
+
+export type Protocol = "postgres" | "ssh" | "http";
+
+/** Who is acting. Filled by the identity step at session start. */
+export interface Identity {
+  subject: string;
+  issuer: string;
+  groups: string[];
+  kind: "human" | "service" | "agent";
+  /** Id of the credential used (API key id, token jti); never the secret. */
+  credential_id?: string;
+}
+
+/** The configured target a listener fronts. */
+export interface ConnectionRef {
+  name: string;
+  protocol: Protocol;
+  /** Where agate forwards to, e.g. "127.0.0.1:5432/app". */
+  target: string;
+}
+
+export interface Session {
+  id: string;
+  started_at: string;
+  identity: Identity;
+  connection: ConnectionRef;
+  client: { address: string; port?: number; tls: boolean; application?: string };
+}
+
+/** Facts the SQL analyser extracts from one statement. */
+export interface SqlStatement {
+  /** select | insert | update | delete | merge | ddl | copy | transaction | set | show | explain | call | prepare | execute | utility */
+  kind: string;
+  /** libpg-query node type, e.g. "DropStmt". */
+  node: string;
+  /** What PostgreSQL would call it, e.g. "DROP TABLE", "SELECT". */
+  tag: string;
+  /** Relations read and written, as written in the statement ("public.users" or "users"). */
+  reads: string[];
+  writes: string[];
+  /** Functions called, lower-case, schema-qualified when written so ("pg_catalog.pg_read_file"). */
+  functions: string[];
+  /** UPDATE/DELETE: whether a WHERE clause is present. */
+  has_where?: boolean;
+  /** COPY: direction, and whether it reads or writes a server file or program. */
+  copy?: { direction: "from" | "to"; program: boolean; file: boolean; stdio: boolean };
+  /** The statement's own text (one statement of a multi-statement query). */
+  text: string;
+}
+
+export interface SqlFacts {
+  statements: SqlStatement[];
+  /** True when the query string held more than one statement. */
+  multi: boolean;
+}
+
+/** One thing asked of the target. */
+export interface Command {
+  /** Monotonic per session, from 1. */
+  seq: number;
+  /** The text as the client sent it (SQL, shell line, "GET /path"). */
+  text: string;
+  sql?: SqlFacts;
+  exec?: Record<string, unknown>;
+  http?: Record<string, unknown>;
+  /** Extended protocol: Bind parameters (text format as strings, binary as "base64:…"). */
+  params?: (string | null)[];
+  /** Set when the adapter could not understand the command (e.g. a SQL syntax error): it is refused unseen by the target. */
+  invalid?: { code: string; message: string };
+}
+
+/** The policy's answer, as DESIGN.md's contract states it. */
+export interface Decision {
+  allow: boolean;
+  reasons: string[];
+  approval: { required: boolean; approvers: string[]; timeout_s: number };
+  mask: { columns: string[]; detectors: string[] };
+}
+
+/** What came back from the target for one or more commands. */
+export interface Outcome {
+  /** Command tags as the target reported them, e.g. "INSERT 0 1". */
+  tags: string[];
+  /** Rows the target reported (sum of the tags' row counts). */
+  rows: number;
+  error?: { code: string; message: string };
+}
