@@ -1,0 +1,168 @@
+/**
+ * # agate audit log segments, format version 1
+ *
+ * An audit log is a directory of segment files holding a hash-chained
+ * sequence of records. Each record is a canonical JSON object framed by its
+ * length and a CRC-32C.
+ *
+ * ## Example
+ *
+ * A log whose first record was written by `append({type: "command",
+ * text: "SELECT 1"})` at 2025-01-01T00:00:00.000Z holds one file,
+ * `seg-00000000000000000000.agl`:
+ *
+ * ```
+ * 00000000  41 47 4c 31 00 00 00 01                           |AGL1....|       file header
+ * 00000008  00 00 00 99 75 8c e5 a1                           |....u...|       frame header: length 153, CRC-32C 0x758ce5a1
+ * 00000010  7b 22 69 22 3a 30 2c 22 70 72 65 76 22 3a 22 30  |{"i":0,"prev":"0|  payload (153 bytes)
+ * ...
+ * ```
+ *
+ * where the payload is
+ *
+ * ```
+ * {"i":0,"prev":"0000000000000000000000000000000000000000000000000000000000000000","t":"2025-01-01T00:00:00.000Z","text":"SELECT 1","type":"command","v":1}
+ * ```
+ *
+ * and the next record's `prev` is SHA-256 of those 153 bytes
+ * (`printf '%s' '<payload>' | sha256sum`):
+ * `b5c693708c6e0c005c4af4674391d9d77b0f6fc0f15ec49580cc0402eee960b6`.
+ * (Checked by test/audit.test.ts, "format example".)
+ *
+ * ## Conventions
+ *
+ * The key words MUST, MUST NOT, SHOULD and MAY are as in BCP 14 (RFC 2119,
+ * RFC 8174) when in capitals. `||` is concatenation; integers are unsigned
+ * big-endian (`uint32`). CRC-32C is the Castagnoli CRC of RFC 3720 §12.1
+ * (check value crc32c("123456789") = 0xE3069283). SHA-256 is FIPS 180-4;
+ * hashes are written as 64 lower-case hex digits.
+ *
+ * ## Segments
+ *
+ * - A segment file MUST be named `seg-` || the index of its first record as
+ *   20 decimal digits, zero-padded || `.agl`. Readers MUST ignore files whose
+ *   names do not match `^seg-[0-9]{20}\.agl$`.
+ * - A segment MUST start with the 8-byte file header `AGL1` || uint32(1).
+ *   A reader MUST reject any other magic or version.
+ * - The header is followed by zero or more frames and nothing else.
+ * - Segments, in order of their names, MUST hold consecutive records: the
+ *   name of each segment MUST equal the number of records in all earlier
+ *   segments.
+ * - A writer MUST start a new segment only between records. It starts one
+ *   before a record that would take the current segment past its size
+ *   limit (default 64 MiB), unless the current segment holds no record yet;
+ *   so a segment is at most the limit, or one record if that record alone
+ *   is larger.
+ * - A writer MUST make a segment's records durable before it writes to the
+ *   next segment, and MUST fsync the directory after creating a segment.
+ *
+ * ## Frames
+ *
+ * - A frame is uint32(length) || uint32(CRC-32C(payload)) || payload.
+ * - length MUST be between 1 and 16 MiB (16,777,216) inclusive. A writer
+ *   MUST refuse a larger record (error AUDIT_RECORD_TOO_LARGE).
+ * - A reader MUST reject a frame whose CRC-32C does not match its payload.
+ *
+ * ## Records
+ *
+ * - The payload MUST be a UTF-8 JSON object in canonical form (keys sorted
+ *   by UTF-16 code units at every depth, no insignificant whitespace,
+ *   RFC 8785 number and string forms).
+ * - It MUST carry `v` = 1, `i` = its index (the first record of the log is
+ *   0), `prev` = hex SHA-256 of the previous record's payload bytes (64
+ *   zeros for record 0) and `t` = when it was written, RFC 3339 UTC with
+ *   milliseconds (`2025-01-01T00:00:00.000Z`). All other keys are the
+ *   caller's; a caller MUST NOT set `v`, `i`, `prev` or `t`.
+ * - A verifier MUST check every CRC, every index and every `prev`; the
+ *   chain makes a changed, removed or reordered record visible at the next
+ *   record.
+ *
+ * ## Recovery
+ *
+ * - A torn tail is damage (an incomplete frame, a frame failing its CRC or
+ *   length check, garbage) after which the last segment holds no valid
+ *   frame. A writer opening the log MUST truncate a torn tail to the end of
+ *   the last valid frame, make the truncation durable, and report it.
+ * - Damage followed by a valid frame is not a torn tail: a writer MUST
+ *   NOT open such a log (error AUDIT_CORRUPT) and MUST NOT truncate it.
+ */
+import { AgateError } from "../core/errors.ts";
+import { canonicalJson } from "./canonical.ts";
+import { crc32c } from "./crc32c.ts";
+
+export const FORMAT_VERSION = 1;
+export const FILE_HEADER_BYTES = 8;
+export const FRAME_HEADER_BYTES = 8;
+export const MAX_PAYLOAD_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024;
+export const ZERO_HASH = "0".repeat(64);
+
+/** Keys the log sets on every record; a caller's fields must not use them. */
+export const RESERVED_KEYS = ["v", "i", "prev", "t"] as const;
+
+const MAGIC = [0x41, 0x47, 0x4c, 0x31]; // "AGL1"
+const SEGMENT_NAME = /^seg-(\d{20})\.agl$/;
+
+export function encodeFileHeader(): Buffer {
+  const b = Buffer.alloc(FILE_HEADER_BYTES);
+  b.set(MAGIC, 0);
+  b.writeUInt32BE(FORMAT_VERSION, 4);
+  return b;
+}
+
+/** Why `header` (the first 8 bytes of a segment) is not a version 1 header, or null if it is. */
+export function checkFileHeader(header: Uint8Array): string | null {
+  if (header.length < FILE_HEADER_BYTES) return `file is ${header.length} bytes, shorter than the ${FILE_HEADER_BYTES}-byte header`;
+  if (MAGIC.some((m, k) => header[k] !== m)) return "magic is not AGL1";
+  const version = Buffer.from(header.buffer, header.byteOffset, FILE_HEADER_BYTES).readUInt32BE(4);
+  if (version !== FORMAT_VERSION) return `format version is ${version}, this build reads ${FORMAT_VERSION}`;
+  return null;
+}
+
+export function segmentName(firstIndex: number): string {
+  return `seg-${String(firstIndex).padStart(20, "0")}.agl`;
+}
+
+/** First record index named by a segment file, or null if `name` is not a segment file. */
+export function parseSegmentName(name: string): number | null {
+  const m = SEGMENT_NAME.exec(name);
+  return m ? Number(m[1]) : null;
+}
+
+/**
+ * The payload of record `i`: canonical JSON of the caller's fields plus
+ * v, i, prev and t. Throws AUDIT_BAD_RECORD if the fields are not JSON or
+ * use a reserved key, AUDIT_RECORD_TOO_LARGE past MAX_PAYLOAD_BYTES.
+ */
+export function encodeRecord(i: number, prev: string, t: string, fields: Record<string, unknown>): Buffer {
+  if (typeof fields !== "object" || fields === null || Array.isArray(fields)) {
+    throw new AgateError("AUDIT_BAD_RECORD", "Cannot write an audit record: fields must be a JSON object.");
+  }
+  for (const key of RESERVED_KEYS) {
+    if (Object.hasOwn(fields, key)) {
+      throw new AgateError("AUDIT_BAD_RECORD", `Cannot write an audit record: the log sets "${key}" itself; rename that field.`, { key });
+    }
+  }
+  const payload = Buffer.from(canonicalJson({ ...fields, v: FORMAT_VERSION, i, prev, t }), "utf8");
+  if (payload.length > MAX_PAYLOAD_BYTES) {
+    throw new AgateError("AUDIT_RECORD_TOO_LARGE", `An audit record is ${payload.length} bytes; the limit is ${MAX_PAYLOAD_BYTES}. Record less (e.g. a digest of the body).`, {
+      got: payload.length,
+      max: MAX_PAYLOAD_BYTES,
+    });
+  }
+  return payload;
+}
+
+/** uint32(length) || uint32(CRC-32C(payload)) || payload. */
+export function encodeFrame(payload: Uint8Array): Buffer {
+  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
+  frame.writeUInt32BE(payload.length, 0);
+  frame.writeUInt32BE(crc32c(payload), 4);
+  frame.set(payload, FRAME_HEADER_BYTES);
+  return frame;
+}
+
+/** Hex SHA-256 of a payload: the next record's `prev`. */
+export function hashPayload(payload: Uint8Array): string {
+  return Bun.CryptoHasher.hash("sha256", payload, "hex");
+}

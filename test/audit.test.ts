@@ -1,0 +1,506 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { AgateError } from "../src/core/errors.ts";
+import { canonicalJson } from "../src/audit/canonical.ts";
+import { crc32c } from "../src/audit/crc32c.ts";
+import { ZERO_HASH, encodeFileHeader, encodeFrame, encodeRecord, hashPayload, segmentName } from "../src/audit/format.ts";
+import { openLog, readRecords, verifyLog, type AuditLog } from "../src/audit/index.ts";
+
+const dirs: string[] = [];
+function tempDir(): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), "agate-audit-"));
+  dirs.push(d);
+  return path.join(d, "log"); // openLog creates it
+}
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+type Warning = { msg: string; facts: Record<string, unknown> };
+function collect(): { warnings: Warning[]; onWarn: (msg: string, facts: object) => void } {
+  const warnings: Warning[] = [];
+  return { warnings, onWarn: (msg, facts) => warnings.push({ msg, facts: facts as Record<string, unknown> }) };
+}
+
+async function writeLog(dir: string, n: number, opts: Parameters<typeof openLog>[1] = {}): Promise<void> {
+  const log = await openLog(dir, opts);
+  await Promise.all(Array.from({ length: n }, (_, k) => log.append({ type: "command", k, text: `SELECT ${k}` })));
+  await log.close();
+}
+
+/** Frame offsets of a segment file, walking lengths from the header on. */
+function frameOffsets(file: string): { offset: number; length: number }[] {
+  const b = fs.readFileSync(file);
+  const out: { offset: number; length: number }[] = [];
+  for (let p = 8; p + 8 <= b.length; ) {
+    const length = b.readUInt32BE(p);
+    out.push({ offset: p, length });
+    p += 8 + length;
+  }
+  return out;
+}
+
+function seg(dir: string, first = 0): string {
+  return path.join(dir, segmentName(first));
+}
+
+async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return e instanceof AgateError ? e.code : `not an AgateError: ${e}`;
+  }
+  return "resolved";
+}
+
+describe("crc32c", () => {
+  test("check value and RFC 3720 B.4 vector", () => {
+    expect(crc32c("123456789")).toBe(0xe3069283);
+    expect(crc32c(new Uint8Array(32))).toBe(0x8a9136aa); // 32 bytes of zeros
+    expect(crc32c(new Uint8Array(32).fill(0xff))).toBe(0x62a8ab43); // 32 bytes of 0xff
+    expect(crc32c("")).toBe(0);
+  });
+  test("continues over pieces", () => {
+    expect(crc32c("56789", crc32c("1234"))).toBe(0xe3069283);
+  });
+});
+
+describe("canonicalJson", () => {
+  test("sorts keys at every depth, no whitespace", () => {
+    expect(canonicalJson({ b: 1, a: { d: [3, { z: 1, y: 2 }], c: "x" } })).toBe('{"a":{"c":"x","d":[3,{"y":2,"z":1}]},"b":1}');
+  });
+  test("sorts by UTF-16 code units, writes numbers and strings like JSON.stringify", () => {
+    expect(canonicalJson({ "\u20ac": 1, "\ud83d\ude00": 2, a: 1e21, B: -0, c: "\u2028\n" })).toBe('{"B":0,"a":1e+21,"c":"\u2028\\n","\u20ac":1,"\ud83d\ude00":2}');
+  });
+  test("drops undefined properties, honours toJSON", () => {
+    expect(canonicalJson({ a: undefined, d: new Date(0), l: [undefined] })).toBe('{"d":"1970-01-01T00:00:00.000Z","l":[null]}');
+  });
+  test("refuses what JSON cannot hold", () => {
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    for (const v of [{ n: NaN }, { n: Infinity }, { n: 1n }, { f: () => 1 }, cyclic]) {
+      expect(() => canonicalJson(v)).toThrow(AgateError);
+    }
+  });
+});
+
+describe("format", () => {
+  test("example in format.ts", () => {
+    const payload = encodeRecord(0, ZERO_HASH, "2025-01-01T00:00:00.000Z", { type: "command", text: "SELECT 1" });
+    expect(payload.toString()).toBe(`{"i":0,"prev":"${ZERO_HASH}","t":"2025-01-01T00:00:00.000Z","text":"SELECT 1","type":"command","v":1}`);
+    const frame = encodeFrame(payload);
+    expect(Buffer.concat([encodeFileHeader(), frame.subarray(0, 8)]).toString("hex")).toBe("41474c3100000001" + "00000099758ce5a1");
+    // printf '%s' '<payload>' | sha256sum
+    expect(hashPayload(payload)).toBe("b5c693708c6e0c005c4af4674391d9d77b0f6fc0f15ec49580cc0402eee960b6");
+  });
+  test("segment names are 20-digit first indexes", () => {
+    expect(segmentName(0)).toBe("seg-00000000000000000000.agl");
+    expect(segmentName(1234)).toBe("seg-00000000000000001234.agl");
+  });
+  test("reserved keys and oversize records are refused", async () => {
+    const log = await openLog(tempDir());
+    expect(await codeOf(log.append({ i: 5 }))).toBe("AUDIT_BAD_RECORD");
+    expect(await codeOf(log.append({ body: "x".repeat(16 * 1024 * 1024) }))).toBe("AUDIT_RECORD_TOO_LARGE");
+    expect(log.size).toBe(0); // refused records take no index
+    expect(await log.append({ ok: true })).toBe(0);
+    await log.close();
+  });
+});
+
+describe("append and reopen", () => {
+  test("2000 concurrent appends get indexes in call order; reopen continues the chain", async () => {
+    const dir = tempDir();
+    const log = await openLog(dir);
+    const N = 2000;
+    const results = await Promise.all(Array.from({ length: N }, (_, k) => log.append({ type: "command", k })));
+    expect(results).toEqual(Array.from({ length: N }, (_, k) => k));
+    expect(log.size).toBe(N);
+    await log.close();
+
+    const first = await verifyLog(dir);
+    expect(first).toMatchObject({ ok: true, records: N, segments: 1 });
+
+    const again = await openLog(dir);
+    expect(again.size).toBe(N);
+    expect(await again.append({ type: "command", k: N })).toBe(N);
+    await again.close();
+
+    const second = await verifyLog(dir);
+    expect(second).toMatchObject({ ok: true, records: N + 1 });
+    let k = 0;
+    for await (const rec of readRecords(dir)) {
+      expect(rec.i).toBe(k);
+      expect(rec.k).toBe(k);
+      expect(rec.v).toBe(1);
+      expect(rec.t).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+      k++;
+    }
+    expect(k).toBe(N + 1);
+  });
+
+  test("group commit: appends made together go out in one write and one fdatasync", async () => {
+    const dir = tempDir();
+    const calls = { write: 0, datasync: 0 };
+    const log = await openLog(dir, {
+      __faultFs: {
+        write: async (fh, data, position) => {
+          calls.write++;
+          await fh.write(data, 0, data.length, position);
+        },
+        datasync: async (fh) => {
+          calls.datasync++;
+          await fh.datasync();
+        },
+      },
+    });
+    await Promise.all(Array.from({ length: 500 }, (_, k) => log.append({ k })));
+    expect(calls).toEqual({ write: 1, datasync: 1 });
+    await log.close();
+  });
+
+  test("records are chained by SHA-256 of the previous payload", async () => {
+    const dir = tempDir();
+    await writeLog(dir, 3);
+    const b = fs.readFileSync(seg(dir));
+    const [f0, f1] = frameOffsets(seg(dir));
+    const p0 = b.subarray(f0!.offset + 8, f0!.offset + 8 + f0!.length);
+    const p1 = JSON.parse(b.subarray(f1!.offset + 8, f1!.offset + 8 + f1!.length).toString());
+    expect(JSON.parse(p0.toString()).prev).toBe(ZERO_HASH);
+    expect(p1.prev).toBe(new Bun.CryptoHasher("sha256").update(p0).digest("hex"));
+  });
+
+  test("appendLater orders with append and is made durable by the next group", async () => {
+    const dir = tempDir();
+    const log = await openLog(dir);
+    const a = log.append({ type: "command" });
+    const b = log.appendLater({ type: "outcome", of: 0 });
+    const c = log.append({ type: "command" });
+    expect(b).toBe(1);
+    expect(await Promise.all([a, c])).toEqual([0, 2]);
+    log.appendLater({ type: "outcome", of: 2 });
+    await log.flush();
+    await log.close();
+    const types: unknown[] = [];
+    for await (const rec of readRecords(dir)) types.push(rec.type);
+    expect(types).toEqual(["command", "outcome", "command", "outcome"]);
+  });
+
+  test("interval mode writes, and flush makes durable", async () => {
+    const dir = tempDir();
+    const log = await openLog(dir, { durability: { mode: "interval", interval_ms: 5 } });
+    const idx = await Promise.all(Array.from({ length: 100 }, (_, k) => log.append({ k })));
+    expect(idx[99]).toBe(99);
+    await log.flush();
+    await log.close();
+    expect(await verifyLog(dir)).toMatchObject({ ok: true, records: 100 });
+  });
+
+  test("closed log refuses appends", async () => {
+    const log = await openLog(tempDir());
+    await log.close();
+    expect(await codeOf(log.append({}))).toBe("AUDIT_CLOSED");
+  });
+
+  test("creates the directory with mode 0700", async () => {
+    const dir = tempDir();
+    await (await openLog(dir)).close();
+    expect(fs.statSync(dir).mode & 0o777).toBe(0o700);
+  });
+});
+
+describe("segments", () => {
+  test("rotation across several segments; names match first indexes; verify ok; reopen continues", async () => {
+    const dir = tempDir();
+    const log = await openLog(dir, { segmentBytes: 2000 });
+    for (let round = 0; round < 5; round++) {
+      await Promise.all(Array.from({ length: 20 }, (_, k) => log.append({ round, k, pad: "x".repeat(100) })));
+    }
+    await log.close();
+    const names = fs.readdirSync(dir).sort();
+    expect(names.length).toBeGreaterThan(3);
+    let next = 0;
+    for (const name of names) {
+      expect(name).toBe(segmentName(next));
+      const file = path.join(dir, name);
+      expect(fs.statSync(file).size).toBeLessThanOrEqual(2000);
+      next += frameOffsets(file).length;
+    }
+    expect(next).toBe(100);
+    const v = await verifyLog(dir);
+    expect(v).toMatchObject({ ok: true, records: 100, segments: names.length });
+
+    const again = await openLog(dir, { segmentBytes: 2000 });
+    expect(again.size).toBe(100);
+    await again.append({ after: true });
+    await again.close();
+    expect(await verifyLog(dir)).toMatchObject({ ok: true, records: 101 });
+  });
+
+  test("a record larger than segmentBytes gets a segment of its own", async () => {
+    const dir = tempDir();
+    const log = await openLog(dir, { segmentBytes: 300 });
+    await log.append({ pad: "x".repeat(1000) });
+    await log.append({ pad: "y".repeat(1000) });
+    await log.close();
+    expect(fs.readdirSync(dir).sort()).toEqual([segmentName(0), segmentName(1)]);
+    expect(await verifyLog(dir)).toMatchObject({ ok: true, records: 2, segments: 2 });
+  });
+
+  test("reopening with an empty last segment takes the chain from the segment before", async () => {
+    const dir = tempDir();
+    await writeLog(dir, 5);
+    fs.writeFileSync(seg(dir, 5), encodeFileHeader()); // as if a crash followed rotation
+    const log = await openLog(dir);
+    expect(log.size).toBe(5);
+    expect(await log.append({ k: 5 })).toBe(5);
+    await log.close();
+    expect(await verifyLog(dir)).toMatchObject({ ok: true, records: 6, segments: 2 });
+  });
+
+  test("verify reports a missing segment as AUDIT_BAD_INDEX", async () => {
+    const dir = tempDir();
+    await writeLog(dir, 60, { segmentBytes: 1000 });
+    const names = fs.readdirSync(dir).sort();
+    expect(names.length).toBeGreaterThan(2);
+    fs.rmSync(path.join(dir, names[1]!));
+    const v = await verifyLog(dir);
+    expect(v.ok).toBe(false);
+    if (!v.ok) expect(v.error).toMatchObject({ code: "AUDIT_BAD_INDEX", segment: names[2], offset: 0 });
+  });
+
+  test("verify of a directory that does not exist: AUDIT_NO_LOG", async () => {
+    expect(await verifyLog(tempDir())).toMatchObject({ ok: false, records: 0, error: { code: "AUDIT_NO_LOG" } });
+  });
+
+  test("verify streams and reports progress", async () => {
+    const dir = tempDir();
+    await writeLog(dir, 50, { segmentBytes: 1500 });
+    const seen: [number, number, number][] = [];
+    const v = await verifyLog(dir, { onProgress: (r, b, t) => seen.push([r, b, t]) });
+    expect(v.ok).toBe(true);
+    const last = seen[seen.length - 1]!;
+    expect(last[0]).toBe(50);
+    expect(last[1]).toBe(last[2]);
+  });
+});
+
+describe("tamper evidence", () => {
+  async function logOf(n: number): Promise<{ dir: string; file: string; frames: { offset: number; length: number }[] }> {
+    const dir = tempDir();
+    await writeLog(dir, n);
+    return { dir, file: seg(dir), frames: frameOffsets(seg(dir)) };
+  }
+
+  test("a flipped byte in a middle record: AUDIT_BAD_CRC naming the record", async () => {
+    const { dir, file, frames } = await logOf(10);
+    const b = fs.readFileSync(file);
+    b[frames[4]!.offset + 8 + 20]! ^= 0x01;
+    fs.writeFileSync(file, b);
+    const v = await verifyLog(dir);
+    expect(v).toMatchObject({ ok: false, records: 4, error: { code: "AUDIT_BAD_CRC", index: 4, segment: segmentName(0), offset: frames[4]!.offset } });
+  });
+
+  test("a record rewritten with a valid CRC: AUDIT_BAD_CHAIN at the next record", async () => {
+    const { dir, file, frames } = await logOf(10);
+    const b = fs.readFileSync(file);
+    const f = frames[4]!;
+    const payload = Buffer.from(b.subarray(f.offset + 8, f.offset + 8 + f.length));
+    const changed = Buffer.from(payload.toString().replace('"k":4', '"k":9'));
+    expect(changed.length).toBe(payload.length);
+    encodeFrame(changed).copy(b, f.offset);
+    fs.writeFileSync(file, b);
+    const v = await verifyLog(dir);
+    expect(v).toMatchObject({ ok: false, records: 5, error: { code: "AUDIT_BAD_CHAIN", index: 5, offset: frames[5]!.offset } });
+  });
+
+  test("a removed frame: AUDIT_BAD_INDEX where it was", async () => {
+    const { dir, file, frames } = await logOf(10);
+    const b = fs.readFileSync(file);
+    const f = frames[4]!;
+    fs.writeFileSync(file, Buffer.concat([b.subarray(0, f.offset), b.subarray(f.offset + 8 + f.length)]));
+    const v = await verifyLog(dir);
+    expect(v).toMatchObject({ ok: false, records: 4, error: { code: "AUDIT_BAD_INDEX", index: 4, offset: f.offset } });
+  });
+
+  test("a bad header: AUDIT_BAD_HEADER", async () => {
+    const { dir, file } = await logOf(3);
+    const b = fs.readFileSync(file);
+    b[7] = 2; // version 2
+    fs.writeFileSync(file, b);
+    expect(await verifyLog(dir)).toMatchObject({ ok: false, error: { code: "AUDIT_BAD_HEADER", offset: 0 } });
+  });
+
+  test("a valid frame that is not JSON: AUDIT_BAD_JSON", async () => {
+    const { dir, file, frames } = await logOf(3);
+    const b = fs.readFileSync(file);
+    const f = frames[1]!;
+    const junk = Buffer.alloc(f.length, 0x7b); // "{{{{..."
+    encodeFrame(junk).copy(b, f.offset);
+    fs.writeFileSync(file, b);
+    expect(await verifyLog(dir)).toMatchObject({ ok: false, error: { code: "AUDIT_BAD_JSON", index: 1 } });
+  });
+
+  test("readRecords yields the good records, then throws the failure", async () => {
+    const { dir, file, frames } = await logOf(10);
+    fs.truncateSync(file, frames[6]!.offset + 3);
+    const got: unknown[] = [];
+    let code = "";
+    try {
+      for await (const rec of readRecords(dir)) got.push(rec.i);
+    } catch (e) {
+      code = (e as AgateError).code;
+    }
+    expect(got).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(code).toBe("AUDIT_TRUNCATED");
+  });
+});
+
+describe("recovery at open", () => {
+  test("a tail cut mid-frame: verify says AUDIT_TRUNCATED; openLog truncates, warns, continues", async () => {
+    const dir = tempDir();
+    await writeLog(dir, 10);
+    const file = seg(dir);
+    const frames = frameOffsets(file);
+    const cut = frames[9]!.offset + 8 + 10;
+    fs.truncateSync(file, cut);
+    expect(await verifyLog(dir)).toMatchObject({ ok: false, records: 9, error: { code: "AUDIT_TRUNCATED", index: 9, offset: frames[9]!.offset } });
+
+    const { warnings, onWarn } = collect();
+    const log = await openLog(dir, { onWarn });
+    expect(warnings).toEqual([{ msg: "audit log tail truncated", facts: expect.objectContaining({ segment: segmentName(0), offset: frames[9]!.offset, bytes: 18 }) }]);
+    expect(log.size).toBe(9);
+    expect(await log.append({ k: "again" })).toBe(9);
+    await log.close();
+    expect(await verifyLog(dir)).toMatchObject({ ok: true, records: 10 });
+  });
+
+  test("a cut inside the frame header, and zeros or garbage after the last frame, are torn tails", async () => {
+    for (const tail of [Buffer.from([0, 0, 0]), Buffer.alloc(4096), Buffer.from("garbage after the end")]) {
+      const dir = tempDir();
+      await writeLog(dir, 4);
+      const before = fs.statSync(seg(dir)).size;
+      fs.appendFileSync(seg(dir), tail);
+      const { warnings, onWarn } = collect();
+      const log = await openLog(dir, { onWarn });
+      expect(warnings[0]?.facts).toMatchObject({ offset: before, bytes: tail.length });
+      expect(fs.statSync(seg(dir)).size).toBe(before);
+      expect(await log.append({})).toBe(4);
+      await log.close();
+      expect(await verifyLog(dir)).toMatchObject({ ok: true, records: 5 });
+    }
+  });
+
+  test("a bad CRC in the last frame is a torn tail", async () => {
+    const dir = tempDir();
+    await writeLog(dir, 5);
+    const file = seg(dir);
+    const last = frameOffsets(file)[4]!;
+    const b = fs.readFileSync(file);
+    b[last.offset + 8 + 5]! ^= 0xff;
+    fs.writeFileSync(file, b);
+    const { warnings, onWarn } = collect();
+    const log = await openLog(dir, { onWarn });
+    expect(warnings[0]?.facts).toMatchObject({ offset: last.offset });
+    expect(log.size).toBe(4);
+    await log.close();
+  });
+
+  test("a segment torn before its header was complete is rewritten", async () => {
+    const dir = tempDir();
+    await writeLog(dir, 3);
+    fs.writeFileSync(seg(dir, 3), encodeFileHeader().subarray(0, 5));
+    const { warnings, onWarn } = collect();
+    const log = await openLog(dir, { onWarn });
+    expect(warnings).toHaveLength(1);
+    expect(await log.append({})).toBe(3);
+    await log.close();
+    expect(await verifyLog(dir)).toMatchObject({ ok: true, records: 4, segments: 2 });
+  });
+
+  test("corruption in the middle of the last segment: openLog refuses with AUDIT_CORRUPT and changes nothing", async () => {
+    const dir = tempDir();
+    await writeLog(dir, 10);
+    const file = seg(dir);
+    const f = frameOffsets(file)[3]!;
+    const b = fs.readFileSync(file);
+    b[f.offset + 8 + 7]! ^= 0x40;
+    fs.writeFileSync(file, b);
+    let err: unknown;
+    try {
+      await openLog(dir);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(AgateError);
+    expect((err as AgateError).code).toBe("AUDIT_CORRUPT");
+    expect((err as AgateError).details).toMatchObject({ segment: segmentName(0), offset: f.offset });
+    expect(fs.readFileSync(file).equals(b)).toBe(true);
+  });
+
+  test("a corrupted length in the middle is not mistaken for a torn tail", async () => {
+    const dir = tempDir();
+    await writeLog(dir, 10);
+    const file = seg(dir);
+    const f = frameOffsets(file)[2]!;
+    const b = fs.readFileSync(file);
+    b.writeUInt32BE(0xffffffff, f.offset);
+    fs.writeFileSync(file, b);
+    expect(await codeOf(openLog(dir))).toBe("AUDIT_CORRUPT");
+    expect(await verifyLog(dir)).toMatchObject({ ok: false, error: { code: "AUDIT_BAD_CRC", index: 2, offset: f.offset } });
+  });
+});
+
+describe("fail closed", () => {
+  test("a failed write rejects that append and every later one", async () => {
+    const dir = tempDir();
+    let broken = false;
+    const enospc = () => Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+    const { warnings, onWarn } = collect();
+    let log: AuditLog | undefined = await openLog(dir, {
+      onWarn,
+      __faultFs: {
+        write: async (fh, data, position) => {
+          if (broken) throw enospc();
+          await fh.write(data, 0, data.length, position);
+        },
+      },
+    });
+    expect(await log.append({ k: 0 })).toBe(0);
+    broken = true;
+    const inFlight = [log.append({ k: 1 }), log.append({ k: 2 })];
+    for (const p of inFlight) expect(await codeOf(p)).toBe("AUDIT_WRITE_FAILED");
+    expect(await codeOf(log.append({ k: 3 }))).toBe("AUDIT_WRITE_FAILED");
+    broken = false; // even once the disk recovers, the log stays closed
+    expect(await codeOf(log.append({ k: 4 }))).toBe("AUDIT_WRITE_FAILED");
+    expect(() => log!.appendLater({ k: 5 })).toThrow(AgateError);
+    expect(await codeOf(log.flush())).toBe("AUDIT_WRITE_FAILED");
+    expect(warnings[0]).toMatchObject({ msg: "audit log write failed", facts: { errno: "ENOSPC" } });
+    expect(await codeOf(log.close())).toBe("AUDIT_WRITE_FAILED");
+    log = undefined;
+
+    // A restart reads what made it to disk.
+    expect(await verifyLog(dir)).toMatchObject({ ok: true, records: 1 });
+  });
+
+  test("a failed fdatasync fails closed too, including records appended with appendLater", async () => {
+    const dir = tempDir();
+    let broken = false;
+    const log = await openLog(dir, {
+      onWarn: () => {},
+      __faultFs: {
+        datasync: async (fh) => {
+          if (broken) throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+          await fh.datasync();
+        },
+      },
+    });
+    await log.append({ k: 0 });
+    broken = true;
+    log.appendLater({ k: 1 });
+    expect(await codeOf(log.flush())).toBe("AUDIT_WRITE_FAILED");
+    expect(await codeOf(log.append({ k: 2 }))).toBe("AUDIT_WRITE_FAILED");
+    expect(await codeOf(log.close())).toBe("AUDIT_WRITE_FAILED");
+  });
+});
