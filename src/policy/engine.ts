@@ -1,0 +1,335 @@
+/**
+ * The policy engine: load a compiled bundle once, decide many times.
+ *
+ *   const engine = await createPolicyEngine({ file: "wasm/policy.wasm", watch: true });
+ *   const d = engine.decide({ stage: "command", ... });   // synchronous, never throws
+ *
+ * A bundle is either a bare policy.wasm or the bundle.tar.gz `opa build`
+ * writes (its /policy.wasm and /data.json are used). Every load is checked
+ * (ABI, the agate/decision entrypoint, a probe evaluation per stage that
+ * must return a well-formed decision), so a bad bundle fails when it is
+ * loaded or reloaded, never on a live command.
+ */
+import { type FSWatcher, statSync, watch } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { loadPolicy as loadOpaPolicy, type LoadedPolicy as OpaPolicy } from "@open-policy-agent/opa-wasm";
+import { AgateError, asError } from "../core/errors.ts";
+import type { Decision } from "../core/types.ts";
+import { deny, ENTRYPOINT, normalizeDecision, parseDecision, POLICY_ERROR } from "./decision.ts";
+import { readTarGz } from "./tar.ts";
+
+export type LogLevel = "info" | "warn" | "error";
+export type PolicyLog = (level: LogLevel, msg: string, facts: Record<string, unknown>) => void;
+
+/** One loaded, validated bundle. */
+export interface LoadedPolicy {
+  /** First 12 hex digits of SHA-256 over the policy.wasm bytes. */
+  readonly version: string;
+  /** Evaluates agate/decision; throws only if the wasm itself fails (PolicyEngine.decide catches that). */
+  decide(input: object): Decision;
+}
+
+export interface PolicyEngine {
+  /** Synchronous and fast; never throws: any failure is a deny with a reason "agate.policy.error: ...". */
+  decide(input: object): Decision;
+  /** Version of the bundle in use now (changes on reload). */
+  readonly version: string;
+  /** Stops watching; decide() denies afterwards. */
+  close(): void;
+}
+
+export interface PolicyEngineOptions {
+  /** A policy.wasm or bundle.tar.gz on disk; a sibling data.json is merged into the data of a bare policy.wasm. */
+  file?: string;
+  /** The bundle's bytes, when it does not come from a file (e.g. embedded in the binary). */
+  bytes?: Uint8Array;
+  /** The data document (e.g. {"agate": {"config": {...}}}); merged over the bundle's own data. */
+  data?: object;
+  /** Reload `file` when it changes. */
+  watch?: boolean;
+  onLog?: PolicyLog;
+  /** Fallback poll period for watch, in milliseconds (default 1000). */
+  pollMs?: number;
+}
+
+/** Inputs every well-formed policy must answer with a decision at load time. */
+const PROBES: object[] = [
+  {
+    stage: "session",
+    now: "1970-01-01T00:00:00Z",
+    identity: { subject: "agate-probe", issuer: "agate", groups: [], kind: "service" },
+    connection: { name: "agate-probe", protocol: "postgres", target: "" },
+    session: { id: "agate-probe", started_at: "1970-01-01T00:00:00Z" },
+  },
+  {
+    stage: "command",
+    now: "1970-01-01T00:00:00Z",
+    identity: { subject: "agate-probe", issuer: "agate", groups: [], kind: "service" },
+    connection: { name: "agate-probe", protocol: "postgres", target: "" },
+    session: { id: "agate-probe", started_at: "1970-01-01T00:00:00Z" },
+    command: {
+      text: "SELECT 1",
+      sql: {
+        statements: [
+          { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], text: "SELECT 1" },
+        ],
+        multi: false,
+      },
+    },
+  },
+];
+
+/**
+ * Loads and validates a compiled policy (bare wasm or bundle.tar.gz).
+ * Throws AgateError("POLICY_INVALID") when the module does not load, lacks
+ * the agate/decision entrypoint, or answers a probe with a malformed decision.
+ */
+export async function loadPolicy(bundle: Uint8Array, data?: object): Promise<LoadedPolicy> {
+  const { wasm, bundleData } = unpack(bundle);
+  const version = new Bun.CryptoHasher("sha256").update(wasm).digest("hex").slice(0, 12);
+  const invalid = (message: string, reason: unknown) =>
+    new AgateError("POLICY_INVALID", message, { version, reason: asError(reason).message });
+
+  let opa: OpaPolicy;
+  try {
+    opa = await loadOpaPolicy(wasm);
+  } catch (e) {
+    throw invalid("The policy bundle is not a loadable OPA WebAssembly module; rebuild it with `agate policy build`.", e);
+  }
+  const entrypoints = (opa.entrypoints ?? {}) as Record<string, number>;
+  const entrypoint = entrypoints[ENTRYPOINT];
+  if (typeof entrypoint !== "number") {
+    throw new AgateError(
+      "POLICY_INVALID",
+      `The policy bundle has no ${ENTRYPOINT} entrypoint; build it with \`opa build -t wasm -e ${ENTRYPOINT}\`.`,
+      { version, want: ENTRYPOINT, got: Object.keys(entrypoints) },
+    );
+  }
+  const merged = mergeData(bundleData, data);
+  if (merged !== undefined) {
+    try {
+      opa.setData(merged);
+    } catch (e) {
+      throw invalid("The policy data could not be loaded into the bundle.", e);
+    }
+  }
+
+  const policy: LoadedPolicy = {
+    version,
+    decide(input: object): Decision {
+      const rs: unknown = opa.evaluate(input, entrypoint);
+      return normalizeDecision(Array.isArray(rs) ? (rs[0] as { result?: unknown } | undefined)?.result : rs);
+    },
+  };
+
+  for (const probe of PROBES) {
+    let raw: unknown;
+    try {
+      const rs: unknown = opa.evaluate(probe, entrypoint);
+      raw = Array.isArray(rs) ? (rs[0] as { result?: unknown } | undefined)?.result : rs;
+    } catch (e) {
+      throw invalid(`The policy failed to evaluate a ${(probe as { stage: string }).stage} probe input.`, e);
+    }
+    const parsed = parseDecision(raw);
+    if (typeof parsed === "string") {
+      throw new AgateError(
+        "POLICY_INVALID",
+        `The policy answers a ${(probe as { stage: string }).stage} probe input with a malformed decision: ${parsed}.`,
+        { version, reason: parsed },
+      );
+    }
+  }
+  return policy;
+}
+
+/**
+ * An engine over one bundle (from `file` or `bytes`), optionally reloading
+ * `file` when it changes. A reload that fails keeps the last good bundle and
+ * logs "policy reload failed; keeping the last good bundle"; sessions never
+ * notice a reload other than through the decisions they get.
+ */
+export async function createPolicyEngine(opts: PolicyEngineOptions): Promise<PolicyEngine> {
+  const log: PolicyLog = opts.onLog ?? (() => {});
+  const { file } = opts;
+  if (!file && !opts.bytes) {
+    throw new AgateError("POLICY_INVALID", "createPolicyEngine needs a policy `file` or `bytes`.", {});
+  }
+
+  const readBundle = async (path: string): Promise<{ bytes: Uint8Array; data?: object }> => {
+    const bytes = new Uint8Array(await Bun.file(path).arrayBuffer());
+    const sibling = Bun.file(join(dirname(path), "data.json"));
+    if (isGzip(bytes) || !(await sibling.exists())) return { bytes, data: opts.data };
+    return { bytes, data: mergeData((await sibling.json()) as object, opts.data) };
+  };
+
+  let current: LoadedPolicy;
+  if (file) {
+    const first = await readBundle(file);
+    current = await loadPolicy(first.bytes, first.data);
+  } else {
+    current = await loadPolicy(opts.bytes!, opts.data);
+  }
+
+  let closed = false;
+  const stopWatching = file && opts.watch ? watchFile(file, opts.pollMs ?? 1000, reload) : () => {};
+
+  // Reloads run one at a time; a change during a reload schedules one more.
+  let reloading = false;
+  let again = false;
+  async function reload(): Promise<void> {
+    if (reloading) {
+      again = true;
+      return;
+    }
+    reloading = true;
+    try {
+      do {
+        again = false;
+        if (closed) return;
+        try {
+          const next = await readBundle(file!);
+          const loaded = await loadPolicy(next.bytes, next.data);
+          if (closed) return;
+          if (loaded.version !== current.version) {
+            const previous = current.version;
+            current = loaded;
+            log("info", "policy reloaded", { version: loaded.version, previous, file });
+          }
+        } catch (e) {
+          const err = asError(e);
+          log("error", "policy reload failed; keeping the last good bundle", {
+            reason: err.message,
+            code: err instanceof AgateError ? err.code : undefined,
+            details: err instanceof AgateError ? err.details : undefined,
+            version: current.version,
+            file,
+          });
+        }
+      } while (again);
+    } finally {
+      reloading = false;
+    }
+  }
+
+  return {
+    decide(input: object): Decision {
+      if (closed) return deny(`${POLICY_ERROR}: the policy engine is closed`);
+      try {
+        return current.decide(input);
+      } catch (e) {
+        return deny(`${POLICY_ERROR}: ${asError(e).message} (policy ${current.version})`);
+      }
+    },
+    get version() {
+      return current.version;
+    },
+    close() {
+      closed = true;
+      stopWatching();
+    },
+  };
+}
+
+/**
+ * Calls onChange when `file` (or a data.json beside it) may have changed:
+ * fs.watch on the directory (catches rename-into-place), plus a stat poll
+ * every pollMs for filesystems where watch events do not arrive.
+ */
+function watchFile(file: string, pollMs: number, onChange: () => void): () => void {
+  const dir = dirname(file);
+  const names = new Set([basename(file), "data.json"]);
+  const signature = () => {
+    const parts: string[] = [];
+    for (const name of names) {
+      try {
+        const s = statSync(join(dir, name));
+        parts.push(`${s.ino}:${s.size}:${s.mtimeMs}`);
+      } catch {
+        parts.push("-");
+      }
+    }
+    return parts.join("|");
+  };
+
+  let seen = signature();
+  let debounce: ReturnType<typeof setTimeout> | undefined;
+  const check = () => {
+    const now = signature();
+    if (now === seen) return;
+    seen = now;
+    onChange();
+  };
+  // Writers rarely replace a file in one event: wait for them to settle.
+  const soon = () => {
+    if (debounce) clearTimeout(debounce);
+    debounce = setTimeout(check, 50);
+  };
+
+  let watcher: FSWatcher | undefined;
+  try {
+    watcher = watch(dir, { persistent: false }, (_event, name) => {
+      if (!name || names.has(basename(name.toString()))) soon();
+    });
+    watcher.on("error", () => {});
+  } catch {
+    watcher = undefined; // the poll below still notices changes
+  }
+  const poll = setInterval(check, pollMs);
+  poll.unref?.();
+
+  return () => {
+    watcher?.close();
+    clearInterval(poll);
+    if (debounce) clearTimeout(debounce);
+  };
+}
+
+function isGzip(b: Uint8Array): boolean {
+  return b[0] === 0x1f && b[1] === 0x8b;
+}
+
+/** Takes policy.wasm (and data.json) out of a bundle.tar.gz; a bare wasm module passes through. */
+function unpack(bundle: Uint8Array): { wasm: Uint8Array; bundleData?: object } {
+  if (!isGzip(bundle)) return { wasm: bundle };
+  let files: Map<string, Uint8Array>;
+  try {
+    files = readTarGz(bundle);
+  } catch (e) {
+    throw new AgateError("POLICY_INVALID", "The policy bundle.tar.gz could not be read.", { reason: asError(e).message });
+  }
+  const wasm = files.get("policy.wasm");
+  if (!wasm) {
+    throw new AgateError("POLICY_INVALID", "The policy bundle.tar.gz has no /policy.wasm; build it with `opa build -t wasm`.", {
+      got: [...files.keys()],
+    });
+  }
+  const data = files.get("data.json");
+  if (!data) return { wasm };
+  try {
+    return { wasm, bundleData: JSON.parse(new TextDecoder().decode(data)) as object };
+  } catch (e) {
+    throw new AgateError("POLICY_INVALID", "The policy bundle's /data.json is not valid JSON.", {
+      reason: asError(e).message,
+    });
+  }
+}
+
+/** Deep-merges objects, `over` winning; undefined when there is no data at all. */
+function mergeData(base: object | undefined, over: object | undefined): object | undefined {
+  if (base === undefined || isEmpty(base)) return over;
+  if (over === undefined) return base;
+  const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] = isPlainObject(b) && isPlainObject(v) ? mergeData(b, v) : v;
+  }
+  return out;
+}
+
+function isPlainObject(v: unknown): v is object {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function isEmpty(v: object): boolean {
+  return isPlainObject(v) && Object.keys(v).length === 0;
+}
