@@ -1,0 +1,503 @@
+/**
+ * Facts about one statement, read off its libpg-query parse tree: what kind
+ * of statement it is, the command tag PostgreSQL would give it, which
+ * relations it reads and writes and which functions it calls.
+ *
+ * The walk is generic: every object and array of the tree is visited, so a
+ * relation or a function call is found wherever the grammar lets one stand
+ * (subqueries, CTEs, DEFAULT expressions, the body of EXPLAIN, PREPARE,
+ * COPY (query), CREATE TABLE AS) with no case per statement type. Only
+ * what depends on position comes from tables: which relation a statement
+ * writes, its kind and its tag.
+ *
+ * Tree shape (libpg-query JSON, PostgreSQL 18): a field typed `Node` holds a
+ * wrapper whose one key is the node type, `{"SelectStmt": {...}}`; a field
+ * typed as one particular struct holds it bare, so `InsertStmt.relation` is
+ * a RangeVar without wrapper. Node type names start with a capital letter
+ * and field names never do (checked against @pgsql/types 18), which is how
+ * the walk tells the two apart.
+ */
+import type { SqlStatement } from "../../core/types.ts";
+
+type Obj = Record<string, unknown>;
+
+/** Everything `SqlStatement` holds except `text`, which the caller slices. */
+export type StatementFacts = Omit<SqlStatement, "text">;
+
+/**
+ * Facts for one top-level statement.
+ *
+ * @param type the wrapper key of `stmts[i].stmt`, e.g. "DropStmt"
+ * @param node the object under that key
+ * @throws RangeError if the tree is nested deeper than the JS stack allows
+ *   (the caller maps it to AgateError SQL_TOO_DEEP).
+ */
+export function describeStatement(type: string, node: Obj): StatementFacts {
+  const walk = new Walk();
+  walk.node(type, node);
+  const row = NODES[type];
+  const facts: StatementFacts = {
+    kind: type === "SelectStmt" && node.intoClause ? "ddl" : (row?.kind ?? "utility"),
+    node: type,
+    tag: tagOf(type, node, row),
+    reads: [...walk.reads],
+    writes: [...walk.writes],
+    functions: [...walk.functions],
+  };
+  // Every UPDATE and DELETE anywhere in the tree counts, so that a
+  // data-modifying CTE, EXPLAIN ANALYZE DELETE or PREPARE … AS UPDATE
+  // without WHERE reports false too (fail closed).
+  if (walk.updateOrDelete > 0) facts.has_where = walk.updateOrDeleteWithWhere === walk.updateOrDelete;
+  if (type === "CopyStmt") {
+    const program = node.is_program === true;
+    const filename = typeof node.filename === "string";
+    facts.copy = {
+      direction: node.is_from === true ? "from" : "to",
+      program,
+      file: filename && !program,
+      stdio: !filename,
+    };
+  }
+  return facts;
+}
+
+// ---------------------------------------------------------------------------
+// The visitor
+
+/** Fields that hold a bare RangeVar (every `: RangeVar` field in @pgsql/types 18). */
+const RANGEVAR_FIELDS = new Set([
+  "rel", // IntoClause
+  "relation", // Insert/Update/Delete/Merge/Copy/Create/AlterTable/Index/Rename/… statements
+  "identitySequence", // ColumnDef
+  "name", // PartitionCmd (ATTACH/DETACH PARTITION); a string elsewhere
+  "pktable", // Constraint (REFERENCES)
+  "table", // CreatePolicyStmt, AlterPolicyStmt
+  "constrrel", // CreateTrigStmt (FROM referenced_table)
+  "sequence", // CreateSeqStmt, AlterSeqStmt
+  "typevar", // CompositeTypeStmt
+  "view", // ViewStmt
+]);
+
+class Walk {
+  readonly reads = new Set<string>();
+  readonly writes = new Set<string>();
+  readonly functions = new Set<string>();
+  updateOrDelete = 0;
+  updateOrDeleteWithWhere = 0;
+  /** RangeVar objects that are the written target of the node that holds them. */
+  private readonly targets = new Set<object>();
+  /** CTE names visible at this point of the walk, innermost WITH last. */
+  private readonly ctes: string[][] = [];
+
+  value(v: unknown): void {
+    if (Array.isArray(v)) {
+      for (const item of v) this.value(item);
+    } else if (v !== null && typeof v === "object") {
+      this.fields(v as Obj);
+    }
+  }
+
+  /** A node of a known type: the wrapper key, or the top-level statement. */
+  node(type: string, n: Obj): void {
+    if (type === "RangeVar") return this.rangeVar(n);
+    if (type === "FuncCall") this.funcCall(n);
+    else if (type === "UpdateStmt" || type === "DeleteStmt") {
+      this.updateOrDelete++;
+      if (n.whereClause) this.updateOrDeleteWithWhere++;
+    }
+    const row = NODES[type];
+    if (row?.writes) this.markTargets(row.writes(n));
+    if (row?.writesNames) for (const name of row.writesNames(n)) this.writes.add(name);
+    const withClause = n.withClause as Obj | undefined;
+    if (withClause === undefined) return this.fields(n);
+    const names = this.withQueries(withClause);
+    this.ctes.push(names);
+    this.fields(n, "withClause");
+    this.ctes.pop();
+  }
+
+  /**
+   * Walk the queries of a WITH clause, each with the CTE names PostgreSQL
+   * lets it see: without RECURSIVE only the earlier siblings (in
+   * `WITH t AS (SELECT * FROM t)` the inner `t` is the table), with
+   * RECURSIVE all of them. Returns the names, for the statement's body.
+   */
+  private withQueries(w: Obj): string[] {
+    const ctes = Array.isArray(w.ctes) ? (w.ctes as unknown[]) : [];
+    const names: string[] = [];
+    for (const c of ctes) {
+      const name = ((c as Obj | null)?.CommonTableExpr as Obj | undefined)?.ctename;
+      if (typeof name === "string") names.push(name);
+    }
+    const recursive = w.recursive === true;
+    ctes.forEach((c, i) => {
+      this.ctes.push(recursive ? names : names.slice(0, i));
+      this.value(c);
+      this.ctes.pop();
+    });
+    return names;
+  }
+
+  private fields(o: Obj, skip?: string): void {
+    for (const key in o) {
+      if (key === skip) continue;
+      const v = o[key];
+      if (v === null || typeof v !== "object") continue;
+      const first = key.charCodeAt(0);
+      if (first >= 65 && first <= 90 /* A-Z: a node wrapper */) {
+        this.node(key, v as Obj);
+      } else if (RANGEVAR_FIELDS.has(key) && isRangeVar(v)) {
+        this.rangeVar(v);
+      } else if (key === "funccall" && !Array.isArray(v)) {
+        // CallStmt.funccall is the one bare FuncCall field.
+        this.node("FuncCall", v as Obj);
+      } else {
+        this.value(v);
+      }
+    }
+  }
+
+  private rangeVar(rv: Obj): void {
+    const name = qualifiedName(rv);
+    if (name === undefined) return;
+    if (this.targets.has(rv)) {
+      this.writes.add(name);
+    } else if (rv.schemaname === undefined && rv.catalogname === undefined && this.isCte(rv.relname as string)) {
+      // A reference to a WITH query, not to a relation.
+    } else {
+      this.reads.add(name);
+    }
+  }
+
+  private funcCall(n: Obj): void {
+    const name = nameList(n.funcname);
+    if (name !== undefined) this.functions.add(name.toLowerCase());
+  }
+
+  private markTargets(v: unknown): void {
+    if (Array.isArray(v)) {
+      for (const item of v) {
+        const rv = (item as Obj | null)?.RangeVar;
+        if (isRangeVar(rv)) this.targets.add(rv);
+      }
+    } else if (isRangeVar(v)) {
+      this.targets.add(v);
+    }
+  }
+
+  private isCte(name: string): boolean {
+    for (const scope of this.ctes) if (scope.includes(name)) return true;
+    return false;
+  }
+}
+
+function isRangeVar(v: unknown): v is Obj {
+  return v !== null && typeof v === "object" && typeof (v as Obj).relname === "string";
+}
+
+/** "catalog.schema.rel", "schema.rel" or "rel", as written. */
+function qualifiedName(rv: Obj): string | undefined {
+  if (typeof rv.relname !== "string") return undefined;
+  let name = rv.relname;
+  if (typeof rv.schemaname === "string") name = `${rv.schemaname}.${name}`;
+  if (typeof rv.catalogname === "string") name = `${rv.catalogname}.${name}`;
+  return name;
+}
+
+/** Join a list of String nodes (`[{String: {sval}}]`) with dots. */
+function nameList(v: unknown): string | undefined {
+  if (!Array.isArray(v) || v.length === 0) return undefined;
+  const parts: string[] = [];
+  for (const item of v) {
+    const s = ((item as Obj | null)?.String as Obj | undefined)?.sval;
+    if (typeof s !== "string") return undefined;
+    parts.push(s);
+  }
+  return parts.join(".");
+}
+
+// ---------------------------------------------------------------------------
+// Tables: kind, tag and written targets per node type
+
+interface NodeRow {
+  kind?: string;
+  /** A fixed tag, or one computed from the node. Missing: the node name. */
+  tag?: string | ((n: Obj) => string);
+  /** The RangeVar (or list of wrapped RangeVars) this node writes. */
+  writes?: (n: Obj) => unknown;
+  /** Relations this node writes that appear as name lists, not RangeVars. */
+  writesNames?: (n: Obj) => string[];
+}
+
+/** PostgreSQL's name for each ObjectType, as used in "DROP …"/"ALTER …" tags. */
+const OBJECT_NOUN: Record<string, string> = {
+  OBJECT_ACCESS_METHOD: "ACCESS METHOD",
+  OBJECT_AGGREGATE: "AGGREGATE",
+  OBJECT_AMOP: "OPERATOR FAMILY",
+  OBJECT_AMPROC: "OPERATOR FAMILY",
+  OBJECT_ATTRIBUTE: "TYPE",
+  OBJECT_CAST: "CAST",
+  OBJECT_COLUMN: "TABLE",
+  OBJECT_COLLATION: "COLLATION",
+  OBJECT_CONVERSION: "CONVERSION",
+  OBJECT_DATABASE: "DATABASE",
+  OBJECT_DEFAULT: "TABLE",
+  OBJECT_DEFACL: "DEFAULT PRIVILEGES",
+  OBJECT_DOMAIN: "DOMAIN",
+  OBJECT_DOMCONSTRAINT: "DOMAIN",
+  OBJECT_EVENT_TRIGGER: "EVENT TRIGGER",
+  OBJECT_EXTENSION: "EXTENSION",
+  OBJECT_FDW: "FOREIGN DATA WRAPPER",
+  OBJECT_FOREIGN_SERVER: "SERVER",
+  OBJECT_FOREIGN_TABLE: "FOREIGN TABLE",
+  OBJECT_FUNCTION: "FUNCTION",
+  OBJECT_INDEX: "INDEX",
+  OBJECT_LANGUAGE: "LANGUAGE",
+  OBJECT_LARGEOBJECT: "LARGE OBJECT",
+  OBJECT_MATVIEW: "MATERIALIZED VIEW",
+  OBJECT_OPCLASS: "OPERATOR CLASS",
+  OBJECT_OPERATOR: "OPERATOR",
+  OBJECT_OPFAMILY: "OPERATOR FAMILY",
+  OBJECT_POLICY: "POLICY",
+  OBJECT_PROCEDURE: "PROCEDURE",
+  OBJECT_PUBLICATION: "PUBLICATION",
+  OBJECT_PUBLICATION_NAMESPACE: "PUBLICATION",
+  OBJECT_PUBLICATION_REL: "PUBLICATION",
+  OBJECT_ROLE: "ROLE",
+  OBJECT_ROUTINE: "ROUTINE",
+  OBJECT_RULE: "RULE",
+  OBJECT_SCHEMA: "SCHEMA",
+  OBJECT_SEQUENCE: "SEQUENCE",
+  OBJECT_SUBSCRIPTION: "SUBSCRIPTION",
+  OBJECT_STATISTIC_EXT: "STATISTICS",
+  OBJECT_TABCONSTRAINT: "TABLE",
+  OBJECT_TABLE: "TABLE",
+  OBJECT_TABLESPACE: "TABLESPACE",
+  OBJECT_TRANSFORM: "TRANSFORM",
+  OBJECT_TRIGGER: "TRIGGER",
+  OBJECT_TSCONFIGURATION: "TEXT SEARCH CONFIGURATION",
+  OBJECT_TSDICTIONARY: "TEXT SEARCH DICTIONARY",
+  OBJECT_TSPARSER: "TEXT SEARCH PARSER",
+  OBJECT_TSTEMPLATE: "TEXT SEARCH TEMPLATE",
+  OBJECT_TYPE: "TYPE",
+  OBJECT_USER_MAPPING: "USER MAPPING",
+  OBJECT_VIEW: "VIEW",
+};
+
+/** Object types that name a relation (pg_class row): their names count as writes in DROP/COMMENT. */
+const RELATION_OBJECTS = new Set([
+  "OBJECT_TABLE",
+  "OBJECT_VIEW",
+  "OBJECT_MATVIEW",
+  "OBJECT_INDEX",
+  "OBJECT_SEQUENCE",
+  "OBJECT_FOREIGN_TABLE",
+]);
+
+const verb = (word: string, field: string, fallback: string) => (n: Obj) => {
+  const noun = OBJECT_NOUN[n[field] as string];
+  return noun ? `${word} ${noun}` : fallback;
+};
+const alterTag = (field: string) => verb("ALTER", field, "ALTER");
+const relation = (n: Obj) => n.relation;
+
+/** Names in a list of `{List: {items: [String…]}}` (DROP's `objects`). */
+function nameLists(v: unknown): string[] {
+  const names: string[] = [];
+  if (!Array.isArray(v)) return names;
+  for (const item of v) {
+    const name = nameList(((item as Obj | null)?.List as Obj | undefined)?.items);
+    if (name !== undefined) names.push(name);
+  }
+  return names;
+}
+
+const TRANSACTION_TAG: Record<string, string> = {
+  TRANS_STMT_BEGIN: "BEGIN",
+  TRANS_STMT_START: "START TRANSACTION",
+  TRANS_STMT_COMMIT: "COMMIT",
+  TRANS_STMT_ROLLBACK: "ROLLBACK",
+  TRANS_STMT_ROLLBACK_TO: "ROLLBACK",
+  TRANS_STMT_SAVEPOINT: "SAVEPOINT",
+  TRANS_STMT_RELEASE: "RELEASE",
+  TRANS_STMT_PREPARE: "PREPARE TRANSACTION",
+  TRANS_STMT_COMMIT_PREPARED: "COMMIT PREPARED",
+  TRANS_STMT_ROLLBACK_PREPARED: "ROLLBACK PREPARED",
+};
+
+const DISCARD_TAG: Record<string, string> = {
+  DISCARD_ALL: "DISCARD ALL",
+  DISCARD_PLANS: "DISCARD PLANS",
+  DISCARD_SEQUENCES: "DISCARD SEQUENCES",
+  DISCARD_TEMP: "DISCARD TEMP",
+};
+
+const ddl = (tag: NodeRow["tag"], writes?: NodeRow["writes"]): NodeRow => ({ kind: "ddl", tag, writes });
+const utility = (tag: NodeRow["tag"], writes?: NodeRow["writes"]): NodeRow => ({ kind: "utility", tag, writes });
+
+/**
+ * One row per statement node: kind, command tag (after PostgreSQL's
+ * CreateCommandTag in src/backend/tcop/utility.c) and written targets.
+ * Node types missing here are kind "utility" with the node name as tag.
+ * A few rows are not top-level statements (VacuumRelation, PartitionCmd)
+ * and only contribute written targets.
+ */
+const NODES: Record<string, NodeRow> = {
+  // Plannable queries
+  SelectStmt: {
+    kind: "select",
+    tag: (n) => (n.intoClause ? "SELECT INTO" : "SELECT"),
+    writes: (n) => (n.intoClause as Obj | undefined)?.rel,
+  },
+  InsertStmt: { kind: "insert", tag: "INSERT", writes: relation },
+  UpdateStmt: { kind: "update", tag: "UPDATE", writes: relation },
+  DeleteStmt: { kind: "delete", tag: "DELETE", writes: relation },
+  MergeStmt: { kind: "merge", tag: "MERGE", writes: relation },
+  CopyStmt: { kind: "copy", tag: "COPY", writes: (n) => (n.is_from === true ? n.relation : undefined) },
+
+  // Session, transaction and client-side statements
+  TransactionStmt: { kind: "transaction", tag: (n) => TRANSACTION_TAG[n.kind as string] ?? "TRANSACTION" },
+  VariableSetStmt: {
+    kind: "set",
+    tag: (n) => (n.kind === "VAR_RESET" || n.kind === "VAR_RESET_ALL" ? "RESET" : "SET"),
+  },
+  VariableShowStmt: { kind: "show", tag: "SHOW" },
+  ExplainStmt: { kind: "explain", tag: "EXPLAIN" },
+  CallStmt: { kind: "call", tag: "CALL" },
+  PrepareStmt: { kind: "prepare", tag: "PREPARE" },
+  ExecuteStmt: { kind: "execute", tag: "EXECUTE" },
+  DoStmt: { kind: "do", tag: "DO" },
+
+  // DDL: tables and other relations
+  CreateStmt: ddl("CREATE TABLE", relation),
+  CreateForeignTableStmt: ddl("CREATE FOREIGN TABLE", (n) => (n.base as Obj | undefined)?.relation),
+  CreateTableAsStmt: ddl(
+    (n) =>
+      n.objtype === "OBJECT_MATVIEW"
+        ? "CREATE MATERIALIZED VIEW"
+        : n.is_select_into === true
+          ? "SELECT INTO"
+          : "CREATE TABLE AS",
+    (n) => (n.into as Obj | undefined)?.rel,
+  ),
+  ViewStmt: ddl("CREATE VIEW", (n) => n.view),
+  RefreshMatViewStmt: ddl("REFRESH MATERIALIZED VIEW", relation),
+  CreateSeqStmt: ddl("CREATE SEQUENCE", (n) => n.sequence),
+  AlterSeqStmt: ddl("ALTER SEQUENCE", (n) => n.sequence),
+  IndexStmt: ddl("CREATE INDEX", relation),
+  AlterTableStmt: ddl(alterTag("objtype"), relation),
+  AlterTableMoveAllStmt: ddl(alterTag("objtype")),
+  PartitionCmd: { writes: (n) => n.name },
+  TruncateStmt: ddl("TRUNCATE TABLE", (n) => n.relations),
+  DropStmt: {
+    kind: "ddl",
+    tag: verb("DROP", "removeType", "DROP"),
+    writesNames: (n) => (RELATION_OBJECTS.has(n.removeType as string) ? nameLists(n.objects) : []),
+  },
+  RenameStmt: ddl(alterTag("renameType"), relation),
+  AlterObjectSchemaStmt: ddl(alterTag("objectType"), relation),
+  AlterOwnerStmt: ddl(alterTag("objectType"), relation),
+  AlterObjectDependsStmt: ddl(alterTag("objectType"), relation),
+  RuleStmt: ddl("CREATE RULE", relation),
+  CreateTrigStmt: ddl("CREATE TRIGGER", relation),
+  CreatePolicyStmt: ddl("CREATE POLICY", (n) => n.table),
+  AlterPolicyStmt: ddl("ALTER POLICY", (n) => n.table),
+  CreateStatsStmt: ddl("CREATE STATISTICS"),
+  AlterStatsStmt: ddl("ALTER STATISTICS"),
+  CommentStmt: {
+    kind: "ddl",
+    tag: "COMMENT",
+    writesNames: (n) => (RELATION_OBJECTS.has(n.objtype as string) ? nameLists([n.object]) : []),
+  },
+  SecLabelStmt: {
+    kind: "ddl",
+    tag: "SECURITY LABEL",
+    writesNames: (n) => (RELATION_OBJECTS.has(n.objtype as string) ? nameLists([n.object]) : []),
+  },
+  GrantStmt: ddl((n) => (n.is_grant === true ? "GRANT" : "REVOKE"), (n) => n.objects),
+
+  // DDL: everything else
+  GrantRoleStmt: ddl((n) => (n.is_grant === true ? "GRANT ROLE" : "REVOKE ROLE")),
+  AlterDefaultPrivilegesStmt: ddl("ALTER DEFAULT PRIVILEGES"),
+  CreateSchemaStmt: ddl("CREATE SCHEMA"),
+  CreateDomainStmt: ddl("CREATE DOMAIN"),
+  AlterDomainStmt: ddl("ALTER DOMAIN"),
+  DefineStmt: ddl(verb("CREATE", "kind", "CREATE")),
+  CompositeTypeStmt: ddl("CREATE TYPE", (n) => n.typevar),
+  CreateEnumStmt: ddl("CREATE TYPE"),
+  CreateRangeStmt: ddl("CREATE TYPE"),
+  AlterEnumStmt: ddl("ALTER TYPE"),
+  AlterTypeStmt: ddl("ALTER TYPE"),
+  CreateFunctionStmt: ddl((n) => (n.is_procedure === true ? "CREATE PROCEDURE" : "CREATE FUNCTION")),
+  AlterFunctionStmt: ddl(alterTag("objtype")),
+  AlterOperatorStmt: ddl("ALTER OPERATOR"),
+  CreateOpClassStmt: ddl("CREATE OPERATOR CLASS"),
+  CreateOpFamilyStmt: ddl("CREATE OPERATOR FAMILY"),
+  AlterOpFamilyStmt: ddl("ALTER OPERATOR FAMILY"),
+  CreateCastStmt: ddl("CREATE CAST"),
+  CreateConversionStmt: ddl("CREATE CONVERSION"),
+  CreateTransformStmt: ddl("CREATE TRANSFORM"),
+  AlterCollationStmt: ddl("ALTER COLLATION"),
+  AlterTSDictionaryStmt: ddl("ALTER TEXT SEARCH DICTIONARY"),
+  AlterTSConfigurationStmt: ddl("ALTER TEXT SEARCH CONFIGURATION"),
+  CreateExtensionStmt: ddl("CREATE EXTENSION"),
+  AlterExtensionStmt: ddl("ALTER EXTENSION"),
+  AlterExtensionContentsStmt: ddl("ALTER EXTENSION"),
+  CreatePLangStmt: ddl("CREATE LANGUAGE"),
+  CreateAmStmt: ddl("CREATE ACCESS METHOD"),
+  CreateEventTrigStmt: ddl("CREATE EVENT TRIGGER"),
+  AlterEventTrigStmt: ddl("ALTER EVENT TRIGGER"),
+  CreateFdwStmt: ddl("CREATE FOREIGN DATA WRAPPER"),
+  AlterFdwStmt: ddl("ALTER FOREIGN DATA WRAPPER"),
+  CreateForeignServerStmt: ddl("CREATE SERVER"),
+  AlterForeignServerStmt: ddl("ALTER SERVER"),
+  CreateUserMappingStmt: ddl("CREATE USER MAPPING"),
+  AlterUserMappingStmt: ddl("ALTER USER MAPPING"),
+  DropUserMappingStmt: ddl("DROP USER MAPPING"),
+  ImportForeignSchemaStmt: ddl("IMPORT FOREIGN SCHEMA"),
+  CreatePublicationStmt: ddl("CREATE PUBLICATION"),
+  AlterPublicationStmt: ddl("ALTER PUBLICATION"),
+  CreateSubscriptionStmt: ddl("CREATE SUBSCRIPTION"),
+  AlterSubscriptionStmt: ddl("ALTER SUBSCRIPTION"),
+  DropSubscriptionStmt: ddl("DROP SUBSCRIPTION"),
+  CreateRoleStmt: ddl("CREATE ROLE"),
+  AlterRoleStmt: ddl("ALTER ROLE"),
+  AlterRoleSetStmt: ddl("ALTER ROLE"),
+  DropRoleStmt: ddl("DROP ROLE"),
+  DropOwnedStmt: ddl("DROP OWNED"),
+  ReassignOwnedStmt: ddl("REASSIGN OWNED"),
+  CreatedbStmt: ddl("CREATE DATABASE"),
+  AlterDatabaseStmt: ddl("ALTER DATABASE"),
+  AlterDatabaseSetStmt: ddl("ALTER DATABASE"),
+  AlterDatabaseRefreshCollStmt: ddl("ALTER DATABASE"),
+  DropdbStmt: ddl("DROP DATABASE"),
+  CreateTableSpaceStmt: ddl("CREATE TABLESPACE"),
+  AlterTableSpaceOptionsStmt: ddl("ALTER TABLESPACE"),
+  DropTableSpaceStmt: ddl("DROP TABLESPACE"),
+  AlterSystemStmt: ddl("ALTER SYSTEM"),
+
+  // Utility. Maintenance that rewrites a relation or its storage counts it as written.
+  VacuumStmt: utility((n) => (n.is_vacuumcmd === true ? "VACUUM" : "ANALYZE")),
+  VacuumRelation: { writes: relation },
+  ClusterStmt: utility("CLUSTER", relation),
+  ReindexStmt: utility("REINDEX", relation),
+  LockStmt: utility("LOCK TABLE"),
+  CheckPointStmt: utility("CHECKPOINT"),
+  LoadStmt: utility("LOAD"),
+  DiscardStmt: utility((n) => DISCARD_TAG[n.target as string] ?? "DISCARD"),
+  DeclareCursorStmt: utility("DECLARE CURSOR"),
+  FetchStmt: utility((n) => (n.ismove === true ? "MOVE" : "FETCH")),
+  ClosePortalStmt: utility((n) => (typeof n.portalname === "string" ? "CLOSE CURSOR" : "CLOSE CURSOR ALL")),
+  DeallocateStmt: utility((n) => (n.isall === true ? "DEALLOCATE ALL" : "DEALLOCATE")),
+  ConstraintsSetStmt: utility("SET CONSTRAINTS"),
+  ListenStmt: utility("LISTEN"),
+  UnlistenStmt: utility("UNLISTEN"),
+  NotifyStmt: utility("NOTIFY"),
+};
+
+function tagOf(type: string, node: Obj, row: NodeRow | undefined): string {
+  const tag = row?.tag;
+  if (typeof tag === "string") return tag;
+  if (tag) return tag(node);
+  return type;
+}
