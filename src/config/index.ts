@@ -1,0 +1,209 @@
+/**
+ * The configuration file (YAML). Every key is checked at load and an error
+ * names the key, what was found and what is expected, so a typo fails the
+ * start-up instead of being ignored.
+ *
+ * ```yaml
+ * audit:
+ *   dir: ./.agate/audit
+ *   durability: strict            # or: { mode: interval, interval_ms: 10 }
+ * policy:
+ *   bundle: ./wasm/policy.wasm    # optional; the embedded default otherwise
+ *   data: {}                      # optional `data` document for the policy
+ * identity:
+ *   api_keys:
+ *     - { id: ci-runner, groups: [ci], kind: service, sha256: <hex> }
+ * connections:
+ *   - name: app-db
+ *     protocol: postgres
+ *     listen: 127.0.0.1:6432
+ *     tls: { cert: ./cert.pem, key: ./key.pem, required: false }
+ *     target: { host: 127.0.0.1, port: 5432, database: app, user: app, password_env: APP_DB_PASSWORD }
+ * ```
+ */
+import { readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { parse } from "yaml";
+import { AgateError } from "../core/errors.ts";
+import type { ApiKeyAccount } from "../identity/apikey.ts";
+import type { PgTarget } from "../protocols/postgres/upstream.ts";
+
+export type DurabilityConfig = { mode: "strict" } | { mode: "interval"; interval_ms: number };
+
+export interface PostgresConnectionConfig {
+  name: string;
+  protocol: "postgres";
+  host: string;
+  port: number;
+  tls?: { cert: string; key: string; required: boolean };
+  target: PgTarget;
+  max_message_bytes: number;
+}
+
+export interface Config {
+  audit: { dir: string; durability: DurabilityConfig; segment_bytes: number };
+  policy: { bundle?: string; data: Record<string, unknown>; watch: boolean };
+  identity: { api_keys: ApiKeyAccount[] };
+  connections: PostgresConnectionConfig[];
+  log_level: "debug" | "info" | "warn" | "error";
+}
+
+/** Read and validate a config file; relative paths resolve against the file's folder. */
+export function loadConfig(file: string, env: Record<string, string | undefined> = process.env): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw new AgateError("CONFIG_UNREADABLE", `cannot read the configuration file ${file}: ${(e as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parse(text);
+  } catch (e) {
+    throw new AgateError("CONFIG_INVALID", `${file} is not valid YAML: ${(e as Error).message}`);
+  }
+  return parseConfig(doc, dirname(resolve(file)), env);
+}
+
+export function parseConfig(doc: unknown, baseDir: string, env: Record<string, string | undefined> = process.env): Config {
+  const root = obj(doc, "the configuration");
+  const path = (p: string) => resolve(baseDir, p);
+
+  const audit = obj(root.audit ?? {}, "audit");
+  const durability = parseDurability(audit.durability ?? "strict");
+  const policy = obj(root.policy ?? {}, "policy");
+  const identity = obj(root.identity ?? {}, "identity");
+
+  const apiKeys = arr(identity.api_keys ?? [], "identity.api_keys").map((a, i): ApiKeyAccount => {
+    const at = `identity.api_keys[${i}]`;
+    const o = obj(a, at);
+    const sha256 = str(o.sha256, `${at}.sha256`);
+    if (!/^[0-9a-f]{64}$/i.test(sha256)) throw invalid(`${at}.sha256`, sha256, "64 hex digits (run `agate keys create`)");
+    const kind = o.kind ?? "service";
+    if (kind !== "human" && kind !== "service" && kind !== "agent") throw invalid(`${at}.kind`, kind, "human, service or agent");
+    return {
+      id: str(o.id, `${at}.id`),
+      ...(o.subject !== undefined ? { subject: str(o.subject, `${at}.subject`) } : {}),
+      groups: arr(o.groups ?? [], `${at}.groups`).map((g, j) => str(g, `${at}.groups[${j}]`)),
+      kind,
+      sha256,
+      ...(o.expires_at !== undefined ? { expires_at: str(o.expires_at, `${at}.expires_at`) } : {}),
+    };
+  });
+
+  const connections = arr(root.connections ?? [], "connections").map((c, i) => parseConnection(obj(c, `connections[${i}]`), `connections[${i}]`, path, env));
+  const names = new Set<string>();
+  for (const c of connections) {
+    if (names.has(c.name)) throw new AgateError("CONFIG_INVALID", `two connections are named "${c.name}"; names must be unique`);
+    names.add(c.name);
+  }
+
+  const logLevel = root.log_level ?? "info";
+  if (!["debug", "info", "warn", "error"].includes(logLevel as string)) throw invalid("log_level", logLevel, "debug, info, warn or error");
+
+  return {
+    audit: { dir: path(str(audit.dir ?? "./.agate/audit", "audit.dir")), durability, segment_bytes: num(audit.segment_bytes ?? 64 << 20, "audit.segment_bytes") },
+    policy: {
+      ...(policy.bundle !== undefined ? { bundle: path(str(policy.bundle, "policy.bundle")) } : {}),
+      data: obj(policy.data ?? {}, "policy.data"),
+      watch: bool(policy.watch ?? true, "policy.watch"),
+    },
+    identity: { api_keys: apiKeys },
+    connections,
+    log_level: logLevel as Config["log_level"],
+  };
+}
+
+function parseDurability(v: unknown): DurabilityConfig {
+  if (v === "strict") return { mode: "strict" };
+  const o = obj(v, "audit.durability");
+  if (o.mode === "strict") return { mode: "strict" };
+  if (o.mode === "interval") {
+    const ms = num(o.interval_ms, "audit.durability.interval_ms");
+    if (ms <= 0 || ms > 10_000) throw invalid("audit.durability.interval_ms", ms, "a number of milliseconds from 1 to 10000");
+    return { mode: "interval", interval_ms: ms };
+  }
+  throw invalid("audit.durability", v, `"strict" or { mode: interval, interval_ms: N }`);
+}
+
+function parseConnection(o: Record<string, unknown>, at: string, path: (p: string) => string, env: Record<string, string | undefined>): PostgresConnectionConfig {
+  const name = str(o.name, `${at}.name`);
+  const protocol = o.protocol ?? "postgres";
+  if (protocol !== "postgres") throw invalid(`${at}.protocol`, protocol, `"postgres" (SSH and HTTP come later)`);
+  const [host, port] = hostPort(str(o.listen, `${at}.listen`), `${at}.listen`);
+  const t = obj(o.target, `${at}.target`);
+  let password: string | undefined;
+  if (t.password !== undefined) password = str(t.password, `${at}.target.password`);
+  if (t.password_env !== undefined) {
+    const name = str(t.password_env, `${at}.target.password_env`);
+    password = env[name];
+    if (password === undefined) throw new AgateError("CONFIG_INVALID", `${at}.target.password_env names ${name}, which is not set in the environment`);
+  }
+  const sslmode = t.sslmode ?? "disable";
+  if (sslmode !== "disable" && sslmode !== "require" && sslmode !== "verify-full") throw invalid(`${at}.target.sslmode`, sslmode, "disable, require or verify-full");
+  let tls: PostgresConnectionConfig["tls"];
+  if (o.tls !== undefined) {
+    const x = obj(o.tls, `${at}.tls`);
+    tls = {
+      cert: readPem(path(str(x.cert, `${at}.tls.cert`)), `${at}.tls.cert`),
+      key: readPem(path(str(x.key, `${at}.tls.key`)), `${at}.tls.key`),
+      required: bool(x.required ?? false, `${at}.tls.required`),
+    };
+  }
+  return {
+    name,
+    protocol: "postgres",
+    host,
+    port,
+    ...(tls ? { tls } : {}),
+    target: {
+      host: str(t.host ?? "127.0.0.1", `${at}.target.host`),
+      port: num(t.port ?? 5432, `${at}.target.port`),
+      database: str(t.database, `${at}.target.database`),
+      user: str(t.user, `${at}.target.user`),
+      ...(password !== undefined ? { password } : {}),
+      sslmode,
+      connect_timeout_ms: num(t.connect_timeout_ms ?? 10_000, `${at}.target.connect_timeout_ms`),
+    },
+    // PostgreSQL's own ceiling for one message is 1 GB; 256 MiB is plenty for queries and COPY rows.
+    max_message_bytes: num(o.max_message_bytes ?? 256 << 20, `${at}.max_message_bytes`),
+  };
+}
+
+function readPem(file: string, at: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e) {
+    throw new AgateError("CONFIG_INVALID", `${at}: cannot read ${file}: ${(e as Error).message}`);
+  }
+}
+
+function hostPort(v: string, at: string): [string, number] {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(v);
+  if (!m) throw invalid(at, v, "host:port, e.g. 127.0.0.1:6432");
+  return [m[1]!.replace(/^\[|\]$/g, ""), Number(m[2])];
+}
+
+function invalid(at: string, got: unknown, want: string): AgateError {
+  return new AgateError("CONFIG_INVALID", `${at} is ${JSON.stringify(got)}; expected ${want}`, { at, want });
+}
+function obj(v: unknown, at: string): Record<string, unknown> {
+  if (v === null || typeof v !== "object" || Array.isArray(v)) throw invalid(at, v, "a mapping");
+  return v as Record<string, unknown>;
+}
+function arr(v: unknown, at: string): unknown[] {
+  if (!Array.isArray(v)) throw invalid(at, v, "a list");
+  return v;
+}
+function str(v: unknown, at: string): string {
+  if (typeof v !== "string" || v === "") throw invalid(at, v, "a non-empty string");
+  return v;
+}
+function num(v: unknown, at: string): number {
+  if (typeof v !== "number" || !Number.isFinite(v)) throw invalid(at, v, "a number");
+  return v;
+}
+function bool(v: unknown, at: string): boolean {
+  if (typeof v !== "boolean") throw invalid(at, v, "true or false");
+  return v;
+}

@@ -1,0 +1,208 @@
+#!/usr/bin/env bun
+/**
+ * agate: the command line. Each subcommand parses its own flags and has
+ * its own --help; errors print a sentence and exit non-zero.
+ */
+import { existsSync } from "node:fs";
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import pkg from "../package.json" with { type: "json" };
+import { verifyLog } from "./audit/index.ts";
+import { loadConfig } from "./config/index.ts";
+import { AgateError } from "./core/errors.ts";
+import { createLogger } from "./core/log.ts";
+import { startGateway } from "./gateway.ts";
+import { createApiKey } from "./identity/apikey.ts";
+import { buildPolicies, checkFresh } from "./policy/build.ts";
+
+const HELP = `agate ${pkg.version}: an identity-aware gateway that decides every command by policy and records it
+
+Usage: agate <command> [options]
+
+Commands:
+  serve --config FILE        run the gateway (listeners, policy, audit log) until SIGINT/SIGTERM
+  verify --log DIR           check the audit log's frames and hash chain; exit 1 naming the first bad record
+  policy build               compile policies/ into wasm/ with the OPA compiler (opa build -t wasm)
+  policy check               exit 1 if wasm/ is stale against policies/
+  keys create --id ID        make a service-account API key; prints the key once and its config entry
+  version                    print the version
+
+Run 'agate <command> --help' for a command's options.
+`;
+
+const COMMANDS: Record<string, { help: string; run: (argv: string[]) => Promise<number> }> = {
+  serve: {
+    help: `Usage: agate serve --config FILE
+
+Starts every connection in FILE (YAML; see README.md, "Configuration") and runs
+until SIGINT or SIGTERM, then closes listeners and flushes the audit log.
+Logs are JSON lines on stderr.
+
+Options:
+  -c, --config FILE   configuration file (required)
+  -h, --help          this help`,
+    run: serve,
+  },
+  verify: {
+    help: `Usage: agate verify --log DIR
+
+Reads every segment in DIR and checks each frame's length and CRC32C, the
+record indexes and the SHA-256 chain. Exits 0 when intact; otherwise exits 1
+and names the first bad record (index, segment, byte offset) and the damage.
+
+Options:
+  -l, --log DIR   the audit directory (audit.dir in the config)
+  -q, --quiet     no progress on stderr
+  -h, --help      this help`,
+    run: verify,
+  },
+  policy: {
+    help: `Usage: agate policy build [--policies DIR] [--out DIR]
+       agate policy check [--policies DIR] [--out DIR]
+
+build: compiles the Rego in DIR (default ./policies) to WebAssembly with the
+OPA compiler (found as $AGATE_OPA, 'opa' on PATH, or ~/.local/agate-tools/bin/opa;
+scripts/opa.sh installs it) and writes policy.wasm and manifest.json to --out
+(default ./wasm). check: exits 1 when --out was not built from DIR as it is now.`,
+    run: policy,
+  },
+  keys: {
+    help: `Usage: agate keys create --id ID [--groups a,b] [--kind service|agent|human]
+
+Prints a new API key (shown once, never stored) and the entry to add under
+identity.api_keys in the configuration, which holds only the key's SHA-256.
+Clients use the key as their password and ID as their user name.`,
+    run: keys,
+  },
+  version: {
+    help: "Usage: agate version",
+    run: async () => {
+      console.log(pkg.version);
+      return 0;
+    },
+  },
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === "-h" || name === "--help" || name === "help") {
+    process.stdout.write(HELP);
+    return name ? 0 : 2;
+  }
+  if (name === "--version" || name === "-v") return COMMANDS.version!.run([]);
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    process.stderr.write(`agate: unknown command "${name}"\n\n${HELP}`);
+    return 2;
+  }
+  if (rest.includes("-h") || rest.includes("--help")) {
+    console.log(cmd.help);
+    return 0;
+  }
+  return cmd.run(rest);
+}
+
+async function serve(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: "string", short: "c" } } });
+  if (!values.config) throw new AgateError("USAGE", "serve needs --config FILE");
+  const config = loadConfig(values.config);
+  const log = createLogger(config.log_level);
+  const gw = await startGateway(config, log);
+  for (const l of gw.listeners) process.stdout.write(`agate: ${l.name} listening on ${l.host}:${l.port}\n`);
+  await new Promise<void>((done) => {
+    const stop = (signal: string) => {
+      log("info", "shutting down", { signal });
+      void gw.close().then(done);
+    };
+    process.once("SIGINT", () => stop("SIGINT"));
+    process.once("SIGTERM", () => stop("SIGTERM"));
+  });
+  return 0;
+}
+
+async function verify(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { log: { type: "string", short: "l" }, quiet: { type: "boolean", short: "q" } } });
+  if (!values.log) throw new AgateError("USAGE", "verify needs --log DIR");
+  if (!existsSync(values.log)) throw new AgateError("VERIFY_NO_LOG", `no audit log at ${values.log}`);
+  const started = performance.now();
+  let lastShown = 0;
+  const tty = process.stderr.isTTY;
+  const result = await verifyLog(values.log, {
+    onProgress: values.quiet
+      ? undefined
+      : (records, bytes, total) => {
+          const now = performance.now();
+          if (now - lastShown < 500) return;
+          lastShown = now;
+          const pct = total ? ((100 * bytes) / total).toFixed(1) : "100";
+          process.stderr.write(`${tty ? "\r" : ""}verify: ${records} records, ${pct}% of ${(total / 1e6).toFixed(1)} MB${tty ? "" : "\n"}`);
+        },
+  });
+  if (tty && !values.quiet && lastShown) process.stderr.write("\n");
+  const seconds = (performance.now() - started) / 1000;
+  if (result.ok) {
+    console.log(`ok: ${result.records} records in ${result.segments} segment(s), chain head ${result.lastHash.slice(0, 16)}…, checked in ${seconds.toFixed(2)} s`);
+    return 0;
+  }
+  const e = result.error;
+  const where = [e.index !== undefined ? `record ${e.index}` : "", e.segment ? `segment ${e.segment}` : "", e.offset !== undefined ? `offset ${e.offset}` : ""].filter(Boolean).join(", ");
+  console.log(`FAILED ${e.code}: ${e.message}${where ? ` (${where})` : ""}; ${result.records} records verified before it`);
+  return 1;
+}
+
+function opaPath(): string {
+  if (process.env.AGATE_OPA) return process.env.AGATE_OPA;
+  const local = join(process.env.AGATE_TOOLS ?? join(homedir(), ".local/agate-tools"), "bin/opa");
+  if (existsSync(local)) return local;
+  const onPath = Bun.which("opa");
+  if (onPath) return onPath;
+  throw new AgateError("OPA_MISSING", "the OPA compiler was not found: run scripts/opa.sh, or set AGATE_OPA to its path");
+}
+
+async function policy(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const { values } = parseArgs({ args: rest, options: { policies: { type: "string" }, out: { type: "string" } } });
+  const policiesDir = resolve(values.policies ?? "policies");
+  const outDir = resolve(values.out ?? "wasm");
+  if (sub === "build") {
+    const m = await buildPolicies({ policiesDir, outDir, opaPath: opaPath() });
+    console.log(`built ${join(outDir, "policy.wasm")} from ${policiesDir} (sources ${m.sources_sha256.slice(0, 12)}…)`);
+    return 0;
+  }
+  if (sub === "check") {
+    const r = await checkFresh({ policiesDir, outDir });
+    if (r.fresh) {
+      console.log(`fresh: ${outDir} matches ${policiesDir}`);
+      return 0;
+    }
+    console.log(`stale: ${outDir} was built from sources ${String(r.got).slice(0, 12)}…, ${policiesDir} is now ${r.want.slice(0, 12)}…; run 'agate policy build'`);
+    return 1;
+  }
+  throw new AgateError("USAGE", `policy needs a subcommand: build or check (got ${sub ?? "nothing"})`);
+}
+
+async function keys(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub !== "create") throw new AgateError("USAGE", `keys needs a subcommand: create (got ${sub ?? "nothing"})`);
+  const { values } = parseArgs({ args: rest, options: { id: { type: "string" }, groups: { type: "string" }, kind: { type: "string" } } });
+  if (!values.id) throw new AgateError("USAGE", "keys create needs --id ID");
+  const kind = values.kind ?? "service";
+  if (!["service", "agent", "human"].includes(kind)) throw new AgateError("USAGE", `--kind is ${kind}; expected service, agent or human`);
+  const groups = values.groups ? values.groups.split(",").map((g) => g.trim()).filter(Boolean) : [];
+  const { key, sha256 } = createApiKey();
+  process.stderr.write("The key is shown once; agate keeps only its SHA-256.\n");
+  console.log(`key: ${key}`);
+  console.log(`\n# under identity.api_keys:\n- id: ${values.id}\n  kind: ${kind}\n  groups: [${groups.join(", ")}]\n  sha256: ${sha256}`);
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (e) => {
+    if (e instanceof AgateError) process.stderr.write(`agate: ${e.message} [${e.code}]\n`);
+    else if (e instanceof Error && "code" in e && String((e as { code: unknown }).code).startsWith("ERR_PARSE_ARGS")) process.stderr.write(`agate: ${e.message}\n`);
+    else process.stderr.write(`agate: unexpected error: ${e instanceof Error ? e.stack : String(e)}\n`);
+    process.exit(e instanceof AgateError && e.code === "USAGE" ? 2 : 1);
+  },
+);

@@ -1,0 +1,182 @@
+/**
+ * The backend messages agate writes itself and the frontend/backend message
+ * bodies it reads. Everything else passes through as received bytes.
+ * Names follow https://www.postgresql.org/docs/current/protocol-message-formats.html
+ */
+import { message, Reader } from "./wire.ts";
+
+/** Message type bytes, by protocol name. */
+export const T = {
+  // frontend
+  Bind: 0x42, // B
+  Close: 0x43, // C
+  CopyData: 0x64, // d
+  CopyDone: 0x63, // c
+  CopyFail: 0x66, // f
+  Describe: 0x44, // D
+  Execute: 0x45, // E
+  Flush: 0x48, // H
+  FunctionCall: 0x46, // F
+  Parse: 0x50, // P
+  PasswordMessage: 0x70, // p
+  Query: 0x51, // Q
+  Sync: 0x53, // S
+  Terminate: 0x58, // X
+  // backend
+  Authentication: 0x52, // R
+  BackendKeyData: 0x4b, // K
+  CommandComplete: 0x43, // C
+  CopyInResponse: 0x47, // G
+  CopyOutResponse: 0x48, // H
+  DataRow: 0x44, // D
+  ErrorResponse: 0x45, // E
+  NoticeResponse: 0x4e, // N
+  NotificationResponse: 0x41, // A
+  ParameterStatus: 0x53, // S
+  ReadyForQuery: 0x5a, // Z
+  RowDescription: 0x54, // T
+} as const;
+
+/** Authentication request codes (the Int32 after 'R'). */
+export const Auth = { Ok: 0, CleartextPassword: 3, MD5Password: 5, SASL: 10, SASLContinue: 11, SASLFinal: 12 } as const;
+
+// ── backend messages agate writes ────────────────────────────────────────
+
+export const AuthenticationOk = message(T.Authentication, (w) => w.i32(Auth.Ok));
+export const AuthenticationCleartextPassword = message(T.Authentication, (w) => w.i32(Auth.CleartextPassword));
+
+export function ReadyForQuery(status: number): Buffer {
+  return message(T.ReadyForQuery, (w) => w.u8(status));
+}
+
+export function ParameterStatus(name: string, value: string): Buffer {
+  return message(T.ParameterStatus, (w) => w.cstr(name).cstr(value));
+}
+
+export function BackendKeyData(pid: number, secret: number): Buffer {
+  return message(T.BackendKeyData, (w) => w.i32(pid).i32(secret));
+}
+
+/** Fields of ErrorResponse / NoticeResponse (protocol-error-fields). */
+export interface ErrorFields {
+  severity: "ERROR" | "FATAL" | "WARNING" | "NOTICE" | "INFO";
+  code: string;
+  message: string;
+  detail?: string;
+  hint?: string;
+}
+
+function fields(f: ErrorFields) {
+  return (w: import("./wire.ts").BodyWriter) => {
+    w.u8(0x53).cstr(f.severity); // S
+    w.u8(0x56).cstr(f.severity); // V (non-localized)
+    w.u8(0x43).cstr(f.code); // C
+    w.u8(0x4d).cstr(f.message); // M
+    if (f.detail) w.u8(0x44).cstr(f.detail); // D
+    if (f.hint) w.u8(0x48).cstr(f.hint); // H
+    w.u8(0);
+  };
+}
+
+export function ErrorResponse(f: ErrorFields): Buffer {
+  return message(T.ErrorResponse, fields(f));
+}
+
+export function NoticeResponse(f: ErrorFields): Buffer {
+  return message(T.NoticeResponse, fields(f));
+}
+
+// ── bodies agate reads ───────────────────────────────────────────────────
+
+/** ErrorResponse/NoticeResponse body → {code, message, …} keyed by field letter. */
+export function readErrorFields(body: Buffer): { code: string; message: string; severity: string } {
+  const r = new Reader(body);
+  const out: Record<string, string> = {};
+  while (r.remaining > 0) {
+    const k = r.u8();
+    if (k === 0) break;
+    out[String.fromCharCode(k)] = r.cstr();
+  }
+  return { code: out.C ?? "XX000", message: out.M ?? "", severity: out.V ?? out.S ?? "ERROR" };
+}
+
+export interface ParseMsg {
+  name: string;
+  text: string;
+  paramTypes: number[];
+}
+
+export function readParse(body: Buffer): ParseMsg {
+  const r = new Reader(body);
+  const name = r.cstr();
+  const text = r.cstr();
+  const n = r.i16();
+  const paramTypes: number[] = [];
+  for (let i = 0; i < n; i++) paramTypes.push(r.i32());
+  return { name, text, paramTypes };
+}
+
+export interface BindMsg {
+  portal: string;
+  statement: string;
+  /** Text-format values as strings, binary as "base64:<…>", NULL as null. */
+  params: (string | null)[];
+}
+
+const textDecoder = new TextDecoder("utf-8", { fatal: false });
+
+export function readBind(body: Buffer): BindMsg {
+  const r = new Reader(body);
+  const portal = r.cstr();
+  const statement = r.cstr();
+  const nFormats = r.i16();
+  const formats: number[] = [];
+  for (let i = 0; i < nFormats; i++) formats.push(r.i16());
+  const n = r.i16();
+  const params: (string | null)[] = [];
+  for (let i = 0; i < n; i++) {
+    const len = r.i32();
+    if (len === -1) {
+      params.push(null);
+      continue;
+    }
+    const bytes = r.bytes(len);
+    const format = nFormats === 0 ? 0 : nFormats === 1 ? formats[0] : formats[i];
+    params.push(format === 1 ? `base64:${bytes.toString("base64")}` : textDecoder.decode(bytes));
+  }
+  return { portal, statement, params };
+}
+
+/** Execute: portal name (max rows is irrelevant to the guard). */
+export function readExecute(body: Buffer): string {
+  return new Reader(body).cstr();
+}
+
+/** Close / Describe: 'S' statement or 'P' portal, and its name. */
+export function readTarget(body: Buffer): { kind: number; name: string } {
+  const r = new Reader(body);
+  return { kind: r.u8(), name: r.cstr() };
+}
+
+/** Query: the SQL text. */
+export function readQuery(body: Buffer): string {
+  return new Reader(body).cstr();
+}
+
+/** StartupMessage parameters (after the protocol version). */
+export function readStartupParams(r: Reader): Record<string, string> {
+  const params: Record<string, string> = {};
+  for (;;) {
+    const key = r.cstr();
+    if (key === "") break;
+    params[key] = r.cstr();
+  }
+  return params;
+}
+
+/** Rows reported by a command tag: "INSERT 0 5" → 5, "SELECT 3" → 3, "BEGIN" → 0. */
+export function tagRows(tag: string): number {
+  const last = tag.slice(tag.lastIndexOf(" ") + 1);
+  const n = Number(last);
+  return Number.isInteger(n) ? n : 0;
+}

@@ -1,0 +1,251 @@
+/**
+ * The PostgreSQL listener: start-up (SSLRequest, GSSENCRequest,
+ * CancelRequest, StartupMessage), the client's authentication, the
+ * gateway's own connection to the target, then the query phase
+ * (session.ts). https://www.postgresql.org/docs/current/protocol-flow.html
+ */
+import { randomInt } from "node:crypto";
+import net from "node:net";
+import tls from "node:tls";
+import { AgateError } from "../../core/errors.ts";
+import type { Guard } from "../../core/guard.ts";
+import type { Logger } from "../../core/log.ts";
+import type { ConnectionRef, Session } from "../../core/types.ts";
+import { Framer } from "./framer.ts";
+import { AuthenticationCleartextPassword, AuthenticationOk, BackendKeyData, ErrorResponse, NoticeResponse, ReadyForQuery, readStartupParams, T } from "./messages.ts";
+import { PgSession } from "./session.ts";
+import { cancelUpstream, connectUpstream, type PgTarget } from "./upstream.ts";
+import { CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET_BYTES, message, PROTOCOL_3_0, ProtocolViolation, Reader, SSL_REQUEST_CODE } from "./wire.ts";
+
+export interface PgListenerOptions {
+  connection: ConnectionRef;
+  host: string;
+  port: number;
+  target: PgTarget;
+  guard: Guard;
+  log: Logger;
+  /** TLS for clients (PEM). With `required`, a client that does not ask for TLS is refused. */
+  tls?: { cert: string; key: string; required: boolean };
+  /** Largest frontend message accepted after authentication. */
+  maxMessageBytes: number;
+}
+
+export interface PgListener {
+  port: number;
+  /** Stop accepting; with `sessions`, also end the open sessions. */
+  close(opts?: { sessions?: boolean }): Promise<void>;
+}
+
+/**
+ * Startup parameters passed to the target. Anything else (notably `options`,
+ * which can set any GUC, and `replication`) would change the session in ways
+ * the policy never sees, so it is dropped and the client is told.
+ */
+const PASSED_PARAMETERS = new Set(["application_name", "client_encoding", "DateStyle", "datestyle", "TimeZone", "timezone", "IntervalStyle", "extra_float_digits", "bytea_output"]);
+
+/** The password message is small; PostgreSQL itself caps it at 1000 bytes for cleartext, tokens need more. */
+const MAX_PASSWORD_MESSAGE_BYTES = 64 * 1024;
+
+/** Cancel keys agate handed out → the target backend they stand for. */
+const cancelKeys = new Map<string, { target: PgTarget; pid: number; secret: number }>();
+
+export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
+  const secureContext = opts.tls ? tls.createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.setNoDelay(true);
+    new Startup(socket, opts, secureContext).start();
+  });
+  return new Promise((resolve, reject) => {
+    server.once("error", (e) =>
+      reject(new AgateError("LISTEN_FAILED", `cannot listen on ${opts.host}:${opts.port} for connection "${opts.connection.name}": ${e.message}`)),
+    );
+    server.listen(opts.port, opts.host, () => {
+      const addr = server.address() as net.AddressInfo;
+      resolve({
+        port: addr.port,
+        close: (o = {}) =>
+          new Promise<void>((done) => {
+            server.close(() => done());
+            if (o.sessions) for (const s of sockets) s.destroy();
+          }),
+      });
+    });
+  });
+}
+
+/** One connection from accept to the start of the query phase. */
+class Startup {
+  private framer = new Framer(MAX_STARTUP_PACKET_BYTES, { untyped: true });
+  private sock: net.Socket;
+  private isTls = false;
+  private params: Record<string, string> = {};
+  private readonly onData = (chunk: Buffer) => {
+    this.framer.push(chunk);
+    this.step();
+  };
+
+  constructor(
+    raw: net.Socket,
+    private readonly opts: PgListenerOptions,
+    private readonly secureContext: tls.SecureContext | undefined,
+  ) {
+    this.sock = raw;
+  }
+
+  start(): void {
+    this.sock.on("data", this.onData);
+    this.sock.on("error", () => this.sock.destroy());
+  }
+
+  private stage: "startup" | "password" | "busy" = "startup";
+
+  private step(): void {
+    try {
+      while (this.stage !== "busy") {
+        const f = this.framer.next();
+        if (!f) return;
+        if (this.stage === "startup") this.onStartupPacket(f.body);
+        else if (f.type === T.PasswordMessage) {
+          this.stage = "busy";
+          void this.authenticate(new Reader(f.body).cstr());
+        } else throw new ProtocolViolation(`expected a password message, got '${String.fromCharCode(f.type)}'`);
+      }
+    } catch (e) {
+      this.refuse(e instanceof ProtocolViolation ? "08P01" : "XX000", `agate: ${(e as Error).message}`);
+    }
+  }
+
+  private onStartupPacket(body: Buffer): void {
+    const r = new Reader(body);
+    const code = r.i32();
+    if (code === SSL_REQUEST_CODE) {
+      if (this.isTls) throw new ProtocolViolation("SSLRequest received twice");
+      if (!this.secureContext) {
+        this.sock.write("N");
+        return;
+      }
+      // Bytes sent after SSLRequest but before the handshake would be read as if protected (CVE-2021-23214).
+      if (this.framer.buffered > 0) throw new ProtocolViolation("data received after SSLRequest before the TLS handshake");
+      this.sock.write("S");
+      this.sock.off("data", this.onData);
+      const secured = new tls.TLSSocket(this.sock, { isServer: true, secureContext: this.secureContext });
+      secured.on("error", () => secured.destroy());
+      this.sock = secured;
+      this.isTls = true;
+      this.sock.on("data", this.onData);
+      return;
+    }
+    if (code === GSSENC_REQUEST_CODE) {
+      this.sock.write("N");
+      return;
+    }
+    if (code === CANCEL_REQUEST_CODE) {
+      const pid = r.i32();
+      const secret = r.i32();
+      const key = cancelKeys.get(`${pid}`);
+      // As PostgreSQL does: no answer either way, and a wrong secret is silently ignored.
+      if (key && key.secret === secret) void cancelUpstream(key.target, key.pid, key.secret).catch(() => {});
+      this.sock.destroy();
+      this.stage = "busy";
+      return;
+    }
+    if (code >> 16 !== 3) {
+      this.refuse("0A000", `unsupported frontend protocol ${code >> 16}.${code & 0xffff}: agate speaks 3.0`);
+      return;
+    }
+    this.params = readStartupParams(r);
+    if (this.params.replication && this.params.replication !== "false" && this.params.replication !== "0") {
+      this.refuse("42501", "agate: replication connections are not allowed through the gateway");
+      return;
+    }
+    if (this.opts.tls?.required && !this.isTls) {
+      this.refuse("28000", `agate: connection "${this.opts.connection.name}" requires TLS (use sslmode=require)`);
+      return;
+    }
+    if (!this.params.user) {
+      this.refuse("28000", "agate: no user name in the startup packet");
+      return;
+    }
+    const minor = code & 0xffff;
+    const unknownOptions = Object.keys(this.params).filter((k) => k.startsWith("_pq_."));
+    if (minor > 0 || unknownOptions.length > 0) {
+      // NegotiateProtocolVersion: we speak 3.0 and none of the _pq_ options.
+      this.sock.write(message(0x76, (w) => {
+        w.i32(PROTOCOL_3_0).i32(unknownOptions.length);
+        for (const o of unknownOptions) w.cstr(o);
+      }));
+    }
+    this.sock.write(AuthenticationCleartextPassword);
+    this.framer.untyped = false;
+    this.framer.maxBytes = MAX_PASSWORD_MESSAGE_BYTES;
+    this.stage = "password";
+  }
+
+  private async authenticate(password: string): Promise<void> {
+    const { opts } = this;
+    const remote = this.sock.remoteAddress ?? "unknown";
+    let session: Session;
+    try {
+      session = await opts.guard.openSession(
+        opts.connection,
+        { address: remote, port: this.sock.remotePort, tls: this.isTls, application: this.params.application_name },
+        { user: this.params.user!, secret: password },
+      );
+    } catch (e) {
+      const err = e instanceof AgateError ? e : new AgateError("AUTH_FAILED", "authentication failed");
+      opts.log("info", "session refused", { connection: opts.connection.name, client: remote, user: this.params.user, code: err.code });
+      const sqlstate = err.code === "SESSION_DENIED" ? "42501" : err.code.startsWith("AUTH") ? "28P01" : "58000";
+      this.refuse(sqlstate, err.code.startsWith("AUTH") || err.code === "SESSION_DENIED" ? err.message : `agate: ${err.message}`);
+      return;
+    }
+
+    const passed: Record<string, string> = {};
+    const dropped: string[] = [];
+    for (const [k, v] of Object.entries(this.params)) {
+      if (PASSED_PARAMETERS.has(k)) passed[k] = v;
+      else if (k !== "user" && k !== "database" && !k.startsWith("_pq_")) dropped.push(k);
+    }
+    let upstream;
+    try {
+      upstream = await connectUpstream(opts.target, passed);
+    } catch (e) {
+      const err = e as AgateError;
+      opts.log("error", "target connection failed", { connection: opts.connection.name, session: session.id, code: err.code, error: err.message });
+      opts.guard.closeSession(session, `target connection failed: ${err.message}`, 0);
+      this.refuse("08001", `agate: could not connect to the target of "${opts.connection.name}": ${err.message}`);
+      return;
+    }
+    if (this.sock.destroyed) {
+      upstream.socket.destroy();
+      opts.guard.closeSession(session, "client left during start-up", 0);
+      return;
+    }
+
+    // Our own cancel key stands for the target's; the client never learns the target's pid.
+    const pid = randomInt(1, 2 ** 31 - 1);
+    const secret = randomInt(0, 2 ** 31 - 1);
+    cancelKeys.set(`${pid}`, { target: opts.target, pid: upstream.pid, secret: upstream.secret });
+    const hello = [AuthenticationOk, ...upstream.parameterStatus, BackendKeyData(pid, secret)];
+    if (dropped.length) {
+      hello.push(NoticeResponse({ severity: "NOTICE", code: "01000", message: `agate ignored startup parameter(s) ${dropped.join(", ")}: they would change the session outside policy` }));
+    }
+    hello.push(ReadyForQuery(upstream.txStatus));
+    this.sock.off("data", this.onData);
+    this.sock.write(Buffer.concat(hello));
+    this.framer.maxBytes = opts.maxMessageBytes;
+    opts.log("info", "session started", { connection: opts.connection.name, session: session.id, subject: session.identity.subject, client: remote, tls: this.isTls });
+    new PgSession(session, this.sock, this.framer, upstream, opts.guard, opts.log, (end) => {
+      cancelKeys.delete(`${pid}`);
+      opts.guard.closeSession(session, end.reason, end.commands);
+      opts.log("info", "session ended", { connection: opts.connection.name, session: session.id, reason: end.reason, commands: end.commands });
+    });
+  }
+
+  private refuse(code: string, text: string): void {
+    this.stage = "busy";
+    this.sock.end(ErrorResponse({ severity: "FATAL", code, message: text }));
+  }
+}

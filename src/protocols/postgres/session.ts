@@ -1,0 +1,398 @@
+/**
+ * The query phase of one client connection: every frontend message is
+ * framed, every statement is put to the guard before it is forwarded, and
+ * the target's answers are relayed back in order.
+ *
+ * Ordering. A refused statement never reaches the target, so its
+ * ErrorResponse is written by agate. Clients pipeline (several Syncs in
+ * flight), so that error must appear exactly where the target's answer
+ * would have: after the replies to everything forwarded before it. Every
+ * forwarded Query or Sync yields exactly one ReadyForQuery, so replies are
+ * counted in ReadyForQuery numbers: an injection waits "before Z #n" (the
+ * refused message is in a batch whose earlier part was forwarded) or
+ * "after Z #n" (nothing of its batch reached the target).
+ *
+ * Extended protocol. The decision is made at Parse (early, so the client
+ * gets its error at once); the record is written at Execute, with the Bind
+ * parameters, and made durable before the Execute is forwarded. After a
+ * refusal, messages are discarded until Sync, as PostgreSQL does after an
+ * error.
+ */
+import type net from "node:net";
+import { AgateError } from "../../core/errors.ts";
+import type { Guard, Verdict } from "../../core/guard.ts";
+import type { Logger } from "../../core/log.ts";
+import type { Command, Session, SqlFacts } from "../../core/types.ts";
+import type { Frame, Framer } from "./framer.ts";
+import { ErrorResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { analyzeSql } from "./sql.ts";
+import type { Upstream } from "./upstream.ts";
+import { ProtocolViolation } from "./wire.ts";
+
+interface Prepared {
+  text: string;
+  facts?: SqlFacts;
+  invalid?: Command["invalid"];
+  verdict: Verdict;
+}
+
+/** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
+type Injected = Buffer | "ReadyForQuery";
+
+/** Pause reading from the client when this many bytes wait to be framed. */
+const CLIENT_BUFFER_HIGH_WATER = 8 << 20;
+
+export interface SessionEnd {
+  reason: string;
+  commands: number;
+}
+
+export class PgSession {
+  private seq = 0;
+  private closed = false;
+  private pumping = false;
+  private toUpstream: Buffer[] = [];
+
+  // Reply accounting, in ReadyForQuery numbers.
+  private syncsSent = 0;
+  private zReceived = 0;
+  private readonly injectBefore = new Map<number, Injected[]>();
+  private readonly injectAfter = new Map<number, Injected[]>();
+  private txStatus: number;
+
+  // Extended-protocol state.
+  private discarding = false;
+  private batchForwarded = 0;
+  private readonly statements = new Map<string, Prepared>();
+  private readonly portals = new Map<string, { statement: string; params: (string | null)[] }>();
+
+  // Outcomes: command seqs completed by ReadyForQuery #n, and what the target said since the last one.
+  private readonly outcomeAt = new Map<number, number[]>();
+  private tags: string[] = [];
+  private error: { code: string; message: string } | undefined;
+
+  constructor(
+    private readonly session: Session,
+    private readonly client: net.Socket,
+    private readonly clientFramer: Framer,
+    private readonly upstream: Upstream,
+    private readonly guard: Guard,
+    private readonly log: Logger,
+    private readonly onEnd: (end: SessionEnd) => void,
+  ) {
+    this.txStatus = upstream.txStatus;
+    client.on("data", (chunk: Buffer) => {
+      this.clientFramer.push(chunk);
+      if (this.clientFramer.buffered > CLIENT_BUFFER_HIGH_WATER) client.pause();
+      void this.pump();
+    });
+    client.on("close", () => this.end("client closed the connection"));
+    client.on("error", (e) => this.end(`client error: ${e.message}`));
+    upstream.socket.on("data", (chunk: Buffer) => this.fromUpstream(chunk));
+    upstream.socket.on("close", () => this.end("target closed the connection"));
+    upstream.socket.on("error", (e) => this.end(`target error: ${e.message}`));
+    // Backpressure both ways.
+    client.on("drain", () => upstream.socket.resume());
+    upstream.socket.on("drain", () => client.resume());
+    // Bytes that arrived with the handshake.
+    if (upstream.framer.buffered > 0) this.fromUpstream(Buffer.alloc(0));
+    if (clientFramer.buffered > 0) void this.pump();
+  }
+
+  // ── client → target ──────────────────────────────────────────────────
+
+  private async pump(): Promise<void> {
+    if (this.pumping || this.closed) return;
+    this.pumping = true;
+    try {
+      for (let f = this.clientFramer.next(); f && !this.closed; f = this.clientFramer.next()) {
+        const pending = this.onClientMessage(f);
+        if (pending) {
+          this.flushUpstream();
+          await pending;
+        }
+      }
+      this.flushUpstream();
+      if (!this.closed && this.client.isPaused() && this.upstream.socket.writableNeedDrain === false) this.client.resume();
+    } catch (e) {
+      this.fatal(e);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  /** Handle one frontend message; returns a promise when the guard must be awaited. */
+  private onClientMessage(f: Frame): Promise<void> | void {
+    if (this.discarding && f.type !== T.Sync && f.type !== T.Terminate) return;
+    switch (f.type) {
+      case T.Query:
+        return this.onQuery(f);
+      case T.Parse:
+        return this.onParse(f);
+      case T.Bind: {
+        const b = readBind(f.body);
+        this.portals.set(b.portal, { statement: b.statement, params: b.params });
+        return this.forward(f);
+      }
+      case T.Execute:
+        return this.onExecute(f);
+      case T.Close: {
+        const c = readTarget(f.body);
+        if (c.kind === 0x53) this.statements.delete(c.name);
+        else this.portals.delete(c.name);
+        return this.forward(f);
+      }
+      case T.Describe:
+      case T.Flush:
+        return this.forward(f);
+      case T.Sync:
+        return this.onSync(f);
+      case T.CopyData:
+      case T.CopyDone:
+      case T.CopyFail:
+        this.toUpstream.push(f.raw);
+        return;
+      case T.Terminate:
+        this.toUpstream.push(f.raw);
+        this.flushUpstream();
+        this.end("client terminated the session");
+        return;
+      case T.FunctionCall:
+        // The fast-path interface calls a function by OID, with no SQL to decide on (lo_import is built on it).
+        return this.refuseSimple({ seq: ++this.seq, text: "<fast-path function call>", invalid: { code: "FUNCTION_CALL", message: "the fast-path function call protocol is not allowed through agate; call the function in SQL" } });
+      default:
+        throw new ProtocolViolation(`unexpected message type '${String.fromCharCode(f.type)}' (0x${f.type.toString(16)})`);
+    }
+  }
+
+  private forward(f: Frame): void {
+    this.toUpstream.push(f.raw);
+    this.batchForwarded++;
+  }
+
+  private async onQuery(f: Frame): Promise<void> {
+    const text = readQuery(f.body);
+    const command = this.command(text);
+    if (command.sql && command.sql.statements.length === 0) {
+      // Only whitespace or comments: the target answers EmptyQueryResponse; nothing runs.
+      this.sendQuery(f);
+      return;
+    }
+    const verdict = await this.check(command, false);
+    if (!verdict) return;
+    if (verdict.allow) {
+      this.sendQuery(f);
+      this.outcomeAt.set(this.syncsSent, [command.seq]);
+    } else this.injectAfterReplies([this.refusal(command, verdict), "ReadyForQuery"]);
+  }
+
+  private sendQuery(f: Frame): void {
+    this.toUpstream.push(f.raw);
+    this.syncsSent++;
+  }
+
+  private async onParse(f: Frame): Promise<void> {
+    const p = readParse(f.body);
+    const command = this.command(p.text);
+    const verdict = await this.check(command, true, { recordDenialsOnly: true });
+    if (!verdict) return;
+    if (!verdict.allow) {
+      this.refuseInBatch(this.refusal(command, verdict));
+      return;
+    }
+    this.statements.set(p.name, { text: p.text, facts: command.sql, invalid: command.invalid, verdict });
+    this.forward(f);
+  }
+
+  private async onExecute(f: Frame): Promise<void> {
+    const portalName = readExecute(f.body);
+    const portal = this.portals.get(portalName);
+    const prepared = portal && this.statements.get(portal.statement);
+    // A portal agate did not see bound (a cursor from DECLARE) is fetched from: decide on exactly that.
+    const command: Command = prepared
+      ? { seq: ++this.seq, text: prepared.text, sql: prepared.facts, invalid: prepared.invalid, params: portal.params }
+      : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
+    const verdict = await this.check(command, true, { prior: prepared?.verdict });
+    if (!verdict) return;
+    if (!verdict.allow) {
+      this.refuseInBatch(this.refusal(command, verdict));
+      return;
+    }
+    this.forward(f);
+    const at = this.syncsSent + 1;
+    const seqs = this.outcomeAt.get(at);
+    if (seqs) seqs.push(command.seq);
+    else this.outcomeAt.set(at, [command.seq]);
+  }
+
+  private onSync(f: Frame): void {
+    if (this.discarding && this.batchForwarded === 0) {
+      // Nothing of this batch reached the target: answer the Sync ourselves, in order.
+      this.injectAfterReplies(["ReadyForQuery"]);
+    } else {
+      this.toUpstream.push(f.raw);
+      this.syncsSent++;
+    }
+    this.discarding = false;
+    this.batchForwarded = 0;
+  }
+
+  /** Parse the SQL; a syntax error makes the command invalid (refused, never forwarded). */
+  private command(text: string): Command {
+    const seq = ++this.seq;
+    try {
+      return { seq, text, sql: analyzeSql(text) };
+    } catch (e) {
+      if (e instanceof AgateError && e.code === "SQL_PARSE") return { seq, text, invalid: { code: "SQL_PARSE", message: e.message } };
+      throw e;
+    }
+  }
+
+  /** Ask the guard; an audit failure refuses the command (fail closed) and returns undefined. */
+  private async check(command: Command, extended: boolean, opts?: Parameters<Guard["check"]>[2]): Promise<Verdict | undefined> {
+    try {
+      return await this.guard.check(this.session, command, opts);
+    } catch (e) {
+      const err = e instanceof AgateError ? e : new AgateError("GUARD_FAILED", String(e));
+      this.log("error", "command refused: the guard failed", { session: this.session.id, code: err.code, error: err.message });
+      const reply = ErrorResponse({ severity: "ERROR", code: "58000", message: `agate could not record the statement, so it was not run: ${err.message}`, hint: "The gateway's audit log is unavailable; ask its operator." });
+      if (extended) this.refuseInBatch(reply);
+      else this.injectAfterReplies([reply, "ReadyForQuery"]);
+      return undefined;
+    }
+  }
+
+  private refusal(command: Command, verdict: Verdict): Buffer {
+    if (command.invalid?.code === "SQL_PARSE") {
+      return ErrorResponse({ severity: "ERROR", code: "42601", message: command.invalid.message });
+    }
+    const reasons = verdict.decision.reasons.length ? verdict.decision.reasons.join("; ") : "no policy rule allowed it";
+    return ErrorResponse({
+      severity: "ERROR",
+      code: "42501",
+      message: `agate: statement refused by policy: ${reasons}`,
+      detail: `session ${this.session.id}, audit record ${verdict.record}`,
+    });
+  }
+
+  private async refuseSimple(command: Command): Promise<void> {
+    const verdict = await this.check(command, false);
+    if (verdict) this.injectAfterReplies([this.refusal(command, verdict), "ReadyForQuery"]);
+  }
+
+  /** An extended-protocol message was refused: its error goes where the target's would, then discard until Sync. */
+  private refuseInBatch(error: Buffer): void {
+    if (this.batchForwarded > 0) push(this.injectBefore, this.syncsSent + 1, error);
+    else this.injectAfterReplies([error]);
+    this.discarding = true;
+  }
+
+  /** Write now if the target owes no replies, else after the replies it owes. */
+  private injectAfterReplies(items: Injected[]): void {
+    if (this.syncsSent === this.zReceived) this.writeClient(items.map((i) => this.materialize(i)));
+    else for (const i of items) push(this.injectAfter, this.syncsSent, i);
+  }
+
+  private materialize(i: Injected): Buffer {
+    return i === "ReadyForQuery" ? ReadyForQuery(this.txStatus) : i;
+  }
+
+  private flushUpstream(): void {
+    if (this.toUpstream.length === 0 || this.closed) return;
+    const out = this.toUpstream.length === 1 ? this.toUpstream[0]! : Buffer.concat(this.toUpstream);
+    this.toUpstream = [];
+    if (!this.upstream.socket.write(out)) this.client.pause();
+  }
+
+  // ── target → client ──────────────────────────────────────────────────
+
+  private fromUpstream(chunk: Buffer): void {
+    const framer = this.upstream.framer;
+    framer.push(chunk);
+    const out: Buffer[] = [];
+    try {
+      for (let f = framer.next(); f; f = framer.next()) {
+        switch (f.type) {
+          case T.CommandComplete:
+            this.tags.push(f.body.toString("utf8", 0, f.body.length - 1));
+            out.push(f.raw);
+            break;
+          case T.ErrorResponse:
+            this.error ??= readErrorFields(f.body);
+            out.push(f.raw);
+            break;
+          case T.ReadyForQuery: {
+            const n = ++this.zReceived;
+            this.txStatus = f.body[0] ?? this.txStatus;
+            const before = this.injectBefore.get(n);
+            if (before) {
+              for (const i of before) out.push(this.materialize(i));
+              this.injectBefore.delete(n);
+            }
+            out.push(f.raw);
+            const after = this.injectAfter.get(n);
+            if (after) {
+              for (const i of after) out.push(this.materialize(i));
+              this.injectAfter.delete(n);
+            }
+            this.completeOutcome(n);
+            break;
+          }
+          default:
+            out.push(f.raw);
+        }
+      }
+    } catch (e) {
+      this.fatal(e);
+      return;
+    }
+    this.writeClient(out);
+  }
+
+  private completeOutcome(n: number): void {
+    const seqs = this.outcomeAt.get(n);
+    if (seqs) {
+      this.outcomeAt.delete(n);
+      let rows = 0;
+      for (const t of this.tags) rows += tagRows(t);
+      this.guard.outcome(this.session, seqs, { tags: this.tags, rows, ...(this.error ? { error: this.error } : {}) });
+    }
+    this.tags = [];
+    this.error = undefined;
+  }
+
+  private writeClient(out: Buffer[]): void {
+    if (out.length === 0 || this.closed) return;
+    const buf = out.length === 1 ? out[0]! : Buffer.concat(out);
+    if (!this.client.write(buf)) this.upstream.socket.pause();
+  }
+
+  // ── ending ───────────────────────────────────────────────────────────
+
+  /** A protocol violation or internal fault: tell the client (08P01) and close both sides. */
+  private fatal(e: unknown): void {
+    const violation = e instanceof ProtocolViolation;
+    const message = violation ? `agate: protocol violation: ${(e as Error).message}` : `agate: internal error: ${(e as Error)?.message ?? String(e)}`;
+    this.log(violation ? "warn" : "error", "session closed", { session: this.session.id, error: message });
+    if (!this.closed) this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
+    this.end(message);
+  }
+
+  private end(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.upstream.socket.destroy();
+    if (!this.client.destroyed) this.client.end();
+    this.onEnd({ reason, commands: this.seq });
+  }
+}
+
+function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
+  const list = m.get(k);
+  if (list) list.push(v);
+  else m.set(k, [v]);
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
