@@ -35,7 +35,12 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     onLog: (level, msg, facts) => log(level, msg, facts),
   });
   log("info", "policy loaded", { version: policy.version, bundle: config.policy.bundle ?? "(embedded default)" });
-  const guard = new Guard({ policy, audit, identity: new ApiKeyVerifier(config.identity.api_keys) });
+  const guard = new Guard({
+    policy,
+    audit,
+    identity: new ApiKeyVerifier(config.identity.api_keys),
+    onAuditError: (error, fields) => log("error", "audit record lost", { error: error.message, type: fields.type, session: fields.session }),
+  });
 
   const listeners: PgListener[] = [];
   const described: Gateway["listeners"] = [];

@@ -86,9 +86,14 @@ Clients use the key as their password and ID as their user name.`,
 
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
-  if (!name || name === "-h" || name === "--help" || name === "help") {
+  if (!name) {
+    // No command is a usage error: the help goes to stderr with exit 2.
+    process.stderr.write(HELP);
+    return 2;
+  }
+  if (name === "-h" || name === "--help" || name === "help") {
     process.stdout.write(HELP);
-    return name ? 0 : 2;
+    return 0;
   }
   if (name === "--version" || name === "-v") return COMMANDS.version!.run([]);
   const cmd = COMMANDS[name];
@@ -147,7 +152,9 @@ async function verify(argv: string[]): Promise<number> {
   }
   const e = result.error;
   const where = [e.index !== undefined ? `record ${e.index}` : "", e.segment ? `segment ${e.segment}` : "", e.offset !== undefined ? `offset ${e.offset}` : ""].filter(Boolean).join(", ");
-  console.log(`FAILED ${e.code}: ${e.message}${where ? ` (${where})` : ""}; ${result.records} records verified before it`);
+  // The verifier's message usually names the place already; add it only when it does not.
+  const named = e.index === undefined || e.message.includes(`record ${e.index}`);
+  console.log(`FAILED ${e.code}: ${e.message}${where && !named ? ` (${where})` : ""}; ${result.records} records verified before it`);
   return 1;
 }
 
@@ -200,9 +207,11 @@ async function keys(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (e) => {
+    // Usage errors (ours, and parseArgs' unknown options or stray arguments) exit 2; anything else 1.
+    const parseArgsError = e instanceof Error && "code" in e && String((e as { code: unknown }).code).startsWith("ERR_PARSE_ARGS");
     if (e instanceof AgateError) process.stderr.write(`agate: ${e.message} [${e.code}]\n`);
-    else if (e instanceof Error && "code" in e && String((e as { code: unknown }).code).startsWith("ERR_PARSE_ARGS")) process.stderr.write(`agate: ${e.message}\n`);
+    else if (parseArgsError) process.stderr.write(`agate: ${e.message}; see 'agate <command> --help'\n`);
     else process.stderr.write(`agate: unexpected error: ${e instanceof Error ? e.stack : String(e)}\n`);
-    process.exit(e instanceof AgateError && e.code === "USAGE" ? 2 : 1);
+    process.exit((e instanceof AgateError && e.code === "USAGE") || parseArgsError ? 2 : 1);
   },
 );

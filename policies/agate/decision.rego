@@ -22,6 +22,8 @@
 #                                              lo_import, lo_export, dblink*, ...
 #              agate.sql.deny_copy_program     COPY ... PROGRAM
 #              agate.sql.deny_copy_file        COPY to or from a server file
+#              agate.sql.deny_opaque_code      DO blocks, CREATE FUNCTION/PROCEDURE, LOAD:
+#                                              code whose effects no rule can see
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
 #   other    a missing or unknown stage is denied (agate.policy.deny_unknown_stage).
 #

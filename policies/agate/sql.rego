@@ -128,3 +128,18 @@ violations contains violation(
 	input.connection.protocol == "postgres"
 	not input.command.sql.statements
 }
+
+# Code whose effects the analyser cannot see: a DO block or a function or
+# procedure body (which could call pg_read_file where no rule looks), and
+# LOAD, which loads a shared library from the server's disk.
+violations contains violation(
+	"agate.sql.deny_opaque_code", "deny_opaque_code", true,
+	concat(" ", ["code the policy cannot inspect is not allowed (DO blocks, function bodies, LOAD)", where(i, st)]),
+) if {
+	some i, st in sql_statement
+	opaque_code(st)
+}
+
+opaque_code(st) if st.kind == "do"
+
+opaque_code(st) if st.node in {"DoStmt", "CreateFunctionStmt", "LoadStmt", "CreatePLangStmt"}

@@ -156,3 +156,15 @@ test_non_sql_command_allowed if {
 	}
 	d.allow == true
 }
+
+test_opaque_code_denied if {
+	denied_by([stmt("do", "DoStmt", "DO")], "agate.sql.deny_opaque_code")
+	denied_by([stmt("ddl", "CreateFunctionStmt", "CREATE FUNCTION")], "agate.sql.deny_opaque_code")
+	denied_by([stmt("utility", "LoadStmt", "LOAD")], "agate.sql.deny_opaque_code")
+}
+
+test_opaque_code_can_be_allowed if {
+	d := agate.decision with input as sql_command("prod-db", [stmt("do", "DoStmt", "DO")])
+		with data.agate.config.allow_rules as ["deny_opaque_code"]
+	d.allow == true
+}

@@ -73,6 +73,8 @@ export interface GuardDeps {
   policy: PolicyDecider;
   audit: AuditSink;
   identity: IdentityVerifier;
+  /** Told when a record that follows a forwarded command cannot be appended. */
+  onAuditError?: (error: Error, fields: Record<string, unknown>) => void;
   /** Clock, for tests; the WASM runtime has none, so time comes in the input. */
   now?: () => Date;
 }
@@ -93,7 +95,7 @@ export class Guard {
    */
   async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential): Promise<Session> {
     const refuse = async (e: AgateError) => {
-      this.deps.audit.appendLater({ type: "session_refused", connection, client, user: credential.user, code: e.code, reason: e.message });
+      this.later({ type: "session_refused", connection, client, user: credential.user, code: e.code, reason: e.message });
       return e;
     };
     let identity: Identity;
@@ -126,11 +128,24 @@ export class Guard {
 
   /** Record what the target answered for commands `seqs` (not awaited: ordered into the next group commit). */
   outcome(session: Session, seqs: number[], outcome: Outcome): void {
-    this.deps.audit.appendLater({ type: "outcome", session: session.id, seqs, ...outcome });
+    this.later({ type: "outcome", session: session.id, seqs, ...outcome });
   }
 
   closeSession(session: Session, reason: string, commands: number): void {
-    this.deps.audit.appendLater({ type: "session_end", session: session.id, reason, commands });
+    this.later({ type: "session_end", session: session.id, reason, commands });
+  }
+
+  /**
+   * Records that follow what was already forwarded (outcomes, ends). If the
+   * log has failed, the commands that would need it are refused by check();
+   * these facts are reported to the operator instead of thrown into a socket handler.
+   */
+  private later(fields: Record<string, unknown>): void {
+    try {
+      this.deps.audit.appendLater(fields);
+    } catch (e) {
+      this.deps.onAuditError?.(asError(e), fields);
+    }
   }
 
   /** The policy input document (DESIGN.md, "Policy contract"). */

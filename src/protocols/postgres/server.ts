@@ -46,8 +46,8 @@ const PASSED_PARAMETERS = new Set(["application_name", "client_encoding", "DateS
 /** The password message is small; PostgreSQL itself caps it at 1000 bytes for cleartext, tokens need more. */
 const MAX_PASSWORD_MESSAGE_BYTES = 64 * 1024;
 
-/** Cancel keys agate handed out → the target backend they stand for. */
-const cancelKeys = new Map<string, { target: PgTarget; pid: number; secret: number }>();
+/** Cancel keys agate handed out (by our pid) → our secret and the target backend they stand for. */
+const cancelKeys = new Map<number, { secret: number; target: PgTarget; upstreamPid: number; upstreamSecret: number }>();
 
 export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
   const secureContext = opts.tls ? tls.createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
@@ -66,11 +66,16 @@ export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
       const addr = server.address() as net.AddressInfo;
       resolve({
         port: addr.port,
-        close: (o = {}) =>
-          new Promise<void>((done) => {
-            server.close(() => done());
-            if (o.sessions) for (const s of sockets) s.destroy();
-          }),
+        close: async (o = {}) => {
+          const closed = new Promise<void>((done) => server.close(() => done()));
+          if (o.sessions) {
+            // Wait for every session to end, so its last records reach the log before the log closes.
+            // (A socket leaves `sockets` when it closes, so each one here will still emit "close".)
+            await Promise.all([...sockets].map((s) => new Promise<void>((done) => s.once("close", () => done()).destroy())));
+            await Bun.sleep(0);
+          }
+          await closed;
+        },
       });
     });
   });
@@ -145,9 +150,9 @@ class Startup {
     if (code === CANCEL_REQUEST_CODE) {
       const pid = r.i32();
       const secret = r.i32();
-      const key = cancelKeys.get(`${pid}`);
+      const key = cancelKeys.get(pid);
       // As PostgreSQL does: no answer either way, and a wrong secret is silently ignored.
-      if (key && key.secret === secret) void cancelUpstream(key.target, key.pid, key.secret).catch(() => {});
+      if (key && key.secret === secret) void cancelUpstream(key.target, key.upstreamPid, key.upstreamSecret).catch(() => {});
       this.sock.destroy();
       this.stage = "busy";
       return;
@@ -227,7 +232,7 @@ class Startup {
     // Our own cancel key stands for the target's; the client never learns the target's pid.
     const pid = randomInt(1, 2 ** 31 - 1);
     const secret = randomInt(0, 2 ** 31 - 1);
-    cancelKeys.set(`${pid}`, { target: opts.target, pid: upstream.pid, secret: upstream.secret });
+    cancelKeys.set(pid, { secret, target: opts.target, upstreamPid: upstream.pid, upstreamSecret: upstream.secret });
     const hello = [AuthenticationOk, ...upstream.parameterStatus, BackendKeyData(pid, secret)];
     if (dropped.length) {
       hello.push(NoticeResponse({ severity: "NOTICE", code: "01000", message: `agate ignored startup parameter(s) ${dropped.join(", ")}: they would change the session outside policy` }));
@@ -238,7 +243,7 @@ class Startup {
     this.framer.maxBytes = opts.maxMessageBytes;
     opts.log("info", "session started", { connection: opts.connection.name, session: session.id, subject: session.identity.subject, client: remote, tls: this.isTls });
     new PgSession(session, this.sock, this.framer, upstream, opts.guard, opts.log, (end) => {
-      cancelKeys.delete(`${pid}`);
+      cancelKeys.delete(pid);
       opts.guard.closeSession(session, end.reason, end.commands);
       opts.log("info", "session ended", { connection: opts.connection.name, session: session.id, reason: end.reason, commands: end.commands });
     });

@@ -1,0 +1,76 @@
+/**
+ * An agate gateway in this process, in front of a test PostgreSQL, with one
+ * API key. Clients in the same process must be asynchronous (spawn, not
+ * spawnSync): the gateway shares the event loop.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseConfig } from "../../src/config/index.ts";
+import { createLogger } from "../../src/core/log.ts";
+import { startGateway, type Gateway } from "../../src/gateway.ts";
+import { hashApiKey } from "../../src/identity/apikey.ts";
+import type { TestPostgres } from "./postgres.ts";
+
+export const API_KEY = "agk_test_key_for_integration_tests_only";
+export const USER = "ci-runner";
+
+export interface TestGateway {
+  gateway: Gateway;
+  port: number;
+  auditDir: string;
+  /** URL a client uses to reach `database` through agate with the test key. */
+  url(opts?: { user?: string; key?: string; database?: string; params?: string }): string;
+  close(): Promise<void>;
+}
+
+export async function startTestGateway(pg: TestPostgres, opts: { connection?: Record<string, unknown>; config?: Record<string, unknown>; targetUser?: string } = {}): Promise<TestGateway> {
+  const dir = mkdtempSync(join(tmpdir(), "agate-gw-"));
+  const auditDir = join(dir, "audit");
+  const config = parseConfig(
+    {
+      audit: { dir: auditDir },
+      identity: { api_keys: [{ id: USER, groups: ["ci"], kind: "service", sha256: hashApiKey(API_KEY) }] },
+      connections: [
+        {
+          name: "app-db",
+          listen: "127.0.0.1:0",
+          target: { host: pg.host, port: pg.port, database: "app", user: opts.targetUser ?? "app_scram", password: pg.password },
+          ...opts.connection,
+        },
+      ],
+      log_level: process.env.AGATE_TEST_LOG ?? "warn",
+      ...opts.config,
+    },
+    dir,
+  );
+  const gateway = await startGateway(config, createLogger(config.log_level));
+  const port = gateway.listeners[0]!.port;
+  return {
+    gateway,
+    port,
+    auditDir,
+    url: ({ user = USER, key = API_KEY, database = "app", params = "" } = {}) =>
+      `postgres://${encodeURIComponent(user)}:${encodeURIComponent(key)}@127.0.0.1:${port}/${database}${params ? `?${params}` : ""}`,
+    close: async () => {
+      await gateway.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Run a command without blocking the event loop; returns exit code and output. */
+export async function sh(argv: string[], opts: { stdin?: string; env?: Record<string, string> } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const p = Bun.spawn(argv, {
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: opts.stdin !== undefined ? new TextEncoder().encode(opts.stdin) : "ignore",
+    env: { ...process.env, ...opts.env },
+  });
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { code, stdout, stderr };
+}
+
+export function psql(url: string, sql: string, extra: string[] = []) {
+  return sh(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", url, ...extra, "-c", sql]);
+}

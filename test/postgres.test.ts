@@ -1,0 +1,402 @@
+/**
+ * The PostgreSQL path end to end: real PostgreSQL from initdb, agate in
+ * front of it, and real clients (psql, pgbench, porsager's postgres,
+ * node-postgres) talking to agate exactly as they would to the server.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { join } from "node:path";
+import pg from "pg";
+import postgres from "postgres";
+import { readRecords, verifyLog } from "../src/audit/index.ts";
+import { startTestGateway, psql, sh, type TestGateway } from "./helpers/gateway.ts";
+import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
+
+let db: TestPostgres;
+let gw: TestGateway;
+
+beforeAll(async () => {
+  db = await startPostgres();
+  await db.psql(`CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL);
+    INSERT INTO accounts SELECT g, 'owner-' || g, g * 10 FROM generate_series(1, 100) g;
+    ALTER TABLE accounts OWNER TO app_scram;`);
+  gw = await startTestGateway(db);
+});
+
+afterAll(async () => {
+  await gw?.close();
+  await db?.stop();
+});
+
+async function records(): Promise<Record<string, unknown>[]> {
+  const out: Record<string, unknown>[] = [];
+  for await (const r of readRecords(gw.auditDir)) out.push(r);
+  return out;
+}
+
+describe("psql", () => {
+  test("allowed queries return the same rows as a direct connection", async () => {
+    const sql = "SELECT id, owner, balance FROM accounts WHERE id % 7 = 0 ORDER BY id";
+    const direct = await psql(db.url("app_scram"), sql);
+    const through = await psql(gw.url(), sql);
+    expect(through.stderr).toBe("");
+    expect(through.code).toBe(0);
+    expect(through.stdout).toBe(direct.stdout);
+    expect(through.stdout.split("\n").filter(Boolean)).toHaveLength(14);
+  });
+
+  test("a denied statement fails with 42501 naming the rule, and never reaches the target", async () => {
+    const r = await psql(gw.url(), "DROP TABLE accounts", ["-v", "VERBOSITY=verbose"]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("42501");
+    expect(r.stderr).toContain("agate.sql.deny_drop");
+    expect((await db.psql("SELECT count(*) FROM accounts")).trim()).toBe("100");
+  });
+
+  test("one denied statement refuses the whole multi-statement query", async () => {
+    const r = await psql(gw.url(), "INSERT INTO accounts VALUES (1000, 'x', 1); TRUNCATE accounts");
+    expect(r.stderr).toContain("agate.sql.deny_truncate");
+    expect((await db.psql("SELECT count(*) FROM accounts WHERE id = 1000")).trim()).toBe("0");
+  });
+
+  test("functions that reach outside the database, COPY PROGRAM, DO blocks are refused", async () => {
+    for (const [sql, rule] of [
+      ["SELECT length(pg_read_file('/etc/hostname'))", "deny_server_function"],
+      ["SELECT * FROM (SELECT pg_catalog.pg_ls_dir('.')) s", "deny_server_function"],
+      ["COPY accounts TO PROGRAM 'cat > /tmp/agate-leak'", "deny_copy_program"],
+      ["COPY accounts FROM '/etc/passwd'", "deny_copy_file"],
+      ["DO $$ BEGIN PERFORM pg_read_file('/etc/hostname'); END $$", "deny_opaque_code"],
+      ["WITH x AS (SELECT 1) SELECT lo_import('/etc/hostname')", "deny_server_function"],
+    ]) {
+      const r = await psql(gw.url(), sql as string);
+      expect(r.stderr).toContain(`agate.sql.${rule}`);
+    }
+  });
+
+  test("a syntax error is refused by agate with 42601, unseen by the target", async () => {
+    const r = await psql(gw.url(), "SELEC 1", ["-v", "VERBOSITY=verbose"]);
+    expect(r.stderr).toContain("42601");
+    expect(r.stderr).toContain("syntax error");
+  });
+
+  test("the session stays usable after a refusal, inside and outside a transaction", async () => {
+    const script = `BEGIN;
+INSERT INTO accounts VALUES (2000, 'tx', 5);
+DROP TABLE accounts;
+SELECT count(*) FROM accounts WHERE id = 2000;
+COMMIT;
+SELECT owner FROM accounts WHERE id = 2000;`;
+    const r = await sh(["psql", "-X", "-At", gw.url(), "-f", "-"], { stdin: script });
+    expect(r.stderr).toContain("agate.sql.deny_drop");
+    expect(r.stdout.trim().split("\n")).toEqual(["BEGIN", "INSERT 0 1", "1", "COMMIT", "tx"]);
+  });
+
+  test("COPY FROM STDIN and COPY TO STDOUT stream through", async () => {
+    await psql(gw.url(), "CREATE TABLE copied (id int, note text)");
+    const rows = Array.from({ length: 5000 }, (_, i) => `${i}\tnote ${i}`).join("\n") + "\n";
+    const load = await sh(["psql", "-X", gw.url(), "-c", "\\copy copied FROM STDIN"], { stdin: rows });
+    expect(load.stderr).toBe("");
+    expect(load.stdout.trim()).toBe("COPY 5000");
+    const out = await psql(gw.url(), "COPY (SELECT * FROM copied ORDER BY id) TO STDOUT");
+    expect(out.stdout).toBe(rows);
+  });
+
+  test("a wrong API key, an unknown user and a missing password are refused with 28P01", async () => {
+    for (const url of [gw.url({ key: "agk_wrong" }), gw.url({ user: "someone-else" })]) {
+      const r = await psql(url, "SELECT 1");
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain("password authentication failed");
+    }
+    const noPassword = await sh(["psql", "-X", "-w", "-h", "127.0.0.1", "-p", String(gw.port), "-U", "ci-runner", "-d", "app", "-c", "SELECT 1"], { env: { PGPASSWORD: "" } });
+    expect(noPassword.code).not.toBe(0);
+  });
+
+  test("the target's credentials never reach the client", async () => {
+    const r = await psql(gw.url(), "SELECT current_user, session_user");
+    expect(r.stdout.trim()).toBe("app_scram|app_scram");
+    const all = JSON.stringify(await records());
+    expect(all).not.toContain(db.password);
+  });
+
+  test("startup parameters that would change the session outside policy are dropped, with a notice", async () => {
+    const r = await sh(["psql", "-X", "-At", gw.url({ params: "options=-c%20search_path%3Dpg_catalog" }), "-c", "SHOW search_path"]);
+    expect(r.stdout.trim()).toBe('"$user", public');
+    expect(r.stderr).toContain("agate ignored startup parameter(s) options");
+  });
+});
+
+describe("porsager/postgres", () => {
+  test("extended protocol with parameters, pipelined queries and a refusal in the middle", async () => {
+    const sql = postgres(gw.url(), { max: 1, onnotice: () => {} });
+    try {
+      const one = await sql`SELECT owner, balance FROM accounts WHERE id = ${42}`;
+      expect([...one]).toEqual([{ owner: "owner-42", balance: "420" }]);
+      // Three queries pipelined on one connection; the middle one is refused.
+      const results = await Promise.allSettled([
+        sql`SELECT ${1}::int AS n`,
+        sql`DROP TABLE accounts`,
+        sql`SELECT count(*)::int AS c FROM accounts WHERE id < ${10}`,
+      ]);
+      expect(results[0]).toEqual({ status: "fulfilled", value: expect.arrayContaining([{ n: 1 }]) });
+      expect(results[1]!.status).toBe("rejected");
+      const err = (results[1] as PromiseRejectedResult).reason;
+      expect(err.code).toBe("42501");
+      expect(err.message).toContain("agate.sql.deny_drop");
+      expect(results[2]).toEqual({ status: "fulfilled", value: expect.arrayContaining([{ c: 9 }]) });
+      // Same statement text again, now a prepared statement in porsager's cache.
+      expect((await sql`SELECT owner FROM accounts WHERE id = ${7}`)[0]!.owner).toBe("owner-7");
+      expect((await sql`SELECT owner FROM accounts WHERE id = ${8}`)[0]!.owner).toBe("owner-8");
+    } finally {
+      await sql.end();
+    }
+  });
+
+  test("transactions commit and roll back through the gateway", async () => {
+    const sql = postgres(gw.url(), { max: 1, onnotice: () => {} });
+    try {
+      await sql.begin(async (tx) => {
+        await tx`INSERT INTO accounts VALUES (3000, 'begin', 1)`;
+      });
+      await sql
+        .begin(async (tx) => {
+          await tx`INSERT INTO accounts VALUES (3001, 'rolled back', 1)`;
+          throw new Error("roll back");
+        })
+        .catch(() => {});
+      const rows = await sql`SELECT id FROM accounts WHERE id IN (3000, 3001) ORDER BY id`;
+      expect(rows.map((r) => r.id)).toEqual([3000]);
+    } finally {
+      await sql.end();
+    }
+  });
+
+  test("COPY through porsager's streams", async () => {
+    const sql = postgres(gw.url(), { max: 1 });
+    try {
+      await sql`CREATE TABLE IF NOT EXISTS streamed (n int)`;
+      const writable = await sql`COPY streamed FROM STDIN`.writable();
+      await new Promise<void>((done, fail) => {
+        writable.on("error", fail);
+        writable.write(Array.from({ length: 1000 }, (_, i) => `${i}\n`).join(""));
+        writable.end(done);
+      });
+      await Bun.sleep(0);
+      const [row] = await sql`SELECT count(*)::int AS c FROM streamed`;
+      expect(row?.c).toBe(1000);
+    } finally {
+      await sql.end();
+    }
+  });
+
+  test("CancelRequest reaches the right backend through agate", async () => {
+    const sql = postgres(gw.url(), { max: 1 });
+    try {
+      const q = sql`SELECT pg_sleep(30)`;
+      const started = q.execute();
+      await Bun.sleep(300);
+      q.cancel();
+      const err = await started.then(() => null, (e) => e);
+      expect(err?.code).toBe("57014");
+      expect((await sql`SELECT 1 AS ok`)[0]!.ok).toBe(1);
+    } finally {
+      await sql.end();
+    }
+  });
+
+  test("notices and notifications pass through", async () => {
+    const notices: string[] = [];
+    const sql = postgres(gw.url(), { max: 2, onnotice: (n) => notices.push(String(n.message)) });
+    try {
+      const got = new Promise<string>((resolve) => void sql.listen("agate_test", (payload) => resolve(payload)));
+      await Bun.sleep(200);
+      await sql`SELECT pg_notify('agate_test', 'hello')`;
+      expect(await got).toBe("hello");
+      await sql`CREATE TABLE IF NOT EXISTS noticed (id int)`;
+      await sql`CREATE TABLE IF NOT EXISTS noticed (id int)`;
+      expect(notices.some((m) => m.includes("already exists"))).toBe(true);
+    } finally {
+      await sql.end();
+    }
+  });
+});
+
+describe("node-postgres", () => {
+  test("named prepared statements, unnamed statements and a refusal keep the connection usable", async () => {
+    const client = new pg.Client({ connectionString: gw.url() });
+    await client.connect();
+    try {
+      const named = { name: "by-id", text: "SELECT owner FROM accounts WHERE id = $1", values: [5] };
+      expect((await client.query(named)).rows).toEqual([{ owner: "owner-5" }]);
+      expect((await client.query({ ...named, values: [6] })).rows).toEqual([{ owner: "owner-6" }]);
+      const err = await client.query("ALTER TABLE accounts ADD COLUMN x int").then(() => null, (e) => e);
+      expect(err?.code).toBe("42501");
+      expect(err?.message).toContain("agate.sql.deny_alter");
+      const err2 = await client.query({ text: "SELECT pg_read_file($1)", values: ["/etc/hostname"] }).then(() => null, (e) => e);
+      expect(err2?.code).toBe("42501");
+      expect((await client.query("SELECT $1::text AS v", ["after"])).rows).toEqual([{ v: "after" }]);
+    } finally {
+      await client.end();
+    }
+  });
+});
+
+describe("pgbench", () => {
+  test("pgbench runs through agate with the simple and the prepared protocol", async () => {
+    // pgbench -i runs TRUNCATE and DROP, which the default policy refuses: initialise directly.
+    await sh(["pgbench", "-i", "-s", "1", "-q", db.url("app_scram")]);
+    for (const mode of ["simple", "extended", "prepared"]) {
+      const r = await sh(["pgbench", "-n", "-c", "4", "-j", "2", "-t", "50", "-M", mode, gw.url()]);
+      expect(r.stderr).not.toContain("error");
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain("number of transactions actually processed: 200/200");
+    }
+    const refused = await sh(["pgbench", "-i", "-s", "1", gw.url()]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toContain("agate.sql.deny_drop");
+  });
+});
+
+describe("wire protocol robustness", () => {
+  /** Send raw bytes; resolve with what came back once the server closes (or after the first reply, with `firstReply`). */
+  function rawExchange(bytes: Buffer, firstReply = false): Promise<Buffer> {
+    return new Promise((resolve) => {
+      const chunks: Buffer[] = [];
+      const s = net.connect(gw.port, "127.0.0.1", () => s.write(bytes));
+      s.on("data", (c: Buffer) => {
+        chunks.push(c);
+        if (firstReply) s.destroy();
+      });
+      s.on("close", () => resolve(Buffer.concat(chunks)));
+      s.on("error", () => resolve(Buffer.concat(chunks)));
+      setTimeout(() => s.destroy(), 5000);
+    });
+  }
+
+  test("an oversized startup packet is refused with 08P01", async () => {
+    const b = Buffer.alloc(8);
+    b.writeInt32BE(1 << 20, 0);
+    b.writeInt32BE(196608, 4);
+    const reply = await rawExchange(b);
+    expect(reply[0]).toBe(0x45); // ErrorResponse
+    expect(reply.toString()).toContain("08P01");
+  });
+
+  test("an unknown protocol version is refused", async () => {
+    const b = Buffer.alloc(8);
+    b.writeInt32BE(8, 0);
+    b.writeInt32BE(2 << 16, 4);
+    const reply = await rawExchange(b);
+    expect(reply.toString()).toContain("0A000");
+  });
+
+  test("GSSENCRequest is declined and SSLRequest answered N without TLS configured", async () => {
+    const gss = Buffer.alloc(8);
+    gss.writeInt32BE(8, 0);
+    gss.writeInt32BE(80877104, 4);
+    expect((await rawExchange(gss, true)).toString()).toBe("N");
+    const r = await psql(gw.url({ params: "sslmode=prefer" }), "SELECT 1");
+    expect(r.stdout.trim()).toBe("1");
+    const req = await psql(gw.url({ params: "sslmode=require" }), "SELECT 1");
+    expect(req.code).not.toBe(0);
+  });
+
+  test("replication connections are refused", async () => {
+    const r = await sh(["psql", "-X", gw.url({ params: "replication=database" }), "-c", "IDENTIFY_SYSTEM"]);
+    expect(r.stderr).toContain("replication connections are not allowed");
+  });
+});
+
+describe("TLS", () => {
+  let tlsGw: TestGateway;
+  beforeAll(async () => {
+    const key = join(db.dir, "..", `agate-tls-${process.pid}.key`);
+    const cert = join(db.dir, "..", `agate-tls-${process.pid}.crt`);
+    const made = await sh(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost"]);
+    expect(made.code).toBe(0);
+    tlsGw = await startTestGateway(db, { connection: { tls: { cert, key, required: true } } });
+  });
+  afterAll(async () => tlsGw?.close());
+
+  test("sslmode=require negotiates TLS; a plain connection is refused when TLS is required", async () => {
+    const r = await sh(["psql", "-X", "-At", tlsGw.url({ params: "sslmode=require" }), "-c", "SELECT 1", "-c", "\\conninfo"]);
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toContain("SSL connection");
+    const plain = await psql(tlsGw.url({ params: "sslmode=disable" }), "SELECT 1");
+    expect(plain.code).not.toBe(0);
+    expect(plain.stderr).toContain("requires TLS");
+  });
+
+  test("porsager over TLS", async () => {
+    const sql = postgres(tlsGw.url(), { max: 1, ssl: { rejectUnauthorized: false } });
+    try {
+      expect((await sql`SELECT ${"tls"}::text AS v`)[0]!.v).toBe("tls");
+    } finally {
+      await sql.end();
+    }
+  });
+});
+
+describe("upstream authentication", () => {
+  test("md5 and cleartext targets work too", async () => {
+    for (const user of ["app_md5", "app_plain"]) {
+      const g = await startTestGateway(db, { targetUser: user });
+      try {
+        const r = await psql(g.url(), "SELECT current_user");
+        expect(r.stdout.trim()).toBe(user);
+      } finally {
+        await g.close();
+      }
+    }
+  });
+
+  test("a wrong target password is a clear 08001, without the password", async () => {
+    const g = await startTestGateway(db, { connection: { target: { host: db.host, port: db.port, database: "app", user: "app_scram", password: "nope" } } });
+    try {
+      const r = await psql(g.url(), "SELECT 1", ["-v", "VERBOSITY=verbose"]);
+      expect(r.stderr).toContain("08001");
+      expect(r.stderr).toContain("could not connect to the target");
+      expect(r.stderr).not.toContain("nope");
+    } finally {
+      await g.close();
+    }
+  });
+});
+
+describe("audit log", () => {
+  test("every session, command, decision and outcome is recorded, with Bind parameters", async () => {
+    const sql = postgres(gw.url(), { max: 1 });
+    await sql`SELECT owner FROM accounts WHERE id = ${77}`;
+    await sql.end();
+    await Bun.sleep(50);
+    const all = await records();
+    const types = new Set(all.map((r) => r.type));
+    for (const t of ["session_start", "command", "outcome", "session_end", "session_refused"]) expect(types).toContain(t);
+    const cmd = all.find((r) => r.type === "command" && r.text === "SELECT owner FROM accounts WHERE id = $1" && JSON.stringify(r.params) === '["77"]');
+    expect(cmd).toBeDefined();
+    const outcome = all.find((r) => r.type === "outcome" && r.session === cmd!.session && (r.seqs as number[]).includes(cmd!.seq as number));
+    expect(outcome?.tags).toEqual(["SELECT 1"]);
+    const denied = all.find((r) => r.type === "command" && (r.decision as { allow: boolean }).allow === false && String(r.text).startsWith("DROP TABLE accounts"));
+    expect((denied!.decision as { reasons: string[] }).reasons[0]).toStartWith("agate.sql.deny_drop");
+    const start = all.find((r) => r.type === "session_start") as { identity: { subject: string; groups: string[] } };
+    expect(start.identity.subject).toBe("ci-runner");
+  });
+
+  test("agate verify passes, then fails naming the record after one byte is flipped", async () => {
+    const ok = await sh(["bun", "src/main.ts", "verify", "--log", gw.auditDir, "--quiet"]);
+    expect(ok.stdout).toStartWith("ok:");
+    expect(ok.code).toBe(0);
+    // Tamper with a copy so the running gateway's log stays intact.
+    const copy = join(gw.auditDir, "..", "tampered");
+    await sh(["cp", "-r", gw.auditDir, copy]);
+    const seg = join(copy, readdirSync(copy).filter((f) => f.endsWith(".agl")).sort()[0]!);
+    const bytes = readFileSync(seg);
+    const at = Math.floor(bytes.length / 2);
+    bytes[at] = bytes[at]! ^ 0x01;
+    writeFileSync(seg, bytes);
+    const bad = await sh(["bun", "src/main.ts", "verify", "--log", copy, "--quiet"]);
+    expect(bad.code).toBe(1);
+    expect(bad.stdout).toMatch(/FAILED AUDIT_\w+: .*record \d+/);
+    expect((await verifyLog(copy)).ok).toBe(false);
+  });
+});
