@@ -10,7 +10,8 @@ import { join } from "node:path";
 import pg from "pg";
 import postgres from "postgres";
 import { readRecords, verifyLog } from "../src/audit/index.ts";
-import { startTestGateway, psql, sh, type TestGateway } from "./helpers/gateway.ts";
+import { message, startupPacket } from "../src/protocols/postgres/wire.ts";
+import { API_KEY, startTestGateway, psql, sh, type TestGateway } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 
 let db: TestPostgres;
@@ -301,6 +302,55 @@ describe("wire protocol robustness", () => {
     expect(req.code).not.toBe(0);
   });
 
+  /** Log in over a raw socket, then send `bytes` and collect the reply until the server closes or sends ReadyForQuery. */
+  function afterLogin(bytes: Buffer): Promise<{ reply: Buffer; closed: boolean }> {
+    return new Promise((resolve) => {
+      const s = net.connect(gw.port, "127.0.0.1");
+      let buf = Buffer.alloc(0);
+      let phase: "auth" | "ready" | "sent" = "auth";
+      const startup = startupPacket((w) => w.i32(196608).cstr("user").cstr("ci-runner").cstr("database").cstr("app").u8(0));
+      s.on("connect", () => s.write(startup));
+      s.on("data", (c: Buffer) => {
+        buf = Buffer.concat([buf, c]);
+        if (phase === "auth" && buf[0] === 0x52) {
+          phase = "ready";
+          buf = Buffer.alloc(0);
+          s.write(message(0x70, (w) => w.cstr(API_KEY)));
+        } else if (phase === "ready" && buf.at(-6) === 0x5a) {
+          phase = "sent";
+          buf = Buffer.alloc(0);
+          s.write(bytes);
+        } else if (phase === "sent" && buf.at(-6) === 0x5a) {
+          s.destroy();
+          resolve({ reply: buf, closed: false });
+        }
+      });
+      s.on("close", () => resolve({ reply: buf, closed: true }));
+    });
+  }
+
+  test("an unknown message type after login is a protocol violation (08P01) and closes the session", async () => {
+    const { reply, closed } = await afterLogin(message(0x7a, (w) => w.i32(1)));
+    expect(closed).toBe(true);
+    expect(reply.toString()).toContain("08P01");
+  });
+
+  test("a truncated Parse message is a protocol violation, not a crash", async () => {
+    const { reply, closed } = await afterLogin(message(0x50, (w) => w.cstr("s1")));
+    expect(closed).toBe(true);
+    expect(reply.toString()).toContain("08P01");
+    expect((await psql(gw.url(), "SELECT 1")).stdout.trim()).toBe("1");
+  });
+
+  test("the fast-path FunctionCall sub-protocol is refused and the session stays usable", async () => {
+    // FunctionCall for oid 764 (lo_import), no arguments, text result.
+    const { reply, closed } = await afterLogin(message(0x46, (w) => w.i32(764).i16(0).i16(0).i16(0)));
+    expect(closed).toBe(false);
+    expect(reply[0]).toBe(0x45);
+    expect(reply.toString()).toContain("fast-path function call");
+    expect(reply.at(-6)).toBe(0x5a);
+  });
+
   test("replication connections are refused", async () => {
     const r = await sh(["psql", "-X", gw.url({ params: "replication=database" }), "-c", "IDENTIFY_SYSTEM"]);
     expect(r.stderr).toContain("replication connections are not allowed");
@@ -353,10 +403,13 @@ describe("upstream authentication", () => {
   test("a wrong target password is a clear 08001, without the password", async () => {
     const g = await startTestGateway(db, { connection: { target: { host: db.host, port: db.port, database: "app", user: "app_scram", password: "nope" } } });
     try {
-      const r = await psql(g.url(), "SELECT 1", ["-v", "VERBOSITY=verbose"]);
-      expect(r.stderr).toContain("08001");
-      expect(r.stderr).toContain("could not connect to the target");
-      expect(r.stderr).not.toContain("nope");
+      const sql = postgres(g.url(), { max: 1 });
+      const err = await sql`SELECT 1`.then(() => null, (e) => e);
+      await sql.end();
+      expect(err?.code).toBe("08001");
+      expect(err?.message).toContain("could not connect to the target");
+      expect(err?.message).toContain("password authentication failed");
+      expect(err?.message).not.toContain("nope");
     } finally {
       await g.close();
     }
