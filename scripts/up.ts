@@ -1,0 +1,114 @@
+#!/usr/bin/env bun
+/**
+ * `bun run up` (through scripts/up.sh): agate in front of a throwaway local
+ * PostgreSQL, to try it with psql in a minute.
+ *
+ * Starts PostgreSQL in a temp dir (test/helpers/postgres.ts) with a `demo`
+ * table in database `app`, makes an API key, writes .agate/agate.yaml (audit
+ * log in .agate/audit, kept across runs), and runs the gateway in this
+ * process on 127.0.0.1:6432, or the next free port. Ctrl-C (SIGINT) or
+ * SIGTERM closes the gateway and stops and deletes the database.
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import net from "node:net";
+import { join, relative, resolve } from "node:path";
+import { loadConfig } from "../src/config/index.ts";
+import { createLogger } from "../src/core/log.ts";
+import { startGateway, type Gateway } from "../src/gateway.ts";
+import { createApiKey } from "../src/identity/apikey.ts";
+import { startPostgres, type TestPostgres } from "../test/helpers/postgres.ts";
+
+const root = resolve(import.meta.dir, "..");
+const stateDir = join(root, ".agate");
+const configFile = join(stateDir, "agate.yaml");
+const USER = "demo";
+
+const say = (line: string) => process.stderr.write(`up: ${line}\n`);
+
+/** Whether 127.0.0.1:port can be listened on right now. */
+function portFree(port: number): Promise<boolean> {
+  return new Promise((done) => {
+    const s = net.createServer();
+    s.once("error", () => done(false));
+    s.listen(port, "127.0.0.1", () => s.close(() => done(true)));
+  });
+}
+
+async function pickPort(from: number): Promise<number> {
+  for (let p = from; p < from + 100; p++) if (await portFree(p)) return p;
+  throw new Error(`no free port on 127.0.0.1 from ${from} to ${from + 99}`);
+}
+
+let pg: TestPostgres | undefined;
+let gateway: Gateway | undefined;
+let stopping: Promise<void> | undefined;
+
+function stop(why: string): Promise<void> {
+  stopping ??= (async () => {
+    say(`${why}: stopping the gateway and the throwaway database`);
+    await gateway?.close().catch((e) => say(`closing the gateway: ${(e as Error).message}`));
+    await pg?.stop().catch((e) => say(`stopping PostgreSQL: ${(e as Error).message}`));
+  })();
+  return stopping;
+}
+
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.on(signal, () => void stop(signal).then(() => process.exit(0)));
+}
+
+try {
+  say("starting a throwaway PostgreSQL");
+  pg = await startPostgres();
+  await pg.psql(
+    `SET ROLE app_scram;
+     CREATE TABLE demo (id int PRIMARY KEY, name text NOT NULL, email text);
+     INSERT INTO demo VALUES (1, 'Ada Lovelace', 'ada@example.com'), (2, 'Alan Turing', 'alan@example.com'), (3, 'Grace Hopper', 'grace@example.com');`,
+  );
+  say(`PostgreSQL ${pg.host}:${pg.port} (data in ${pg.dir}), table demo in database app`);
+
+  const { key, sha256 } = createApiKey();
+  const port = await pickPort(6432);
+  mkdirSync(stateDir, { recursive: true });
+  writeFileSync(
+    configFile,
+    `# Written by scripts/up.ts for a throwaway PostgreSQL; rewritten on every run.
+audit:
+  dir: ./audit
+identity:
+  api_keys:
+    - id: ${USER}
+      kind: human
+      groups: [demo]
+      sha256: ${sha256}
+connections:
+  - name: app-db
+    protocol: postgres
+    listen: 127.0.0.1:${port}
+    target:
+      host: ${pg.host}
+      port: ${pg.port}
+      database: app
+      user: app_scram
+      password: ${pg.password}   # the throwaway server's password, not a real secret
+`,
+    { mode: 0o600 },
+  );
+
+  const config = loadConfig(configFile);
+  gateway = await startGateway(config, createLogger(config.log_level));
+  const listener = gateway.listeners[0]!;
+  const auditDir = relative(process.cwd(), config.audit.dir) || config.audit.dir;
+
+  process.stdout.write(`
+agate is up. Connect through it with:
+  psql "postgres://${USER}:${key}@${listener.host}:${listener.port}/app"
+Try:  select * from demo;   drop table demo;   -- the second is refused by policy
+Audit log: ${auditDir}   (verify: bun src/main.ts verify --log ${auditDir})
+Ctrl-C stops the gateway and the throwaway database.
+
+`);
+} catch (e) {
+  say(`could not start: ${e instanceof Error ? e.message : String(e)}`);
+  await stop("error");
+  process.exit(1);
+}
