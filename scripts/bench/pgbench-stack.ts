@@ -1,0 +1,547 @@
+#!/usr/bin/env bun
+/**
+ * pgbench throughput in one run against three paths to the same throwaway
+ * PostgreSQL server (fsync on, one server config for all three):
+ *
+ *   direct      pgbench → PostgreSQL
+ *   pgbouncer   pgbench → pgbouncer (session pool, SCRAM) → PostgreSQL
+ *   agate       pgbench → `agate serve` (embedded default policy, strict
+ *               durable audit log: the default config) → PostgreSQL
+ *
+ * Each path runs select-only (`-S`) and the built-in TPC-B-like script, each
+ * with `-M simple` and `-M prepared`, 16 clients on 2 threads, `-n`, for a
+ * fixed duration; what pgbench's own vacuum would do (VACUUM branches and
+ * tellers, TRUNCATE history) is done directly before every run. Prints TPS,
+ * average latency, the agate/direct and agate/pgbouncer ratios, the CPU the
+ * gateway process used, and verifies the audit log at the end.
+ *
+ *   bun scripts/bench/pgbench-stack.ts [duration_s=20] [options]
+ *     --only W:M[,W:M]     runs to do (W: select-only|tpcb-like, M: simple|prepared)
+ *     --paths P[,P]        paths to measure (direct,pgbouncer,agate)
+ *     --warmup S           seconds of select-only per path before measuring (default 2; 0 = none)
+ *     --audit MODE         strict (default) or interval:MS, to see what durability costs
+ *     --agate-flags="..." extra bun flags for the agate process (e.g. --agate-flags="--cpu-prof --cpu-prof-dir=/tmp/p")
+ *     --hold               start the stack, print its endpoints as NAME=value lines, wait for Ctrl-C
+ *     --keep               keep the temp dir (configs, logs, audit log) afterwards
+ *
+ * Everything listens on 127.0.0.1 only; every process started here (PostgreSQL,
+ * pgbouncer, agate, pgbench) is stopped on exit, error, SIGINT or SIGTERM.
+ */
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { availableParallelism, cpus, tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { createApiKey } from "../../src/identity/apikey.ts";
+import { freePort, startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
+
+const REPO = resolve(import.meta.dir, "../..");
+const CLIENTS = 16;
+const THREADS = 2;
+const SCALE = 10;
+const USER = "app_scram";
+const DB = "app";
+
+type Workload = "select-only" | "tpcb-like";
+type Mode = "simple" | "prepared";
+type PathName = "direct" | "pgbouncer" | "agate";
+const WORKLOADS: Workload[] = ["select-only", "tpcb-like"];
+const MODES: Mode[] = ["simple", "prepared"];
+const PATHS: PathName[] = ["direct", "pgbouncer", "agate"];
+
+// ── arguments ──────────────────────────────────────────────────────────
+
+const { values: opt, positionals } = parseArgs({
+  args: process.argv.slice(2),
+  allowPositionals: true,
+  options: {
+    only: { type: "string" },
+    paths: { type: "string" },
+    warmup: { type: "string", default: "2" },
+    audit: { type: "string", default: "strict" },
+    "agate-flags": { type: "string", default: "" },
+    hold: { type: "boolean", default: false },
+    keep: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h", default: false },
+  },
+});
+if (opt.help) {
+  const doc = readFileSync(import.meta.path, "utf8").split("*/")[0]!;
+  console.log(doc.replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
+  process.exit(0);
+}
+const duration = Number(positionals[0] ?? 20);
+if (!Number.isInteger(duration) || duration < 1 || duration > 3600) die(`duration must be whole seconds from 1 to 3600; got ${positionals[0]}`);
+const warmup = Number(opt.warmup);
+if (!Number.isFinite(warmup) || warmup < 0 || warmup > 600) die(`--warmup must be 0–600 seconds; got ${opt.warmup}`);
+const paths = (opt.paths ? opt.paths.split(",") : PATHS) as PathName[];
+for (const p of paths) if (!PATHS.includes(p)) die(`--paths: unknown path ${p}; expected ${PATHS.join(", ")}`);
+const runs: { workload: Workload; mode: Mode }[] = [];
+for (const workload of WORKLOADS) for (const mode of MODES) runs.push({ workload, mode });
+const only = opt.only?.split(",").map((s) => s.trim());
+if (only) for (const o of only) if (!runs.some((r) => `${r.workload}:${r.mode}` === o)) die(`--only: unknown run ${o}; expected e.g. select-only:simple`);
+const selected = only ? runs.filter((r) => only.includes(`${r.workload}:${r.mode}`)) : runs;
+const durability = parseDurability(opt.audit!);
+const agateFlags = opt["agate-flags"]!.split(/\s+/).filter(Boolean);
+
+function parseDurability(s: string): object {
+  if (s === "strict") return { mode: "strict" };
+  const m = /^interval:(\d+)$/.exec(s);
+  if (m) return { mode: "interval", interval_ms: Number(m[1]) };
+  die(`--audit is ${s}; expected strict or interval:MS`);
+}
+
+function die(msg: string): never {
+  process.stderr.write(`pgbench-stack: ${msg}\n`);
+  process.exit(2);
+}
+
+function say(msg: string): void {
+  process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+// ── clean-up: every process started here, in reverse order ──────────────
+
+const cleanups: { name: string; fn: () => Promise<void> }[] = [];
+const children = new Set<Bun.Subprocess>();
+let stopping = false;
+let cleaning: Promise<void> | undefined;
+
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const c of children) c.kill("SIGKILL");
+    for (const { name, fn } of cleanups.reverse()) {
+      try {
+        await withTimeout(fn(), 20_000, `stopping ${name}`);
+      } catch (e) {
+        say(`clean-up: ${name}: ${(e as Error).message}`);
+      }
+    }
+  })();
+  return cleaning;
+}
+
+for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]] as const) {
+  process.on(signal, () => {
+    if (stopping) return;
+    stopping = true;
+    say(`${signal}: stopping everything`);
+    void cleanup().finally(() => process.exit(code));
+  });
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout>;
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: timed out after ${ms} ms`)), ms);
+    }),
+  ]);
+}
+
+/** Run to completion (bounded by timeoutMs); stdout and stderr as text. */
+async function run(argv: string[], opts: { env?: Record<string, string>; timeoutMs?: number; cwd?: string } = {}): Promise<{ code: number; out: string; err: string; cpu: number }> {
+  if (stopping) throw new Error("stopping");
+  const p = Bun.spawn(argv, {
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+    cwd: opts.cwd,
+    env: { ...process.env, ...opts.env },
+    timeout: opts.timeoutMs ?? 120_000,
+    killSignal: "SIGKILL",
+  });
+  children.add(p);
+  try {
+    const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    const ru = p.resourceUsage();
+    const cpu = ru ? Number(ru.cpuTime.user + ru.cpuTime.system) / 1e6 : 0;
+    return { code, out, err, cpu };
+  } finally {
+    children.delete(p);
+  }
+}
+
+async function mustRun(argv: string[], opts: Parameters<typeof run>[1] = {}): Promise<string> {
+  const r = await run(argv, opts);
+  if (r.code !== 0) throw new Error(`${argv.join(" ")} exited ${r.code}: ${(r.err || r.out).trim()}`);
+  return r.out;
+}
+
+// ── CPU accounting from /proc ──────────────────────────────────────────
+
+const CLK_TCK = Number((await mustRun(["getconf", "CLK_TCK"])).trim()) || 100;
+
+/** CPU seconds (user + system) a live process has used, or NaN. */
+function procCpu(pid: number | undefined): number {
+  if (!pid) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // fields from 3 (state) on
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime (14), stime (15)
+  } catch {
+    return NaN;
+  }
+}
+
+/** Busy and total jiffies of the whole machine. */
+function machineCpu(): { busy: number; total: number } {
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0); // user nice system idle iowait irq softirq steal
+  const idle = f[3]! + f[4]!;
+  return { busy: total - idle, total };
+}
+
+// ── the stack ──────────────────────────────────────────────────────────
+
+interface Endpoint {
+  name: PathName;
+  port: number;
+  user: string;
+  password: string;
+  /** Long-lived gateway process to account CPU for (pgbouncer, agate). */
+  pid?: number;
+}
+
+const asRoot = process.getuid?.() === 0;
+const base = mkdtempSync(join(tmpdir(), "agate-pgbench-"));
+chmodSync(base, 0o755);
+cleanups.push({
+  name: "temp dir",
+  fn: async () => {
+    if (opt.keep) say(`kept ${base}`);
+    else rmSync(base, { recursive: true, force: true });
+  },
+});
+
+async function startStack(): Promise<{ pg: TestPostgres; endpoints: Record<PathName, Endpoint>; auditDir: string; agatePid: number }> {
+  say(`temp dir ${base} (audit log, configs, logs); machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? "?"}`);
+  say("starting PostgreSQL (fsync on)");
+  const pg = await startPostgres({ fsync: true });
+  cleanups.push({ name: "PostgreSQL", fn: () => pg.stop() });
+  // A stable role for all three paths: pgbench's tables belong to app_scram.
+  const direct: Endpoint = { name: "direct", port: pg.port, user: USER, password: pg.password };
+
+  say(`pgbench -i -s ${SCALE} as ${USER}`);
+  await mustRun(["pgbench", "-i", "-s", String(SCALE), "-q", ...conn(direct), DB], { env: pgEnv(direct), timeoutMs: 600_000 });
+
+  const bouncer = await startPgbouncer(pg);
+  const agate = await startAgate(pg);
+  const endpoints = { direct, pgbouncer: bouncer, agate: agate.endpoint };
+  for (const p of PATHS) {
+    const out = await mustRun(["psql", "-X", "-At", ...conn(endpoints[p]), "-c", "select count(*) from pgbench_branches", DB], { env: pgEnv(endpoints[p]), timeoutMs: 30_000 });
+    if (out.trim() !== String(SCALE)) throw new Error(`${p}: expected ${SCALE} branches, got ${out.trim()}`);
+  }
+  return { pg, endpoints, auditDir: agate.auditDir, agatePid: agate.endpoint.pid! };
+}
+
+async function startPgbouncer(pg: TestPostgres): Promise<Endpoint> {
+  const dir = join(base, "pgbouncer");
+  mkdirSync(dir, { mode: 0o755 });
+  const port = await freePort();
+  const ini = join(dir, "pgbouncer.ini");
+  const pidfile = join(dir, "pgbouncer.pid");
+  writeFileSync(join(dir, "userlist.txt"), `"${USER}" "${pg.password}"\n`, { mode: 0o644 });
+  writeFileSync(
+    ini,
+    `[databases]
+${DB} = host=127.0.0.1 port=${pg.port} dbname=${DB}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = ${join(dir, "userlist.txt")}
+pool_mode = session
+max_client_conn = 100
+default_pool_size = 20
+logfile = ${join(dir, "pgbouncer.log")}
+pidfile = ${pidfile}
+ignore_startup_parameters = extra_float_digits
+log_connections = 0
+log_disconnections = 0
+`,
+    { mode: 0o644 },
+  );
+  if (asRoot) {
+    // pgbouncer refuses to run as root: it runs as the postgres system user, which must own its log and pid files.
+    const uid = Number((await mustRun(["id", "-u", "postgres"])).trim());
+    const gid = Number((await mustRun(["id", "-g", "postgres"])).trim());
+    chownSync(dir, uid, gid);
+  }
+  say(`starting pgbouncer on 127.0.0.1:${port} (session pool)`);
+  const argv = asRoot ? ["runuser", "-u", "postgres", "--", "pgbouncer", ini] : ["pgbouncer", ini];
+  const proc = Bun.spawn(argv, { stdout: "ignore", stderr: Bun.file(join(base, "pgbouncer.stderr")), stdin: "ignore" });
+  const readPid = () => {
+    try {
+      return Number(readFileSync(pidfile, "utf8").trim()) || undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  let pid: number | undefined;
+  cleanups.push({
+    name: "pgbouncer",
+    fn: async () => {
+      pid ??= readPid();
+      // SIGTERM: immediate shutdown. Signal pgbouncer itself, then let runuser reap it and exit;
+      // runuser is only signalled when there is no pid to signal or pgbouncer does not stop.
+      if (pid) signalPid(pid, "SIGTERM");
+      else proc.kill("SIGTERM");
+      const done = await Promise.race([proc.exited.then(() => true), Bun.sleep(5000).then(() => false)]);
+      if (!done) {
+        if (pid) signalPid(pid, "SIGKILL");
+        proc.kill("SIGKILL");
+        await proc.exited;
+      }
+    },
+  });
+  for (let i = 0; ; i++) {
+    pid = readPid();
+    if (pid && (await run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", String(port), "-d", DB], { timeoutMs: 5000 })).code === 0) break;
+    if (proc.exitCode !== null || i > 100) throw new Error(`pgbouncer did not start: ${readText(join(dir, "pgbouncer.log"))}${readText(join(base, "pgbouncer.stderr"))}`);
+    await Bun.sleep(100);
+  }
+  return { name: "pgbouncer", port, user: USER, password: pg.password, pid };
+}
+
+async function startAgate(pg: TestPostgres): Promise<{ endpoint: Endpoint; auditDir: string }> {
+  const auditDir = join(base, "audit");
+  const port = await freePort();
+  const { key, sha256 } = createApiKey();
+  const configFile = join(base, "agate.yaml");
+  // JSON is YAML. Everything not given is the default: embedded policy, strict durability, log_level info.
+  const config = {
+    audit: { dir: auditDir, durability },
+    identity: { api_keys: [{ id: "bench", kind: "service", groups: ["bench"], sha256 }] },
+    connections: [{ name: "bench", protocol: "postgres", listen: `127.0.0.1:${port}`, target: { host: "127.0.0.1", port: pg.port, database: DB, user: USER, password_env: "AGATE_BENCH_TARGET_PASSWORD" } }],
+  };
+  writeFileSync(configFile, JSON.stringify(config, null, 2) + "\n", { mode: 0o600 });
+  say(`starting agate on 127.0.0.1:${port} (audit ${JSON.stringify(durability)} in ${auditDir}${agateFlags.length ? `, bun ${agateFlags.join(" ")}` : ""})`);
+  const proc = Bun.spawn(["bun", ...agateFlags, "src/main.ts", "serve", "--config", configFile], {
+    cwd: REPO,
+    stdout: "pipe",
+    stderr: Bun.file(join(base, "agate.log")),
+    stdin: "ignore",
+    env: { ...process.env, AGATE_BENCH_TARGET_PASSWORD: pg.password },
+  });
+  cleanups.push({
+    name: "agate",
+    fn: async () => {
+      if (proc.exitCode !== null) return;
+      proc.kill("SIGTERM"); // closes listeners and flushes the audit log
+      const done = await Promise.race([proc.exited.then(() => true), Bun.sleep(10_000).then(() => false)]);
+      if (!done) {
+        say("agate did not exit within 10 s of SIGTERM; killing it");
+        proc.kill("SIGKILL");
+        await proc.exited;
+      }
+    },
+  });
+  const reader = proc.stdout.getReader();
+  let text = "";
+  const ready = (async () => {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`agate exited before listening: ${readText(join(base, "agate.log"))}`);
+      text += new TextDecoder().decode(value);
+      if (text.includes("listening on")) return;
+    }
+  })();
+  await withTimeout(ready, 30_000, "agate start-up");
+  void (async () => {
+    // Keep draining stdout so agate never blocks on a full pipe.
+    for (;;) if ((await reader.read()).done) return;
+  })().catch(() => {});
+  return { endpoint: { name: "agate", port, user: "bench", password: key, pid: proc.pid }, auditDir };
+}
+
+function signalPid(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+function readText(file: string): string {
+  try {
+    return readFileSync(file, "utf8").slice(-4000);
+  } catch {
+    return "";
+  }
+}
+
+/** Host, port and user; the database goes last as a positional argument (for pgbench, -d means --debug). */
+function conn(e: Endpoint): string[] {
+  return ["-h", "127.0.0.1", "-p", String(e.port), "-U", e.user];
+}
+
+function pgEnv(e: Endpoint): Record<string, string> {
+  return { PGPASSWORD: e.password, PGSSLMODE: "disable", PGCONNECT_TIMEOUT: "10", PGAPPNAME: "pgbench" };
+}
+
+// ── one pgbench run ────────────────────────────────────────────────────
+
+interface Result {
+  tps: number;
+  latencyMs: number;
+  transactions: number;
+  /** CPU of the gateway process, % of one core. */
+  gatewayCpu: number;
+  /** CPU of pgbench itself, % of one core. */
+  pgbenchCpu: number;
+  /** Whole-machine busy time, % of all cores. */
+  machineBusy: number;
+}
+
+async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: number, pg: TestPostgres): Promise<Result> {
+  // What pgbench does itself without -n, done directly so all three paths start alike.
+  for (const sql of ["VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history"]) await pg.psql(sql);
+  const argv = ["pgbench", "-n", ...(workload === "select-only" ? ["-S"] : []), "-M", mode, "-c", String(CLIENTS), "-j", String(THREADS), "-T", String(seconds), ...conn(e), DB];
+  const g0 = procCpu(e.pid);
+  const m0 = machineCpu();
+  const t0 = performance.now();
+  const r = await run(argv, { env: pgEnv(e), timeoutMs: (seconds + 60) * 1000 });
+  const wall = (performance.now() - t0) / 1000;
+  const m1 = machineCpu();
+  const g1 = procCpu(e.pid);
+  if (stopping) throw new Error("stopping");
+  const tps = /^tps = ([\d.]+) \(without initial connection time\)/m.exec(r.out);
+  const lat = /^latency average = ([\d.]+) ms/m.exec(r.out);
+  const tx = /^number of transactions actually processed: (\d+)/m.exec(r.out);
+  const failed = /^number of failed transactions: (\d+)/m.exec(r.out);
+  if (r.code !== 0 || !tps || !lat || !tx) throw new Error(`${argv.join(" ")} (${e.name}) exited ${r.code}:\n${r.out}\n${r.err}`);
+  if (failed && Number(failed[1]) > 0) throw new Error(`${e.name} ${workload} ${mode}: ${failed[1]} failed transactions:\n${r.out}\n${r.err}`);
+  return {
+    tps: Number(tps[1]),
+    latencyMs: Number(lat[1]),
+    transactions: Number(tx[1]),
+    gatewayCpu: e.pid ? (100 * (g1 - g0)) / wall : NaN,
+    pgbenchCpu: (100 * r.cpu) / wall,
+    machineBusy: (100 * (m1.busy - m0.busy)) / Math.max(1, m1.total - m0.total),
+  };
+}
+
+// ── report ─────────────────────────────────────────────────────────────
+
+const pad = (s: string, n: number) => s.padEnd(n);
+const lpad = (s: string, n: number) => s.padStart(n);
+const fmt = (n: number | undefined, digits = 0) => (n === undefined || Number.isNaN(n) ? "-" : n.toFixed(digits));
+const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? "-" : (a / b).toFixed(2));
+
+/** Gateway CPU microseconds per transaction. */
+const cpuPerTx = (r?: Result) => (r ? (r.gatewayCpu / 100 / r.tps) * 1e6 : undefined);
+
+function table(results: Map<string, Result>): string {
+  const key = (w: Workload, m: Mode, p: PathName) => `${w}/${m}/${p}`;
+  const lines = [
+    `${pad("workload", 14)}${pad("mode", 10)}${lpad("direct tps", 11)}${lpad("pgbouncer tps", 15)}${lpad("agate tps", 11)}${lpad("agate/direct", 14)}${lpad("agate/pgbouncer", 17)}  lat direct/pgb/agate (ms)`,
+  ];
+  for (const { workload, mode } of selected) {
+    const [d, b, a] = PATHS.map((p) => results.get(key(workload, mode, p)));
+    lines.push(
+      `${pad(workload, 14)}${pad(mode, 10)}${lpad(fmt(d?.tps), 11)}${lpad(fmt(b?.tps), 15)}${lpad(fmt(a?.tps), 11)}${lpad(ratio(a?.tps, d?.tps), 14)}${lpad(ratio(a?.tps, b?.tps), 17)}  ${[d, b, a].map((r) => fmt(r?.latencyMs, 3)).join(" / ")}`,
+    );
+  }
+  lines.push("", "CPU during each run (gateway and pgbench: % of one core; machine: % of all cores busy; us/tx: gateway CPU per transaction)");
+  lines.push(`${pad("workload", 14)}${pad("mode", 10)}${lpad("pgbouncer", 11)}${lpad("agate", 8)}${lpad("pgb us/tx", 11)}${lpad("agate us/tx", 13)}${lpad("pgbench d/b/a", 17)}  machine busy d/b/a`);
+  for (const { workload, mode } of selected) {
+    const [d, b, a] = PATHS.map((p) => results.get(key(workload, mode, p)));
+    lines.push(
+      `${pad(workload, 14)}${pad(mode, 10)}${lpad(fmt(b?.gatewayCpu), 11)}${lpad(fmt(a?.gatewayCpu), 8)}${lpad(fmt(cpuPerTx(b)), 11)}${lpad(fmt(cpuPerTx(a)), 13)}${lpad([d, b, a].map((r) => fmt(r?.pgbenchCpu)).join("/"), 17)}  ${[d, b, a].map((r) => fmt(r?.machineBusy)).join("/")}`,
+    );
+  }
+  return lines.join("\n");
+}
+
+// ── main ───────────────────────────────────────────────────────────────
+
+async function main(): Promise<number> {
+  const { pg, endpoints, auditDir, agatePid } = await startStack();
+
+  if (opt.hold) {
+    for (const p of PATHS) {
+      const e = endpoints[p];
+      console.log(`${p.toUpperCase()}_URL=postgres://${e.user}:${encodeURIComponent(e.password)}@127.0.0.1:${e.port}/${DB}`);
+    }
+    console.log(`AGATE_PID=${agatePid}`);
+    console.log(`PGBOUNCER_PID=${endpoints.pgbouncer.pid ?? ""}`);
+    console.log(`AUDIT_DIR=${auditDir}`);
+    console.log(`PG_SOCKET_DIR=${pg.dir}`);
+    say("holding; Ctrl-C (or SIGTERM) stops everything");
+    await new Promise(() => {});
+  }
+
+  // Other load on the machine skews every number: measure it once, before the runs.
+  const idle0 = machineCpu();
+  await Bun.sleep(1000);
+  const idle1 = machineCpu();
+  const busyBefore = (100 * (idle1.busy - idle0.busy)) / Math.max(1, idle1.total - idle0.total);
+  if (busyBefore > 10) say(`warning: the machine is ${busyBefore.toFixed(0)}% busy before the runs (other processes); results will be noisy`);
+
+  if (warmup > 0) {
+    for (const p of paths) {
+      say(`warm-up ${p}: select-only simple ${warmup} s`);
+      await pgbench(endpoints[p], "select-only", "simple", warmup, pg);
+    }
+  }
+
+  const results = new Map<string, Result>();
+  for (const { workload, mode } of selected) {
+    for (const p of paths) {
+      say(`${p}: ${workload} -M ${mode}, ${CLIENTS} clients / ${THREADS} threads, ${duration} s`);
+      const r = await pgbench(endpoints[p], workload, mode, duration, pg);
+      results.set(`${workload}/${mode}/${p}`, r);
+      say(`  tps ${r.tps.toFixed(0)}, latency ${r.latencyMs.toFixed(3)} ms${Number.isNaN(r.gatewayCpu) ? "" : `, gateway CPU ${r.gatewayCpu.toFixed(0)}%`}`);
+    }
+  }
+
+  // Stop agate (it flushes the log), then verify the log from its files.
+  const agate = cleanups.find((c) => c.name === "agate")!;
+  await agate.fn();
+  const verify = await run(["bun", "src/main.ts", "verify", "--quiet", "--log", auditDir], { cwd: REPO, timeoutMs: 600_000 });
+  const auditBytes = readdirSync(auditDir).reduce((sum, f) => sum + statSync(join(auditDir, f)).size, 0);
+  const verified = /^ok: (\d+) records/m.exec(verify.out);
+
+  console.log("");
+  console.log(
+    `pgbench -c ${CLIENTS} -j ${THREADS} -T ${duration} -n, scale ${SCALE}, PostgreSQL fsync=on (one server for all paths), all on 127.0.0.1; pgbouncer session pool (pool 20); agate default policy`,
+  );
+  console.log(table(results));
+  console.log("");
+  const durabilityText = (durability as { mode: string }).mode === "strict" ? "strict (each command durable before it is forwarded)" : JSON.stringify(durability);
+  console.log(
+    `audit: durability ${durabilityText}; ${verified ? `${verified[1]} records` : "? records"}, ${(auditBytes / 1e6).toFixed(1)} MB in ${auditDir} (${tmpdir()}, same filesystem as the repo: ${sameFs(auditDir, REPO) ? "yes" : "no"}); agate verify: ${verify.code === 0 ? "ok" : `FAILED (exit ${verify.code}): ${verify.out.trim()} ${verify.err.trim()}`}`,
+  );
+  console.log(
+    `machine: ${availableParallelism()} cores (${cpus()[0]?.model ?? "?"}), shared by pgbench, PostgreSQL and the gateway; ${busyBefore.toFixed(0)}% busy before the runs (idle stack)`,
+  );
+  for (const mode of MODES) {
+    const a = results.get(`select-only/${mode}/agate`);
+    const b = results.get(`select-only/${mode}/pgbouncer`);
+    if (a && b) console.log(`target agate >= 0.8 x pgbouncer select-only TPS (${mode}): ${(a.tps / b.tps).toFixed(2)} -> ${a.tps >= 0.8 * b.tps ? "MET" : "NOT MET"}`);
+  }
+  return verify.code === 0 ? 0 : 1;
+}
+
+function sameFs(a: string, b: string): boolean {
+  try {
+    return statSync(a).dev === statSync(b).dev;
+  } catch {
+    return false;
+  }
+}
+
+let code = 1;
+try {
+  code = await main();
+} catch (e) {
+  if (!stopping) say(`failed: ${e instanceof Error ? e.message : String(e)}`);
+} finally {
+  if (!stopping) {
+    await cleanup();
+    process.exit(code);
+  }
+}
