@@ -5,6 +5,7 @@ import { join, resolve } from "node:path";
 import { AgateError } from "../src/core/errors.ts";
 import type { SqlStatement } from "../src/core/types.ts";
 import { analyzeSql, clearSqlCache, initSql } from "../src/protocols/postgres/sql.ts";
+import { literalShape } from "../src/protocols/postgres/sql-shape.ts";
 
 beforeAll(async () => {
   await initSql();
@@ -348,4 +349,55 @@ console.log(JSON.stringify({ notReady, wasm, facts: analyzeSql("select 1") }));
       multi: false,
     });
   }, 60_000);
+});
+
+describe("literal shapes: inlined values share one parse", () => {
+  test("strings that differ only in literals have the same shape; others do not", () => {
+    const a = literalShape("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;");
+    expect(a).toBeDefined();
+    expect(literalShape("SELECT abalance FROM pgbench_accounts WHERE aid = 7;")).toBe(a!);
+    expect(literalShape("SELECT abalance FROM pgbench_accounts WHERE aid = 7.5")).not.toBe(a!);
+    expect(literalShape("UPDATE t SET note = 'it''s' WHERE id = 3")).toBe(literalShape("UPDATE t SET note = 'x' WHERE id = 44")!);
+    expect(literalShape("SELECT f1(1)")).not.toBe(literalShape("SELECT f2(1)")!);
+  });
+
+  test("anything the narrow scanner does not fully understand is not shaped", () => {
+    for (const text of [
+      "SELECT E'a\\'b'", // escape string
+      "SELECT 'a\\'", // backslash: depends on standard_conforming_strings
+      "SELECT $1",
+      "SELECT $$x$$",
+      'SELECT "Col" FROM t',
+      "SELECT 1 -- comment",
+      "SELECT /* c */ 1",
+      "SELECT 1; DROP TABLE t",
+      "SELECT x'ff'",
+      "SELECT 1e5x",
+      "SELECT 'ü'",
+      "SELECT 'unterminated",
+    ]) {
+      expect(literalShape(text)).toBeUndefined();
+    }
+  });
+
+  test("facts through a shape are the facts of a fresh parse, with the statement's own text", () => {
+    const texts = [
+      "SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+      "  select * from t1 join s.t2 using (id) where t1.x > 10 limit 5 ",
+      "UPDATE pgbench_branches SET bbalance = bbalance + -4000 WHERE bid = 1;",
+      "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);",
+      "SELECT pg_read_file('/etc/hostname')",
+      "COPY t FROM '/tmp/x'",
+    ];
+    for (const text of texts) {
+      const variant = text.replace(/\d+/g, (d) => String(Number(d) + 1)).replace(/'[^']*'/g, "'other'");
+      clearSqlCache();
+      const fresh = analyzeSql(variant);
+      clearSqlCache();
+      analyzeSql(text); // primes the shape
+      const viaShape = analyzeSql(variant);
+      expect(viaShape).toEqual(fresh);
+      expect(viaShape.statements[0]!.text).toBe(fresh.statements[0]!.text);
+    }
+  });
 });

@@ -20,6 +20,7 @@ import type { SqlFacts, SqlStatement } from "../../core/types.ts";
 import createPgQueryModule from "libpg-query/wasm/libpg-query.js";
 // @ts-ignore -- TypeScript < 7.1 cannot see bun-types' `with { type: "file" }` declaration (a path string).
 import wasmAsset from "libpg-query/wasm/libpg-query.wasm" with { type: "file" };
+import { literalShape, singleStatementText } from "./sql-shape.ts";
 import { describeStatement } from "./sql-walk.ts";
 
 /** The emscripten exports used here (see node_modules/libpg-query/wasm/index.js). */
@@ -179,6 +180,8 @@ async function refill(): Promise<void> {
 /** A cached answer: the facts, or the SQL_PARSE error the same text gets again. */
 type Cached = SqlFacts | AgateError;
 const cache = new GenerationalCache<Cached>(SQL_CACHE_MAX_ENTRIES, SQL_CACHE_MAX_TOTAL_CHARS);
+/** Facts of single-statement strings by literal shape (sql-shape.ts): inlined values share one parse. */
+const shapes = new GenerationalCache<SqlFacts>(SQL_CACHE_MAX_ENTRIES, SQL_CACHE_MAX_TOTAL_CHARS);
 
 /**
  * Parse a query string (one or more statements) and describe each statement.
@@ -210,6 +213,12 @@ export function analyzeSql(text: string): SqlFacts {
     throw new AgateError("SQL_NOT_READY", "The SQL parser is restarting after a fault; retry the statement.");
   }
   const cacheable = text.length <= SQL_CACHE_MAX_TEXT_CHARS;
+  const shape = cacheable ? literalShape(text) : undefined;
+  const same = shape === undefined ? undefined : shapes.get(shape);
+  if (same !== undefined) {
+    // Not added to the text cache: strings with inlined values rarely repeat and would evict those that do.
+    return freezeFacts({ statements: [{ ...same.statements[0]!, text: singleStatementText(text) }], multi: false });
+  }
   let facts: SqlFacts;
   try {
     facts = freezeFacts(analyze(active, text));
@@ -219,6 +228,7 @@ export function analyzeSql(text: string): SqlFacts {
     throw e;
   }
   if (cacheable) cache.set(text, facts);
+  if (shape !== undefined && facts.statements.length === 1) shapes.set(shape, facts);
   return facts;
 }
 
@@ -227,6 +237,7 @@ const CACHED_ERRORS = new Set(["SQL_PARSE", "SQL_TOO_DEEP"]);
 /** Empty the result cache (tests and benchmarks measure the uncached path with it). */
 export function clearSqlCache(): void {
   cache.clear();
+  shapes.clear();
 }
 
 const encoder = new TextEncoder();
