@@ -93,6 +93,17 @@ SELECT owner FROM accounts WHERE id = 2000;`;
     expect(r.stdout.trim().split("\n")).toEqual(["BEGIN", "INSERT 0 1", "1", "COMMIT", "tx"]);
   });
 
+  test("settings under which PostgreSQL would lex SQL differently from agate make agate refuse ambiguous statements", async () => {
+    // With standard_conforming_strings off, PostgreSQL reads backslashes in '…' as escapes; agate's parser does not.
+    const script = "SET standard_conforming_strings = off;\nSELECT 'a\\\\' AS x;\nSELECT 1 AS plain;\nSET standard_conforming_strings = on;\nSELECT 'a\\\\' AS x;\n";
+    const r = await sh(["psql", "-X", "-At", gw.url(), "-f", "-"], { stdin: script });
+    expect(r.stderr).toContain("standard_conforming_strings is off");
+    expect(r.stdout.trim().split("\n")).toEqual(["SET", "1", "SET", "a\\\\"]);
+    const enc = await sh(["psql", "-X", "-At", gw.url(), "-f", "-"], { stdin: "SET client_encoding = 'SJIS';\nSELECT 'ü';\nSET client_encoding = 'UTF8';\nSELECT 'ü';" });
+    expect(enc.stderr).toContain("client_encoding is SJIS");
+    expect(enc.stdout.trim().split("\n")).toEqual(["SET", "SET", "ü"]);
+  });
+
   test("COPY FROM STDIN and COPY TO STDOUT stream through", async () => {
     await psql(gw.url(), "CREATE TABLE copied (id int, note text)");
     const rows = Array.from({ length: 5000 }, (_, i) => `${i}\tnote ${i}`).join("\n") + "\n";

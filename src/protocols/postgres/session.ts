@@ -39,6 +39,9 @@ interface Prepared {
 /** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
 type Injected = Buffer | "ReadyForQuery";
 
+/** Client encodings agate's UTF-8 reading agrees with (the server validates SQL_ASCII bytes as its own encoding). */
+const SAFE_CLIENT_ENCODINGS = new Set(["UTF8", "UTF-8", "UNICODE", "SQL_ASCII"]);
+
 /** Pause reading from the client when this many bytes wait to be framed. */
 const CLIENT_BUFFER_HIGH_WATER = 8 << 20;
 
@@ -66,6 +69,12 @@ export class PgSession {
   private readonly statements = new Map<string, Prepared>();
   private readonly portals = new Map<string, { statement: string; params: (string | null)[] }>();
 
+  /**
+   * Set while the target session has a setting under which PostgreSQL would
+   * lex SQL differently from agate's parser; every statement is refused then.
+   */
+  private lexingHazard: string | undefined;
+
   // Outcomes: command seqs completed by ReadyForQuery #n, and what the target said since the last one.
   private readonly outcomeAt = new Map<number, number[]>();
   private tags: string[] = [];
@@ -81,6 +90,7 @@ export class PgSession {
     private readonly onEnd: (end: SessionEnd) => void,
   ) {
     this.txStatus = upstream.txStatus;
+    for (const raw of upstream.parameterStatus) this.onParameterStatus(raw.subarray(5));
     client.on("data", (chunk: Buffer) => {
       this.clientFramer.push(chunk);
       if (this.clientFramer.buffered > CLIENT_BUFFER_HIGH_WATER) client.pause();
@@ -240,6 +250,8 @@ export class PgSession {
   /** Parse the SQL; a syntax error makes the command invalid (refused, never forwarded). */
   private command(text: string): Command {
     const seq = ++this.seq;
+    // Plain ASCII without backslashes lexes the same under every such setting.
+    if (this.lexingHazard && !/^[\x01-\x5b\x5d-\x7f]*$/.test(text)) return { seq, text, invalid: { code: "SQL_SETTINGS", message: this.lexingHazard } };
     try {
       return { seq, text, sql: analyzeSql(text) };
     } catch (e) {
@@ -321,6 +333,10 @@ export class PgSession {
             this.error ??= readErrorFields(f.body);
             out.push(f.raw);
             break;
+          case T.ParameterStatus:
+            this.onParameterStatus(f.body);
+            out.push(f.raw);
+            break;
           case T.ReadyForQuery: {
             const n = ++this.zReceived;
             this.txStatus = f.body[0] ?? this.txStatus;
@@ -348,6 +364,26 @@ export class PgSession {
     }
     this.writeClient(out);
   }
+
+  /**
+   * agate parses SQL as UTF-8 with standard_conforming_strings on. If the
+   * target would read the same bytes differently (backslash escapes in '…',
+   * or a client encoding whose multi-byte characters contain ASCII quote and
+   * backslash bytes), a string agate sees as harmless could run as something
+   * else: refuse statements with non-ASCII bytes or backslashes until the
+   * setting is back.
+   */
+  private onParameterStatus(body: Buffer): void {
+    const [name, value] = body.toString("utf8").split("\0");
+    if (name === "standard_conforming_strings") this.hazards.scs = value === "off" ? "standard_conforming_strings is off" : undefined;
+    else if (name === "client_encoding") this.hazards.encoding = SAFE_CLIENT_ENCODINGS.has(value?.toUpperCase() ?? "") ? undefined : `client_encoding is ${value}`;
+    else return;
+    const found = [this.hazards.scs, this.hazards.encoding].filter(Boolean);
+    this.lexingHazard = found.length
+      ? `agate reads SQL as UTF-8 with standard_conforming_strings on, but in this session ${found.join(" and ")}; statements with non-ASCII characters or backslashes are refused until it is set back (SET client_encoding = 'UTF8'; SET standard_conforming_strings = on)`
+      : undefined;
+  }
+  private readonly hazards: { scs?: string; encoding?: string } = {};
 
   private completeOutcome(n: number): void {
     const seqs = this.outcomeAt.get(n);
