@@ -4,12 +4,14 @@
  * node-postgres) talking to agate exactly as they would to the server.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import net from "node:net";
 import { join } from "node:path";
 import pg from "pg";
 import postgres from "postgres";
 import { readRecords, verifyLog } from "../src/audit/index.ts";
+import { buildPolicies } from "../src/policy/build.ts";
 import { message, startupPacket } from "../src/protocols/postgres/wire.ts";
 import { API_KEY, startTestGateway, psql, sh, type TestGateway } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
@@ -423,6 +425,45 @@ describe("upstream authentication", () => {
       expect(err?.message).not.toContain("nope");
     } finally {
       await g.close();
+    }
+  });
+});
+
+describe("policy reload", () => {
+  test("a new bundle takes effect in open sessions; a broken one keeps the last good", async () => {
+    const work = mkdtempSync(join(tmpdir(), "agate-reload-"));
+    const policies = join(work, "policies");
+    cpSync("policies", policies, { recursive: true });
+    const bundle = join(work, "policy.wasm");
+    copyFileSync("wasm/policy.wasm", bundle);
+    const g = await startTestGateway(db, { config: { policy: { bundle, watch: true } } });
+    const sql = postgres(g.url(), { max: 1 });
+    try {
+      expect((await sql`SELECT count(*)::int AS c FROM accounts WHERE id < 5`)[0]!.c).toBe(4);
+      writeFileSync(
+        join(policies, "agate", "reload_rule.rego"),
+        `package agate\n\nviolations contains violation("agate.test.deny_accounts", "deny_accounts", true, "accounts is closed") if {\n\tsome st in sql_statement\n\t"accounts" in st.reads\n}\n`,
+      );
+      const out = join(work, "out");
+      await buildPolicies({ policiesDir: policies, outDir: out });
+      copyFileSync(join(out, "policy.wasm"), bundle + ".tmp");
+      renameSync(bundle + ".tmp", bundle);
+      let err: { code?: string; message?: string } | null = null;
+      for (let attempt = 0; attempt < 100 && !err; attempt++) {
+        err = await sql`SELECT count(*) FROM accounts`.then(() => null, (e) => e);
+        if (!err) await Bun.sleep(100);
+      }
+      expect(err?.code).toBe("42501");
+      expect(err?.message).toContain("agate.test.deny_accounts");
+      writeFileSync(bundle, "not a wasm module");
+      await Bun.sleep(1500);
+      const still = await sql`SELECT count(*) FROM accounts`.then(() => null, (e) => e);
+      expect(still?.message).toContain("agate.test.deny_accounts");
+      expect((await sql`SELECT 1 AS one`)[0]!.one).toBe(1);
+    } finally {
+      await sql.end();
+      await g.close();
+      rmSync(work, { recursive: true, force: true });
     }
   });
 });
