@@ -3,9 +3,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { AgateError } from "../src/core/errors.ts";
-import { canonicalJson } from "../src/audit/canonical.ts";
+import { canonicalFull, canonicalJson } from "../src/audit/canonical.ts";
 import { crc32c } from "../src/audit/crc32c.ts";
-import { ZERO_HASH, encodeFileHeader, encodeFrame, encodeRecord, hashPayload, segmentName } from "../src/audit/format.ts";
+import { ZERO_HASH, encodeFileHeader, encodeFrame, encodePayload, encodeRecord, hashPayload, segmentName } from "../src/audit/format.ts";
 import { openLog, readRecords, verifyLog, type AuditLog } from "../src/audit/index.ts";
 
 const dirs: string[] = [];
@@ -83,6 +83,91 @@ describe("canonicalJson", () => {
     for (const v of [{ n: NaN }, { n: Infinity }, { n: 1n }, { f: () => 1 }, cyclic]) {
       expect(() => canonicalJson(v)).toThrow(AgateError);
     }
+  });
+});
+
+describe("canonicalJson fast path", () => {
+  // A small deterministic PRNG so a failure can be reproduced.
+  function rng(seed: number): () => number {
+    return () => {
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+  const keyPool = ["a", "b", "B", "i", "prev", "t", "v", "type", "session", "seq", "0", "1", "10", "9", "-1", "__proto__", "toJSON", "", "\u20ac", "\ud83d\ude00", "\ud800", "a\"b", "\n", "zz", "é"];
+  const strPool = ["", "x", "SELECT 1", 'q"uote', "back\\slash", "\u0000\u001f\u007f", "\u2028\u2029", "\ud83d\ude00", "\udc00 lone", "é€", "base64:AAEC"];
+  const numPool = [0, -0, 1, -1, 17, 0.1, 1e21, 1e-7, 123456789012345680000, Number.MAX_SAFE_INTEGER, 2 ** 53 + 2, -1.5e-300];
+  function value(r: () => number, depth: number): unknown {
+    const pick = <T,>(xs: T[]) => xs[Math.floor(r() * xs.length)]!;
+    const k = Math.floor(r() * (depth > 3 ? 6 : 10));
+    switch (k) {
+      case 0: return pick(strPool);
+      case 1: return pick(numPool);
+      case 2: return r() < 0.5;
+      case 3: return null;
+      case 4: return r() < 0.7 ? pick(strPool) + pick(keyPool) : undefined;
+      case 5: {
+        const s = pick(strPool);
+        return r() < 0.5 ? new Date(Math.floor(r() * 2e12)) : { toJSON: () => s };
+      }
+      case 6:
+      case 7: {
+        const o: Record<string, unknown> = {};
+        const n = Math.floor(r() * 6);
+        for (let j = 0; j < n; j++) Object.defineProperty(o, pick(keyPool), { value: value(r, depth + 1), enumerable: true, configurable: true, writable: true });
+        return o;
+      }
+      default: {
+        const a = Array.from({ length: Math.floor(r() * 4) }, () => value(r, depth + 1));
+        if (r() < 0.1) a.length += 2; // holes
+        return a;
+      }
+    }
+  }
+  function outcome(f: () => string): string {
+    try {
+      return f();
+    } catch (e) {
+      return `throws ${(e as AgateError).code}: ${(e as Error).message}`;
+    }
+  }
+  test("agrees with the full canonicalizer on random values", () => {
+    const r = rng(8785);
+    for (let n = 0; n < 5000; n++) {
+      const v = value(r, 0);
+      const want = outcome(() => canonicalFull(v));
+      expect(outcome(() => canonicalJson(v))).toBe(want);
+      if (!want.startsWith("throws")) expect(JSON.parse(want)).toEqual(JSON.parse(JSON.stringify(v) ?? "null"));
+    }
+  });
+  test("records: reserved keys spliced in at their sorted places", () => {
+    const r = rng(3720);
+    for (let n = 0; n < 5000; n++) {
+      const f = value(r, 1);
+      if (typeof f !== "object" || f === null || Array.isArray(f) || ["i", "prev", "t", "v"].some((k) => Object.hasOwn(f, k))) continue;
+      const fields = f as Record<string, unknown>;
+      const want = outcome(() => canonicalFull({ ...fields, v: 1, i: n, prev: ZERO_HASH, t: "2025-01-01T00:00:00.000Z" }));
+      expect(outcome(() => encodePayload(n, ZERO_HASH, "2025-01-01T00:00:00.000Z", fields))).toBe(want);
+    }
+  });
+  test("the hard cases: refusals, cycles, deep nesting, index keys, boxed values, holes", () => {
+    const cyclic: Record<string, unknown> = { a: [1] };
+    (cyclic.a as unknown[]).push({ back: cyclic });
+    let deep: unknown = "end";
+    for (let d = 0; d < 200; d++) deep = { d: [deep] };
+    const cases: unknown[] = [
+      { n: NaN }, { n: [1, -Infinity] }, { b: 1n }, { f: () => 1 }, { s: Symbol("s") }, cyclic, deep,
+      { 10: "a", 9: "b", x: { 2: 1, 10: 2 } }, { ["__proto__"]: 1 } , JSON.parse('{"__proto__":{"x":1},"a":2}'),
+      { s: new String("ab"), n: new Number(3), b: new Boolean(false) }, { m: new Map([[1, 2]]) }, [1, , 3], { u: undefined, l: [undefined] },
+      { toJSON: () => ({ z: 1, a: 2 }) }, { d: { toJSON: () => undefined } }, { nested: { toJSON: () => ({ toJSON: () => [3] }) } },
+      new (class { y = 1; x = 2; get z() { return 3; } })(),
+    ];
+    for (const v of cases) expect(outcome(() => canonicalJson(v))).toBe(outcome(() => canonicalFull(v)));
+    expect(canonicalJson([1, , 3])).toBe("[1,null,3]");
+    expect(canonicalJson({ 10: "a", 9: "b", x: { 2: 1, 10: 2 } })).toBe('{"10":"a","9":"b","x":{"10":2,"2":1}}');
+    expect(() => canonicalJson(cyclic)).toThrow("cycle");
   });
 });
 
@@ -207,6 +292,56 @@ describe("append and reopen", () => {
     const dir = tempDir();
     await (await openLog(dir)).close();
     expect(fs.statSync(dir).mode & 0o777).toBe(0o700);
+  });
+});
+
+describe("batch buffer", () => {
+  test("multi-byte text, a record larger than the queue buffer, and a refused one in the same batch", async () => {
+    const dir = tempDir();
+    const log = await openLog(dir);
+    const text = "é€😀\u2028\ud800".repeat(1000);
+    const big = "x".repeat(600 * 1024); // larger than a fresh queue buffer
+    const wide = "é".repeat(9 * 1024 * 1024); // 9 Mi UTF-16 units, 18 MiB of UTF-8: over the limit
+    const appends = [log.append({ k: 0, text }), log.append({ k: 1, big }), log.append({ k: 2, wide }), log.append({ k: 3, text })];
+    expect(await codeOf(appends[2]!)).toBe("AUDIT_RECORD_TOO_LARGE");
+    expect(await Promise.all([appends[0], appends[1], appends[3]])).toEqual([0, 1, 2]);
+    await log.close();
+    expect(await verifyLog(dir)).toMatchObject({ ok: true, records: 3 });
+    const recs: Record<string, unknown>[] = [];
+    for await (const rec of readRecords(dir)) recs.push(rec);
+    expect(recs.map((r) => r.k)).toEqual([0, 1, 3]);
+    expect(recs[0]!.text).toBe(text); // a lone surrogate is written escaped, so it reads back as it was
+    expect(recs[1]!.big).toBe(big);
+  });
+
+  test("rotation through a replaced write and datasync (the asynchronous path), with appends arriving meanwhile", async () => {
+    const dir = tempDir();
+    const calls = { write: 0, datasync: 0 };
+    const log = await openLog(dir, {
+      segmentBytes: 1500,
+      __faultFs: {
+        write: async (fh, data, position) => {
+          calls.write++;
+          await Bun.sleep(1);
+          await fh.write(data, 0, data.length, position);
+        },
+        datasync: async (fh) => {
+          calls.datasync++;
+          await fh.datasync();
+        },
+      },
+    });
+    const pending: Promise<number>[] = [];
+    for (let round = 0; round < 4; round++) {
+      for (let k = 0; k < 15; k++) pending.push(log.append({ round, k, pad: "y".repeat(80) }));
+      await Bun.sleep(0);
+    }
+    expect(await Promise.all(pending)).toEqual(Array.from({ length: 60 }, (_, k) => k));
+    await log.close();
+    expect(calls.write).toBeGreaterThan(4);
+    const v = await verifyLog(dir);
+    expect(v).toMatchObject({ ok: true, records: 60 });
+    if (v.ok) expect(v.segments).toBeGreaterThan(3);
   });
 });
 

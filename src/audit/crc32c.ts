@@ -32,9 +32,14 @@ const encoder = new TextEncoder();
  */
 export function crc32c(data: Uint8Array | string, crc = 0): number {
   const b = typeof data === "string" ? encoder.encode(data) : data;
+  return crc32cRange(b, 0, b.length, crc);
+}
+
+/** CRC-32C of `b[start, end)`, without making a view of it. */
+export function crc32cRange(b: Uint8Array, start: number, end: number, crc = 0): number {
   let c = ~crc >>> 0;
-  let i = 0;
-  const end8 = b.length - (b.length % 8);
+  let i = start;
+  const end8 = end - ((end - start) % 8);
   for (; i < end8; i += 8) {
     const lo = c ^ (b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24));
     c =
@@ -47,6 +52,6 @@ export function crc32c(data: Uint8Array | string, crc = 0): number {
       T[256 + b[i + 6]!]! ^
       T[b[i + 7]!]!;
   }
-  for (; i < b.length; i++) c = T[(c ^ b[i]!) & 0xff]! ^ (c >>> 8);
+  for (; i < end; i++) c = T[(c ^ b[i]!) & 0xff]! ^ (c >>> 8);
   return ~c >>> 0;
 }

@@ -87,8 +87,8 @@
  *   NOT open such a log (error AUDIT_CORRUPT) and MUST NOT truncate it.
  */
 import { AgateError } from "../core/errors.ts";
-import { canonicalJson } from "./canonical.ts";
-import { crc32c } from "./crc32c.ts";
+import { canonicalRecord } from "./canonical.ts";
+import { crc32cRange } from "./crc32c.ts";
 
 export const FORMAT_VERSION = 1;
 export const FILE_HEADER_BYTES = 8;
@@ -135,6 +135,17 @@ export function parseSegmentName(name: string): number | null {
  * use a reserved key, AUDIT_RECORD_TOO_LARGE past MAX_PAYLOAD_BYTES.
  */
 export function encodeRecord(i: number, prev: string, t: string, fields: Record<string, unknown>): Buffer {
+  const payload = Buffer.from(encodePayload(i, prev, t, fields), "utf8");
+  if (payload.length > MAX_PAYLOAD_BYTES) throw tooLarge(payload.length);
+  return payload;
+}
+
+/**
+ * encodeRecord's payload as a string, before UTF-8 encoding and the size
+ * check (the writer encodes it straight into its batch buffer and checks
+ * the size there). Throws AUDIT_BAD_RECORD.
+ */
+export function encodePayload(i: number, prev: string, t: string, fields: Record<string, unknown>): string {
   if (typeof fields !== "object" || fields === null || Array.isArray(fields)) {
     throw new AgateError("AUDIT_BAD_RECORD", "Cannot write an audit record: fields must be a JSON object.");
   }
@@ -143,26 +154,36 @@ export function encodeRecord(i: number, prev: string, t: string, fields: Record<
       throw new AgateError("AUDIT_BAD_RECORD", `Cannot write an audit record: the log sets "${key}" itself; rename that field.`, { key });
     }
   }
-  const payload = Buffer.from(canonicalJson({ ...fields, v: FORMAT_VERSION, i, prev, t }), "utf8");
-  if (payload.length > MAX_PAYLOAD_BYTES) {
-    throw new AgateError("AUDIT_RECORD_TOO_LARGE", `An audit record is ${payload.length} bytes; the limit is ${MAX_PAYLOAD_BYTES}. Record less (e.g. a digest of the body).`, {
-      got: payload.length,
-      max: MAX_PAYLOAD_BYTES,
-    });
-  }
-  return payload;
+  return canonicalRecord(fields, FORMAT_VERSION, i, prev, t);
+}
+
+/** AUDIT_RECORD_TOO_LARGE for a payload of `bytes`. */
+export function tooLarge(bytes: number): AgateError {
+  return new AgateError("AUDIT_RECORD_TOO_LARGE", `An audit record is ${bytes} bytes; the limit is ${MAX_PAYLOAD_BYTES}. Record less (e.g. a digest of the body).`, {
+    got: bytes,
+    max: MAX_PAYLOAD_BYTES,
+  });
 }
 
 /** uint32(length) || uint32(CRC-32C(payload)) || payload. */
 export function encodeFrame(payload: Uint8Array): Buffer {
   const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
-  frame.writeUInt32BE(payload.length, 0);
-  frame.writeUInt32BE(crc32c(payload), 4);
   frame.set(payload, FRAME_HEADER_BYTES);
+  writeFrameHeader(frame, 0, payload.length);
   return frame;
+}
+
+/**
+ * Fill in the header of the frame at `b[at]` whose payload (`length`
+ * bytes) is already in place at `b[at + FRAME_HEADER_BYTES]`.
+ */
+export function writeFrameHeader(b: Buffer, at: number, length: number): void {
+  const start = at + FRAME_HEADER_BYTES;
+  b.writeUInt32BE(length, at);
+  b.writeUInt32BE(crc32cRange(b, start, start + length), at + 4);
 }
 
 /** Hex SHA-256 of a payload: the next record's `prev`. */
 export function hashPayload(payload: Uint8Array): string {
-  return Bun.CryptoHasher.hash("sha256", payload, "hex");
+  return Bun.SHA256.hash(payload, "hex");
 }

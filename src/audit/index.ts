@@ -16,7 +16,7 @@ import { AgateError } from "../core/errors.ts";
 import { DEFAULT_SEGMENT_BYTES, FILE_HEADER_BYTES, ZERO_HASH, encodeFileHeader, segmentName } from "./format.ts";
 import { recoverTail, type Tail, type Warn } from "./recover.ts";
 import { listSegments } from "./segments.ts";
-import { SegmentWriter, realFs, syncDir, type AuditLog, type Durability, type FaultFs } from "./writer.ts";
+import { SegmentWriter, syncDir, type AuditLog, type Durability, type FaultFs } from "./writer.ts";
 
 export type { AuditLog, Durability } from "./writer.ts";
 export { verifyLog, readRecords, type VerifyResult } from "./verify.ts";
@@ -55,7 +55,7 @@ export async function openLog(dir: string, opts: OpenOptions = {}): Promise<Audi
     durability,
     segmentBytes,
     warn,
-    fs: { ...realFs, ...opts.__faultFs },
+    faults: { ...opts.__faultFs },
   });
 }
 

@@ -8,15 +8,25 @@
  * batch crosses into a new segment). Indexes, chain and order are fixed
  * synchronously in `append`, so they follow the order of the calls.
  *
+ * The main thread's cost is what matters (the gateway's connections share
+ * it), so the hot path allocates little and waits for the thread pool once
+ * per batch: `append` encodes the record's canonical JSON straight into a
+ * growing queue buffer, fills in the frame header and hashes the payload in
+ * place; a batch is that buffer, written with one positioned write(2) (a
+ * page-cache copy, a few microseconds, done synchronously) and made durable
+ * with one fdatasync(2) on the thread pool (`fs.fdatasync` with a
+ * callback). While that runs, the next appends fill the spare buffer.
+ *
  * Any write, fdatasync or rotation error fails the log closed: every
  * waiting and later append rejects with AUDIT_WRITE_FAILED. The in-memory
  * state cannot be trusted after a failed fsync, so there is no retry; a
  * restart re-reads the files and truncates whatever tail was torn.
  */
+import * as nodeFs from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
-import { FILE_HEADER_BYTES, encodeFileHeader, encodeFrame, encodeRecord, hashPayload, segmentName } from "./format.ts";
+import { FILE_HEADER_BYTES, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES, encodeFileHeader, encodePayload, hashPayload, segmentName, tooLarge, writeFrameHeader } from "./format.ts";
 import type { Tail, Warn } from "./recover.ts";
 
 export type Durability = { mode: "strict" } | { mode: "interval"; interval_ms: number };
@@ -37,31 +47,27 @@ export interface AuditLog {
 /**
  * The two file operations a batch needs. Tests replace them (option
  * `__faultFs`) to inject faults a test cannot cause for real, such as
- * ENOSPC or EIO, when running as root.
+ * ENOSPC or EIO, when running as root. Without a replacement the writer
+ * uses fs.writeSync and fs.fdatasync on the handle's descriptor.
  */
 export interface FaultFs {
   write(fh: FileHandle, data: Uint8Array, position: number): Promise<void>;
   datasync(fh: FileHandle): Promise<void>;
 }
 
-export const realFs: FaultFs = {
-  async write(fh, data, position) {
-    for (let done = 0; done < data.length; ) {
-      const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
-      if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
-      done += bytesWritten;
-    }
-  },
-  datasync: (fh) => fh.datasync(),
-};
-
 export interface WriterOptions {
   dir: string;
   durability: Durability;
   segmentBytes: number;
   warn: Warn;
-  fs: FaultFs;
+  /** Replacements for the real file operations (tests only). */
+  faults: Partial<FaultFs>;
 }
+
+/** Size of a fresh queue buffer; it grows for a larger batch. */
+const QUEUE_BYTES = 256 * 1024;
+/** A buffer grown past this is dropped after its batch instead of kept as the spare. */
+const SPARE_MAX_BYTES = 4 * 1024 * 1024;
 
 interface Waiter {
   /** Resolve once this many records are written (or durable). */
@@ -83,7 +89,13 @@ export class SegmentWriter implements AuditLog {
   #written: number; // records handed to the kernel
   #durable: number; // records covered by an fdatasync
   #dirty = false; // written but not yet synced
-  #queue: Buffer[] = []; // frames of records [#written, #next)
+  // The queue: frames of records [#written + batch in flight, #next), back to back in #buf[0, #len).
+  #buf: Buffer = Buffer.allocUnsafe(QUEUE_BYTES);
+  #len = 0;
+  #ends: number[] = []; // end offset in #buf of each queued frame
+  #spare: Buffer | null = null; // the other buffer, while no batch holds it
+  #tMs = NaN; // Date.now() that #t was made for
+  #t = "";
   #writtenWaiters: Waiter[] = [];
   #durableWaiters: Waiter[] = [];
 
@@ -155,12 +167,48 @@ export class SegmentWriter implements AuditLog {
     if (this.#failure) throw this.#failed();
     if (this.#closing) throw new AgateError("AUDIT_CLOSED", "The audit log is closed; nothing more can be appended.");
     const index = this.#next;
-    const payload = encodeRecord(index, this.#lastHash, new Date().toISOString(), fields);
-    this.#lastHash = hashPayload(payload);
-    this.#queue.push(encodeFrame(payload));
+    const json = encodePayload(index, this.#lastHash, this.#now(), fields);
+    // Encode straight into the queue buffer. A UTF-16 code unit takes at most
+    // 3 bytes of UTF-8, so json.length * 3 bytes of room always suffice;
+    // otherwise measure first (and refuse before growing for a huge record).
+    const at = this.#len;
+    const start = at + FRAME_HEADER_BYTES;
+    let buf = this.#buf;
+    let bytes: number;
+    if (start + json.length * 3 <= buf.length) {
+      bytes = buf.write(json, start);
+    } else {
+      bytes = Buffer.byteLength(json);
+      if (bytes > MAX_PAYLOAD_BYTES) throw tooLarge(bytes);
+      buf = this.#grow(start + bytes);
+      buf.write(json, start);
+    }
+    if (bytes > MAX_PAYLOAD_BYTES) throw tooLarge(bytes);
+    writeFrameHeader(buf, at, bytes);
+    this.#lastHash = hashPayload(buf.subarray(start, start + bytes));
+    this.#len = start + bytes;
+    this.#ends.push(this.#len);
     this.#next = index + 1;
     this.#kick();
     return index;
+  }
+
+  /** The record timestamp, RFC 3339 UTC with milliseconds (made once per millisecond). */
+  #now(): string {
+    const ms = Date.now();
+    if (ms !== this.#tMs) {
+      this.#tMs = ms;
+      this.#t = new Date(ms).toISOString();
+    }
+    return this.#t;
+  }
+
+  /** Replace the queue buffer by one of at least `need` bytes holding the same queued frames. */
+  #grow(need: number): Buffer {
+    const bigger = Buffer.allocUnsafe(Math.max(need, this.#buf.length * 2));
+    this.#buf.copy(bigger, 0, 0, this.#len);
+    this.#buf = bigger;
+    return bigger;
   }
 
   /** Run a cycle soon, after the current callbacks have had their chance to append. */
@@ -169,80 +217,149 @@ export class SegmentWriter implements AuditLog {
     this.#scheduled = true;
     setImmediate(() => {
       this.#scheduled = false;
-      void this.#cycle();
+      this.#cycle();
     });
   }
 
-  /** Write everything queued, fdatasync if the mode asks for it, settle waiters. */
-  async #cycle(): Promise<void> {
+  /**
+   * Write everything queued, fdatasync if the mode asks for it, settle
+   * waiters. Written with callbacks rather than async/await: it runs once
+   * per batch, and the common path (synchronous write, one fdatasync) then
+   * costs no promise of its own.
+   */
+  #cycle(): void {
     this.#busy = true;
+    let batch: Buffer | null = null;
+    let pending: Promise<void> | undefined;
     try {
-      const batch = this.#queue;
-      this.#queue = [];
-      if (batch.length > 0) await this.#writeBatch(batch);
-      settle(this.#writtenWaiters, this.#written);
-      if (this.#dirty && (this.#strict || this.#syncWanted)) {
-        this.#syncWanted = false;
-        await this.#sync();
-      } else if (this.#dirty) {
-        this.#scheduleSync();
-      } else {
-        this.#syncWanted = false;
+      if (this.#ends.length > 0) {
+        batch = this.#buf;
+        const ends = this.#ends;
+        this.#buf = this.#spare ?? Buffer.allocUnsafe(QUEUE_BYTES);
+        this.#spare = null;
+        this.#len = 0;
+        this.#ends = [];
+        pending = this.#writeBatch(batch, ends);
       }
-      settle(this.#durableWaiters, this.#durable);
     } catch (e) {
-      this.#fail(e);
-    } finally {
-      this.#busy = false;
+      return this.#endCycle(batch, { error: e });
     }
-    if (this.#queue.length > 0 || this.#syncWanted) this.#kick();
+    if (!pending) return this.#afterWrite(batch);
+    const b = batch;
+    pending.then(
+      () => this.#afterWrite(b),
+      (e: unknown) => this.#endCycle(b, { error: e }),
+    );
   }
 
-  async #writeBatch(batch: Buffer[]): Promise<void> {
-    let from = 0;
-    let bytes = 0;
-    for (let k = 0; k < batch.length; k++) {
-      const n = batch[k]!.length;
+  #afterWrite(batch: Buffer | null): void {
+    settle(this.#writtenWaiters, this.#written);
+    if (this.#dirty && (this.#strict || this.#syncWanted)) {
+      this.#syncWanted = false;
+      return this.#sync((failure) => {
+        if (!failure) settle(this.#durableWaiters, this.#durable);
+        this.#endCycle(batch, failure);
+      });
+    }
+    if (this.#dirty) this.#scheduleSync();
+    else this.#syncWanted = false;
+    settle(this.#durableWaiters, this.#durable);
+    this.#endCycle(batch, null);
+  }
+
+  #endCycle(batch: Buffer | null, failure: { error: unknown } | null): void {
+    this.#busy = false;
+    if (batch && batch.length <= SPARE_MAX_BYTES) this.#spare = batch;
+    if (failure) this.#fail(failure.error);
+    else if (this.#ends.length > 0 || this.#syncWanted) this.#kick();
+  }
+
+  /**
+   * Write the frames `b[0, ends[last])`, starting new segments where the
+   * limit requires. Returns a promise only if it could not finish
+   * synchronously (a rotation, or a test's replacement write).
+   */
+  #writeBatch(b: Buffer, ends: number[]): Promise<void> | undefined {
+    const total = ends[ends.length - 1]!;
+    if (this.#segBytes + total <= this.#o.segmentBytes) return this.#writeRun(b, 0, total, ends.length);
+    return this.#writeBatchRotating(b, ends);
+  }
+
+  async #writeBatchRotating(b: Buffer, ends: number[]): Promise<void> {
+    let from = 0; // first record of the current run
+    let fromByte = 0;
+    for (let k = 0; k < ends.length; k++) {
+      const startK = k === 0 ? 0 : ends[k - 1]!;
+      const n = ends[k]! - startK;
       const holdsRecords = this.#segRecords + (k - from) > 0;
-      if (holdsRecords && this.#segBytes + bytes + n > this.#o.segmentBytes) {
-        if (k > from) await this.#writeRun(batch, from, k, bytes);
+      if (holdsRecords && this.#segBytes + (startK - fromByte) + n > this.#o.segmentBytes) {
+        if (k > from) await this.#writeRun(b, fromByte, startK, k - from);
         await this.#rotate();
         from = k;
-        bytes = 0;
+        fromByte = startK;
       }
-      bytes += n;
     }
-    await this.#writeRun(batch, from, batch.length, bytes);
+    await this.#writeRun(b, fromByte, ends[ends.length - 1]!, ends.length - from);
   }
 
-  async #writeRun(batch: Buffer[], from: number, to: number, bytes: number): Promise<void> {
-    const data = to - from === 1 ? batch[from]! : Buffer.concat(batch.slice(from, to), bytes);
-    await this.#o.fs.write(this.#fh, data, this.#segBytes);
-    this.#segBytes += bytes;
-    this.#segRecords += to - from;
-    this.#written += to - from;
-    this.#dirty = true;
+  #writeRun(b: Buffer, fromByte: number, toByte: number, records: number): Promise<void> | undefined {
+    const pending = this.#writeAt(b.subarray(fromByte, toByte), this.#segBytes);
+    const done = () => {
+      this.#segBytes += toByte - fromByte;
+      this.#segRecords += records;
+      this.#written += records;
+      this.#dirty = true;
+    };
+    if (pending) return pending.then(done);
+    done();
+    return undefined;
+  }
+
+  /** Write all of `data` at `position` of the current segment: synchronously, unless a test replaced write. */
+  #writeAt(data: Uint8Array, position: number): Promise<void> | undefined {
+    if (this.#o.faults.write) return this.#o.faults.write(this.#fh, data, position);
+    const fd = this.#fh.fd;
+    for (let done = 0; done < data.length; ) {
+      const n = nodeFs.writeSync(fd, data, done, data.length - done, position + done);
+      if (n <= 0) throw new Error(`write returned ${n}`);
+      done += n;
+    }
+    return undefined;
   }
 
   /** Seal the current segment (durable first) and start the next one at record #written. */
   async #rotate(): Promise<void> {
-    if (this.#dirty) await this.#sync();
+    if (this.#dirty) {
+      await new Promise<void>((resolve, reject) => this.#sync((failure) => (failure ? reject(failure.error) : resolve())));
+    }
     await this.#fh.close();
     this.#segment = segmentName(this.#written);
     this.#fh = await open(join(this.#o.dir, this.#segment), "wx", 0o600);
-    await this.#o.fs.write(this.#fh, encodeFileHeader(), 0);
+    await this.#writeAt(encodeFileHeader(), 0);
     this.#segBytes = FILE_HEADER_BYTES;
     this.#segRecords = 0;
     this.#dirty = true;
     await syncDir(this.#o.dir);
   }
 
-  async #sync(): Promise<void> {
+  /**
+   * fdatasync the current segment on the thread pool, then call `cb` (with
+   * the failure, if any). On success, records up to #written at the call
+   * are durable.
+   */
+  #sync(cb: (failure: { error: unknown } | null) => void): void {
     const covered = this.#written;
-    await this.#o.fs.datasync(this.#fh);
-    this.#durable = covered;
-    this.#dirty = false;
-    this.#lastSyncAt = performance.now();
+    const done = () => {
+      this.#durable = covered;
+      this.#dirty = false;
+      this.#lastSyncAt = performance.now();
+      cb(null);
+    };
+    if (this.#o.faults.datasync) {
+      this.#o.faults.datasync(this.#fh).then(done, (error: unknown) => cb({ error }));
+      return;
+    }
+    nodeFs.fdatasync(this.#fh.fd, (error) => (error ? cb({ error }) : done()));
   }
 
   /** Interval mode: fdatasync at most every interval_ms. */
@@ -264,7 +381,8 @@ export class SegmentWriter implements AuditLog {
       `The audit log could not write or fsync ${this.#segment} (${err?.message ?? String(e)}). It refuses every further append (fail closed); fix the disk and restart.`,
       { segment: this.#segment, errno: err?.code, cause: err?.message ?? String(e) },
     );
-    this.#queue = [];
+    this.#len = 0;
+    this.#ends = [];
     if (this.#timer) clearTimeout(this.#timer);
     for (const w of this.#writtenWaiters.splice(0)) w.reject(this.#failure);
     for (const w of this.#durableWaiters.splice(0)) w.reject(this.#failure);
