@@ -67,7 +67,12 @@ interface CheckContext {
   record?: number;
 }
 
-export type Step = (ctx: CheckContext, next: () => Promise<void>) => Promise<void>;
+/**
+ * One step of the pipeline. A step that needs no I/O runs synchronously and
+ * returns what next() returns; only a step that waits (the audit write, an
+ * approval) returns a promise, so the common path costs no extra ticks.
+ */
+export type Step = (ctx: CheckContext, next: () => void | Promise<void>) => void | Promise<void>;
 
 export interface GuardDeps {
   policy: PolicyDecider;
@@ -80,7 +85,7 @@ export interface GuardDeps {
 }
 
 export class Guard {
-  private readonly pipeline: (ctx: CheckContext) => Promise<void>;
+  private readonly pipeline: (ctx: CheckContext) => void | Promise<void>;
   private readonly now: () => Date;
 
   constructor(private readonly deps: GuardDeps) {
@@ -121,7 +126,8 @@ export class Guard {
    */
   async check(session: Session, command: Command, opts: { prior?: Verdict; recordDenialsOnly?: boolean } = {}): Promise<Verdict> {
     const ctx: CheckContext = { session, command, decision: opts.prior?.decision, policyVersion: opts.prior?.policy, recordDenialsOnly: opts.recordDenialsOnly };
-    await this.pipeline(ctx);
+    const pending = this.pipeline(ctx);
+    if (pending) await pending;
     if (!ctx.decision || ctx.record === undefined) throw new AgateError("GUARD_INCOMPLETE", "the guard did not reach a decision");
     return { allow: ctx.decision.allow, decision: ctx.decision, record: ctx.record, policy: ctx.policyVersion ?? this.deps.policy.version };
   }
@@ -163,41 +169,49 @@ export class Guard {
 
   private decideStep(): Step {
     const guard = this;
-    return async function decide(ctx: CheckContext, next: () => Promise<void>) {
+    return function decide(ctx: CheckContext, next: () => void | Promise<void>) {
       const { command } = ctx;
       if (command.invalid) ctx.decision = denied(`agate.${command.invalid.code.toLowerCase()}: ${command.invalid.message}`);
       else if (!ctx.decision || ctx.policyVersion !== guard.deps.policy.version) {
         ctx.decision = guard.deps.policy.decide(guard.input(ctx.session, "command", command));
         ctx.policyVersion = guard.deps.policy.version;
       }
-      await next();
+      return next();
     };
   }
 
   private recordStep(): Step {
     const guard = this;
-    return async function record(ctx: CheckContext, next: () => Promise<void>) {
+    return function record(ctx: CheckContext, next: () => void | Promise<void>) {
       const d = ctx.decision!;
       const { command } = ctx;
       if (ctx.recordDenialsOnly && d.allow) {
         ctx.record = -1;
         return next();
       }
-      try {
-        ctx.record = await guard.deps.audit.append({
-          type: "command",
-          session: ctx.session.id,
-          seq: command.seq,
-          text: command.text,
-          ...(command.sql ? { sql: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag })) } : {}),
-          ...(command.params ? { params: command.params } : {}),
-          decision: { allow: d.allow, reasons: d.reasons, policy: guard.deps.policy.version },
-        });
-      } catch (e) {
+      const fields = {
+        type: "command",
+        session: ctx.session.id,
+        seq: command.seq,
+        text: command.text,
+        ...(command.sql ? { sql: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag })) } : {}),
+        ...(command.params ? { params: command.params } : {}),
+        decision: { allow: d.allow, reasons: d.reasons, policy: guard.deps.policy.version },
+      };
+      const failed = (e: unknown): never => {
         const err = asError(e);
         throw err instanceof AgateError ? err : new AgateError("AUDIT_WRITE_FAILED", `the audit log could not record the command: ${err.message}`);
+      };
+      let written: Promise<number>;
+      try {
+        written = guard.deps.audit.append(fields);
+      } catch (e) {
+        return failed(e);
       }
-      await next();
+      return written.then((index) => {
+        ctx.record = index;
+        return next();
+      }, failed);
     };
   }
 }
@@ -212,24 +226,24 @@ function denied(reason: string): Decision {
  * reason that says so.
  */
 function approvalStep(): Step {
-  return async function approve(ctx, next) {
+  return function approve(ctx, next) {
     const d = ctx.decision!;
     if (d.allow && d.approval.required) {
       ctx.decision = { ...d, allow: false, reasons: [...d.reasons, "agate.approval.unavailable: the policy requires an approval and this gateway has no approvals configured"] };
     }
-    await next();
+    return next();
   };
 }
 
-/** Run steps in order; each may call next() once. */
-export function compose(steps: Step[]): (ctx: CheckContext) => Promise<void> {
+/** Run steps in order; each may call next() once. Returns a promise only if some step waited. */
+export function compose(steps: Step[]): (ctx: CheckContext) => void | Promise<void> {
   return (ctx) => {
     let index = -1;
-    const dispatch = async (i: number): Promise<void> => {
+    const dispatch = (i: number): void | Promise<void> => {
       if (i <= index) throw new AgateError("GUARD_NEXT_TWICE", "a guard step called next() more than once");
       index = i;
       const step = steps[i];
-      if (step) await step(ctx, () => dispatch(i + 1));
+      return step ? step(ctx, () => dispatch(i + 1)) : undefined;
     };
     return dispatch(0);
   };
