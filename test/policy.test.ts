@@ -303,6 +303,12 @@ decision := {"allow": false} if input.command.text == "conflict"
     expect(conflict.reasons[0]).toStartWith("agate.policy.error: ");
     // The instance survives an aborted evaluation.
     expect(engine.decide({ stage: "command", command: { text: "fine" } }).allow).toBe(true);
+    // And many of them (each unwinds the module's own stack without restoring it).
+    for (let i = 0; i < 2000; i++) {
+      expect(engine.decide({ stage: "command", command: { text: "conflict" } }).reasons[0]).toStartWith("agate.policy.error: ");
+      if (i % 100 === 0) await Bun.sleep(5); // a fresh instance is swapped in asynchronously
+    }
+    expect(engine.decide({ stage: "command", command: { text: "fine" } }).allow).toBe(true);
     engine.close();
   });
 

@@ -90,9 +90,11 @@ export async function loadPolicy(bundle: Uint8Array, data?: object): Promise<Loa
   const invalid = (message: string, reason: unknown) =>
     new AgateError("POLICY_INVALID", message, { version, reason: asError(reason).message });
 
+  let module: WebAssembly.Module;
   let opa: OpaPolicy;
   try {
-    opa = await loadOpaPolicy(wasm);
+    module = new WebAssembly.Module(wasm);
+    opa = await loadOpaPolicy(module);
   } catch (e) {
     throw invalid("The policy bundle is not a loadable OPA WebAssembly module; rebuild it with `agate policy build`.", e);
   }
@@ -114,10 +116,32 @@ export async function loadPolicy(bundle: Uint8Array, data?: object): Promise<Loa
     }
   }
 
+  let renewing = false;
+  const renew = () => {
+    if (renewing) return;
+    renewing = true;
+    loadOpaPolicy(module)
+      .then((fresh) => {
+        if (merged !== undefined) fresh.setData(merged);
+        opa = fresh;
+      })
+      .catch(() => {}) // the old instance keeps serving; the next failure tries again
+      .finally(() => (renewing = false));
+  };
   const policy: LoadedPolicy = {
     version,
     decide(input: object): Decision {
-      const rs: unknown = opa.evaluate(input, entrypoint);
+      let rs: unknown;
+      try {
+        rs = opa.evaluate(input, entrypoint);
+      } catch (e) {
+        // An aborted evaluation (a rule conflict, a builtin error) unwinds the
+        // module's own stack without restoring it; a few hundred of them leave
+        // the instance unusable. Swap in a fresh one from the compiled module
+        // (about a millisecond) so repeated bad inputs cannot deny every later command.
+        renew();
+        throw e;
+      }
       return normalizeDecision(Array.isArray(rs) ? (rs[0] as { result?: unknown } | undefined)?.result : rs);
     },
   };
