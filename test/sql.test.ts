@@ -266,10 +266,9 @@ describe("analyzeSql: cache", () => {
     const a = analyzeSql("select * from cached_t");
     expect(analyzeSql("select * from cached_t")).toBe(a);
     expect(Object.isFrozen(a)).toBe(true);
-    expect(Object.isFrozen(a.statements)).toBe(true);
     expect(Object.isFrozen(a.statements[0])).toBe(true);
-    expect(Object.isFrozen(a.statements[0]!.reads)).toBe(true);
-    expect(() => (a.statements[0]!.reads as string[]).push("x")).toThrow(TypeError);
+    // Arrays stay unfrozen on purpose (see freezeFacts): Bun stringifies frozen arrays 4x slower.
+    expect(() => ((a.statements[0] as { kind: string }).kind = "drop")).toThrow(TypeError);
   });
 
   test("throughput, uncached and cached (printed; only the ratio is asserted)", () => {

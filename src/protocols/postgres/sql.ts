@@ -332,15 +332,17 @@ function parse(m: PgQueryModule, bytes: Uint8Array): RawStmt[] {
   return tree.stmts ?? [];
 }
 
-/** Freeze the answer all the way down: it is shared through the cache. */
+/**
+ * Freeze the answer's objects: it is shared through the cache. Its arrays
+ * (statements, reads, writes, functions) are left unfrozen and MUST be
+ * treated as read-only: Bun's JSON.stringify takes a slow path for frozen
+ * arrays (2.6 µs instead of 0.6 µs for a typical policy input), and every
+ * statement's facts are stringified into the policy input.
+ */
 function freezeFacts(facts: SqlFacts): SqlFacts {
   for (const st of facts.statements) {
-    Object.freeze(st.reads);
-    Object.freeze(st.writes);
-    Object.freeze(st.functions);
     if (st.copy) Object.freeze(st.copy);
     Object.freeze(st);
   }
-  Object.freeze(facts.statements);
   return Object.freeze(facts);
 }
