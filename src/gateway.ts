@@ -55,6 +55,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
         log,
         ...(c.tls ? { tls: c.tls } : {}),
         maxMessageBytes: c.max_message_bytes,
+        startupTimeoutMs: c.startup_timeout_ms,
       });
       listeners.push(l);
       described.push({ name: c.name, host: c.host, port: l.port });

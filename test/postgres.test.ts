@@ -364,6 +364,22 @@ describe("wire protocol robustness", () => {
     expect(reply.at(-6)).toBe(0x5a);
   });
 
+  test("a client that does not log in within startup_timeout_ms is dropped with 08006", async () => {
+    const g = await startTestGateway(db, { connection: { startup_timeout_ms: 200 } });
+    try {
+      const reply = await new Promise<Buffer>((resolve) => {
+        const chunks: Buffer[] = [];
+        const s = net.connect(g.port, "127.0.0.1");
+        s.on("data", (c: Buffer) => chunks.push(c));
+        s.on("close", () => resolve(Buffer.concat(chunks)));
+      });
+      expect(reply.toString()).toContain("08006");
+      expect(reply.toString()).toContain("authentication timed out");
+    } finally {
+      await g.close();
+    }
+  });
+
   test("replication connections are refused", async () => {
     const r = await sh(["psql", "-X", gw.url({ params: "replication=database" }), "-c", "IDENTIFY_SYSTEM"]);
     expect(r.stderr).toContain("replication connections are not allowed");

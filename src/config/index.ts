@@ -38,6 +38,7 @@ export interface PostgresConnectionConfig {
   tls?: { cert: string; key: string; required: boolean };
   target: PgTarget;
   max_message_bytes: number;
+  startup_timeout_ms: number;
 }
 
 export interface Config {
@@ -167,6 +168,8 @@ function parseConnection(o: Record<string, unknown>, at: string, path: (p: strin
     },
     // PostgreSQL's own ceiling for one message is 1 GB; 256 MiB is plenty for queries and COPY rows.
     max_message_bytes: num(o.max_message_bytes ?? 256 << 20, `${at}.max_message_bytes`),
+    // PostgreSQL's authentication_timeout defaults to one minute too.
+    startup_timeout_ms: num(o.startup_timeout_ms ?? 60_000, `${at}.startup_timeout_ms`),
   };
 }
 

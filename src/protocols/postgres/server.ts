@@ -28,6 +28,8 @@ export interface PgListenerOptions {
   tls?: { cert: string; key: string; required: boolean };
   /** Largest frontend message accepted after authentication. */
   maxMessageBytes: number;
+  /** Like PostgreSQL's authentication_timeout: a client not logged in by then is dropped. */
+  startupTimeoutMs: number;
 }
 
 export interface PgListener {
@@ -100,16 +102,22 @@ class Startup {
     this.sock = raw;
   }
 
+  private timer: ReturnType<typeof setTimeout> | undefined;
+
   start(): void {
+    this.timer = setTimeout(() => {
+      if (this.stage !== "done") this.refuse("08006", "agate: authentication timed out");
+    }, this.opts.startupTimeoutMs);
     this.sock.on("data", this.onData);
     this.sock.on("error", () => this.sock.destroy());
+    this.sock.once("close", () => clearTimeout(this.timer));
   }
 
-  private stage: "startup" | "password" | "busy" = "startup";
+  private stage: "startup" | "password" | "busy" | "done" = "startup";
 
   private step(): void {
     try {
-      while (this.stage !== "busy") {
+      while (this.stage === "startup" || this.stage === "password") {
         const f = this.framer.next();
         if (!f) return;
         if (this.stage === "startup") this.onStartupPacket(f.body);
@@ -239,6 +247,8 @@ class Startup {
     }
     hello.push(ReadyForQuery(upstream.txStatus));
     this.sock.off("data", this.onData);
+    this.stage = "done";
+    clearTimeout(this.timer);
     this.sock.write(Buffer.concat(hello));
     this.framer.maxBytes = opts.maxMessageBytes;
     opts.log("info", "session started", { connection: opts.connection.name, session: session.id, subject: session.identity.subject, client: remote, tls: this.isTls });
