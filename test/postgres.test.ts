@@ -445,6 +445,46 @@ describe("upstream authentication", () => {
   });
 });
 
+describe("a full disk under the audit log", () => {
+  // A real ENOSPC: the audit directory on a tiny tmpfs. Mounting needs root (CI runs as root).
+  const canMount = process.getuid?.() === 0;
+  test.skipIf(!canMount)("fails closed: statements are refused with 58000 and never reach the target", async () => {
+    const mnt = mkdtempSync(join(tmpdir(), "agate-full-"));
+    expect((await sh(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt])).code).toBe(0);
+    let g: TestGateway | undefined;
+    try {
+      g = await startTestGateway(db, { config: { audit: { dir: join(mnt, "audit") } } });
+      expect((await psql(g.url(), "INSERT INTO accounts VALUES (4000, 'before', 1)")).stdout.trim()).toBe("INSERT 0 1");
+      // Fill what is left of the file system.
+      await sh(["sh", "-c", `cat /dev/zero > ${join(mnt, "filler")} 2>/dev/null; true`]);
+      // The segment's last page may still have room for a few records; one session keeps inserting until the log refuses.
+      const sql = postgres(g.url(), { max: 1 });
+      let refused: { code?: string; message?: string } | null = null;
+      let id = 4001;
+      for (; id < 5000 && !refused; id++) refused = await sql`INSERT INTO accounts VALUES (${id}, 'after', 1)`.then(() => null, (e) => e);
+      await sql.end().catch(() => {});
+      expect(refused?.code).toBe("58000");
+      expect(refused?.message).toContain("could not record");
+      const failedId = id - 1;
+      expect((await db.psql(`SELECT count(*) FROM accounts WHERE id = ${failedId}`)).trim()).toBe("0");
+      expect((await db.psql(`SELECT count(*) FROM accounts WHERE id BETWEEN 4001 AND ${failedId - 1}`)).trim()).toBe(String(failedId - 4001));
+      // Space freed and the gateway restarted: a torn tail, if the failed write left one, is cut and the chain verifies.
+      await g.close().catch(() => {});
+      rmSync(join(mnt, "filler"));
+      g = await startTestGateway(db, { config: { audit: { dir: join(mnt, "audit") } } });
+      expect((await psql(g.url(), "SELECT 1")).stdout.trim()).toBe("1");
+      await g.close();
+      g = undefined;
+      const v = await verifyLog(join(mnt, "audit"));
+      expect(v.ok).toBe(true);
+    } finally {
+      await g?.close().catch(() => {});
+      await sh(["umount", mnt]);
+      rmSync(mnt, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("policy reload", () => {
   test("a new bundle takes effect in open sessions; a broken one keeps the last good", async () => {
     const work = mkdtempSync(join(tmpdir(), "agate-reload-"));
