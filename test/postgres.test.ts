@@ -116,6 +116,15 @@ SELECT owner FROM accounts WHERE id = 2000;`;
     expect(out.stdout).toBe(rows);
   });
 
+  test("a large result (~100 MB) arrives byte for byte as it does directly, through a slow reader", async () => {
+    const q = "COPY (SELECT g, md5(g::text), repeat('x', g % 300) FROM generate_series(1, 600000) g) TO STDOUT";
+    // `sleep` stalls the reader so agate must hold the target back rather than buffer everything.
+    const through = await sh(["sh", "-c", `psql -X -At "${gw.url()}" -c "${q}" | (sleep 1; md5sum)`]);
+    const direct = await sh(["sh", "-c", `psql -X -At "${db.url("app_scram")}" -c "${q}" | md5sum`]);
+    expect(through.stdout).toBe(direct.stdout);
+    expect(through.stdout).toMatch(/^[0-9a-f]{32} /);
+  });
+
   test("a wrong API key, an unknown user and a missing password are refused with 28P01", async () => {
     for (const url of [gw.url({ key: "agk_wrong" }), gw.url({ user: "someone-else" })]) {
       const r = await psql(url, "SELECT 1");

@@ -67,3 +67,30 @@ export class Framer {
     return all;
   }
 }
+
+/**
+ * Collects buffers to send and joins neighbours that are adjacent views of
+ * the same memory, so relaying a chunk's messages unchanged sends the chunk
+ * itself instead of a copy.
+ */
+export class Outbox {
+  private parts: Buffer[] = [];
+
+  add(b: Buffer): void {
+    const last = this.parts.at(-1);
+    if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) {
+      this.parts[this.parts.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
+    } else this.parts.push(b);
+  }
+
+  get empty(): boolean {
+    return this.parts.length === 0;
+  }
+
+  /** Everything added, as one buffer (a copy only when the parts were not adjacent). */
+  take(): Buffer {
+    const parts = this.parts;
+    this.parts = [];
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+}

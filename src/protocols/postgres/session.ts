@@ -23,7 +23,7 @@ import { AgateError } from "../../core/errors.ts";
 import type { Guard, Verdict } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts } from "../../core/types.ts";
-import type { Frame, Framer } from "./framer.ts";
+import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { ErrorResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { analyzeSql } from "./sql.ts";
 import type { Upstream } from "./upstream.ts";
@@ -54,7 +54,8 @@ export class PgSession {
   private seq = 0;
   private closed = false;
   private pumping = false;
-  private toUpstream: Buffer[] = [];
+  private readonly toUpstream = new Outbox();
+  private readonly outbox = new Outbox();
 
   // Reply accounting, in ReadyForQuery numbers.
   private syncsSent = 0;
@@ -160,10 +161,10 @@ export class PgSession {
       case T.CopyData:
       case T.CopyDone:
       case T.CopyFail:
-        this.toUpstream.push(f.raw);
+        this.toUpstream.add(f.raw);
         return;
       case T.Terminate:
-        this.toUpstream.push(f.raw);
+        this.toUpstream.add(f.raw);
         this.flushUpstream();
         this.end("client terminated the session");
         return;
@@ -176,7 +177,7 @@ export class PgSession {
   }
 
   private forward(f: Frame): void {
-    this.toUpstream.push(f.raw);
+    this.toUpstream.add(f.raw);
     this.batchForwarded++;
   }
 
@@ -197,7 +198,7 @@ export class PgSession {
   }
 
   private sendQuery(f: Frame): void {
-    this.toUpstream.push(f.raw);
+    this.toUpstream.add(f.raw);
     this.syncsSent++;
   }
 
@@ -240,7 +241,7 @@ export class PgSession {
       // Nothing of this batch reached the target: answer the Sync ourselves, in order.
       this.injectAfterReplies(["ReadyForQuery"]);
     } else {
-      this.toUpstream.push(f.raw);
+      this.toUpstream.add(f.raw);
       this.syncsSent++;
     }
     this.discarding = false;
@@ -301,7 +302,7 @@ export class PgSession {
 
   /** Write now if the target owes no replies, else after the replies it owes. */
   private injectAfterReplies(items: Injected[]): void {
-    if (this.syncsSent === this.zReceived) this.writeClient(items.map((i) => this.materialize(i)));
+    if (this.syncsSent === this.zReceived) this.writeClient(Buffer.concat(items.map((i) => this.materialize(i))));
     else for (const i of items) push(this.injectAfter, this.syncsSent, i);
   }
 
@@ -310,10 +311,8 @@ export class PgSession {
   }
 
   private flushUpstream(): void {
-    if (this.toUpstream.length === 0 || this.closed) return;
-    const out = this.toUpstream.length === 1 ? this.toUpstream[0]! : Buffer.concat(this.toUpstream);
-    this.toUpstream = [];
-    if (!this.upstream.socket.write(out)) this.client.pause();
+    if (this.toUpstream.empty || this.closed) return;
+    if (!this.upstream.socket.write(this.toUpstream.take())) this.client.pause();
   }
 
   // ── target → client ──────────────────────────────────────────────────
@@ -321,48 +320,48 @@ export class PgSession {
   private fromUpstream(chunk: Buffer): void {
     const framer = this.upstream.framer;
     framer.push(chunk);
-    const out: Buffer[] = [];
+    const out = this.outbox;
     try {
       for (let f = framer.next(); f; f = framer.next()) {
         switch (f.type) {
           case T.CommandComplete:
             this.tags.push(f.body.toString("utf8", 0, f.body.length - 1));
-            out.push(f.raw);
+            out.add(f.raw);
             break;
           case T.ErrorResponse:
             this.error ??= readErrorFields(f.body);
-            out.push(f.raw);
+            out.add(f.raw);
             break;
           case T.ParameterStatus:
             this.onParameterStatus(f.body);
-            out.push(f.raw);
+            out.add(f.raw);
             break;
           case T.ReadyForQuery: {
             const n = ++this.zReceived;
             this.txStatus = f.body[0] ?? this.txStatus;
             const before = this.injectBefore.get(n);
             if (before) {
-              for (const i of before) out.push(this.materialize(i));
+              for (const i of before) out.add(this.materialize(i));
               this.injectBefore.delete(n);
             }
-            out.push(f.raw);
+            out.add(f.raw);
             const after = this.injectAfter.get(n);
             if (after) {
-              for (const i of after) out.push(this.materialize(i));
+              for (const i of after) out.add(this.materialize(i));
               this.injectAfter.delete(n);
             }
             this.completeOutcome(n);
             break;
           }
           default:
-            out.push(f.raw);
+            out.add(f.raw);
         }
       }
     } catch (e) {
       this.fatal(e);
       return;
     }
-    this.writeClient(out);
+    if (!out.empty) this.writeClient(out.take());
   }
 
   /**
@@ -397,9 +396,8 @@ export class PgSession {
     this.error = undefined;
   }
 
-  private writeClient(out: Buffer[]): void {
-    if (out.length === 0 || this.closed) return;
-    const buf = out.length === 1 ? out[0]! : Buffer.concat(out);
+  private writeClient(buf: Buffer): void {
+    if (this.closed) return;
     if (!this.client.write(buf)) this.upstream.socket.pause();
   }
 
