@@ -166,7 +166,7 @@ export class PgSession {
       case T.Terminate:
         this.toUpstream.add(f.raw);
         this.flushUpstream();
-        this.end("client terminated the session");
+        this.end("client terminated the session", true);
         return;
       case T.FunctionCall:
         // The fast-path interface calls a function by OID, with no SQL to decide on (lo_import is built on it).
@@ -412,10 +412,12 @@ export class PgSession {
     this.end(message);
   }
 
-  private end(reason: string): void {
+  /** `graceful`: let the forwarded Terminate reach the target before closing. */
+  private end(reason: string, graceful = false): void {
     if (this.closed) return;
     this.closed = true;
-    this.upstream.socket.destroy();
+    if (graceful) this.upstream.socket.end();
+    else this.upstream.socket.destroy();
     if (!this.client.destroyed) this.client.end();
     this.onEnd({ reason, commands: this.seq });
   }
