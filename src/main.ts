@@ -174,6 +174,7 @@ async function policy(argv: string[]): Promise<number> {
   const outDir = resolve(values.out ?? "wasm");
   if (sub === "build") {
     const m = await buildPolicies({ policiesDir, outDir, opaPath: opaPath() });
+    for (const w of m.warnings) process.stderr.write(`agate: warning: ${w}\n`);
     console.log(`built ${join(outDir, "policy.wasm")} from ${policiesDir} (sources ${m.sources_sha256.slice(0, 12)}…)`);
     return 0;
   }
