@@ -71,6 +71,8 @@ describe("psql", () => {
       ["COPY accounts FROM '/etc/passwd'", "deny_copy_file"],
       ["DO $$ BEGIN PERFORM pg_read_file('/etc/hostname'); END $$", "deny_opaque_code"],
       ["WITH x AS (SELECT 1) SELECT lo_import('/etc/hostname')", "deny_server_function"],
+      ["CREATE OPERATOR ### (PROCEDURE = pg_read_file, RIGHTARG = text)", "deny_function_binding"],
+      ["CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT pg_read_file('/etc/hostname') $$", "deny_opaque_code"],
     ]) {
       const r = await psql(gw.url(), sql as string);
       expect(r.stderr).toContain(`agate.sql.${rule}`);

@@ -24,6 +24,8 @@
 #              agate.sql.deny_copy_file        COPY to or from a server file
 #              agate.sql.deny_opaque_code      DO blocks, CREATE FUNCTION/PROCEDURE, LOAD:
 #                                              code whose effects no rule can see
+#              agate.sql.deny_function_binding CREATE OPERATOR/AGGREGATE/CAST/EVENT TRIGGER, base
+#                                              types: later statements would call functions unseen
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
 #   other    a missing or unknown stage is denied (agate.policy.deny_unknown_stage).
 #

@@ -143,3 +143,21 @@ violations contains violation(
 opaque_code(st) if st.kind == "do"
 
 opaque_code(st) if st.node in {"DoStmt", "CreateFunctionStmt", "LoadStmt", "CreatePLangStmt"}
+
+# Statements that bind a function to syntax or to events, so that later
+# statements call it without naming it: CREATE OPERATOR ### (PROCEDURE =
+# pg_read_file) makes `SELECT ### '/etc/passwd'` read a file with no function
+# in sight. DefineStmt covers CREATE OPERATOR, AGGREGATE, base TYPE,
+# COLLATION and text search objects.
+violations contains violation(
+	"agate.sql.deny_function_binding", "deny_function_binding", true,
+	concat(" ", ["binding functions to operators, casts, aggregates, types or events is not allowed: later statements would call them unseen", where(i, st)]),
+) if {
+	some i, st in sql_statement
+	st.node in function_binding_nodes
+}
+
+function_binding_nodes := {
+	"DefineStmt", "CreateCastStmt", "CreateConversionStmt", "CreateTransformStmt",
+	"CreateEventTrigStmt", "CreateOpClassStmt", "CreateOpFamilyStmt",
+}

@@ -168,3 +168,12 @@ test_opaque_code_can_be_allowed if {
 		with data.agate.config.allow_rules as ["deny_opaque_code"]
 	d.allow == true
 }
+
+test_function_binding_denied if {
+	denied_by([stmt("ddl", "DefineStmt", "CREATE OPERATOR")], "agate.sql.deny_function_binding")
+	denied_by([stmt("ddl", "DefineStmt", "CREATE AGGREGATE")], "agate.sql.deny_function_binding")
+	denied_by([stmt("ddl", "CreateCastStmt", "CREATE CAST")], "agate.sql.deny_function_binding")
+	denied_by([stmt("ddl", "CreateEventTrigStmt", "CREATE EVENT TRIGGER")], "agate.sql.deny_function_binding")
+	allowed([stmt("ddl", "CompositeTypeStmt", "CREATE TYPE")])
+	allowed([stmt("ddl", "CreateStmt", "CREATE TABLE")])
+}
