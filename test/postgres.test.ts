@@ -72,6 +72,7 @@ describe("psql", () => {
       ["DO $$ BEGIN PERFORM pg_read_file('/etc/hostname'); END $$", "deny_opaque_code"],
       ["WITH x AS (SELECT 1) SELECT lo_import('/etc/hostname')", "deny_server_function"],
       ["CREATE OPERATOR ### (PROCEDURE = pg_read_file, RIGHTARG = text)", "deny_function_binding"],
+      ["CREATE EXTENSION IF NOT EXISTS file_fdw", "deny_external_access"],
       ["CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT pg_read_file('/etc/hostname') $$", "deny_opaque_code"],
     ]) {
       const r = await psql(gw.url(), sql as string);

@@ -26,6 +26,8 @@
 #                                              code whose effects no rule can see
 #              agate.sql.deny_function_binding CREATE OPERATOR/AGGREGATE/CAST/EVENT TRIGGER, base
 #                                              types: later statements would call functions unseen
+#              agate.sql.deny_external_access  CREATE EXTENSION, foreign data wrappers, servers,
+#                                              foreign tables, IMPORT FOREIGN SCHEMA
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
 #   other    a missing or unknown stage is denied (agate.policy.deny_unknown_stage).
 #

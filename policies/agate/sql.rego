@@ -161,3 +161,19 @@ function_binding_nodes := {
 	"DefineStmt", "CreateCastStmt", "CreateConversionStmt", "CreateTransformStmt",
 	"CreateEventTrigStmt", "CreateOpClassStmt", "CreateOpFamilyStmt",
 }
+
+# Extensions, foreign-data wrappers, foreign servers and tables open paths
+# out of the database: file_fdw reads server files through a plain SELECT,
+# postgres_fdw and dblink reach other servers.
+violations contains violation(
+	"agate.sql.deny_external_access", "deny_external_access", true,
+	concat(" ", ["extensions, foreign servers and foreign tables are not allowed: they reach outside the database", where(i, st)]),
+) if {
+	some i, st in sql_statement
+	st.node in external_access_nodes
+}
+
+external_access_nodes := {
+	"CreateExtensionStmt", "CreateFdwStmt", "CreateForeignServerStmt",
+	"CreateForeignTableStmt", "ImportForeignSchemaStmt", "CreateUserMappingStmt",
+}

@@ -177,3 +177,10 @@ test_function_binding_denied if {
 	allowed([stmt("ddl", "CompositeTypeStmt", "CREATE TYPE")])
 	allowed([stmt("ddl", "CreateStmt", "CREATE TABLE")])
 }
+
+test_external_access_denied if {
+	denied_by([stmt("ddl", "CreateExtensionStmt", "CREATE EXTENSION")], "agate.sql.deny_external_access")
+	denied_by([stmt("ddl", "CreateForeignServerStmt", "CREATE SERVER")], "agate.sql.deny_external_access")
+	denied_by([stmt("ddl", "CreateForeignTableStmt", "CREATE FOREIGN TABLE")], "agate.sql.deny_external_access")
+	denied_by([stmt("ddl", "ImportForeignSchemaStmt", "IMPORT FOREIGN SCHEMA")], "agate.sql.deny_external_access")
+}
