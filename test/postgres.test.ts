@@ -73,6 +73,7 @@ describe("psql", () => {
       ["WITH x AS (SELECT 1) SELECT lo_import('/etc/hostname')", "deny_server_function"],
       ["CREATE OPERATOR ### (PROCEDURE = pg_read_file, RIGHTARG = text)", "deny_function_binding"],
       ["CREATE EXTENSION IF NOT EXISTS file_fdw", "deny_external_access"],
+      ["SELECT query_to_xml('select pg_read_file(''/etc/hostname'')', true, true, '')", "deny_dynamic_sql"],
       ["CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT pg_read_file('/etc/hostname') $$", "deny_opaque_code"],
     ]) {
       const r = await psql(gw.url(), sql as string);

@@ -28,6 +28,8 @@
 #                                              types: later statements would call functions unseen
 #              agate.sql.deny_external_access  CREATE EXTENSION, foreign data wrappers, servers,
 #                                              foreign tables, IMPORT FOREIGN SCHEMA
+#              agate.sql.deny_dynamic_sql      functions that run SQL given as a string:
+#                                              query_to_xml*, ts_stat, crosstab*, connectby
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
 #   other    a missing or unknown stage is denied (agate.policy.deny_unknown_stage).
 #

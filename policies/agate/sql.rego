@@ -177,3 +177,25 @@ external_access_nodes := {
 	"CreateExtensionStmt", "CreateFdwStmt", "CreateForeignServerStmt",
 	"CreateForeignTableStmt", "ImportForeignSchemaStmt", "CreateUserMappingStmt",
 }
+
+# Functions that run SQL handed to them as a string: the statement inside is
+# invisible to the analyser, so `SELECT query_to_xml('select
+# pg_read_file(...)', ...)` would slip past every other rule.
+violations contains violation(
+	"agate.sql.deny_dynamic_sql", "deny_dynamic_sql", true,
+	concat("", ["calling ", fn, "() is not allowed: it runs SQL given as a string, which no rule can inspect ", where(i, st)]),
+) if {
+	some i, st in sql_statement
+	some fn in st.functions
+	dynamic_sql_function(unqualified(fn))
+}
+
+dynamic_sql_functions := {
+	"query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema",
+	"ts_stat", "connectby",
+}
+
+dynamic_sql_function(name) if name in dynamic_sql_functions
+
+# tablefunc's crosstab, crosstab2, crosstab3, crosstab4
+dynamic_sql_function(name) if startswith(name, "crosstab")

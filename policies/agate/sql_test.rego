@@ -184,3 +184,10 @@ test_external_access_denied if {
 	denied_by([stmt("ddl", "CreateForeignTableStmt", "CREATE FOREIGN TABLE")], "agate.sql.deny_external_access")
 	denied_by([stmt("ddl", "ImportForeignSchemaStmt", "IMPORT FOREIGN SCHEMA")], "agate.sql.deny_external_access")
 }
+
+test_dynamic_sql_denied if {
+	denied_by([with_functions(stmt("select", "SelectStmt", "SELECT"), ["query_to_xml"])], "agate.sql.deny_dynamic_sql")
+	denied_by([with_functions(stmt("select", "SelectStmt", "SELECT"), ["pg_catalog.ts_stat"])], "agate.sql.deny_dynamic_sql")
+	denied_by([with_functions(stmt("select", "SelectStmt", "SELECT"), ["public.crosstab3"])], "agate.sql.deny_dynamic_sql")
+	allowed([with_functions(stmt("select", "SelectStmt", "SELECT"), ["table_to_xml_ish", "xmlelement"])])
+}
