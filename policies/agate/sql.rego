@@ -162,8 +162,8 @@ function_binding_nodes := {
 	"CreateEventTrigStmt", "CreateOpClassStmt", "CreateOpFamilyStmt",
 }
 
-# Extensions, foreign-data wrappers, foreign servers and tables open paths
-# out of the database: file_fdw reads server files through a plain SELECT,
+# Extensions, foreign-data wrappers, foreign servers and tables, and
+# tablespaces open paths out of the database: file_fdw reads server files through a plain SELECT,
 # postgres_fdw and dblink reach other servers.
 violations contains violation(
 	"agate.sql.deny_external_access", "deny_external_access", true,
@@ -176,6 +176,8 @@ violations contains violation(
 external_access_nodes := {
 	"CreateExtensionStmt", "CreateFdwStmt", "CreateForeignServerStmt",
 	"CreateForeignTableStmt", "ImportForeignSchemaStmt", "CreateUserMappingStmt",
+	# CREATE TABLESPACE ... LOCATION '/dir' writes into the server's file system
+	"CreateTableSpaceStmt",
 }
 
 # Functions that run SQL handed to them as a string: the statement inside is

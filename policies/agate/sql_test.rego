@@ -183,6 +183,7 @@ test_external_access_denied if {
 	denied_by([stmt("ddl", "CreateForeignServerStmt", "CREATE SERVER")], "agate.sql.deny_external_access")
 	denied_by([stmt("ddl", "CreateForeignTableStmt", "CREATE FOREIGN TABLE")], "agate.sql.deny_external_access")
 	denied_by([stmt("ddl", "ImportForeignSchemaStmt", "IMPORT FOREIGN SCHEMA")], "agate.sql.deny_external_access")
+	denied_by([stmt("ddl", "CreateTableSpaceStmt", "CREATE TABLESPACE")], "agate.sql.deny_external_access")
 }
 
 test_dynamic_sql_denied if {
