@@ -27,7 +27,7 @@
 #              agate.sql.deny_function_binding CREATE OPERATOR/AGGREGATE/CAST/EVENT TRIGGER, base
 #                                              types: later statements would call functions unseen
 #              agate.sql.deny_external_access  CREATE EXTENSION, foreign data wrappers, servers,
-#                                              foreign tables, IMPORT FOREIGN SCHEMA
+#                                              foreign tables, IMPORT FOREIGN SCHEMA, CREATE TABLESPACE
 #              agate.sql.deny_dynamic_sql      functions that run SQL given as a string:
 #                                              query_to_xml*, ts_stat, crosstab*, connectby
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
