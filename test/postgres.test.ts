@@ -225,6 +225,12 @@ describe("porsager/postgres", () => {
       q.cancel();
       const err = await started.then(() => null, (e) => e);
       expect(err?.code).toBe("57014");
+      await Bun.sleep(50);
+      const all = await records();
+      const cancel = all.find((r) => r.type === "cancel");
+      expect(cancel).toBeDefined();
+      const cmd = all.find((r) => r.type === "command" && r.text === "SELECT pg_sleep(30)");
+      expect(cancel!.session).toBe(cmd!.session);
       expect((await sql`SELECT 1 AS ok`)[0]!.ok).toBe(1);
     } finally {
       await sql.end();

@@ -137,6 +137,11 @@ export class Guard {
     this.later({ type: "outcome", session: session.id, seqs, ...outcome });
   }
 
+  /** A client asked to cancel what `session` is running (PostgreSQL CancelRequest, SSH channel close). */
+  cancelRequested(session: Session, client: ClientInfo): void {
+    this.later({ type: "cancel", session: session.id, client });
+  }
+
   closeSession(session: Session, reason: string, commands: number): void {
     this.later({ type: "session_end", session: session.id, reason, commands });
   }

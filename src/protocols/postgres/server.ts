@@ -49,7 +49,7 @@ const PASSED_PARAMETERS = new Set(["application_name", "client_encoding", "DateS
 const MAX_PASSWORD_MESSAGE_BYTES = 64 * 1024;
 
 /** Cancel keys agate handed out (by our pid) → our secret and the target backend they stand for. */
-const cancelKeys = new Map<number, { secret: number; target: PgTarget; upstreamPid: number; upstreamSecret: number }>();
+const cancelKeys = new Map<number, { secret: number; target: PgTarget; upstreamPid: number; upstreamSecret: number; session: Session; guard: Guard }>();
 
 export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
   const secureContext = opts.tls ? tls.createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
@@ -160,7 +160,10 @@ class Startup {
       const secret = r.i32();
       const key = cancelKeys.get(pid);
       // As PostgreSQL does: no answer either way, and a wrong secret is silently ignored.
-      if (key && key.secret === secret) void cancelUpstream(key.target, key.upstreamPid, key.upstreamSecret).catch(() => {});
+      if (key && key.secret === secret) {
+        key.guard.cancelRequested(key.session, { address: this.sock.remoteAddress ?? "unknown", port: this.sock.remotePort, tls: this.isTls });
+        void cancelUpstream(key.target, key.upstreamPid, key.upstreamSecret).catch(() => {});
+      }
       this.sock.destroy();
       this.stage = "busy";
       return;
@@ -240,7 +243,7 @@ class Startup {
     // Our own cancel key stands for the target's; the client never learns the target's pid.
     const pid = randomInt(1, 2 ** 31 - 1);
     const secret = randomInt(0, 2 ** 31 - 1);
-    cancelKeys.set(pid, { secret, target: opts.target, upstreamPid: upstream.pid, upstreamSecret: upstream.secret });
+    cancelKeys.set(pid, { secret, target: opts.target, upstreamPid: upstream.pid, upstreamSecret: upstream.secret, session, guard: opts.guard });
     const hello = [AuthenticationOk, ...upstream.parameterStatus, BackendKeyData(pid, secret)];
     if (dropped.length) {
       hello.push(NoticeResponse({ severity: "NOTICE", code: "01000", message: `agate ignored startup parameter(s) ${dropped.join(", ")}: they would change the session outside policy` }));
