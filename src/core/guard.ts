@@ -99,7 +99,7 @@ export class Guard {
    * AUDIT_WRITE_FAILED. Every refusal is recorded too.
    */
   async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential): Promise<Session> {
-    const refuse = async (e: AgateError) => {
+    const refuse = (e: AgateError) => {
       this.later({ type: "session_refused", connection, client, user: credential.user, code: e.code, reason: e.message });
       return e;
     };
@@ -108,12 +108,12 @@ export class Guard {
       identity = await this.deps.identity.verify(credential, connection);
     } catch (e) {
       const err = e instanceof AgateError ? e : new AgateError("AUTH_FAILED", "the credential could not be verified");
-      throw await refuse(err);
+      throw refuse(err);
     }
     const session: Session = { id: randomUUID(), started_at: this.now().toISOString(), identity, connection, client };
     const decision = this.deps.policy.decide(this.input(session, "session"));
     if (!decision.allow) {
-      throw await refuse(new AgateError("SESSION_DENIED", `policy denied the session: ${decision.reasons.join("; ") || "no rule allowed it"}`, { reasons: decision.reasons }));
+      throw refuse(new AgateError("SESSION_DENIED", `policy denied the session: ${decision.reasons.join("; ") || "no rule allowed it"}`, { reasons: decision.reasons }));
     }
     await this.deps.audit.append({ type: "session_start", session: session.id, identity, connection, client, policy: this.deps.policy.version });
     return session;

@@ -49,9 +49,6 @@ export function ReadyForQuery(status: number): Buffer {
   return message(T.ReadyForQuery, (w) => w.u8(status));
 }
 
-export function ParameterStatus(name: string, value: string): Buffer {
-  return message(T.ParameterStatus, (w) => w.cstr(name).cstr(value));
-}
 
 export function BackendKeyData(pid: number, secret: number): Buffer {
   return message(T.BackendKeyData, (w) => w.i32(pid).i32(secret));

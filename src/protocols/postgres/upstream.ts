@@ -9,7 +9,7 @@ import { AgateError } from "../../core/errors.ts";
 import { Framer } from "./framer.ts";
 import { Auth, readErrorFields, T } from "./messages.ts";
 import { md5Password, ScramClient } from "./scram.ts";
-import { message, Reader, SSL_REQUEST_CODE, startupPacket, PROTOCOL_3_0 } from "./wire.ts";
+import { CANCEL_REQUEST_CODE, message, PROTOCOL_3_0, Reader, SSL_REQUEST_CODE, startupPacket } from "./wire.ts";
 
 export interface PgTarget {
   host: string;
@@ -61,7 +61,7 @@ export async function connectUpstream(target: PgTarget, params: Record<string, s
 /** Send a CancelRequest for the given backend to the target (fire and forget). */
 export async function cancelUpstream(target: PgTarget, pid: number, secret: number): Promise<void> {
   const socket = await openSocket(target);
-  socket.end(startupPacket((w) => w.i32(80877102).i32(pid).i32(secret)));
+  socket.end(startupPacket((w) => w.i32(CANCEL_REQUEST_CODE).i32(pid).i32(secret)));
 }
 
 function openSocket(target: PgTarget): Promise<net.Socket> {

@@ -18,7 +18,6 @@ export const CANCEL_REQUEST_CODE = 80877102;
  */
 export const MAX_STARTUP_PACKET_BYTES = 10000;
 
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 /**
@@ -148,8 +147,4 @@ export class Reader {
 /** A client or server broke the protocol; answered with SQLSTATE 08P01, then the connection closes. */
 export class ProtocolViolation extends Error {
   override readonly name = "ProtocolViolation";
-}
-
-export function utf8(s: string): Uint8Array {
-  return encoder.encode(s);
 }
