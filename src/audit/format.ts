@@ -1,5 +1,5 @@
 /**
- * # agate audit log segments, format version 1
+ * # agate audit log segments, format version 2
  *
  * An audit log is a directory of segment files holding a hash-chained
  * sequence of records. Each record is a canonical JSON object framed by its
@@ -12,8 +12,8 @@
  * `seg-00000000000000000000.agl`:
  *
  * ```
- * 00000000  41 47 4c 31 00 00 00 01                           |AGL1....|       file header
- * 00000008  00 00 00 99 75 8c e5 a1                           |....u...|       frame header: length 153, CRC-32C 0x758ce5a1
+ * 00000000  41 47 4c 31 00 00 00 02                           |AGL1....|       file header
+ * 00000008  00 00 00 99 41 6b 4d 38                           |....AkM8|       frame header: length 153, CRC-32C 0x416b4d38
  * 00000010  7b 22 69 22 3a 30 2c 22 70 72 65 76 22 3a 22 30  |{"i":0,"prev":"0|  payload (153 bytes)
  * ...
  * ```
@@ -21,12 +21,13 @@
  * where the payload is
  *
  * ```
- * {"i":0,"prev":"0000000000000000000000000000000000000000000000000000000000000000","t":"2025-01-01T00:00:00.000Z","text":"SELECT 1","type":"command","v":1}
+ * {"i":0,"prev":"0000000000000000000000000000000000000000000000000000000000000000","t":"2025-01-01T00:00:00.000Z","text":"SELECT 1","type":"command","v":2}
  * ```
  *
- * and the next record's `prev` is SHA-256 of those 153 bytes
- * (`printf '%s' '<payload>' | sha256sum`):
- * `b5c693708c6e0c005c4af4674391d9d77b0f6fc0f15ec49580cc0402eee960b6`.
+ * and the next record's `prev` is the RFC 6962 leaf hash of those 153
+ * bytes, SHA-256 of 0x00 || payload
+ * (`{ printf '\0'; printf '%s' '<payload>'; } | sha256sum`):
+ * `c04adfcbf93ed5782ea4f7f19fe4fc290fa9a8297b843d8d6da46748fa107af6`.
  * (Checked by test/audit.test.ts, "format example".)
  *
  * ## Conventions
@@ -42,7 +43,7 @@
  * - A segment file MUST be named `seg-` || the index of its first record as
  *   20 decimal digits, zero-padded || `.agl`. Readers MUST ignore files whose
  *   names do not match `^seg-[0-9]{20}\.agl$`.
- * - A segment MUST start with the 8-byte file header `AGL1` || uint32(1).
+ * - A segment MUST start with the 8-byte file header `AGL1` || uint32(2).
  *   A reader MUST reject any other magic or version.
  * - The header is followed by zero or more frames and nothing else.
  * - Segments, in order of their names, MUST hold consecutive records: the
@@ -68,14 +69,31 @@
  * - The payload MUST be a UTF-8 JSON object in canonical form (keys sorted
  *   by UTF-16 code units at every depth, no insignificant whitespace,
  *   RFC 8785 number and string forms).
- * - It MUST carry `v` = 1, `i` = its index (the first record of the log is
- *   0), `prev` = hex SHA-256 of the previous record's payload bytes (64
- *   zeros for record 0) and `t` = when it was written, RFC 3339 UTC with
+ * - It MUST carry `v` = 2, `i` = its index (the first record of the log is
+ *   0), `prev` = the hex leaf hash (below) of the previous record's payload
+ *   (64 zeros for record 0) and `t` = when it was written, RFC 3339 UTC with
  *   milliseconds (`2025-01-01T00:00:00.000Z`). All other keys are the
  *   caller's; a caller MUST NOT set `v`, `i`, `prev` or `t`.
  * - A verifier MUST check every CRC, every index and every `prev`; the
  *   chain makes a changed, removed or reordered record visible at the next
  *   record.
+ *
+ * ## Merkle tree
+ *
+ * - The log is a Merkle tree as in RFC 9162 §2.1 (RFC 6962 §2.1) whose
+ *   leaves are the record payloads in index order: leaf hash
+ *   SHA-256(0x00 || payload), interior node SHA-256(0x01 || left || right).
+ * - A checkpoint is a C2SP tlog-checkpoint (origin line, decimal tree size,
+ *   base64 root hash) signed as a C2SP signed note with Ed25519. The
+ *   writer appends each one, as a frame whose payload is the signed note's
+ *   UTF-8 text, to `checkpoints.agl` (same file header and framing as a
+ *   segment). It MUST write a checkpoint only after the records it covers
+ *   are durable, and MUST make the checkpoint durable before publishing it.
+ *   Checkpoint sizes in the file MUST NOT decrease.
+ * - `tree.hashes` holds the tree's hashes (leaf hashes and completed
+ *   interior nodes, 32 bytes each, in the order they complete, as Go's
+ *   sumdb/tlog stores them). It is a cache a writer MAY rebuild from the
+ *   records; a verifier MUST NOT trust it.
  *
  * ## Recovery
  *
@@ -89,8 +107,9 @@
 import { AgateError } from "../core/errors.ts";
 import { canonicalRecord } from "./canonical.ts";
 import { crc32cRange } from "./crc32c.ts";
+import { leafHash } from "./merkle.ts";
 
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
 export const FILE_HEADER_BYTES = 8;
 export const FRAME_HEADER_BYTES = 8;
 export const MAX_PAYLOAD_BYTES = 16 * 1024 * 1024;
@@ -110,7 +129,7 @@ export function encodeFileHeader(): Buffer {
   return b;
 }
 
-/** Why `header` (the first 8 bytes of a segment) is not a version 1 header, or null if it is. */
+/** Why `header` (the first 8 bytes of a segment) is not a current-version header, or null if it is. */
 export function checkFileHeader(header: Uint8Array): string | null {
   if (header.length < FILE_HEADER_BYTES) return `file is ${header.length} bytes, shorter than the ${FILE_HEADER_BYTES}-byte header`;
   if (MAGIC.some((m, k) => header[k] !== m)) return "magic is not AGL1";
@@ -183,7 +202,7 @@ export function writeFrameHeader(b: Buffer, at: number, length: number): void {
   b.writeUInt32BE(crc32cRange(b, start, start + length), at + 4);
 }
 
-/** Hex SHA-256 of a payload: the next record's `prev`. */
+/** Hex leaf hash of a payload, SHA-256(0x00 || payload): the next record's `prev`. */
 export function hashPayload(payload: Uint8Array): string {
-  return Bun.SHA256.hash(payload, "hex");
+  return Buffer.from(leafHash(payload)).toString("hex");
 }

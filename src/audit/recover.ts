@@ -8,7 +8,8 @@
  */
 import { open, type FileHandle } from "node:fs/promises";
 import { AgateError } from "../core/errors.ts";
-import { FILE_HEADER_BYTES, ZERO_HASH, encodeFileHeader, hashPayload } from "./format.ts";
+import { FILE_HEADER_BYTES, ZERO_HASH, encodeFileHeader } from "./format.ts";
+import { leafHash } from "./merkle.ts";
 import { findFrameAfter, scanSegment, type SegmentFile } from "./segments.ts";
 
 export interface Tail {
@@ -21,8 +22,10 @@ export interface Tail {
   records: number;
   /** Records in the whole log: the next index. */
   size: number;
-  /** SHA-256 of the last record's payload (ZERO_HASH for an empty log). */
+  /** Leaf hash (hex) of the last record's payload (ZERO_HASH for an empty log). */
   lastHash: string;
+  /** Leaf hashes of the last segment's records, in order. */
+  leaves: Uint8Array[];
 }
 
 export type Warn = (msg: string, facts: object) => void;
@@ -36,24 +39,25 @@ export async function recoverTail(segments: SegmentFile[], warn: Warn): Promise<
     if (scan.damage) await repair(fh, segment, scan, warn);
     let lastHash = scan.lastHash;
     if (lastHash === null) lastHash = segment.first === 0 ? ZERO_HASH : await lastHashBefore(segments, segment);
-    return { fh, segment, bytes: scan.end, records: scan.records, size: segment.first + scan.records, lastHash };
+    return { fh, segment, bytes: scan.end, records: scan.records, size: segment.first + scan.records, lastHash, leaves: scan.leaves };
   } catch (e) {
     await fh.close();
     throw e;
   }
 }
 
-interface Scan {
+export interface Scan {
   records: number;
   end: number;
   size: number;
   lastHash: string | null;
+  leaves: Uint8Array[];
   damage?: { kind: string; offset: number; message: string };
 }
 
 /** Scan a segment's frames, checking that CRC-valid records are consecutive and chained. */
 async function scanRecords(segment: SegmentFile): Promise<Scan> {
-  const scan: Scan = { records: 0, end: 0, size: 0, lastHash: null };
+  const scan: Scan = { records: 0, end: 0, size: 0, lastHash: null, leaves: [] };
   for await (const chunk of scanSegment(segment.path)) {
     for (const { offset, payload } of chunk.frames) {
       const want = segment.first + scan.records;
@@ -65,7 +69,9 @@ async function scanRecords(segment: SegmentFile): Promise<Scan> {
       }
       if (rec.i !== want) throw corrupt(segment, offset, `record at offset ${offset} has index ${String(rec.i)}, expected ${want}`);
       if (scan.lastHash !== null && rec.prev !== scan.lastHash) throw corrupt(segment, offset, `record ${want} does not chain to record ${want - 1}`);
-      scan.lastHash = hashPayload(payload);
+      const leaf = leafHash(payload);
+      scan.leaves.push(leaf);
+      scan.lastHash = Buffer.from(leaf).toString("hex");
       scan.records++;
     }
     scan.end = chunk.end;
@@ -75,7 +81,12 @@ async function scanRecords(segment: SegmentFile): Promise<Scan> {
   return scan;
 }
 
-async function repair(fh: FileHandle, segment: SegmentFile, scan: Scan, warn: Warn): Promise<void> {
+/**
+ * Make a file of frames (a segment, or the checkpoint file) end cleanly
+ * after `scan` found damage: truncate a torn tail to the last good frame,
+ * refuse (AUDIT_CORRUPT) if a valid frame follows the damage.
+ */
+export async function repair(fh: FileHandle, segment: SegmentFile, scan: Pick<Scan, "end" | "size" | "damage">, warn: Warn): Promise<void> {
   const damage = scan.damage!;
   if (damage.kind === "header") {
     // A segment shorter than its header whose bytes are a prefix of it is a

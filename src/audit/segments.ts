@@ -38,7 +38,7 @@ export interface Frame {
 
 /**
  * Where a segment stops being readable:
- * - "header": the file header is missing, short or not AGL1 version 1;
+ * - "header": the file header is missing, short or not AGL1 of this format version;
  * - "length": a frame length is 0 or over MAX_PAYLOAD_BYTES;
  * - "crc": a frame's payload does not match its CRC-32C;
  * - "short": the file ends inside a frame (a cut or torn write).

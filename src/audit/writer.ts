@@ -26,8 +26,9 @@ import * as nodeFs from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
-import { FILE_HEADER_BYTES, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES, encodeFileHeader, encodePayload, hashPayload, segmentName, tooLarge, writeFrameHeader } from "./format.ts";
+import { FILE_HEADER_BYTES, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES, encodeFileHeader, encodePayload, segmentName, tooLarge, writeFrameHeader } from "./format.ts";
 import type { Tail, Warn } from "./recover.ts";
+import type { TreeFile } from "./tree.ts";
 
 export type Durability = { mode: "strict" } | { mode: "interval"; interval_ms: number };
 
@@ -42,6 +43,10 @@ export interface AuditLog {
   close(): Promise<void>;
   /** Number of records, counting those appended but not yet durable. */
   readonly size: number;
+  /** Number of records known durable (all of them after flush()). */
+  readonly durableSize: number;
+  /** Close the current segment (once its records are durable) and start the next, if it holds any record. Resolves when done. */
+  seal(): Promise<void>;
 }
 
 /**
@@ -62,6 +67,10 @@ export interface WriterOptions {
   warn: Warn;
   /** Replacements for the real file operations (tests only). */
   faults: Partial<FaultFs>;
+  /** The Merkle tree's hash file; the writer feeds it each record's leaf hash. */
+  tree: TreeFile;
+  /** Told when a segment is sealed (a later segment now exists). */
+  onSealed: (segment: string) => void;
 }
 
 /** Size of a fresh queue buffer; it grows for a larger batch. */
@@ -98,6 +107,8 @@ export class SegmentWriter implements AuditLog {
   #t = "";
   #writtenWaiters: Waiter[] = [];
   #durableWaiters: Waiter[] = [];
+  #treeQueue: Uint8Array[] = []; // stored tree hashes of the queued records
+  #sealWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
 
   #busy = false;
   #scheduled = false;
@@ -120,6 +131,17 @@ export class SegmentWriter implements AuditLog {
 
   get size(): number {
     return this.#next;
+  }
+
+  get durableSize(): number {
+    return this.#durable;
+  }
+
+  seal(): Promise<void> {
+    if (this.#failure) return Promise.reject(this.#failed());
+    const p = new Promise<void>((resolve, reject) => this.#sealWaiters.push({ resolve, reject }));
+    this.#kick();
+    return p;
   }
 
   append(fields: Record<string, unknown>): Promise<number> {
@@ -158,6 +180,7 @@ export class SegmentWriter implements AuditLog {
         if (this.#timer) clearTimeout(this.#timer);
         while (this.#busy) await new Promise((r) => setImmediate(r));
         await this.#fh.close();
+        this.#o.tree.close();
       }
     })();
     return this.#closing;
@@ -184,8 +207,13 @@ export class SegmentWriter implements AuditLog {
       buf.write(json, start);
     }
     if (bytes > MAX_PAYLOAD_BYTES) throw tooLarge(bytes);
+    // The leaf hash is SHA-256(0x00 || payload): borrow the byte before the
+    // payload (the frame header's last, written just after) for the 0x00.
+    buf[start - 1] = 0;
+    const leaf = Bun.SHA256.hash(buf.subarray(start - 1, start + bytes)) as Uint8Array;
     writeFrameHeader(buf, at, bytes);
-    this.#lastHash = hashPayload(buf.subarray(start, start + bytes));
+    this.#lastHash = Buffer.from(leaf.buffer, leaf.byteOffset, leaf.length).toString("hex");
+    for (const h of this.#o.tree.frontier.push(leaf)) this.#treeQueue.push(h);
     this.#len = start + bytes;
     this.#ends.push(this.#len);
     this.#next = index + 1;
@@ -235,11 +263,24 @@ export class SegmentWriter implements AuditLog {
       if (this.#ends.length > 0) {
         batch = this.#buf;
         const ends = this.#ends;
+        const hashes = this.#treeQueue;
         this.#buf = this.#spare ?? Buffer.allocUnsafe(QUEUE_BYTES);
         this.#spare = null;
         this.#len = 0;
         this.#ends = [];
+        this.#treeQueue = [];
         pending = this.#writeBatch(batch, ends);
+        if (pending) pending = pending.then(() => this.#o.tree.write(hashes));
+        else this.#o.tree.write(hashes);
+      }
+      if (this.#sealWaiters.length > 0) {
+        const waiters = this.#sealWaiters.splice(0);
+        const sealed = (pending ?? Promise.resolve()).then(() => (this.#segRecords > 0 ? this.#rotate() : undefined));
+        sealed.then(
+          () => waiters.forEach((w) => w.resolve()),
+          (e: unknown) => waiters.forEach((w) => w.reject(e as Error)),
+        );
+        pending = sealed;
       }
     } catch (e) {
       return this.#endCycle(batch, { error: e });
@@ -271,7 +312,7 @@ export class SegmentWriter implements AuditLog {
     this.#busy = false;
     if (batch && batch.length <= SPARE_MAX_BYTES) this.#spare = batch;
     if (failure) this.#fail(failure.error);
-    else if (this.#ends.length > 0 || this.#syncWanted) this.#kick();
+    else if (this.#ends.length > 0 || this.#syncWanted || this.#sealWaiters.length > 0) this.#kick();
   }
 
   /**
@@ -333,6 +374,7 @@ export class SegmentWriter implements AuditLog {
       await new Promise<void>((resolve, reject) => this.#sync((failure) => (failure ? reject(failure.error) : resolve())));
     }
     await this.#fh.close();
+    const sealed = this.#segment;
     this.#segment = segmentName(this.#written);
     this.#fh = await open(join(this.#o.dir, this.#segment), "wx", 0o600);
     await this.#writeAt(encodeFileHeader(), 0);
@@ -340,6 +382,7 @@ export class SegmentWriter implements AuditLog {
     this.#segRecords = 0;
     this.#dirty = true;
     await syncDir(this.#o.dir);
+    this.#o.onSealed(sealed);
   }
 
   /**
@@ -384,8 +427,10 @@ export class SegmentWriter implements AuditLog {
     this.#len = 0;
     this.#ends = [];
     if (this.#timer) clearTimeout(this.#timer);
+    this.#treeQueue = [];
     for (const w of this.#writtenWaiters.splice(0)) w.reject(this.#failure);
     for (const w of this.#durableWaiters.splice(0)) w.reject(this.#failure);
+    for (const w of this.#sealWaiters.splice(0)) w.reject(this.#failure);
     this.#o.warn("audit log write failed", this.#failure.details);
   }
 

@@ -1,0 +1,127 @@
+/**
+ * The hash file: every stored hash of the log's Merkle tree (merkle.ts,
+ * stored order), 32 bytes each, in `tree.hashes` beside the segments.
+ *
+ * It is derived data: written with each batch but never fsynced, and
+ * never trusted by `agate verify`, which recomputes the tree from the
+ * records. It exists so that start-up does not rehash history and a proof
+ * costs a few positioned reads. At start-up it is reconciled with the
+ * segments: cut back if it runs ahead of the log (a torn tail was
+ * truncated), extended from the records if it lags (a crash between the
+ * two writes), and rebuilt from all records if it disagrees with them.
+ */
+import * as fs from "node:fs";
+import { join } from "node:path";
+import { HASH_BYTES, Frontier, frontierAt, leafHash, sizeForStoredCount, storedCount, storedIndex, type HashReader } from "./merkle.ts";
+import { scanSegment, type SegmentFile } from "./segments.ts";
+import type { Warn } from "./recover.ts";
+
+export const TREE_FILE = "tree.hashes";
+
+export class TreeFile implements HashReader {
+  readonly #fd: number;
+  #count: number; // hashes in the file
+  /** The tree as appended so far; the writer pushes to it before the file catches up. */
+  readonly frontier: Frontier;
+
+  private constructor(fd: number, count: number, frontier: Frontier) {
+    this.#fd = fd;
+    this.#count = count;
+    this.frontier = frontier;
+  }
+
+  /**
+   * Open the hash file of a log of `size` records whose last segment is
+   * `last` with leaf hashes `lastLeaves` (from start-up recovery), making it
+   * agree with the segments.
+   */
+  static async open(dir: string, segments: SegmentFile[], size: number, last: { first: number; leaves: Uint8Array[] }, warn: Warn): Promise<TreeFile> {
+    const path = join(dir, TREE_FILE);
+    const fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    try {
+      let n = Math.min(sizeForStoredCount(Math.floor(fs.fstatSync(fd).size / HASH_BYTES)), size);
+      const tree = new TreeFile(fd, storedCount(n), new Frontier());
+      // The records of the last segment were just read: their leaves must match.
+      for (let i = last.first; i < n; i++) {
+        if (!equal(tree.read([storedIndex(0, i)])[0]!, last.leaves[i - last.first]!)) {
+          warn("audit hash file disagrees with the records; rebuilding it", { index: i });
+          n = 0;
+          break;
+        }
+      }
+      fs.ftruncateSync(fd, storedCount(n) * HASH_BYTES);
+      const t = new TreeFile(fd, storedCount(n), frontierAt(n, tree));
+      if (n < size) {
+        if (size - n > last.leaves.length) warn("audit hash file is behind the log; hashing the missing records", { from: n, to: size });
+        await t.#extend(segments, n, size, last);
+      }
+      return t;
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  /** Hash records [from, to) into the tree and the file: earlier segments are read, the last one's leaves are known. */
+  async #extend(segments: SegmentFile[], from: number, to: number, last: { first: number; leaves: Uint8Array[] }): Promise<void> {
+    let i = from;
+    for (const [k, seg] of segments.entries()) {
+      if (i >= to) return;
+      if (seg.first >= last.first) {
+        for (; i < to; i++) this.write(this.frontier.push(last.leaves[i - last.first]!));
+        return;
+      }
+      if ((segments[k + 1]?.first ?? Infinity) <= i) continue;
+      let index = seg.first;
+      for await (const chunk of scanSegment(seg.path)) {
+        for (const { payload } of chunk.frames) {
+          if (index++ === i && i < to) {
+            this.write(this.frontier.push(leafHash(payload)));
+            i++;
+          }
+        }
+        if (chunk.damage) throw new Error(`${seg.name}: ${chunk.damage.message}`);
+      }
+    }
+  }
+
+  /** Hashes in the file. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /** Tree size the file fully covers. */
+  get size(): number {
+    return sizeForStoredCount(this.#count);
+  }
+
+  /** Append stored hashes (bytes, a multiple of 32) at the end. Synchronous: a page-cache write. */
+  write(hashes: Uint8Array | Uint8Array[]): void {
+    const data = Array.isArray(hashes) ? Buffer.concat(hashes) : hashes;
+    const at = this.#count * HASH_BYTES;
+    for (let done = 0; done < data.length; ) {
+      const n = fs.writeSync(this.#fd, data, done, data.length - done, at + done);
+      if (n <= 0) throw new Error(`write returned ${n}`);
+      done += n;
+    }
+    this.#count += data.length / HASH_BYTES;
+  }
+
+  read(positions: number[]): Uint8Array[] {
+    return positions.map((p) => {
+      if (p >= this.#count) throw new RangeError(`stored hash ${p} is not written yet (${this.#count} are)`);
+      const b = new Uint8Array(HASH_BYTES);
+      const n = fs.readSync(this.#fd, b, 0, HASH_BYTES, p * HASH_BYTES);
+      if (n !== HASH_BYTES) throw new Error(`short read of stored hash ${p}`);
+      return b;
+    });
+  }
+
+  close(): void {
+    fs.closeSync(this.#fd);
+  }
+}
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.compare(a, b) === 0;
+}
