@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what agate and its tests need on a Debian machine that has
-# Node.js (for npm) and Go (to build opa). Idempotent: when everything is
-# there it checks and returns in about a second.
+# Node.js (for npm) and Go (to build opa and versitygw). Idempotent: when
+# everything is there it checks and returns in about a second.
 #
-#   bash scripts/setup.sh           Bun, node_modules, opa, PostgreSQL server + psql
+#   bash scripts/setup.sh           Bun, node_modules, opa, versitygw (S3), PostgreSQL server + psql
 #   bash scripts/setup.sh --bench   also pgbench and pgbouncer (scripts/bench)
 #
 # One line per step on stderr; the tools' own output is shown only when they fail.
@@ -92,6 +92,10 @@ say "bun install --frozen-lockfile"
 # --- OPA ---------------------------------------------------------------------
 opa="$(bash "$ROOT/scripts/opa.sh")" || die "scripts/opa.sh could not provide opa (see above)"
 say "opa ok ($opa)"
+
+# --- S3 server for tests and benchmarks: versitygw ---------------------------
+s3="$(bash "$ROOT/scripts/s3.sh")" || die "scripts/s3.sh could not provide versitygw (see above)"
+say "versitygw ok ($s3)"
 
 # --- PostgreSQL --------------------------------------------------------------
 pg_server() { compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; }
