@@ -9,9 +9,10 @@
  * process on 127.0.0.1:6432, or the next free port. Ctrl-C (SIGINT) or
  * SIGTERM closes the gateway and stops and deletes the database.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join, relative, resolve } from "node:path";
+import { generateKey } from "../src/audit/note.ts";
 import { loadConfig } from "../src/config/index.ts";
 import { createLogger } from "../src/core/log.ts";
 import { startGateway, type Gateway } from "../src/gateway.ts";
@@ -68,12 +69,25 @@ try {
 
   const { key, sha256 } = createApiKey();
   const port = await pickPort(6432);
+  const adminPort = await pickPort(9090);
   mkdirSync(stateDir, { recursive: true });
+  // The checkpoint signing key lives as long as the audit log beside it.
+  const keyFile = join(stateDir, "audit.key");
+  if (!existsSync(keyFile)) {
+    const { signerKey, verifierKey } = generateKey("agate.local/audit");
+    writeFileSync(keyFile, `${signerKey}\n`, { mode: 0o600 });
+    writeFileSync(`${keyFile}.pub`, `${verifierKey}\n`);
+  }
+  const verifierKey = readFileSync(`${keyFile}.pub`, "utf8").trim();
   writeFileSync(
     configFile,
     `# Written by scripts/up.ts for a throwaway PostgreSQL; rewritten on every run.
 audit:
   dir: ./audit
+  signing_key: ./audit.key
+admin:
+  listen: 127.0.0.1:${adminPort}
+  groups: [demo]
 identity:
   api_keys:
     - id: ${USER}
@@ -103,7 +117,8 @@ connections:
 agate is up. Connect through it with:
   psql "postgres://${USER}:${key}@${listener.host}:${listener.port}/app"
 Try:  select * from demo;   drop table demo;   -- the second is refused by policy
-Audit log: ${auditDir}   (verify: bun src/main.ts verify --log ${auditDir})
+Audit log: ${auditDir}   (verify: bun src/main.ts verify --log ${auditDir} --key ${keyFile}.pub)
+Admin API: http://127.0.0.1:${gateway.admin!.port}   (curl -H "Authorization: Bearer ${key}" http://127.0.0.1:${gateway.admin!.port}/v1/log/checkpoint)
 Ctrl-C stops the gateway and the throwaway database.
 
 `);

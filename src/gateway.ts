@@ -1,9 +1,13 @@
 /**
- * Assembles a running gateway from a Config: the audit log, the policy
- * engine, the identity step, the guard, and one listener per connection.
+ * Assembles a running gateway from a Config: the audit log (with its
+ * checkpoints and shipping), the policy engine, the identity step, the
+ * guard, one listener per connection, and the admin API.
  */
 import defaultPolicyPath from "../wasm/policy.wasm" with { type: "file" };
+import { adminApp } from "./api/index.ts";
 import { openLog } from "./audit/index.ts";
+import { parseSignerKey } from "./audit/note.ts";
+import { Shipper } from "./audit/ship.ts";
 import type { Config } from "./config/index.ts";
 import { Guard } from "./core/guard.ts";
 import type { Logger } from "./core/log.ts";
@@ -14,8 +18,13 @@ import { initSql } from "./protocols/postgres/sql.ts";
 
 export interface Gateway {
   listeners: { name: string; host: string; port: number }[];
+  /** The admin API's address, if configured. */
+  admin?: { host: string; port: number };
   close(): Promise<void>;
 }
+
+/** How long a clean shutdown waits for the shipping backlog to drain. */
+const SHIP_DRAIN_MS = 10_000;
 
 /** The policy bundle compiled into the executable (wasm/policy.wasm at build time). */
 export async function defaultPolicyBytes(): Promise<Uint8Array> {
@@ -24,26 +33,50 @@ export async function defaultPolicyBytes(): Promise<Uint8Array> {
 
 export async function startGateway(config: Config, log: Logger): Promise<Gateway> {
   await initSql();
+  const signer = parseSignerKey(config.audit.signing_key.text);
+  let shipper: Shipper | null = null;
   const audit = await openLog(config.audit.dir, {
     durability: config.audit.durability,
     segmentBytes: config.audit.segment_bytes,
     onWarn: (msg, facts) => log("warn", msg, facts as Record<string, unknown>),
+    signer,
+    origin: config.audit.origin ?? signer.name,
+    checkpointEveryRecords: config.audit.checkpoint.every_records,
+    checkpointEverySeconds: config.audit.checkpoint.every_seconds,
+    onCheckpoint: (c) => shipper?.addCheckpoint(c),
+    onSealed: () => shipper?.notify(),
   });
+  log("info", "audit log open", { dir: config.audit.dir, records: audit.size, checkpoint: audit.latestCheckpoint?.size ?? null, key: signer.verifierKey });
+  if (config.audit.ship) {
+    shipper = await Shipper.open(config.audit.dir, config.audit.ship, audit, log);
+    shipper.start(config.audit.seal_after_s);
+  }
   const policy = await createPolicyEngine({
     ...(config.policy.bundle ? { file: config.policy.bundle, watch: config.policy.watch } : { bytes: await defaultPolicyBytes() }),
     data: config.policy.data,
     onLog: (level, msg, facts) => log(level, msg, facts),
   });
   log("info", "policy loaded", { version: policy.version, bundle: config.policy.bundle ?? "(embedded default)" });
+  const apiKeys = new ApiKeyVerifier(config.identity.api_keys);
   const guard = new Guard({
     policy,
     audit,
-    identity: new ApiKeyVerifier(config.identity.api_keys),
+    identity: apiKeys,
     onAuditError: (error, fields) => log("error", "audit record lost", { error: error.message, type: fields.type, session: fields.session }),
   });
 
   const listeners: PgListener[] = [];
   const described: Gateway["listeners"] = [];
+  let admin: ReturnType<typeof Bun.serve> | null = null;
+  const shutdown = async () => {
+    await Promise.all(listeners.map((l) => l.close({ sessions: true })));
+    await admin?.stop(true);
+    // Seal and checkpoint what is left so all of it can ship, then drain.
+    await shipper?.sealNow();
+    await audit.close();
+    await shipper?.close(SHIP_DRAIN_MS);
+    policy.close();
+  };
   try {
     for (const c of config.connections) {
       const l = await listenPostgres({
@@ -61,18 +94,18 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
       described.push({ name: c.name, host: c.host, port: l.port });
       log("info", "listening", { connection: c.name, protocol: "postgres", address: `${c.host}:${l.port}`, target: `${c.target.host}:${c.target.port}` });
     }
+    if (config.admin) {
+      const app = adminApp({ log: audit, authenticate: (key) => apiKeys.verifyBearer(key), groups: config.admin.groups, ...(shipper ? { ship: () => shipper!.status() } : {}) });
+      admin = Bun.serve({ hostname: config.admin.host, port: config.admin.port, fetch: app.fetch });
+      log("info", "admin API listening", { address: `${config.admin.host}:${admin.port}` });
+    }
   } catch (e) {
-    await Promise.all(listeners.map((l) => l.close({ sessions: true })));
-    await audit.close();
-    policy.close();
+    await shutdown();
     throw e;
   }
   return {
     listeners: described,
-    async close() {
-      await Promise.all(listeners.map((l) => l.close({ sessions: true })));
-      await audit.close();
-      policy.close();
-    },
+    ...(admin ? { admin: { host: config.admin!.host, port: admin.port! } } : {}),
+    close: shutdown,
   };
 }

@@ -3,12 +3,14 @@
  * agate: the command line. Each subcommand parses its own flags and has
  * its own --help; errors print a sentence and exit non-zero.
  */
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import pkg from "../package.json" with { type: "json" };
 import { verifyLog } from "./audit/index.ts";
+import { generateKey, parseVerifierKey, type Verifier } from "./audit/note.ts";
+import { fetchShipped } from "./audit/ship.ts";
 import { loadConfig } from "./config/index.ts";
 import { AgateError } from "./core/errors.ts";
 import { createLogger } from "./core/log.ts";
@@ -22,10 +24,12 @@ Usage: agate <command> [options]
 
 Commands:
   serve --config FILE        run the gateway (listeners, policy, audit log) until SIGINT/SIGTERM
-  verify --log DIR           check the audit log's frames and hash chain; exit 1 naming the first bad record
+  verify --log DIR --key K   check the audit log: frames, chain, Merkle tree, signed checkpoints; exit 1 naming the first bad record or checkpoint
+  proof ...                  prove a record is in the log, or that one checkpoint extends another
   policy build               compile policies/ into wasm/ with the OPA compiler (opa build -t wasm)
   policy check               exit 1 if wasm/ is stale against policies/
   keys create --id ID        make a service-account API key; prints the key once and its config entry
+  keys generate --name N     make the Ed25519 key that signs audit checkpoints
   version                    print the version
 
 Run 'agate <command> --help' for a command's options.
@@ -45,16 +49,31 @@ Options:
     run: serve,
   },
   verify: {
-    help: `Usage: agate verify --log DIR
+    help: `Usage: agate verify --log DIR --key KEY [--checkpoint FILE]...
+       agate verify --from s3://BUCKET/PREFIX --key KEY [--checkpoint FILE]...
 
-Reads every segment in DIR and checks each frame's length and CRC32C, the
-record indexes and the SHA-256 chain. Exits 0 when intact; otherwise exits 1
-and names the first bad record (index, segment, byte offset) and the damage.
+Checks an audit log from its files alone: every frame's length and CRC-32C,
+the record indexes and hash chain, the Merkle tree (RFC 6962) recomputed from
+the records against every checkpoint's root, every checkpoint's Ed25519
+signature against KEY, that checkpoint sizes never go back, and that the log
+still holds every record a checkpoint signed. Exits 0 when intact; otherwise
+exits 1 and names the first bad record (index, segment, byte offset) or
+checkpoint, and the kind of damage.
+
+A log rolled back whole (segments and checkpoints together) is only caught
+against a checkpoint you kept from before: pass it with --checkpoint.
 
 Options:
-  -l, --log DIR   the audit directory (audit.dir in the config)
-  -q, --quiet     no progress on stderr
-  -h, --help      this help`,
+  -l, --log DIR          the audit directory (audit.dir in the config)
+      --from URL         verify what was shipped to object storage instead
+                         (s3://bucket/prefix; credentials from the S3_* or
+                         AWS_* environment variables, see README)
+  -k, --key KEY          the checkpoint verifier key (name+id+base64, as
+                         'agate keys generate' prints it) or a file holding it;
+                         without it signatures are NOT checked, and verify says so
+      --checkpoint FILE  a signed checkpoint kept from earlier (repeatable)
+  -q, --quiet            no progress on stderr
+  -h, --help             this help`,
     run: verify,
   },
   policy: {
@@ -69,10 +88,18 @@ scripts/opa.sh installs it) and writes policy.wasm and manifest.json to --out
   },
   keys: {
     help: `Usage: agate keys create --id ID [--groups a,b] [--kind service|agent|human]
+       agate keys generate --name NAME --out FILE
 
-Prints a new API key (shown once, never stored) and the entry to add under
-identity.api_keys in the configuration, which holds only the key's SHA-256.
-Clients use the key as their password and ID as their user name.`,
+create: prints a new API key (shown once, never stored) and the entry to add
+under identity.api_keys in the configuration, which holds only the key's
+SHA-256. Clients use the key as their password and ID as their user name.
+
+generate: makes the Ed25519 key that signs audit log checkpoints. Writes the
+private key to FILE (mode 0600; refuses to overwrite) and the verifier key to
+FILE.pub, and prints the verifier key (name+keyid+base64, the form of C2SP
+signed notes and Go's sumdb/note). NAME is the key's name in signatures;
+use the log's origin, e.g. agate.example.com/audit. Point audit.signing_key
+at FILE; give auditors the verifier key.`,
     run: keys,
   },
   version: {
@@ -126,15 +153,49 @@ async function serve(argv: string[]): Promise<number> {
   return 0;
 }
 
+/** A verifier key given inline (name+id+key) or as a file holding one. */
+function readVerifierKey(text: string): Verifier {
+  return parseVerifierKey(existsSync(text) ? readFileSync(text, "utf8") : text);
+}
+
 async function verify(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { log: { type: "string", short: "l" }, quiet: { type: "boolean", short: "q" } } });
-  if (!values.log) throw new AgateError("USAGE", "verify needs --log DIR");
-  if (!existsSync(values.log)) throw new AgateError("VERIFY_NO_LOG", `no audit log at ${values.log}`);
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      log: { type: "string", short: "l" },
+      from: { type: "string" },
+      key: { type: "string", short: "k" },
+      checkpoint: { type: "string", multiple: true },
+      quiet: { type: "boolean", short: "q" },
+    },
+  });
+  if (!values.log === !values.from) throw new AgateError("USAGE", "verify needs --log DIR or --from s3://BUCKET/PREFIX (one of them)");
+  const key = values.key ? readVerifierKey(values.key) : undefined;
+  const trusted = (values.checkpoint ?? []).map((f) => readFileSync(f, "utf8"));
+  if (trusted.length && !key) throw new AgateError("USAGE", "--checkpoint needs --key to check its signature");
+  let dir = values.log;
+  let cleanup = async () => {};
+  if (values.from) {
+    const fetched = await fetchShipped(values.from, { quiet: values.quiet ?? false });
+    dir = fetched.dir;
+    cleanup = fetched.cleanup;
+  }
+  if (!dir || !existsSync(dir)) throw new AgateError("VERIFY_NO_LOG", `no audit log at ${dir}`);
+  try {
+    return await verifyDir(dir, key, trusted, values.quiet ?? false);
+  } finally {
+    await cleanup();
+  }
+}
+
+async function verifyDir(dir: string, key: Verifier | undefined, trusted: string[], quiet: boolean): Promise<number> {
   const started = performance.now();
   let lastShown = 0;
   const tty = process.stderr.isTTY;
-  const result = await verifyLog(values.log, {
-    onProgress: values.quiet
+  const result = await verifyLog(dir, {
+    key,
+    trusted,
+    onProgress: quiet
       ? undefined
       : (records, bytes, total) => {
           const now = performance.now();
@@ -144,17 +205,21 @@ async function verify(argv: string[]): Promise<number> {
           process.stderr.write(`${tty ? "\r" : ""}verify: ${records} records, ${pct}% of ${(total / 1e6).toFixed(1)} MB${tty ? "" : "\n"}`);
         },
   });
-  if (tty && !values.quiet && lastShown) process.stderr.write("\n");
+  if (tty && !quiet && lastShown) process.stderr.write("\n");
   const seconds = (performance.now() - started) / 1000;
   if (result.ok) {
-    console.log(`ok: ${result.records} records in ${result.segments} segment(s), chain head ${result.lastHash.slice(0, 16)}…, checked in ${seconds.toFixed(2)} s`);
+    const rate = seconds > 0 ? ` (${Math.round(result.records / seconds).toLocaleString("en-US")} records/s)` : "";
+    console.log(`ok: ${result.records} records in ${result.segments} segment(s), root ${result.root.slice(0, 16)}…, checked in ${seconds.toFixed(2)} s${rate}`);
+    if (result.checkpoints === 0) console.log("checkpoints: none");
+    else console.log(`checkpoints: ${result.checkpoints} match the records${result.signaturesChecked ? ` and are signed by ${key!.name}` : ""}; the last signs ${result.checkpointSize} records${result.records > result.checkpointSize ? `, ${result.records - result.checkpointSize} later record(s) are not yet checkpointed` : ""}`);
+    if (!result.signaturesChecked) console.log("WARNING: signatures were NOT checked: pass --key with the log's verifier key");
     return 0;
   }
   const e = result.error;
   const where = [e.index !== undefined ? `record ${e.index}` : "", e.segment ? `segment ${e.segment}` : "", e.offset !== undefined ? `offset ${e.offset}` : ""].filter(Boolean).join(", ");
   // The verifier's message usually names the place already; add it only when it does not.
   const named = e.index === undefined || e.message.includes(`record ${e.index}`);
-  console.log(`FAILED ${e.code}: ${e.message}${where && !named ? ` (${where})` : ""}; ${result.records} records verified before it`);
+  console.log(`FAILED ${e.code}: ${e.message.replace(/\.$/, "")}${where && !named ? ` (${where})` : ""}; ${result.records} records verified before it`);
   return 1;
 }
 
@@ -192,7 +257,8 @@ async function policy(argv: string[]): Promise<number> {
 
 async function keys(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub !== "create") throw new AgateError("USAGE", `keys needs a subcommand: create (got ${sub ?? "nothing"})`);
+  if (sub === "generate") return generateSigningKey(rest);
+  if (sub !== "create") throw new AgateError("USAGE", `keys needs a subcommand: create or generate (got ${sub ?? "nothing"})`);
   const { values } = parseArgs({ args: rest, options: { id: { type: "string" }, groups: { type: "string" }, kind: { type: "string" } } });
   if (!values.id) throw new AgateError("USAGE", "keys create needs --id ID");
   const kind = values.kind ?? "service";
@@ -202,6 +268,23 @@ async function keys(argv: string[]): Promise<number> {
   process.stderr.write("The key is shown once; agate keeps only its SHA-256.\n");
   console.log(`key: ${key}`);
   console.log(`\n# under identity.api_keys:\n- id: ${values.id}\n  kind: ${kind}\n  groups: [${groups.join(", ")}]\n  sha256: ${sha256}`);
+  return 0;
+}
+
+async function generateSigningKey(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { name: { type: "string" }, out: { type: "string", short: "o" } } });
+  if (!values.name) throw new AgateError("USAGE", "keys generate needs --name NAME (the log's origin, e.g. agate.example.com/audit)");
+  if (!values.out) throw new AgateError("USAGE", "keys generate needs --out FILE for the private key");
+  const { signerKey, verifierKey } = generateKey(values.name);
+  try {
+    writeFileSync(values.out, `${signerKey}\n`, { mode: 0o600, flag: "wx" });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST") throw new AgateError("KEY_EXISTS", `${values.out} exists; refusing to overwrite a signing key`);
+    throw e;
+  }
+  writeFileSync(`${values.out}.pub`, `${verifierKey}\n`, { mode: 0o644 });
+  process.stderr.write(`private key written to ${values.out} (mode 0600), verifier key to ${values.out}.pub\n`);
+  console.log(verifierKey);
   return 0;
 }
 

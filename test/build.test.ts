@@ -101,11 +101,17 @@ describe("the compiled executable, alone in an empty folder", () => {
     const port = await freePort();
     const key = "agk_" + Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
     const auditDir = join(dir, "audit");
+    const keygen = await agate("keys", "generate", "--name", "build.test/audit", "--out", "audit.key");
+    expect(keygen.code).toBe(0);
+    const vkey = keygen.stdout.trim();
+    expect(vkey).toMatch(/^build\.test\/audit\+[0-9a-f]{8}\+[A-Za-z0-9+/]{44}$/);
+    expect(statSync(join(dir, "audit.key")).mode & 0o777).toBe(0o600);
     writeFileSync(
       join(dir, "agate.yaml"),
       `# written by test/build.test.ts
 audit:
   dir: ./audit
+  signing_key: ./audit.key
 identity:
   api_keys:
     - id: ci
@@ -179,13 +185,15 @@ connections:
     if (code !== 0) throw new Error(`agate serve exited ${code} after SIGTERM:\n${await stderr}`);
     expect(code).toBe(0);
 
-    const good = await agate("verify", "--log", auditDir);
+    const good = await agate("verify", "--log", auditDir, "--key", vkey);
     expect(good.code).toBe(0);
     expect(good.stdout).toStartWith("ok: ");
     expect(Number(/ok: (\d+) records/.exec(good.stdout)?.[1])).toBeGreaterThan(0);
+    // The shutdown checkpoint signs every record.
+    expect(good.stdout).toContain(`signed by build.test/audit; the last signs ${/ok: (\d+) records/.exec(good.stdout)?.[1]} records\n`);
 
-    // Flip one byte in the middle of the (only) segment file.
-    const segments = readdirSync(auditDir).filter((f) => statSync(join(auditDir, f)).isFile() && statSync(join(auditDir, f)).size > 0);
+    // Flip one byte in the middle of the largest segment file.
+    const segments = readdirSync(auditDir).filter((f) => f.startsWith("seg-") && statSync(join(auditDir, f)).size > 8);
     expect(segments.length).toBeGreaterThan(0);
     const segment = join(auditDir, segments.sort((a, b) => statSync(join(auditDir, b)).size - statSync(join(auditDir, a)).size)[0]!);
     const bytes = readFileSync(segment);

@@ -472,7 +472,7 @@ describe("a full disk under the audit log", () => {
     expect((await sh(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt])).code).toBe(0);
     let g: TestGateway | undefined;
     try {
-      g = await startTestGateway(db, { config: { audit: { dir: join(mnt, "audit") } } });
+      g = await startTestGateway(db, { audit: { dir: join(mnt, "audit") } });
       expect((await psql(g.url(), "INSERT INTO accounts VALUES (4000, 'before', 1)")).stdout.trim()).toBe("INSERT 0 1");
       // Fill what is left of the file system.
       await sh(["sh", "-c", `cat /dev/zero > ${join(mnt, "filler")} 2>/dev/null; true`]);
@@ -490,7 +490,7 @@ describe("a full disk under the audit log", () => {
       // Space freed and the gateway restarted: a torn tail, if the failed write left one, is cut and the chain verifies.
       await g.close().catch(() => {});
       rmSync(join(mnt, "filler"));
-      g = await startTestGateway(db, { config: { audit: { dir: join(mnt, "audit") } } });
+      g = await startTestGateway(db, { audit: { dir: join(mnt, "audit") } });
       expect((await psql(g.url(), "SELECT 1")).stdout.trim()).toBe("1");
       await g.close();
       g = undefined;
@@ -563,13 +563,13 @@ describe("audit log", () => {
   });
 
   test("agate verify passes, then fails naming the record after one byte is flipped", async () => {
-    const ok = await sh(["bun", "src/main.ts", "verify", "--log", gw.auditDir, "--quiet"]);
+    const ok = await sh(["bun", "src/main.ts", "verify", "--log", gw.auditDir, "--key", gw.verifierKey, "--quiet"]);
     expect(ok.stdout).toStartWith("ok:");
     expect(ok.code).toBe(0);
     // Tamper with a copy so the running gateway's log stays intact.
     const copy = join(gw.auditDir, "..", "tampered");
     await sh(["cp", "-r", gw.auditDir, copy]);
-    const seg = join(copy, readdirSync(copy).filter((f) => f.endsWith(".agl")).sort()[0]!);
+    const seg = join(copy, readdirSync(copy).filter((f) => f.startsWith("seg-")).sort()[0]!);
     const bytes = readFileSync(seg);
     const at = Math.floor(bytes.length / 2);
     bytes[at] = bytes[at]! ^ 0x01;

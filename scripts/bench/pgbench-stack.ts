@@ -31,6 +31,7 @@ import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, readdirSync
 import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { generateKey } from "../../src/audit/note.ts";
 import { createApiKey } from "../../src/identity/apikey.ts";
 import { freePort, startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
 
@@ -311,9 +312,10 @@ async function startAgate(pg: TestPostgres): Promise<{ endpoint: Endpoint; audit
   const port = await freePort();
   const { key, sha256 } = createApiKey();
   const configFile = join(base, "agate.yaml");
+  writeFileSync(join(base, "audit.key"), generateKey("bench/audit").signerKey, { mode: 0o600 });
   // JSON is YAML. Everything not given is the default: embedded policy, strict durability, log_level info.
   const config = {
-    audit: { dir: auditDir, durability },
+    audit: { dir: auditDir, durability, signing_key: join(base, "audit.key") },
     identity: { api_keys: [{ id: "bench", kind: "service", groups: ["bench"], sha256 }] },
     connections: [{ name: "bench", protocol: "postgres", listen: `127.0.0.1:${port}`, target: { host: "127.0.0.1", port: pg.port, database: DB, user: USER, password_env: "AGATE_BENCH_TARGET_PASSWORD" } }],
   };

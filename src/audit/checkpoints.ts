@@ -166,12 +166,12 @@ export class Checkpointer {
 
   /**
    * Sign the tree as it is now (everything appended so far, once durable),
-   * unless the latest checkpoint already covers it. Resolves with the
-   * checkpoint, null if there was nothing new.
+   * or its first `at` records, unless the latest checkpoint already covers
+   * that. Resolves with the checkpoint, null if there was nothing new.
    */
-  checkpoint(): Promise<StoredCheckpoint | null> {
+  checkpoint(at?: number): Promise<StoredCheckpoint | null> {
     const run = async (): Promise<StoredCheckpoint | null> => {
-      const size = this.#log.size;
+      const size = Math.min(at ?? Infinity, this.#log.size);
       if (this.#latest && size <= this.#latest.size) return null;
       await this.#log.flush();
       const c: Checkpoint = { origin: this.#o.origin, size, root: frontierAt(size, this.#tree).root() };

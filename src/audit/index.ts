@@ -54,8 +54,8 @@ export interface TransparencyLog extends AuditLog {
   readonly dir: string;
   /** The latest durable checkpoint, if the log signs them. */
   readonly latestCheckpoint: StoredCheckpoint | null;
-  /** Make a checkpoint of everything appended so far (null if nothing new, or no signer). */
-  checkpoint(): Promise<StoredCheckpoint | null>;
+  /** Make a checkpoint of everything appended so far, or of the first `size` records (null if nothing new, or no signer). */
+  checkpoint(size?: number): Promise<StoredCheckpoint | null>;
   /** Root hash of the tree of the first `size` records (size <= durableSize). */
   rootAt(size: number): Uint8Array;
   /** Leaf hash of record `index` (< durableSize). */
@@ -153,7 +153,7 @@ class Log implements TransparencyLog {
   flush(): Promise<void> {
     return this.#w.flush();
   }
-  seal(): Promise<void> {
+  seal(): Promise<number> {
     return this.#w.seal();
   }
   get size(): number {
@@ -165,8 +165,8 @@ class Log implements TransparencyLog {
   get latestCheckpoint(): StoredCheckpoint | null {
     return this.#cp?.latest ?? null;
   }
-  async checkpoint(): Promise<StoredCheckpoint | null> {
-    return this.#cp ? this.#cp.checkpoint() : null;
+  async checkpoint(size?: number): Promise<StoredCheckpoint | null> {
+    return this.#cp ? this.#cp.checkpoint(size) : null;
   }
 
   /**

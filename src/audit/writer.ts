@@ -45,8 +45,12 @@ export interface AuditLog {
   readonly size: number;
   /** Number of records known durable (all of them after flush()). */
   readonly durableSize: number;
-  /** Close the current segment (once its records are durable) and start the next, if it holds any record. Resolves when done. */
-  seal(): Promise<void>;
+  /**
+   * Close the current segment (once its records are durable) and start the
+   * next, if it holds any record. Resolves with the index the open segment
+   * now starts at: every record below it is in a sealed segment.
+   */
+  seal(): Promise<number>;
 }
 
 /**
@@ -108,7 +112,7 @@ export class SegmentWriter implements AuditLog {
   #writtenWaiters: Waiter[] = [];
   #durableWaiters: Waiter[] = [];
   #treeQueue: Uint8Array[] = []; // stored tree hashes of the queued records
-  #sealWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  #sealWaiters: { resolve: (boundary: number) => void; reject: (e: Error) => void }[] = [];
 
   #busy = false;
   #scheduled = false;
@@ -137,9 +141,9 @@ export class SegmentWriter implements AuditLog {
     return this.#durable;
   }
 
-  seal(): Promise<void> {
+  seal(): Promise<number> {
     if (this.#failure) return Promise.reject(this.#failed());
-    const p = new Promise<void>((resolve, reject) => this.#sealWaiters.push({ resolve, reject }));
+    const p = new Promise<number>((resolve, reject) => this.#sealWaiters.push({ resolve, reject }));
     this.#kick();
     return p;
   }
@@ -277,7 +281,7 @@ export class SegmentWriter implements AuditLog {
         const waiters = this.#sealWaiters.splice(0);
         const sealed = (pending ?? Promise.resolve()).then(() => (this.#segRecords > 0 ? this.#rotate() : undefined));
         sealed.then(
-          () => waiters.forEach((w) => w.resolve()),
+          () => waiters.forEach((w) => w.resolve(this.#written - this.#segRecords)),
           (e: unknown) => waiters.forEach((w) => w.reject(e as Error)),
         );
         pending = sealed;

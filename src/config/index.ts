@@ -7,6 +7,16 @@
  * audit:
  *   dir: ./.agate/audit
  *   durability: strict            # or: { mode: interval, interval_ms: 10 }
+ *   signing_key: ./audit.key      # required; `agate keys generate --name ORIGIN --out audit.key`
+ *   checkpoint: { every_records: 10000, every_seconds: 10 }
+ *   seal_after_s: 300             # seal the open segment this long after its first record, so it ships
+ *   ship:                         # optional: upload sealed segments and checkpoints
+ *     url: s3://bucket/prefix
+ *     endpoint: http://127.0.0.1:9000   # optional; AWS otherwise
+ *     keep_local_s: 604800        # optional; delete local copies this long after upload (default: keep)
+ * admin:                          # optional: the admin API (proofs, checkpoints, /metrics)
+ *   listen: 127.0.0.1:9090
+ *   groups: [auditor]             # API keys of these groups may call /v1
  * policy:
  *   bundle: ./wasm/policy.wasm    # optional; the embedded default otherwise
  *   data: {}                      # optional `data` document for the policy
@@ -21,7 +31,7 @@
  *     target: { host: 127.0.0.1, port: 5432, database: app, user: app, password_env: APP_DB_PASSWORD }
  * ```
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { parse } from "yaml";
 import { AgateError } from "../core/errors.ts";
@@ -41,8 +51,31 @@ export interface PostgresConnectionConfig {
   startup_timeout_ms: number;
 }
 
+export interface ShipConfig {
+  bucket: string;
+  prefix: string;
+  endpoint?: string;
+  region: string;
+  access_key_id?: string;
+  secret_access_key?: string;
+  keep_local_s?: number;
+}
+
+export interface AuditConfig {
+  dir: string;
+  durability: DurabilityConfig;
+  segment_bytes: number;
+  /** The checkpoint signing key (its `PRIVATE+KEY+…` text) and the file it came from. */
+  signing_key: { file: string; text: string };
+  origin?: string;
+  checkpoint: { every_records: number; every_seconds: number };
+  seal_after_s: number;
+  ship?: ShipConfig;
+}
+
 export interface Config {
-  audit: { dir: string; durability: DurabilityConfig; segment_bytes: number };
+  audit: AuditConfig;
+  admin?: { host: string; port: number; groups: string[] };
   policy: { bundle?: string; data: Record<string, unknown>; watch: boolean };
   identity: { api_keys: ApiKeyAccount[] };
   connections: PostgresConnectionConfig[];
@@ -70,7 +103,9 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
   const root = obj(doc, "the configuration");
   const path = (p: string) => resolve(baseDir, p);
 
+  only(root, "the configuration", ["audit", "admin", "policy", "identity", "connections", "log_level"]);
   const audit = obj(root.audit ?? {}, "audit");
+  only(audit, "audit", ["dir", "durability", "segment_bytes", "signing_key", "origin", "checkpoint", "seal_after_s", "ship"]);
   const durability = parseDurability(audit.durability ?? "strict");
   const policy = obj(root.policy ?? {}, "policy");
   const identity = obj(root.identity ?? {}, "identity");
@@ -103,7 +138,8 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
   if (!["debug", "info", "warn", "error"].includes(logLevel as string)) throw invalid("log_level", logLevel, "debug, info, warn or error");
 
   return {
-    audit: { dir: path(str(audit.dir ?? "./.agate/audit", "audit.dir")), durability, segment_bytes: num(audit.segment_bytes ?? 64 << 20, "audit.segment_bytes") },
+    audit: parseAudit(audit, durability, path, env),
+    ...(root.admin !== undefined ? { admin: parseAdmin(obj(root.admin, "admin")) } : {}),
     policy: {
       ...(policy.bundle !== undefined ? { bundle: path(str(policy.bundle, "policy.bundle")) } : {}),
       data: obj(policy.data ?? {}, "policy.data"),
@@ -113,6 +149,75 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
     connections,
     log_level: logLevel as Config["log_level"],
   };
+}
+
+function parseAudit(a: Record<string, unknown>, durability: DurabilityConfig, path: (p: string) => string, env: Record<string, string | undefined>): AuditConfig {
+  if (a.signing_key === undefined) {
+    throw new AgateError("CONFIG_INVALID", "audit.signing_key is required: make one with `agate keys generate --name ORIGIN --out audit.key` and point audit.signing_key at it", { at: "audit.signing_key" });
+  }
+  const file = path(str(a.signing_key, "audit.signing_key"));
+  let mode: number;
+  let text: string;
+  try {
+    mode = statSync(file).mode;
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw new AgateError("CONFIG_INVALID", `audit.signing_key: cannot read ${file}: ${(e as Error).message}`, { at: "audit.signing_key" });
+  }
+  if (mode & 0o077) {
+    throw new AgateError("CONFIG_INVALID", `audit.signing_key: ${file} is readable by others (mode ${(mode & 0o777).toString(8)}); run \`chmod 600 ${file}\``, { at: "audit.signing_key" });
+  }
+  const cp = obj(a.checkpoint ?? {}, "audit.checkpoint");
+  only(cp, "audit.checkpoint", ["every_records", "every_seconds"]);
+  const everyRecords = num(cp.every_records ?? 10_000, "audit.checkpoint.every_records");
+  const everySeconds = num(cp.every_seconds ?? 10, "audit.checkpoint.every_seconds");
+  if (!Number.isInteger(everyRecords) || everyRecords < 1) throw invalid("audit.checkpoint.every_records", everyRecords, "a whole number >= 1");
+  if (!(everySeconds > 0)) throw invalid("audit.checkpoint.every_seconds", everySeconds, "a number of seconds > 0");
+  const sealAfter = num(a.seal_after_s ?? 300, "audit.seal_after_s");
+  if (!(sealAfter > 0)) throw invalid("audit.seal_after_s", sealAfter, "a number of seconds > 0");
+  return {
+    dir: path(str(a.dir ?? "./.agate/audit", "audit.dir")),
+    durability,
+    segment_bytes: num(a.segment_bytes ?? 64 << 20, "audit.segment_bytes"),
+    signing_key: { file, text },
+    ...(a.origin !== undefined ? { origin: str(a.origin, "audit.origin") } : {}),
+    checkpoint: { every_records: everyRecords, every_seconds: everySeconds },
+    seal_after_s: sealAfter,
+    ...(a.ship !== undefined ? { ship: parseShip(obj(a.ship, "audit.ship"), env) } : {}),
+  };
+}
+
+function parseShip(o: Record<string, unknown>, env: Record<string, string | undefined>): ShipConfig {
+  only(o, "audit.ship", ["url", "endpoint", "region", "access_key_id_env", "secret_access_key_env", "keep_local_s"]);
+  const url = str(o.url, "audit.ship.url");
+  const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(url);
+  if (!m) throw invalid("audit.ship.url", url, "s3://bucket or s3://bucket/prefix");
+  const keyEnv = str(o.access_key_id_env ?? "AWS_ACCESS_KEY_ID", "audit.ship.access_key_id_env");
+  const secretEnv = str(o.secret_access_key_env ?? "AWS_SECRET_ACCESS_KEY", "audit.ship.secret_access_key_env");
+  const keep = o.keep_local_s === undefined ? undefined : num(o.keep_local_s, "audit.ship.keep_local_s");
+  if (keep !== undefined && keep < 0) throw invalid("audit.ship.keep_local_s", keep, "a number of seconds >= 0");
+  return {
+    bucket: m[1]!,
+    prefix: m[2]!.replace(/\/+$/, ""),
+    ...(o.endpoint !== undefined ? { endpoint: str(o.endpoint, "audit.ship.endpoint") } : {}),
+    region: str(o.region ?? env.AWS_REGION ?? "us-east-1", "audit.ship.region"),
+    ...(env[keyEnv] ? { access_key_id: env[keyEnv] } : {}),
+    ...(env[secretEnv] ? { secret_access_key: env[secretEnv] } : {}),
+    ...(keep !== undefined ? { keep_local_s: keep } : {}),
+  };
+}
+
+function parseAdmin(o: Record<string, unknown>): NonNullable<Config["admin"]> {
+  only(o, "admin", ["listen", "groups"]);
+  const [host, port] = hostPort(str(o.listen, "admin.listen"), "admin.listen");
+  return { host, port, groups: arr(o.groups ?? ["auditor"], "admin.groups").map((g, j) => str(g, `admin.groups[${j}]`)) };
+}
+
+/** Refuse keys a section does not know: a typo must fail the start-up, not be ignored. */
+function only(o: Record<string, unknown>, at: string, known: string[]): void {
+  for (const k of Object.keys(o)) {
+    if (!known.includes(k)) throw new AgateError("CONFIG_INVALID", `${at} has an unknown key "${k}"; known keys: ${known.join(", ")}`, { at, key: k });
+  }
 }
 
 function parseDurability(v: unknown): DurabilityConfig {

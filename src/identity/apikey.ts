@@ -42,12 +42,26 @@ export class ApiKeyVerifier implements IdentityVerifier {
 
   async verify(credential: Credential, _connection: ConnectionRef): Promise<Identity> {
     const refused = new AgateError("AUTH_FAILED", `password authentication failed for user "${credential.user}"`);
-    if (!credential.secret) throw refused;
-    const hash = hashApiKey(credential.secret);
+    const account = this.#account(credential.secret, refused);
+    if (credential.user !== account.id && credential.user !== (account.subject ?? account.id)) throw refused;
+    return this.#identity(account);
+  }
+
+  /** A bearer key (HTTP `Authorization: Bearer`), which names no user. */
+  async verifyBearer(secret: string): Promise<Identity> {
+    return this.#identity(this.#account(secret, new AgateError("AUTH_FAILED", "the API key is not valid")));
+  }
+
+  #account(secret: string, refused: AgateError): ApiKeyAccount {
+    if (!secret) throw refused;
+    const hash = hashApiKey(secret);
     const account = this.byHash.get(hash);
     // The map lookup is on a hash of a high-entropy secret; compare again in constant time all the same.
     if (!account || !timingSafeEqual(Buffer.from(account.sha256.toLowerCase(), "hex"), Buffer.from(hash, "hex"))) throw refused;
-    if (credential.user !== account.id && credential.user !== (account.subject ?? account.id)) throw refused;
+    return account;
+  }
+
+  #identity(account: ApiKeyAccount): Identity {
     if (account.expires_at && Date.parse(account.expires_at) <= this.now().getTime()) {
       throw new AgateError("AUTH_EXPIRED", `the API key for "${account.id}" expired at ${account.expires_at}`);
     }

@@ -3,9 +3,10 @@
  * API key. Clients in the same process must be asynchronous (spawn, not
  * spawnSync): the gateway shares the event loop.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { generateKey } from "../../src/audit/note.ts";
 import { parseConfig } from "../../src/config/index.ts";
 import { createLogger } from "../../src/core/log.ts";
 import { startGateway, type Gateway } from "../../src/gateway.ts";
@@ -19,17 +20,21 @@ export interface TestGateway {
   gateway: Gateway;
   port: number;
   auditDir: string;
+  /** The audit log's checkpoint verifier key. */
+  verifierKey: string;
   /** URL a client uses to reach `database` through agate with the test key. */
   url(opts?: { user?: string; key?: string; database?: string; params?: string }): string;
   close(): Promise<void>;
 }
 
-export async function startTestGateway(pg: TestPostgres, opts: { connection?: Record<string, unknown>; config?: Record<string, unknown>; targetUser?: string } = {}): Promise<TestGateway> {
+export async function startTestGateway(pg: TestPostgres, opts: { connection?: Record<string, unknown>; config?: Record<string, unknown>; audit?: Record<string, unknown>; targetUser?: string; env?: Record<string, string | undefined> } = {}): Promise<TestGateway> {
   const dir = mkdtempSync(join(tmpdir(), "agate-gw-"));
   const auditDir = join(dir, "audit");
+  const { signerKey, verifierKey } = generateKey("agate.test/audit");
+  writeFileSync(join(dir, "audit.key"), signerKey, { mode: 0o600 });
   const config = parseConfig(
     {
-      audit: { dir: auditDir },
+      audit: { dir: auditDir, signing_key: "./audit.key", ...(opts.audit ?? {}) },
       identity: { api_keys: [{ id: USER, groups: ["ci"], kind: "service", sha256: hashApiKey(API_KEY) }] },
       connections: [
         {
@@ -43,6 +48,7 @@ export async function startTestGateway(pg: TestPostgres, opts: { connection?: Re
       ...opts.config,
     },
     dir,
+    { ...process.env, ...opts.env },
   );
   const gateway = await startGateway(config, createLogger(config.log_level));
   const port = gateway.listeners[0]!.port;
@@ -50,6 +56,7 @@ export async function startTestGateway(pg: TestPostgres, opts: { connection?: Re
     gateway,
     port,
     auditDir,
+    verifierKey,
     url: ({ user = USER, key = API_KEY, database = "app", params = "" } = {}) =>
       `postgres://${encodeURIComponent(user)}:${encodeURIComponent(key)}@127.0.0.1:${port}/${database}${params ? `?${params}` : ""}`,
     close: async () => {

@@ -1,0 +1,121 @@
+/**
+ * The admin API (Hono): the audit log's checkpoints, proofs and records,
+ * and Prometheus metrics.
+ *
+ *   GET /v1/log/checkpoint                         latest signed checkpoint (text/plain, a C2SP signed note)
+ *   GET /v1/log/proof/inclusion?index=I&size=N     {index, size, leaf_hash, hashes[]}   (base64; size defaults to the latest checkpoint's)
+ *   GET /v1/log/proof/consistency?from=A&to=B      {from, to, hashes[]}                 (to defaults to the latest checkpoint's size)
+ *   GET /v1/log/records/I                          record I's payload, its canonical JSON bytes; Agate-Leaf-Hash header
+ *   GET /metrics                                   Prometheus text format (no authentication: serve it on a private address)
+ *
+ * /v1 needs `Authorization: Bearer <API key>` of an account in one of the
+ * configured groups. Errors are JSON `{error: {code, message}}`.
+ */
+import { Hono, type Context } from "hono";
+import type { TransparencyLog } from "../audit/index.ts";
+import type { ShipStatus } from "../audit/ship.ts";
+import { AgateError } from "../core/errors.ts";
+import type { Identity } from "../core/types.ts";
+
+export interface AdminOptions {
+  log: TransparencyLog;
+  /** Verifies a bearer credential (an API key). */
+  authenticate: (bearer: string) => Promise<Identity>;
+  /** Accounts in one of these groups may call /v1. */
+  groups: string[];
+  ship?: () => ShipStatus;
+}
+
+const b64 = (h: Uint8Array) => Buffer.from(h).toString("base64");
+
+export function adminApp(o: AdminOptions): Hono {
+  const app = new Hono();
+
+  app.onError((e, c) => {
+    if (e instanceof AgateError) {
+      const status = e.code === "UNAUTHENTICATED" ? 401 : e.code === "FORBIDDEN" ? 403 : e.code.startsWith("AUDIT_NO_SUCH") || e.code === "NOT_FOUND" ? 404 : 400;
+      return c.json({ error: { code: e.code, message: e.message } }, status);
+    }
+    return c.json({ error: { code: "INTERNAL", message: "The request failed inside agate; see the gateway's log." } }, 500);
+  });
+
+  app.use("/v1/*", async (c, next) => {
+    const m = /^Bearer (\S+)$/.exec(c.req.header("authorization") ?? "");
+    if (!m) throw new AgateError("UNAUTHENTICATED", "Send an API key as `Authorization: Bearer <key>`.");
+    let groups: string[];
+    try {
+      groups = (await o.authenticate(m[1]!)).groups;
+    } catch {
+      throw new AgateError("UNAUTHENTICATED", "The API key is not valid.");
+    }
+    if (!groups.some((g) => o.groups.includes(g))) throw new AgateError("FORBIDDEN", `This API needs membership of one of: ${o.groups.join(", ")}.`);
+    await next();
+  });
+
+  const latestSize = () => {
+    const cp = o.log.latestCheckpoint;
+    if (!cp) throw new AgateError("NOT_FOUND", "The log has no checkpoint yet.");
+    return cp.size;
+  };
+  const int = (c: Context, name: string, fallback?: () => number): number => {
+    const v = c.req.query(name);
+    if (v === undefined || v === "") {
+      if (fallback) return fallback();
+      throw new AgateError("BAD_REQUEST", `Query parameter ${name} is required.`);
+    }
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v))) throw new AgateError("BAD_REQUEST", `Query parameter ${name} must be a whole number; got ${JSON.stringify(v)}.`);
+    return Number(v);
+  };
+
+  app.get("/v1/log/checkpoint", (c) => {
+    const cp = o.log.latestCheckpoint;
+    if (!cp) throw new AgateError("NOT_FOUND", "The log has no checkpoint yet.");
+    return c.text(cp.note, 200, { "Content-Type": "text/plain; charset=utf-8" });
+  });
+
+  app.get("/v1/log/proof/inclusion", (c) => {
+    const index = int(c, "index");
+    const size = int(c, "size", latestSize);
+    const hashes = o.log.inclusionProof(index, size);
+    return c.json({ index, size, leaf_hash: b64(o.log.leafHash(index)), hashes: hashes.map(b64) });
+  });
+
+  app.get("/v1/log/proof/consistency", (c) => {
+    const from = int(c, "from");
+    const to = int(c, "to", latestSize);
+    return c.json({ from, to, hashes: o.log.consistencyProof(from, to).map(b64) });
+  });
+
+  app.get("/v1/log/records/:index", async (c) => {
+    const v = c.req.param("index");
+    if (!/^\d+$/.test(v)) throw new AgateError("BAD_REQUEST", `The record index must be a whole number; got ${JSON.stringify(v)}.`);
+    const index = Number(v);
+    const payload = await o.log.readRecord(index);
+    return c.body(new Uint8Array(payload), 200, { "Content-Type": "application/json", "Agate-Leaf-Hash": b64(o.log.leafHash(index)) });
+  });
+
+  app.get("/metrics", (c) => {
+    const lines: string[] = [];
+    const metric = (name: string, type: "gauge" | "counter", help: string, value: number) => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, `${name} ${value}`);
+    };
+    metric("agate_audit_records", "gauge", "Records appended to the audit log.", o.log.size);
+    metric("agate_audit_durable_records", "gauge", "Records known durable (fdatasync'd).", o.log.durableSize);
+    metric("agate_audit_checkpoint_size", "gauge", "Tree size signed by the latest checkpoint (-1: none).", o.log.latestCheckpoint?.size ?? -1);
+    const s = o.ship?.();
+    if (s) {
+      metric("agate_audit_ship_backlog_segments", "gauge", "Sealed segments waiting to be uploaded.", s.backlogSegments);
+      metric("agate_audit_ship_backlog_bytes", "gauge", "Bytes of sealed segments waiting to be uploaded.", s.backlogBytes);
+      metric("agate_audit_ship_backlog_checkpoints", "gauge", "Checkpoints waiting to be uploaded.", s.backlogCheckpoints);
+      metric("agate_audit_ship_shipped_records", "gauge", "Records covered by uploaded segments.", s.shippedRecords);
+      metric("agate_audit_ship_uploads_total", "counter", "Objects uploaded.", s.uploads);
+      metric("agate_audit_ship_errors_total", "counter", "Failed upload attempts.", s.errors);
+      metric("agate_audit_ship_last_success_timestamp_seconds", "gauge", "When the last upload was confirmed (0: never).", s.lastSuccessAt / 1000);
+      metric("agate_audit_ship_failing", "gauge", "1 while uploads are failing.", s.lastError ? 1 : 0);
+    }
+    return c.text(`${lines.join("\n")}\n`, 200, { "Content-Type": "text/plain; version=0.0.4" });
+  });
+
+  app.notFound((c) => c.json({ error: { code: "NOT_FOUND", message: `No route for ${c.req.method} ${c.req.path}.` } }, 404));
+  return app;
+}
