@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import pkg from "../package.json" with { type: "json" };
 import { verifyLog } from "./audit/index.ts";
 import { generateKey, parseVerifierKey, type Verifier } from "./audit/note.ts";
+import { dirSource, httpSource, proveConsistency, proveInclusion } from "./audit/prove.ts";
 import { fetchShipped } from "./audit/ship.ts";
 import { loadConfig } from "./config/index.ts";
 import { AgateError } from "./core/errors.ts";
@@ -75,6 +76,38 @@ Options:
   -q, --quiet            no progress on stderr
   -h, --help             this help`,
     run: verify,
+  },
+  proof: {
+    help: `Usage: agate proof inclusion --index I (--server URL --api-key KEY | --log DIR) --key VKEY [--checkpoint FILE]
+       agate proof consistency --old FILE (--server URL --api-key KEY | --log DIR) --key VKEY [--save FILE]
+
+Checks, trusting nothing but the verifier key, what a gateway's audit log
+holds. Proofs come from the admin API (--server http://host:port, with an
+API key of an admin group) or from a log directory read without writing
+(--log), and are checked here with RFC 9162's algorithms.
+
+inclusion: record I is in the log: verifies the latest checkpoint's
+  signature (or the one in --checkpoint FILE), fetches record I and its
+  inclusion proof, and checks that the proof leads to the signed root.
+  Prints the checkpoint, the leaf hash and the record.
+consistency: the log only grew since the checkpoint in --old FILE (one you
+  kept): verifies both signatures and the consistency proof to the latest
+  checkpoint. --save FILE writes that latest checkpoint, to pass as --old
+  next time.
+
+Exits 0 when the proof holds, 1 when it does not (and says why), 2 on usage errors.
+
+Options:
+  -k, --key VKEY           the log's verifier key (name+id+base64) or a file holding it
+  -s, --server URL         a gateway's admin API
+      --api-key KEY        API key for --server (or $AGATE_API_KEY)
+  -l, --log DIR            an audit directory instead of --server
+  -i, --index I            (inclusion) the record index
+      --checkpoint FILE    (inclusion) prove against this checkpoint instead of the latest
+      --old FILE           (consistency) the checkpoint kept from before
+      --save FILE          (consistency) write the latest checkpoint here once proven
+      --json               print the proof as JSON`,
+    run: proof,
   },
   policy: {
     help: `Usage: agate policy build [--policies DIR] [--out DIR]
@@ -269,6 +302,58 @@ async function keys(argv: string[]): Promise<number> {
   console.log(`key: ${key}`);
   console.log(`\n# under identity.api_keys:\n- id: ${values.id}\n  kind: ${kind}\n  groups: [${groups.join(", ")}]\n  sha256: ${sha256}`);
   return 0;
+}
+
+async function proof(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      key: { type: "string", short: "k" },
+      server: { type: "string", short: "s" },
+      "api-key": { type: "string" },
+      log: { type: "string", short: "l" },
+      index: { type: "string", short: "i" },
+      checkpoint: { type: "string" },
+      old: { type: "string" },
+      save: { type: "string" },
+      json: { type: "boolean" },
+    },
+  });
+  if (sub !== "inclusion" && sub !== "consistency") throw new AgateError("USAGE", `proof needs a subcommand: inclusion or consistency (got ${sub ?? "nothing"})`);
+  if (!values.key) throw new AgateError("USAGE", "proof needs --key with the log's verifier key");
+  if (!values.server === !values.log) throw new AgateError("USAGE", "proof needs --server URL or --log DIR (one of them)");
+  const key = readVerifierKey(values.key);
+  const apiKey = values["api-key"] ?? process.env.AGATE_API_KEY;
+  if (values.server && !apiKey) throw new AgateError("USAGE", "--server needs --api-key KEY (or $AGATE_API_KEY)");
+  const src = values.server ? httpSource(values.server, apiKey!) : dirSource(values.log!);
+  const b64 = (h: Uint8Array) => Buffer.from(h).toString("base64");
+  try {
+    if (sub === "inclusion") {
+      if (values.index === undefined || !/^\d+$/.test(values.index)) throw new AgateError("USAGE", "proof inclusion needs --index I (a record index)");
+      const r = await proveInclusion(src, key, Number(values.index), values.checkpoint ? readFileSync(values.checkpoint, "utf8") : undefined);
+      if (values.json) {
+        console.log(JSON.stringify({ verified: true, index: r.index, size: r.checkpoint.size, root: b64(r.checkpoint.root), leaf_hash: b64(r.leafHash), hashes: r.proof.map(b64), record: JSON.parse(Buffer.from(r.record).toString("utf8")) }));
+      } else {
+        console.log(`ok: record ${r.index} is in the log signed by ${key.name} at size ${r.checkpoint.size} (root ${b64(r.checkpoint.root)})`);
+        console.log(`leaf hash ${b64(r.leafHash)}, proof of ${r.proof.length} hashes`);
+        console.log(Buffer.from(r.record).toString("utf8"));
+      }
+      return 0;
+    }
+    if (!values.old) throw new AgateError("USAGE", "proof consistency needs --old FILE (a checkpoint you kept)");
+    const r = await proveConsistency(src, key, readFileSync(values.old, "utf8"));
+    if (values.save) writeFileSync(values.save, r.note);
+    if (values.json) console.log(JSON.stringify({ verified: true, from: r.from.size, to: r.to.size, from_root: b64(r.from.root), to_root: b64(r.to.root), hashes: r.proof.map(b64) }));
+    else console.log(`ok: the log at size ${r.to.size} (root ${b64(r.to.root)}) extends the one at size ${r.from.size}; proof of ${r.proof.length} hashes${values.save ? `; saved the new checkpoint to ${values.save}` : ""}`);
+    return 0;
+  } catch (e) {
+    if (e instanceof AgateError && (e.code === "PROOF_FAILED" || e.code.startsWith("NOTE_") || e.code === "CHECKPOINT_BAD")) {
+      console.log(`FAILED ${e.code}: ${e.message}`);
+      return 1;
+    }
+    throw e;
+  }
 }
 
 async function generateSigningKey(argv: string[]): Promise<number> {
