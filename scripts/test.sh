@@ -4,7 +4,8 @@
 #   1. scripts/setup.sh          install what is missing (Bun, node_modules, opa, PostgreSQL)
 #   2. agate policy check        wasm/ must be built from policies/ as they are now
 #   3. opa test policies/        the Rego unit tests (summary only, unless one fails)
-#   4. bun test                  every suite in test/ (unit, integration, the compiled binary)
+#   4. go build test/interop     the Go reference checker the transparency-log tests use
+#   5. bun test                  every suite in test/ (unit, integration, the compiled binary)
 #
 # Exits non-zero at the first failing step. Extra arguments go to `bun test`.
 set -euo pipefail
@@ -36,6 +37,10 @@ else
   echo "test: opa test failed (exit $code)" >&2
   exit "$code"
 fi
+
+step "build test/interop (checks checkpoints and proofs with Go's sumdb/note and transparency-dev/merkle)"
+export AGATE_INTEROP="${AGATE_TOOLS:-$HOME/.local/agate-tools}/bin/agate-interop"
+go build -C test/interop -o "$AGATE_INTEROP" .
 
 step "bun test"
 # bun test prints its report (and its summary, last) on stderr. Integration

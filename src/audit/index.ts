@@ -193,12 +193,19 @@ class Log implements TransparencyLog {
     }
   }
 
+  /** A record index below the durable size (a negative one would pass #within(index + 1)). */
+  #record(index: number): void {
+    if (!Number.isSafeInteger(index) || index < 0 || index >= this.#w.durableSize) {
+      throw new AgateError("AUDIT_NO_SUCH_RECORD", `The record index must be a whole number below the durable log size, ${this.#w.durableSize}; got ${index}.`, { index, size: this.#w.durableSize });
+    }
+  }
+
   rootAt(size: number): Uint8Array {
     this.#within(size, "size");
     return frontierAt(size, this.#tree).root();
   }
   leafHash(index: number): Uint8Array {
-    this.#within(index + 1, "index + 1");
+    this.#record(index);
     return this.#tree.read([storedIndex(0, index)])[0]!;
   }
   inclusionProof(index: number, size: number): Uint8Array[] {
@@ -211,11 +218,11 @@ class Log implements TransparencyLog {
   consistencyProof(from: number, to: number): Uint8Array[] {
     this.#within(to, "to");
     this.#within(from, "from");
-    if (from > to) throw new AgateError("AUDIT_NO_SUCH_SIZE", `from (${from}) must not exceed to (${to}).`, { from, to });
+    if (from > to) throw new AgateError("AUDIT_BAD_RANGE", `from (${from}) must not exceed to (${to}).`, { from, to });
     return consistencyProof(from, to, this.#tree);
   }
   async readRecord(index: number): Promise<Buffer> {
-    this.#within(index + 1, "index + 1");
+    this.#record(index);
     return readRecordFromFiles(this.dir, index);
   }
 }

@@ -50,7 +50,7 @@ export interface VerifyOptions {
  * (AUDIT_BAD_HEADER, AUDIT_BAD_CRC, AUDIT_TRUNCATED, AUDIT_BAD_JSON,
  * AUDIT_BAD_INDEX, AUDIT_BAD_CHAIN, AUDIT_NO_LOG; for checkpoints
  * CHECKPOINT_BAD, CHECKPOINT_BAD_SIGNATURE, CHECKPOINT_BAD_ROOT,
- * CHECKPOINT_ORDER, AUDIT_ROLLED_BACK), the record index where it was
+ * CHECKPOINT_ORDER, AUDIT_ROLLED_BACK, AUDIT_UNSIGNED), the record index where it was
  * expected, the segment file and the byte offset (or the checkpoint).
  */
 export async function verifyLog(dir: string, opts: VerifyOptions = {}): Promise<VerifyResult> {
@@ -70,6 +70,10 @@ export async function verifyLog(dir: string, opts: VerifyOptions = {}): Promise<
       throw checkpointFail("AUDIT_ROLLED_BACK", c, `it signs ${c.size} records but the log holds ${w.records}: signed records were removed`);
     }
     const last = checkpoints.filter((c) => c.seq >= 0).at(-1);
+    if (opts.key && w.records > 0 && checkpoints.length === 0) {
+      // Nothing signed: the records could have been written by anyone (or the checkpoint file deleted).
+      throw new AgateError("AUDIT_UNSIGNED", `Audit log check failed: the log holds ${w.records} records but no checkpoint signed by ${opts.key.name}, so nothing proves who wrote them (was ${CHECKPOINT_FILE} removed?).`, {});
+    }
     return {
       ok: true,
       records: w.records,
