@@ -86,7 +86,9 @@ export class Shipper {
   #pending: StoredCheckpoint[] = [];
   #status: ShipStatus;
   #wake: (() => void) | null = null;
+  #kicked = false; // notified while not sleeping: skip the next sleep
   #closed = false;
+  readonly #stop = new AbortController(); // aborts an upload in flight at close
   #loop: Promise<void> | null = null;
   #sealTimer: ReturnType<typeof setInterval> | null = null;
   #sealedSize = 0;
@@ -152,9 +154,10 @@ export class Shipper {
     this.notify();
   }
 
-  /** Something may be ready to upload. */
+  /** Something may be ready to upload (also cuts a retry backoff short). */
   notify(): void {
-    this.#wake?.();
+    if (this.#wake) this.#wake();
+    else this.#kicked = true;
   }
 
   status(): ShipStatus {
@@ -175,6 +178,7 @@ export class Shipper {
       await Bun.sleep(50);
     }
     this.#closed = true;
+    this.#stop.abort(new AgateError("SHIP_STOPPED", "The gateway is shutting down; the rest of the backlog ships at the next start."));
     this.notify();
     await this.#loop;
   }
@@ -204,6 +208,10 @@ export class Shipper {
   }
 
   #sleep(ms: number): Promise<void> {
+    if (this.#kicked || this.#closed) {
+      this.#kicked = false;
+      return Promise.resolve();
+    }
     return new Promise((resolve) => {
       const t = setTimeout(done, ms);
       function done() {
@@ -261,10 +269,10 @@ export class Shipper {
   async #put(name: string, body: Uint8Array, type: string): Promise<void> {
     const key = this.#s3.key(name);
     const url = this.#s3.client.presign(key, { method: "PUT", expiresIn: 3600 });
-    const res = await fetch(url, { method: "PUT", body, headers: { "If-None-Match": "*", "Content-Type": type }, signal: AbortSignal.timeout(UPLOAD_TIMEOUT_MS) });
+    const res = await fetch(url, { method: "PUT", body, headers: { "If-None-Match": "*", "Content-Type": type }, signal: this.#signal() });
     if (res.status === 412) {
       await res.arrayBuffer();
-      const get = await fetch(this.#s3.client.presign(key, { method: "GET", expiresIn: 3600 }), { signal: AbortSignal.timeout(UPLOAD_TIMEOUT_MS) });
+      const get = await fetch(this.#s3.client.presign(key, { method: "GET", expiresIn: 3600 }), { signal: this.#signal() });
       const existing = new Uint8Array(await get.arrayBuffer());
       if (!get.ok || Buffer.compare(existing, body) !== 0) {
         throw new AgateError("SHIP_CONFLICT", `s3://${this.#cfg.bucket}/${key} already exists with other content; refusing to overwrite it. Check that no other gateway ships to this prefix.`, { key });
@@ -279,6 +287,11 @@ export class Shipper {
     this.#status.lastSuccessAt = Date.now();
   }
 
+  /** An upload's signal: its timeout, or the shutdown. */
+  #signal(): AbortSignal {
+    return AbortSignal.any([AbortSignal.timeout(UPLOAD_TIMEOUT_MS), this.#stop.signal]);
+  }
+
   async #save(state: State): Promise<void> {
     const path = join(this.#dir, SHIP_STATE_FILE);
     await writeFile(`${path}.tmp`, `${JSON.stringify(state)}\n`, { mode: 0o600 });
@@ -291,12 +304,17 @@ export class Shipper {
     this.#status.shippedRecords = state.records;
   }
 
-  /** Delete shipped local segments older than keep_local_s. */
+  /**
+   * Delete shipped local segments older than keep_local_s. The open segment
+   * and the sealed one before it are always kept: start-up recovery chains
+   * an empty open segment (as a seal leaves it) to the last record of the
+   * segment before it, so without that segment the log would not reopen.
+   */
   async #prune(): Promise<void> {
     const keep = this.#cfg.keep_local_s;
     if (keep === undefined) return;
     const names = (await readdir(this.#dir)).filter((n) => parseSegmentName(n) !== null).sort();
-    for (let k = 0; k + 1 < names.length; k++) {
+    for (let k = 0; k + 2 < names.length; k++) {
       const next = parseSegmentName(names[k + 1]!)!;
       if (next > this.#state.records) break;
       const path = join(this.#dir, names[k]!);

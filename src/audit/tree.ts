@@ -12,6 +12,7 @@
  */
 import * as fs from "node:fs";
 import { join } from "node:path";
+import { AgateError } from "../core/errors.ts";
 import { HASH_BYTES, Frontier, frontierAt, leafHash, sizeForStoredCount, storedCount, storedIndex, type HashReader } from "./merkle.ts";
 import { scanSegment, type SegmentFile } from "./segments.ts";
 import type { Warn } from "./recover.ts";
@@ -64,6 +65,13 @@ export class TreeFile implements HashReader {
 
   /** Hash records [from, to) into the tree and the file: earlier segments are read, the last one's leaves are known. */
   async #extend(segments: SegmentFile[], from: number, to: number, last: { first: number; leaves: Uint8Array[] }): Promise<void> {
+    if (from < segments[0]!.first) {
+      throw new AgateError(
+        "AUDIT_CORRUPT",
+        `The tree hash file covers ${from} records, but the local segments start at record ${segments[0]!.first} (shipped and pruned?), so the tree cannot be rebuilt here. Restore the missing segments from object storage, then start again.`,
+        { from, first: segments[0]!.first },
+      );
+    }
     let i = from;
     for (const [k, seg] of segments.entries()) {
       if (i >= to) return;

@@ -178,7 +178,10 @@ async function* walk(dir: string, w: Walk, onProgress?: VerifyOptions["onProgres
   let bytesBefore = 0;
   for (const [k, segment] of segments.entries()) {
     if (segment.first !== w.records) {
-      const why = segment.first > w.records ? `records ${w.records}..${segment.first - 1} are missing` : `it overlaps the records before it`;
+      const why =
+        segment.first > w.records
+          ? `records ${w.records}..${segment.first - 1} are missing${k === 0 && existsSync(join(dir, "ship.json")) ? " (if audit.ship.keep_local_s deleted them after their upload, verify the shipped log with --from s3://…)" : ""}`
+          : `it overlaps the records before it`;
       throw fail("AUDIT_BAD_INDEX", `segment ${segment.name} starts at record ${segment.first} but ${w.records} records precede it: ${why}`, w.records, segment, 0);
     }
     for await (const chunk of scanSegment(segment.path)) {

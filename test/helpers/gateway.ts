@@ -34,7 +34,8 @@ export async function startTestGateway(pg: TestPostgres, opts: { connection?: Re
   writeFileSync(join(dir, "audit.key"), signerKey, { mode: 0o600 });
   const config = parseConfig(
     {
-      audit: { dir: auditDir, signing_key: "./audit.key", ...(opts.audit ?? {}) },
+      // Checkpoints every quarter second, so a test's records are soon signed.
+      audit: { dir: auditDir, signing_key: "./audit.key", checkpoint: { every_records: 10_000, every_seconds: 0.25 }, ...(opts.audit ?? {}) },
       identity: { api_keys: [{ id: USER, groups: ["ci"], kind: "service", sha256: hashApiKey(API_KEY) }] },
       connections: [
         {
