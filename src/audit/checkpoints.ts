@@ -178,7 +178,7 @@ export class Checkpointer {
       const note = signCheckpoint(c, this.#o.signer);
       const frame = encodeFrame(Buffer.from(canonicalJson({ note })));
       for (let done = 0; done < frame.length; ) done += fs.writeSync(this.#fd, frame, done, frame.length - done, this.#end + done);
-      fs.fdatasyncSync(this.#fd);
+      await new Promise<void>((resolve, reject) => fs.fdatasync(this.#fd, (e) => (e ? reject(e) : resolve())));
       const stored: StoredCheckpoint = { ...c, note, seq: (this.#latest?.seq ?? -1) + 1, offset: this.#end };
       this.#end += frame.length;
       this.#latest = stored;

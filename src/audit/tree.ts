@@ -2,8 +2,8 @@
  * The hash file: every stored hash of the log's Merkle tree (merkle.ts,
  * stored order), 32 bytes each, in `tree.hashes` beside the segments.
  *
- * It is derived data: written with each batch but never fsynced, and
- * never trusted by `agate verify`, which recomputes the tree from the
+ * It is derived data: kept in memory and written out a few MiB at a time
+ * (and at close), never fsynced, and never trusted by `agate verify`, which recomputes the tree from the
  * records. It exists so that start-up does not rehash history and a proof
  * costs a few positioned reads. At start-up it is reconciled with the
  * segments: cut back if it runs ahead of the log (a torn tail was
@@ -19,9 +19,18 @@ import type { Warn } from "./recover.ts";
 
 export const TREE_FILE = "tree.hashes";
 
+/**
+ * Hashes held in memory before they are written out. Writing the file with
+ * every batch would cost more than the hashes: on ext4 (data=ordered) each
+ * fdatasync of a segment also flushes the other file's freshly appended
+ * blocks. 65,536 hashes (2 MiB) is about 32,000 records.
+ */
+const MEMORY_HASHES = 65_536;
+
 export class TreeFile implements HashReader {
   readonly #fd: number;
   #count: number; // hashes in the file
+  #mem: Uint8Array[] = []; // the hashes after them, not yet written
   /** The tree as appended so far; the writer pushes to it before the file catches up. */
   readonly frontier: Frontier;
 
@@ -93,31 +102,44 @@ export class TreeFile implements HashReader {
     }
   }
 
-  /** Hashes in the file. */
+  /** Hashes stored (in the file or in memory). */
   get count(): number {
-    return this.#count;
+    return this.#count + this.#mem.length;
   }
 
-  /** Tree size the file fully covers. */
+  /** Tree size the stored hashes fully cover. */
   get size(): number {
-    return sizeForStoredCount(this.#count);
+    return sizeForStoredCount(this.count);
   }
 
-  /** Append stored hashes (bytes, a multiple of 32) at the end. Synchronous: a page-cache write. */
-  write(hashes: Uint8Array | Uint8Array[]): void {
-    const data = Array.isArray(hashes) ? Buffer.concat(hashes) : hashes;
+  /** Append stored hashes, in order. Written out once enough have gathered. */
+  write(hashes: Uint8Array[]): void {
+    for (const h of hashes) this.#mem.push(h);
+    if (this.#mem.length >= MEMORY_HASHES) this.flush();
+  }
+
+  /** Write the hashes held in memory to the file (a page-cache write). */
+  flush(): void {
+    if (this.#mem.length === 0) return;
+    const data = Buffer.concat(this.#mem);
     const at = this.#count * HASH_BYTES;
     for (let done = 0; done < data.length; ) {
       const n = fs.writeSync(this.#fd, data, done, data.length - done, at + done);
       if (n <= 0) throw new Error(`write returned ${n}`);
       done += n;
     }
-    this.#count += data.length / HASH_BYTES;
+    this.#count += this.#mem.length;
+    this.#mem = [];
   }
 
   read(positions: number[]): Uint8Array[] {
     return positions.map((p) => {
-      if (p >= this.#count) throw new RangeError(`stored hash ${p} is not written yet (${this.#count} are)`);
+      if (p >= this.#count) {
+        const h = this.#mem[p - this.#count];
+        if (!h) throw new RangeError(`stored hash ${p} is not written yet (${this.count} are)`);
+        return new Uint8Array(h); // a copy: the caller may keep or change it, the tree must not change
+
+      }
       const b = new Uint8Array(HASH_BYTES);
       const n = fs.readSync(this.#fd, b, 0, HASH_BYTES, p * HASH_BYTES);
       if (n !== HASH_BYTES) throw new Error(`short read of stored hash ${p}`);
@@ -125,8 +147,13 @@ export class TreeFile implements HashReader {
     });
   }
 
+  /** Write out what is in memory and close. */
   close(): void {
-    fs.closeSync(this.#fd);
+    try {
+      this.flush();
+    } finally {
+      fs.closeSync(this.#fd);
+    }
   }
 }
 

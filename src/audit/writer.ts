@@ -79,6 +79,8 @@ export interface WriterOptions {
 
 /** Size of a fresh queue buffer; it grows for a larger batch. */
 const QUEUE_BYTES = 256 * 1024;
+/** Leaf hashes per slab: 2,048. */
+const HASH_SLAB_BYTES = 64 * 1024;
 /** A buffer grown past this is dropped after its batch instead of kept as the spare. */
 const SPARE_MAX_BYTES = 4 * 1024 * 1024;
 
@@ -109,9 +111,11 @@ export class SegmentWriter implements AuditLog {
   #spare: Buffer | null = null; // the other buffer, while no batch holds it
   #tMs = NaN; // Date.now() that #t was made for
   #t = "";
+  // Leaf hashes are written into slabs (fewer, larger allocations than one per hash).
+  #slab: Buffer = Buffer.allocUnsafe(HASH_SLAB_BYTES);
+  #slabAt = 0;
   #writtenWaiters: Waiter[] = [];
   #durableWaiters: Waiter[] = [];
-  #treeQueue: Uint8Array[] = []; // stored tree hashes of the queued records
   #sealWaiters: { resolve: (boundary: number) => void; reject: (e: Error) => void }[] = [];
 
   #busy = false;
@@ -214,10 +218,18 @@ export class SegmentWriter implements AuditLog {
     // The leaf hash is SHA-256(0x00 || payload): borrow the byte before the
     // payload (the frame header's last, written just after) for the 0x00.
     buf[start - 1] = 0;
-    const leaf = Bun.SHA256.hash(buf.subarray(start - 1, start + bytes)) as Uint8Array;
+    if (this.#slabAt === HASH_SLAB_BYTES) {
+      this.#slab = Buffer.allocUnsafe(HASH_SLAB_BYTES);
+      this.#slabAt = 0;
+    }
+    // A plain Uint8Array view (a Buffer's slice() would share memory, not copy).
+    const leaf = new Uint8Array(this.#slab.buffer, this.#slab.byteOffset + this.#slabAt, 32);
+    Bun.SHA256.hash(buf.subarray(start - 1, start + bytes), leaf);
+    this.#lastHash = this.#slab.toString("hex", this.#slabAt, this.#slabAt + 32);
+    this.#slabAt += 32;
     writeFrameHeader(buf, at, bytes);
-    this.#lastHash = Buffer.from(leaf.buffer, leaf.byteOffset, leaf.length).toString("hex");
-    for (const h of this.#o.tree.frontier.push(leaf)) this.#treeQueue.push(h);
+    // The tree may run ahead of the segment: a restart cuts it back to the records.
+    this.#o.tree.write(this.#o.tree.frontier.push(leaf));
     this.#len = start + bytes;
     this.#ends.push(this.#len);
     this.#next = index + 1;
@@ -267,15 +279,11 @@ export class SegmentWriter implements AuditLog {
       if (this.#ends.length > 0) {
         batch = this.#buf;
         const ends = this.#ends;
-        const hashes = this.#treeQueue;
         this.#buf = this.#spare ?? Buffer.allocUnsafe(QUEUE_BYTES);
         this.#spare = null;
         this.#len = 0;
         this.#ends = [];
-        this.#treeQueue = [];
         pending = this.#writeBatch(batch, ends);
-        if (pending) pending = pending.then(() => this.#o.tree.write(hashes));
-        else this.#o.tree.write(hashes);
       }
       if (this.#sealWaiters.length > 0) {
         const waiters = this.#sealWaiters.splice(0);
@@ -431,7 +439,6 @@ export class SegmentWriter implements AuditLog {
     this.#len = 0;
     this.#ends = [];
     if (this.#timer) clearTimeout(this.#timer);
-    this.#treeQueue = [];
     for (const w of this.#writtenWaiters.splice(0)) w.reject(this.#failure);
     for (const w of this.#durableWaiters.splice(0)) w.reject(this.#failure);
     for (const w of this.#sealWaiters.splice(0)) w.reject(this.#failure);
