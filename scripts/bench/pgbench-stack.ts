@@ -312,7 +312,9 @@ async function startAgate(pg: TestPostgres): Promise<{ endpoint: Endpoint; audit
   const port = await freePort();
   const { key, sha256 } = createApiKey();
   const configFile = join(base, "agate.yaml");
-  writeFileSync(join(base, "audit.key"), generateKey("bench/audit").signerKey, { mode: 0o600 });
+  const signing = generateKey("bench/audit");
+  writeFileSync(join(base, "audit.key"), signing.signerKey, { mode: 0o600 });
+  writeFileSync(join(base, "audit.key.pub"), signing.verifierKey);
   // JSON is YAML. Everything not given is the default: embedded policy, strict durability, log_level info.
   const config = {
     audit: { dir: auditDir, durability, signing_key: join(base, "audit.key") },
@@ -503,7 +505,7 @@ async function main(): Promise<number> {
   // Stop agate (it flushes the log), then verify the log from its files.
   const agate = cleanups.find((c) => c.name === "agate")!;
   await agate.fn();
-  const verify = await run(["bun", "src/main.ts", "verify", "--quiet", "--log", auditDir], { cwd: REPO, timeoutMs: 600_000 });
+  const verify = await run(["bun", "src/main.ts", "verify", "--quiet", "--log", auditDir, "--key", join(base, "audit.key.pub")], { cwd: REPO, timeoutMs: 600_000 });
   const auditBytes = readdirSync(auditDir).reduce((sum, f) => sum + statSync(join(auditDir, f)).size, 0);
   const verified = /^ok: (\d+) records/m.exec(verify.out);
 
