@@ -98,6 +98,7 @@ connections:
   - name: app-db
     protocol: postgres
     listen: 127.0.0.1:${port}
+    allow_plaintext_auth: true   # loopback only; anywhere else configure tls
     target:
       host: ${pg.host}
       port: ${pg.port}

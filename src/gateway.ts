@@ -11,7 +11,8 @@ import { Shipper } from "./audit/ship.ts";
 import type { Config } from "./config/index.ts";
 import { Guard } from "./core/guard.ts";
 import type { Logger } from "./core/log.ts";
-import { ApiKeyVerifier } from "./identity/apikey.ts";
+import { AccountStore } from "./identity/accounts.ts";
+import { Identities } from "./identity/index.ts";
 import { createPolicyEngine } from "./policy/index.ts";
 import { listenPostgres, type PgListener } from "./protocols/postgres/server.ts";
 import { initSql } from "./protocols/postgres/sql.ts";
@@ -57,11 +58,12 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     onLog: (level, msg, facts) => log(level, msg, facts),
   });
   log("info", "policy loaded", { version: policy.version, bundle: config.policy.bundle ?? "(embedded default)" });
-  const apiKeys = new ApiKeyVerifier(config.identity.api_keys);
+  const accounts = config.identity.accounts ? new AccountStore(config.identity.accounts) : undefined;
+  const identity = new Identities(config.identity, accounts);
   const guard = new Guard({
     policy,
     audit,
-    identity: apiKeys,
+    identity,
     onAuditError: (error, fields) => log("error", "audit record lost", { error: error.message, type: fields.type, session: fields.session }),
   });
 
@@ -76,6 +78,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     await audit.close();
     await shipper?.close(SHIP_DRAIN_MS);
     policy.close();
+    accounts?.close();
   };
   try {
     for (const c of config.connections) {
@@ -88,6 +91,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
         log,
         ...(c.tls ? { tls: c.tls } : {}),
         maxMessageBytes: c.max_message_bytes,
+        allowPlaintextAuth: c.allow_plaintext_auth,
         startupTimeoutMs: c.startup_timeout_ms,
       });
       listeners.push(l);
@@ -95,7 +99,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
       log("info", "listening", { connection: c.name, protocol: "postgres", address: `${c.host}:${l.port}`, target: `${c.target.host}:${c.target.port}` });
     }
     if (config.admin) {
-      const app = adminApp({ log: audit, authenticate: (key) => apiKeys.verifyBearer(key), groups: config.admin.groups, ...(shipper ? { ship: () => shipper!.status() } : {}) });
+      const app = adminApp({ log: audit, authenticate: (key) => identity.verifyBearer(key), groups: config.admin.groups, ...(shipper ? { ship: () => shipper!.status() } : {}) });
       admin = Bun.serve({ hostname: config.admin.host, port: config.admin.port, fetch: app.fetch });
       log("info", "admin API listening", { address: `${config.admin.host}:${admin.port}` });
     }

@@ -122,6 +122,7 @@ connections:
   - name: app-db
     protocol: postgres
     listen: 127.0.0.1:${port}
+    allow_plaintext_auth: true   # loopback only
     target:
       host: ${pg.host}
       port: ${pg.port}

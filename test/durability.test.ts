@@ -176,6 +176,7 @@ connections:
   - name: app-db
     protocol: postgres
     listen: 127.0.0.1:0
+    allow_plaintext_auth: true
     target: { host: ${db.host}, port: ${db.port}, database: app, user: app_scram, password_env: AGATE_TEST_PG_PASSWORD }
 `,
   );
@@ -486,7 +487,7 @@ describe("object storage", () => {
           ship: { url: `s3://${s3.bucket}/audit`, endpoint: s3.endpoint, region: s3.region, keep_local_s: 0 },
         },
         identity: { api_keys: [{ id: USER, groups: ["ci"], kind: "service", sha256: hashApiKey(API_KEY) }] },
-        connections: [{ name: "app-db", listen: "127.0.0.1:0", target: { host: db.host, port: db.port, database: "app", user: "app_scram", password: db.password } }],
+        connections: [{ name: "app-db", listen: "127.0.0.1:0", allow_plaintext_auth: true, target: { host: db.host, port: db.port, database: "app", user: "app_scram", password: db.password } }],
         admin: { listen: "127.0.0.1:0", groups: ["ci"] },
         log_level: process.env.AGATE_TEST_LOG ?? "warn",
       },

@@ -319,7 +319,7 @@ async function startAgate(pg: TestPostgres): Promise<{ endpoint: Endpoint; audit
   const config = {
     audit: { dir: auditDir, durability, signing_key: join(base, "audit.key") },
     identity: { api_keys: [{ id: "bench", kind: "service", groups: ["bench"], sha256 }] },
-    connections: [{ name: "bench", protocol: "postgres", listen: `127.0.0.1:${port}`, target: { host: "127.0.0.1", port: pg.port, database: DB, user: USER, password_env: "AGATE_BENCH_TARGET_PASSWORD" } }],
+    connections: [{ name: "bench", protocol: "postgres", listen: `127.0.0.1:${port}`, allow_plaintext_auth: true, target: { host: "127.0.0.1", port: pg.port, database: DB, user: USER, password_env: "AGATE_BENCH_TARGET_PASSWORD" } }],
   };
   writeFileSync(configFile, JSON.stringify(config, null, 2) + "\n", { mode: 0o600 });
   say(`starting agate on 127.0.0.1:${port} (audit ${JSON.stringify(durability)} in ${auditDir}${agateFlags.length ? `, bun ${agateFlags.join(" ")}` : ""})`);

@@ -23,6 +23,10 @@
  * identity:
  *   api_keys:
  *     - { id: ci-runner, groups: [ci], kind: service, sha256: <hex> }
+ *   accounts: ./accounts.db       # optional: service accounts managed with `agate accounts`
+ *   oidc:                         # optional: OIDC issuers whose tokens are accepted
+ *     - issuer: https://idp.example.com
+ *       audience: agate
  * connections:
  *   - name: app-db
  *     protocol: postgres
@@ -36,15 +40,20 @@ import { dirname, resolve } from "node:path";
 import { parse } from "yaml";
 import { AgateError } from "../core/errors.ts";
 import type { ApiKeyAccount } from "../identity/apikey.ts";
+import { ASYMMETRIC_ALGORITHMS, type OidcIssuerConfig } from "../identity/oidc.ts";
 import type { PgTarget } from "../protocols/postgres/upstream.ts";
 
 export type DurabilityConfig = { mode: "strict" } | { mode: "interval"; interval_ms: number };
+
+export type OidcConfig = OidcIssuerConfig & { user_claims: string[] };
 
 export interface PostgresConnectionConfig {
   name: string;
   protocol: "postgres";
   host: string;
   port: number;
+  /** Accept credentials without TLS: only for a loopback listener, and only when configured. */
+  allow_plaintext_auth: boolean;
   tls?: { cert: string; key: string; required: boolean };
   target: PgTarget;
   max_message_bytes: number;
@@ -77,7 +86,7 @@ export interface Config {
   audit: AuditConfig;
   admin?: { host: string; port: number; groups: string[] };
   policy: { bundle?: string; data: Record<string, unknown>; watch: boolean };
-  identity: { api_keys: ApiKeyAccount[] };
+  identity: { api_keys: ApiKeyAccount[]; accounts?: string; oidc: OidcConfig[] };
   connections: PostgresConnectionConfig[];
   log_level: "debug" | "info" | "warn" | "error";
 }
@@ -109,6 +118,7 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
   const durability = parseDurability(audit.durability ?? "strict");
   const policy = obj(root.policy ?? {}, "policy");
   const identity = obj(root.identity ?? {}, "identity");
+  only(identity, "identity", ["api_keys", "accounts", "oidc"]);
 
   const apiKeys = arr(identity.api_keys ?? [], "identity.api_keys").map((a, i): ApiKeyAccount => {
     const at = `identity.api_keys[${i}]`;
@@ -145,7 +155,11 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
       data: obj(policy.data ?? {}, "policy.data"),
       watch: bool(policy.watch ?? true, "policy.watch"),
     },
-    identity: { api_keys: apiKeys },
+    identity: {
+      api_keys: apiKeys,
+      ...(identity.accounts !== undefined ? { accounts: path(str(identity.accounts, "identity.accounts")) } : {}),
+      oidc: arr(identity.oidc ?? [], "identity.oidc").map((o, i) => parseOidc(obj(o, `identity.oidc[${i}]`), `identity.oidc[${i}]`)),
+    },
     connections,
     log_level: logLevel as Config["log_level"],
   };
@@ -207,6 +221,47 @@ function parseShip(o: Record<string, unknown>, env: Record<string, string | unde
   };
 }
 
+const DEFAULT_ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"];
+
+function parseOidc(o: Record<string, unknown>, at: string): OidcConfig {
+  only(o, at, ["issuer", "audience", "algorithms", "clock_skew_s", "groups_claim", "actor_claim", "kind", "jwks_uri", "jwks_cache_s", "jwks_cooldown_s", "user_claims"]);
+  const issuer = str(o.issuer, `${at}.issuer`);
+  let url: URL;
+  try {
+    url = new URL(issuer);
+  } catch {
+    throw invalid(`${at}.issuer`, issuer, "an https URL");
+  }
+  const loopback = ["127.0.0.1", "localhost", "[::1]"].includes(url.hostname);
+  if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) throw invalid(`${at}.issuer`, issuer, "an https URL (http only on a loopback address)");
+  const list = (v: unknown, name: string) => (typeof v === "string" ? [v] : arr(v, `${at}.${name}`).map((x, j) => str(x, `${at}.${name}[${j}]`)));
+  const audience = list(o.audience, "audience");
+  if (audience.length === 0) throw invalid(`${at}.audience`, o.audience, "the audience (aud) agate accepts, e.g. agate");
+  const algorithms = o.algorithms === undefined ? DEFAULT_ALGORITHMS : list(o.algorithms, "algorithms");
+  const bad = algorithms.filter((a) => !ASYMMETRIC_ALGORITHMS.includes(a));
+  if (bad.length) throw invalid(`${at}.algorithms`, bad, `asymmetric signature algorithms only (${ASYMMETRIC_ALGORITHMS.join(", ")}); never none or HS*`);
+  const kind = o.kind ?? "human";
+  if (kind !== "human" && kind !== "service" && kind !== "agent") throw invalid(`${at}.kind`, kind, "human, service or agent");
+  const seconds = (name: string, dflt: number, max: number) => {
+    const v = num(o[name] ?? dflt, `${at}.${name}`);
+    if (v < 0 || v > max) throw invalid(`${at}.${name}`, v, `seconds from 0 to ${max}`);
+    return v;
+  };
+  return {
+    issuer,
+    audience,
+    algorithms,
+    clock_skew_s: seconds("clock_skew_s", 60, 600),
+    groups_claim: str(o.groups_claim ?? "groups", `${at}.groups_claim`),
+    ...(o.actor_claim !== undefined ? { actor_claim: str(o.actor_claim, `${at}.actor_claim`) } : { actor_claim: "act" }),
+    kind,
+    ...(o.jwks_uri !== undefined ? { jwks_uri: str(o.jwks_uri, `${at}.jwks_uri`) } : {}),
+    jwks_cache_s: seconds("jwks_cache_s", 600, 86_400),
+    jwks_cooldown_s: seconds("jwks_cooldown_s", 30, 3600),
+    user_claims: o.user_claims === undefined ? ["sub", "preferred_username", "email"] : list(o.user_claims, "user_claims"),
+  };
+}
+
 function parseAdmin(o: Record<string, unknown>): NonNullable<Config["admin"]> {
   only(o, "admin", ["listen", "groups"]);
   const [host, port] = hostPort(str(o.listen, "admin.listen"), "admin.listen");
@@ -233,11 +288,17 @@ function parseDurability(v: unknown): DurabilityConfig {
 }
 
 function parseConnection(o: Record<string, unknown>, at: string, path: (p: string) => string, env: Record<string, string | undefined>): PostgresConnectionConfig {
+  only(o, at, ["name", "protocol", "listen", "tls", "target", "max_message_bytes", "startup_timeout_ms", "allow_plaintext_auth"]);
   const name = str(o.name, `${at}.name`);
   const protocol = o.protocol ?? "postgres";
   if (protocol !== "postgres") throw invalid(`${at}.protocol`, protocol, `"postgres" (SSH and HTTP come later)`);
   const [host, port] = hostPort(str(o.listen, `${at}.listen`), `${at}.listen`);
+  const allowPlain = bool(o.allow_plaintext_auth ?? false, `${at}.allow_plaintext_auth`);
+  if (allowPlain && !isLoopback(host)) {
+    throw invalid(`${at}.allow_plaintext_auth`, true, `false for a listener on ${host}: credentials travel in the clear only on a loopback address (configure tls instead)`);
+  }
   const t = obj(o.target, `${at}.target`);
+  only(t, `${at}.target`, ["host", "port", "database", "user", "password", "password_env", "sslmode", "connect_timeout_ms"]);
   let password: string | undefined;
   if (t.password !== undefined) password = str(t.password, `${at}.target.password`);
   if (t.password_env !== undefined) {
@@ -248,6 +309,13 @@ function parseConnection(o: Record<string, unknown>, at: string, path: (p: strin
   const sslmode = t.sslmode ?? "disable";
   if (sslmode !== "disable" && sslmode !== "require" && sslmode !== "verify-full") throw invalid(`${at}.target.sslmode`, sslmode, "disable, require or verify-full");
   let tls: PostgresConnectionConfig["tls"];
+  if (o.tls === undefined && !allowPlain) {
+    throw new AgateError(
+      "CONFIG_INVALID",
+      `${at} has no tls, so clients' API keys and tokens would travel in the clear: configure tls (cert, key), or for a loopback listener set allow_plaintext_auth: true`,
+      { at },
+    );
+  }
   if (o.tls !== undefined) {
     const x = obj(o.tls, `${at}.tls`);
     tls = {
@@ -261,6 +329,7 @@ function parseConnection(o: Record<string, unknown>, at: string, path: (p: strin
     protocol: "postgres",
     host,
     port,
+    allow_plaintext_auth: allowPlain,
     ...(tls ? { tls } : {}),
     target: {
       host: str(t.host ?? "127.0.0.1", `${at}.target.host`),
@@ -284,6 +353,11 @@ function readPem(file: string, at: string): string {
   } catch (e) {
     throw new AgateError("CONFIG_INVALID", `${at}: cannot read ${file}: ${(e as Error).message}`);
   }
+}
+
+/** A loopback address: 127.0.0.0/8, ::1, localhost. */
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
 function hostPort(v: string, at: string): [string, number] {

@@ -33,9 +33,11 @@ export interface Credential {
   secret: string;
 }
 
-/** Identity step (src/identity): turns a credential into a verified identity or throws AgateError("AUTH_FAILED"). */
+/** Identity step (src/identity): turns a credential into a verified identity or throws AgateError("AUTH_*"). */
 export interface IdentityVerifier {
   verify(credential: Credential, connection: ConnectionRef): Promise<Identity>;
+  /** Before each command: why the session's identity no longer holds (revoked key, expired token), or null. Synchronous and cheap. */
+  revalidate?(identity: Identity): AgateError | null;
 }
 
 export interface ClientInfo {
@@ -65,6 +67,8 @@ interface CheckContext {
   recordDenialsOnly?: boolean;
   /** Index of the audit record, or -1 when nothing was recorded. */
   record?: number;
+  /** The identity step refused: the policy is not asked. */
+  identityRefused?: boolean;
 }
 
 /**
@@ -90,7 +94,7 @@ export class Guard {
 
   constructor(private readonly deps: GuardDeps) {
     this.now = deps.now ?? (() => new Date());
-    this.pipeline = compose([this.decideStep(), approvalStep(), this.recordStep()]);
+    this.pipeline = compose([this.identityStep(), this.decideStep(), approvalStep(), this.recordStep()]);
   }
 
   /**
@@ -100,10 +104,10 @@ export class Guard {
    */
   async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential): Promise<Session> {
     const refuse = (e: AgateError) => {
-      this.later({ type: "session_refused", connection, client, user: credential.user, code: e.code, reason: e.message });
+      this.later({ type: "session_refused", connection, client, user: credential.user, code: e.code, reason: e.message, ...(identity ? { identity } : {}) });
       return e;
     };
-    let identity: Identity;
+    let identity: Identity | undefined;
     try {
       identity = await this.deps.identity.verify(credential, connection);
     } catch (e) {
@@ -134,16 +138,16 @@ export class Guard {
 
   /** Record what the target answered for commands `seqs` (not awaited: ordered into the next group commit). */
   outcome(session: Session, seqs: number[], outcome: Outcome): void {
-    this.later({ type: "outcome", session: session.id, seqs, ...outcome });
+    this.later({ type: "outcome", session: session.id, identity: session.identity, seqs, ...outcome });
   }
 
   /** A client asked to cancel what `session` is running (PostgreSQL CancelRequest, SSH channel close). */
   cancelRequested(session: Session, client: ClientInfo): void {
-    this.later({ type: "cancel", session: session.id, client });
+    this.later({ type: "cancel", session: session.id, identity: session.identity, client });
   }
 
   closeSession(session: Session, reason: string, commands: number): void {
-    this.later({ type: "session_end", session: session.id, reason, commands });
+    this.later({ type: "session_end", session: session.id, identity: session.identity, reason, commands });
   }
 
   /**
@@ -172,11 +176,28 @@ export class Guard {
     };
   }
 
+  /** The session's identity must still hold: a revoked key or an expired token stops the next command. */
+  private identityStep(): Step {
+    const verifier = this.deps.identity;
+    const guard = this;
+    return function identity(ctx: CheckContext, next: () => void | Promise<void>) {
+      const why = verifier.revalidate?.(ctx.session.identity);
+      if (why) {
+        ctx.decision = denied(`agate.identity: ${why.message}`);
+        ctx.policyVersion = guard.deps.policy.version;
+        ctx.identityRefused = true;
+      }
+      return next();
+    };
+  }
+
   private decideStep(): Step {
     const guard = this;
     return function decide(ctx: CheckContext, next: () => void | Promise<void>) {
       const { command } = ctx;
-      if (command.invalid) ctx.decision = denied(`agate.${command.invalid.code.toLowerCase()}: ${command.invalid.message}`);
+      if (ctx.identityRefused) {
+        // decided by the identity step
+      } else if (command.invalid) ctx.decision = denied(`agate.${command.invalid.code.toLowerCase()}: ${command.invalid.message}`);
       else if (!ctx.decision || ctx.policyVersion !== guard.deps.policy.version) {
         ctx.decision = guard.deps.policy.decide(guard.input(ctx.session, "command", command));
         ctx.policyVersion = guard.deps.policy.version;
@@ -197,6 +218,7 @@ export class Guard {
       const fields = {
         type: "command",
         session: ctx.session.id,
+        identity: ctx.session.identity,
         seq: command.seq,
         text: command.text,
         ...(command.sql ? { sql: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag })) } : {}),

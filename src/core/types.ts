@@ -12,8 +12,12 @@ export interface Identity {
   issuer: string;
   groups: string[];
   kind: "human" | "service" | "agent";
-  /** Id of the credential used (API key id, token jti); never the secret. */
+  /** Id of the credential used (API key id, token jti or a digest of the token); never the secret. */
   credential_id?: string;
+  /** The agent acting for the subject (a token's `act`/`azp`), when there is one. */
+  actor?: string;
+  /** When the credential stops being valid (RFC 3339); later commands are refused. */
+  expires_at?: string;
 }
 
 /** The configured target a listener fronts. */

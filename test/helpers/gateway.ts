@@ -41,6 +41,7 @@ export async function startTestGateway(pg: TestPostgres, opts: { connection?: Re
         {
           name: "app-db",
           listen: "127.0.0.1:0",
+          allow_plaintext_auth: true,
           target: { host: pg.host, port: pg.port, database: "app", user: opts.targetUser ?? "app_scram", password: pg.password },
           ...opts.connection,
         },

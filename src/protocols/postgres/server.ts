@@ -26,6 +26,12 @@ export interface PgListenerOptions {
   log: Logger;
   /** TLS for clients (PEM). With `required`, a client that does not ask for TLS is refused. */
   tls?: { cert: string; key: string; required: boolean };
+  /**
+   * Ask for the password (an API key or a token) without TLS. Only for a
+   * loopback listener (the config refuses it elsewhere); otherwise a client
+   * that did not negotiate TLS is refused before it sends a credential.
+   */
+  allowPlaintextAuth: boolean;
   /** Largest frontend message accepted after authentication. */
   maxMessageBytes: number;
   /** Like PostgreSQL's authentication_timeout: a client not logged in by then is dropped. */
@@ -177,8 +183,8 @@ class Startup {
       this.refuse("42501", "agate: replication connections are not allowed through the gateway");
       return;
     }
-    if (this.opts.tls?.required && !this.isTls) {
-      this.refuse("28000", `agate: connection "${this.opts.connection.name}" requires TLS (use sslmode=require)`);
+    if (!this.isTls && (this.opts.tls?.required || !this.opts.allowPlaintextAuth)) {
+      this.refuse("28000", `agate: connection "${this.opts.connection.name}" requires TLS: credentials are never sent in the clear (use sslmode=require)`);
       return;
     }
     if (!this.params.user) {

@@ -1,0 +1,146 @@
+/**
+ * Service accounts managed at run time (`agate accounts create|list|revoke`),
+ * in a SQLite file (bun:sqlite). A key is shown once at creation; the store
+ * keeps its SHA-256 only.
+ *
+ * A running gateway reads the file and notices changes made by another
+ * process (PRAGMA data_version), at most every REFRESH_MS, so a revocation
+ * reaches open sessions before their next command.
+ */
+import { Database } from "bun:sqlite";
+import { chmodSync, existsSync } from "node:fs";
+import { AgateError } from "../core/errors.ts";
+import { createApiKey, type ApiKeyAccount } from "./apikey.ts";
+
+export interface StoredAccount extends ApiKeyAccount {
+  owner?: string;
+  created_at: string;
+  revoked_at?: string;
+}
+
+/** How often a gateway looks for changes another process made. */
+const REFRESH_MS = 100;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS accounts (
+  id         TEXT PRIMARY KEY,
+  subject    TEXT,
+  owner      TEXT,
+  groups     TEXT NOT NULL,          -- JSON array of strings
+  kind       TEXT NOT NULL CHECK (kind IN ('human', 'service', 'agent')),
+  sha256     TEXT NOT NULL UNIQUE,   -- of the key; the key itself is never stored
+  created_at TEXT NOT NULL,
+  expires_at TEXT,
+  revoked_at TEXT
+) STRICT;`;
+
+interface Row {
+  id: string;
+  subject: string | null;
+  owner: string | null;
+  groups: string;
+  kind: ApiKeyAccount["kind"];
+  sha256: string;
+  created_at: string;
+  expires_at: string | null;
+  revoked_at: string | null;
+}
+
+export class AccountStore {
+  readonly #db: Database;
+  #version = -1;
+  #checkedAt = 0;
+  #byHash = new Map<string, StoredAccount>();
+  #byId = new Map<string, StoredAccount>();
+
+  /** Open (creating, mode 0600) the store at `path`. */
+  constructor(readonly path: string) {
+    const fresh = !existsSync(path);
+    try {
+      this.#db = new Database(path, { create: true, strict: true });
+      this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;");
+      this.#db.exec(SCHEMA);
+    } catch (e) {
+      throw new AgateError("ACCOUNTS_UNAVAILABLE", `Cannot open the accounts store ${path}: ${(e as Error).message}`, { path });
+    }
+    if (fresh) chmodSync(path, 0o600);
+    this.#load();
+  }
+
+  /** Create an account; returns the key (shown once). */
+  create(a: { id: string; subject?: string; owner?: string; groups: string[]; kind: ApiKeyAccount["kind"]; expires_at?: string }): { key: string; account: StoredAccount } {
+    if (!/^[A-Za-z0-9._@-]{1,128}$/.test(a.id)) throw new AgateError("USAGE", `account id "${a.id}" must be 1-128 letters, digits, or . _ @ -`);
+    if (a.expires_at !== undefined && Number.isNaN(Date.parse(a.expires_at))) throw new AgateError("USAGE", `--expires ${a.expires_at} is not a date (use RFC 3339, e.g. 2027-01-01T00:00:00Z)`);
+    const { key, sha256 } = createApiKey();
+    const created_at = new Date().toISOString();
+    try {
+      this.#db
+        .query("INSERT INTO accounts (id, subject, owner, groups, kind, sha256, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        .run(a.id, a.subject ?? null, a.owner ?? null, JSON.stringify(a.groups), a.kind, sha256, created_at, a.expires_at ? new Date(a.expires_at).toISOString() : null);
+    } catch (e) {
+      if (/UNIQUE|PRIMARY KEY/.test((e as Error).message)) throw new AgateError("ACCOUNT_EXISTS", `an account "${a.id}" already exists (revoked accounts keep their id)`);
+      throw e;
+    }
+    this.#load();
+    return { key, account: this.#byId.get(a.id)! };
+  }
+
+  /** Revoke an account's key now. Returns false if there is no such account or it was revoked already. */
+  revoke(id: string): boolean {
+    const r = this.#db.query("UPDATE accounts SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(new Date().toISOString(), id);
+    this.#load();
+    return r.changes > 0;
+  }
+
+  list(): StoredAccount[] {
+    this.refresh(true);
+    return [...this.#byId.values()].sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  /** The account with this key hash (revoked ones included: the caller says why it refuses). */
+  byHash(sha256: string): StoredAccount | undefined {
+    this.refresh();
+    return this.#byHash.get(sha256);
+  }
+
+  byId(id: string): StoredAccount | undefined {
+    this.refresh();
+    return this.#byId.get(id);
+  }
+
+  /** Reload if another process changed the file (checked at most every REFRESH_MS unless forced). */
+  refresh(force = false): void {
+    const now = performance.now();
+    if (!force && now - this.#checkedAt < REFRESH_MS) return;
+    this.#checkedAt = now;
+    const v = (this.#db.query("PRAGMA data_version").get() as { data_version: number }).data_version;
+    if (v !== this.#version) this.#load();
+  }
+
+  #load(): void {
+    this.#version = (this.#db.query("PRAGMA data_version").get() as { data_version: number }).data_version;
+    const byHash = new Map<string, StoredAccount>();
+    const byId = new Map<string, StoredAccount>();
+    for (const r of this.#db.query("SELECT * FROM accounts").all() as Row[]) {
+      const a: StoredAccount = {
+        id: r.id,
+        ...(r.subject ? { subject: r.subject } : {}),
+        ...(r.owner ? { owner: r.owner } : {}),
+        groups: JSON.parse(r.groups) as string[],
+        kind: r.kind,
+        sha256: r.sha256,
+        created_at: r.created_at,
+        ...(r.expires_at ? { expires_at: r.expires_at } : {}),
+        ...(r.revoked_at ? { revoked_at: r.revoked_at } : {}),
+      };
+      byHash.set(a.sha256, a);
+      byId.set(a.id, a);
+    }
+    this.#byHash = byHash;
+    this.#byId = byId;
+  }
+
+  close(): void {
+    this.#db.close();
+  }
+}

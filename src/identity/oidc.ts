@@ -1,0 +1,195 @@
+/**
+ * OIDC bearer tokens (JWTs), verified with `jose`.
+ *
+ * Each configured issuer is found by discovery
+ * (`<issuer>/.well-known/openid-configuration`, whose `issuer` must match)
+ * unless its `jwks_uri` is given. Its keys come from jose's remote JWK set:
+ * cached for `jwks_cache_s`, refetched once for an unknown `kid` (at most
+ * every `jwks_cooldown_s`), and when the cache has run out and the
+ * endpoint is unreachable, verification fails (closed); until then the
+ * cached keys are used.
+ *
+ * A token is checked for: a configured issuer (its `iss` picks which), a
+ * signature by one of that issuer's keys with an algorithm from the
+ * allow-list (never `none`, never HMAC: the keys are public), `aud`, `exp`,
+ * `nbf` and `iat` within the configured clock skew. Errors say what failed
+ * ("token expired", "audience mismatch", "unknown signing key") and never
+ * carry key material.
+ */
+import { createHash } from "node:crypto";
+import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload } from "jose";
+import { AgateError } from "../core/errors.ts";
+import type { Identity } from "../core/types.ts";
+
+export interface OidcIssuerConfig {
+  /** The issuer URL, exactly as tokens carry it in `iss`. */
+  issuer: string;
+  /** Accepted `aud` values: the token must name one. */
+  audience: string[];
+  /** Signature algorithms accepted (asymmetric only). */
+  algorithms: string[];
+  /** Leeway for exp, nbf and iat, in seconds. */
+  clock_skew_s: number;
+  /** Claim holding the groups (an array, or a space-separated string). */
+  groups_claim: string;
+  /** Claim naming the agent acting for the subject: `act` (RFC 8693, {sub}) or a string claim such as `azp`/`client_id`. */
+  actor_claim?: string;
+  /** Kind of identity for tokens of this issuer (an actor makes it "agent"). */
+  kind: Identity["kind"];
+  /** Skip discovery and use this JWKS URL. */
+  jwks_uri?: string;
+  jwks_cache_s: number;
+  jwks_cooldown_s: number;
+}
+
+/** Algorithms that can be on the allow-list: asymmetric signatures only. */
+export const ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"];
+
+const FETCH_TIMEOUT_MS = 5000;
+
+
+interface Issuer {
+  cfg: OidcIssuerConfig;
+  keys: ReturnType<typeof createRemoteJWKSet> | null;
+  discovering: Promise<ReturnType<typeof createRemoteJWKSet>> | null;
+}
+
+export class OidcVerifier {
+  readonly #issuers = new Map<string, Issuer>();
+
+  constructor(issuers: OidcIssuerConfig[]) {
+    for (const cfg of issuers) {
+      const bad = cfg.algorithms.filter((a) => !ASYMMETRIC_ALGORITHMS.includes(a));
+      if (bad.length) throw new AgateError("CONFIG_INVALID", `identity.oidc issuer ${cfg.issuer}: algorithms ${bad.join(", ")} are not asymmetric signature algorithms`);
+      this.#issuers.set(cfg.issuer, { cfg, keys: null, discovering: null });
+    }
+  }
+
+  /** Whether `secret` looks like a JWT (three base64url parts). */
+  static looksLikeJwt(secret: string): boolean {
+    return /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(secret);
+  }
+
+  /** Verify `token` and return its identity, or throw AUTH_* with a sentence the client may see. */
+  async verify(token: string): Promise<Identity> {
+    let claims: JWTPayload;
+    let alg: string | undefined;
+    try {
+      claims = decodeJwt(token);
+      alg = decodeProtectedHeader(token).alg;
+    } catch {
+      throw new AgateError("AUTH_TOKEN_MALFORMED", "the token is not a well-formed JWT");
+    }
+    const issuer = typeof claims.iss === "string" ? this.#issuers.get(claims.iss) : undefined;
+    if (!issuer) {
+      throw new AgateError("AUTH_TOKEN_ISSUER", `the token's issuer ${typeof claims.iss === "string" ? JSON.stringify(claims.iss.slice(0, 200)) : "(none)"} is not configured`);
+    }
+    const { cfg } = issuer;
+    if (!alg || !cfg.algorithms.includes(alg)) {
+      throw new AgateError("AUTH_TOKEN_ALGORITHM", `the token's algorithm ${JSON.stringify(String(alg).slice(0, 20))} is not allowed (allowed: ${cfg.algorithms.join(", ")})`);
+    }
+    const keys = await this.#keys(issuer);
+    let payload: JWTPayload;
+    try {
+      ({ payload } = await jwtVerify(token, keys, {
+        issuer: cfg.issuer,
+        audience: cfg.audience,
+        algorithms: cfg.algorithms,
+        clockTolerance: cfg.clock_skew_s,
+        requiredClaims: ["exp", "sub"],
+      }));
+    } catch (e) {
+      throw explain(e, claims, cfg);
+    }
+    const now = Date.now() / 1000;
+    if (typeof payload.iat === "number" && payload.iat > now + cfg.clock_skew_s) {
+      throw new AgateError("AUTH_TOKEN_NOT_YET_VALID", "the token was issued in the future (check the clocks)");
+    }
+    return this.#identity(payload, cfg, token);
+  }
+
+  #identity(p: JWTPayload, cfg: OidcIssuerConfig, token: string): Identity {
+    const raw = p[cfg.groups_claim];
+    const groups = Array.isArray(raw) ? raw.filter((g): g is string => typeof g === "string") : typeof raw === "string" ? raw.split(/\s+/).filter(Boolean) : [];
+    let actor: string | undefined;
+    if (cfg.actor_claim) {
+      const a = p[cfg.actor_claim];
+      if (typeof a === "string" && a !== p.sub) actor = a;
+      else if (a && typeof a === "object" && typeof (a as { sub?: unknown }).sub === "string") actor = (a as { sub: string }).sub;
+    }
+    return {
+      subject: p.sub!,
+      issuer: cfg.issuer,
+      groups,
+      kind: actor ? "agent" : cfg.kind,
+      ...(actor ? { actor } : {}),
+      // The token's id, or a digest of it when it has none (never the token).
+      credential_id: typeof p.jti === "string" ? p.jti : `sha256:${createHash("sha256").update(token).digest("hex").slice(0, 32)}`,
+      expires_at: new Date(p.exp! * 1000).toISOString(),
+    };
+  }
+
+  /** The issuer's remote key set, after discovery. Fails closed when the issuer cannot be reached. */
+  async #keys(issuer: Issuer): Promise<ReturnType<typeof createRemoteJWKSet>> {
+    if (issuer.keys) return issuer.keys;
+    issuer.discovering ??= (async () => {
+      const uri = issuer.cfg.jwks_uri ?? (await discover(issuer.cfg.issuer));
+      issuer.keys = createRemoteJWKSet(new URL(uri), {
+        timeoutDuration: FETCH_TIMEOUT_MS,
+        cacheMaxAge: issuer.cfg.jwks_cache_s * 1000,
+        cooldownDuration: issuer.cfg.jwks_cooldown_s * 1000,
+      });
+      return issuer.keys;
+    })().finally(() => {
+      issuer.discovering = null;
+    });
+    return issuer.discovering;
+  }
+}
+
+/** The jwks_uri from the issuer's discovery document. */
+async function discover(issuer: string): Promise<string> {
+  const url = `${issuer.replace(/\/$/, "")}/.well-known/openid-configuration`;
+  let doc: { issuer?: unknown; jwks_uri?: unknown };
+  try {
+    const res = await fetch(url, { signal: AbortSignal.timeout(FETCH_TIMEOUT_MS), redirect: "manual" });
+    if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
+    doc = (await res.json()) as typeof doc;
+  } catch (e) {
+    throw new AgateError("AUTH_ISSUER_UNREACHABLE", `the identity provider ${issuer} could not be reached to verify the token (${(e as Error).message}); refusing`);
+  }
+  if (doc.issuer !== issuer || typeof doc.jwks_uri !== "string") {
+    throw new AgateError("AUTH_ISSUER_UNREACHABLE", `the identity provider's discovery document does not describe issuer ${issuer}; refusing`);
+  }
+  return doc.jwks_uri;
+}
+
+/** A jose failure as a specific, safe sentence. */
+function explain(e: unknown, claims: JWTPayload, cfg: OidcIssuerConfig): AgateError {
+  if (e instanceof errors.JWTExpired) {
+    return new AgateError("AUTH_TOKEN_EXPIRED", `the token expired at ${typeof claims.exp === "number" ? new Date(claims.exp * 1000).toISOString() : "an unknown time"}`);
+  }
+  if (e instanceof errors.JWTClaimValidationFailed) {
+    switch (e.claim) {
+      case "aud":
+        return new AgateError("AUTH_TOKEN_AUDIENCE", `audience mismatch: the token is for ${JSON.stringify(claims.aud ?? null).slice(0, 200)}, agate accepts ${cfg.audience.join(", ")}`);
+      case "nbf":
+        return new AgateError("AUTH_TOKEN_NOT_YET_VALID", `the token is not valid before ${typeof claims.nbf === "number" ? new Date(claims.nbf * 1000).toISOString() : "its nbf"}`);
+      case "iss":
+        return new AgateError("AUTH_TOKEN_ISSUER", "issuer mismatch");
+      case "iat":
+        return new AgateError("AUTH_TOKEN_NOT_YET_VALID", "the token was issued in the future (check the clocks)");
+      default:
+        return new AgateError("AUTH_TOKEN_CLAIMS", `the token's "${e.claim}" claim is missing or invalid`);
+    }
+  }
+  if (e instanceof errors.JWKSNoMatchingKey) return new AgateError("AUTH_TOKEN_UNKNOWN_KEY", "the token is signed with an unknown key (no key of the issuer matches its kid)");
+  if (e instanceof errors.JWSSignatureVerificationFailed) return new AgateError("AUTH_TOKEN_SIGNATURE", "the token's signature is invalid");
+  if (e instanceof errors.JOSEAlgNotAllowed) return new AgateError("AUTH_TOKEN_ALGORITHM", "the token's algorithm is not allowed");
+  if (e instanceof errors.JWKSTimeout || (e instanceof errors.JOSEError && /JSON Web Key Set/.test(e.message)) || (e instanceof Error && /fetch|ECONNREFUSED|connect|Unable to connect/i.test(e.message))) {
+    return new AgateError("AUTH_ISSUER_UNREACHABLE", `the identity provider's keys could not be fetched and the cached ones have expired; refusing`);
+  }
+  if (e instanceof errors.JWTInvalid || e instanceof errors.JWSInvalid) return new AgateError("AUTH_TOKEN_MALFORMED", "the token is not a well-formed JWT");
+  if (e instanceof errors.JOSENotSupported) return new AgateError("AUTH_TOKEN_ALGORITHM", "the token's algorithm or key type is not supported");
+  return new AgateError("AUTH_FAILED", "the token could not be verified");
+}
