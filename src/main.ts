@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import pkg from "../package.json" with { type: "json" };
 import { verifyLog } from "./audit/index.ts";
@@ -16,7 +16,10 @@ import { loadConfig } from "./config/index.ts";
 import { AgateError } from "./core/errors.ts";
 import { createLogger } from "./core/log.ts";
 import { startGateway } from "./gateway.ts";
+import { parse as parseYaml } from "yaml";
+import { AccountStore } from "./identity/accounts.ts";
 import { createApiKey } from "./identity/apikey.ts";
+import { login } from "./identity/login.ts";
 import { buildPolicies, checkFresh } from "./policy/build.ts";
 
 const HELP = `agate ${pkg.version}: an identity-aware gateway that decides every command by policy and records it
@@ -31,6 +34,8 @@ Commands:
   policy check               exit 1 if wasm/ is stale against policies/
   keys create --id ID        make a service-account API key; prints the key once and its config entry
   keys generate --name N     make the Ed25519 key that signs audit checkpoints
+  accounts create|list|revoke  manage service accounts and their API keys (accounts store)
+  login --issuer URL         sign in with an OIDC provider (device grant); prints export PGUSER/PGPASSWORD
   version                    print the version
 
 Run 'agate <command> --help' for a command's options.
@@ -76,6 +81,39 @@ Options:
   -q, --quiet            no progress on stderr
   -h, --help             this help`,
     run: verify,
+  },
+  accounts: {
+    help: `Usage: agate accounts create --id ID [--groups a,b] [--kind service|agent|human] [--owner WHO] [--expires RFC3339] (--config FILE | --db FILE)
+       agate accounts list (--config FILE | --db FILE) [--json]
+       agate accounts revoke ID (--config FILE | --db FILE)
+
+Service accounts and their API keys, kept in the accounts store (SQLite; the
+file identity.accounts in the configuration, or --db). A key is shown once
+at creation; the store keeps only its SHA-256. Revoking takes effect in a
+running gateway within a fraction of a second, for new commands in open
+sessions too. Clients log in with the account id as user name and the key as
+password.`,
+    run: accounts,
+  },
+  login: {
+    help: `Usage: agate login --issuer URL --client-id ID [--audience AUD] [--scope S] [--force]
+
+Signs you in with an OpenID provider using the device authorization grant
+(RFC 8628): prints a URL and a code to confirm in a browser, waits, and
+prints the token as shell exports for psql:
+
+  eval "$(agate login --issuer https://idp.example.com --client-id agate-cli --audience agate)"
+  psql "host=db.internal port=6432 dbname=app sslmode=require"
+
+The token is cached (~/.cache/agate/tokens, mode 0600) and reused while it
+is valid for at least two more minutes; --force signs in again.
+
+Options:
+      --issuer URL      the provider (as in the gateway's identity.oidc)
+      --client-id ID    a public client registered for the device grant
+      --audience AUD    the audience the gateway accepts (default: agate)
+      --scope S         default: openid`,
+    run: loginCommand,
   },
   proof: {
     help: `Usage: agate proof inclusion --index I (--server URL --api-key KEY | --log DIR) --key VKEY [--checkpoint FILE]
@@ -354,6 +392,100 @@ async function proof(argv: string[]): Promise<number> {
     }
     throw e;
   }
+}
+
+/** The accounts store named by --db, or by identity.accounts in --config (read without the rest of the config). */
+function openAccounts(values: { db?: string; config?: string }): AccountStore {
+  if (values.db) return new AccountStore(values.db);
+  if (!values.config) throw new AgateError("USAGE", "accounts needs --db FILE or --config FILE (whose identity.accounts names the store)");
+  let doc: { identity?: { accounts?: unknown } };
+  try {
+    doc = parseYaml(readFileSync(values.config, "utf8")) as typeof doc;
+  } catch (e) {
+    throw new AgateError("CONFIG_UNREADABLE", `cannot read ${values.config}: ${(e as Error).message}`);
+  }
+  const file = doc?.identity?.accounts;
+  if (typeof file !== "string") throw new AgateError("CONFIG_INVALID", `${values.config} has no identity.accounts: add one (e.g. accounts: ./accounts.db) or pass --db`);
+  return new AccountStore(resolve(dirname(resolve(values.config)), file));
+}
+
+async function accounts(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const { values, positionals } = parseArgs({
+    args: rest,
+    allowPositionals: true,
+    options: {
+      db: { type: "string" },
+      config: { type: "string", short: "c" },
+      id: { type: "string" },
+      groups: { type: "string" },
+      kind: { type: "string" },
+      owner: { type: "string" },
+      expires: { type: "string" },
+      json: { type: "boolean" },
+    },
+  });
+  if (sub !== "create" && sub !== "list" && sub !== "revoke") throw new AgateError("USAGE", `accounts needs a subcommand: create, list or revoke (got ${sub ?? "nothing"})`);
+  const store = openAccounts(values);
+  try {
+    if (sub === "create") {
+      if (!values.id) throw new AgateError("USAGE", "accounts create needs --id ID");
+      const kind = values.kind ?? "service";
+      if (kind !== "service" && kind !== "agent" && kind !== "human") throw new AgateError("USAGE", `--kind is ${kind}; expected service, agent or human`);
+      const groups = values.groups ? values.groups.split(",").map((g) => g.trim()).filter(Boolean) : [];
+      const { key, account } = store.create({ id: values.id, groups, kind, ...(values.owner ? { owner: values.owner } : {}), ...(values.expires ? { expires_at: values.expires } : {}) });
+      process.stderr.write(`account ${account.id} created in ${store.path}; the key is shown once, agate keeps only its SHA-256
+`);
+      console.log(key);
+      return 0;
+    }
+    if (sub === "revoke") {
+      const id = positionals[0] ?? values.id;
+      if (!id) throw new AgateError("USAGE", "accounts revoke needs the account id");
+      if (!store.revoke(id)) {
+        const a = store.byId(id);
+        throw new AgateError("ACCOUNT_NOT_FOUND", a ? `account ${id} was already revoked at ${a.revoked_at}` : `no account ${id} in ${store.path}`);
+      }
+      console.log(`revoked ${id}: its key is refused from now on, in open sessions too`);
+      return 0;
+    }
+    const all = store.list();
+    if (values.json) {
+      console.log(JSON.stringify(all.map(({ sha256: _, ...a }) => a)));
+      return 0;
+    }
+    const now = Date.now();
+    const state = (a: (typeof all)[number]) => (a.revoked_at ? `revoked ${a.revoked_at}` : a.expires_at && Date.parse(a.expires_at) <= now ? `expired ${a.expires_at}` : a.expires_at ? `active until ${a.expires_at}` : "active");
+    const rows = [["ID", "KIND", "GROUPS", "OWNER", "CREATED", "STATE"], ...all.map((a) => [a.id, a.kind, a.groups.join(",") || "-", a.owner ?? "-", a.created_at, state(a)])];
+    const widths = rows[0]!.map((_, k) => Math.max(...rows.map((r) => r[k]!.length)));
+    for (const r of rows) console.log(r.map((c, k) => c.padEnd(widths[k]!)).join("  ").trimEnd());
+    return 0;
+  } finally {
+    store.close();
+  }
+}
+
+async function loginCommand(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { issuer: { type: "string" }, "client-id": { type: "string" }, audience: { type: "string" }, scope: { type: "string" }, force: { type: "boolean" } },
+  });
+  if (!values.issuer) throw new AgateError("USAGE", "login needs --issuer URL");
+  if (!values["client-id"]) throw new AgateError("USAGE", "login needs --client-id ID (a public client allowed the device grant)");
+  const r = await login({
+    issuer: values.issuer,
+    clientId: values["client-id"],
+    audience: values.audience ?? "agate",
+    scope: values.scope ?? "openid",
+    tell: (line) => process.stderr.write(`${line}\n`),
+    minValidity: 120,
+    force: values.force ?? false,
+  });
+  process.stderr.write(`${r.cached ? "using the cached token" : "signed in"} as ${r.user}; the token is valid until ${r.expiresAt.toISOString()}\n`);
+  const q = (v: string) => `'${v.replace(/'/g, "'\\''")}'`;
+  console.log(`export PGUSER=${q(r.user)}`);
+  console.log(`export PGPASSWORD=${q(r.token)}`);
+  return 0;
 }
 
 async function generateSigningKey(argv: string[]): Promise<number> {
