@@ -22,10 +22,11 @@ const rsa = await generateKeyPair("RS256");
 const ec = await generateKeyPair("ES256");
 const jwks = { keys: [{ ...(await exportJWK(rsa.publicKey)), kid: "rsa-1", alg: "RS256", use: "sig" }, { ...(await exportJWK(ec.publicKey)), kid: "ec-1", alg: "ES256", use: "sig" }] };
 let jwksFetches = 0;
-const server = Bun.serve({
+let issuer = "";
+const server: ReturnType<typeof Bun.serve> = Bun.serve({
   hostname: "127.0.0.1",
   port: 0,
-  fetch(req) {
+  fetch(req: Request): Response {
     const path = new URL(req.url).pathname;
     if (path === "/.well-known/openid-configuration") return Response.json({ issuer, jwks_uri: `${issuer}/jwks` });
     if (path === "/jwks") {
@@ -35,7 +36,7 @@ const server = Bun.serve({
     return new Response("not found", { status: 404 });
   },
 });
-const issuer = `http://127.0.0.1:${server.port}`;
+issuer = `http://127.0.0.1:${server.port}`;
 
 async function tokens(alg: "RS256" | "ES256", n: number): Promise<string[]> {
   const key = alg === "RS256" ? rsa.privateKey : ec.privateKey;

@@ -186,7 +186,12 @@ function explain(e: unknown, claims: JWTPayload, cfg: OidcIssuerConfig): AgateEr
   if (e instanceof errors.JWKSNoMatchingKey) return new AgateError("AUTH_TOKEN_UNKNOWN_KEY", "the token is signed with an unknown key (no key of the issuer matches its kid)");
   if (e instanceof errors.JWSSignatureVerificationFailed) return new AgateError("AUTH_TOKEN_SIGNATURE", "the token's signature is invalid");
   if (e instanceof errors.JOSEAlgNotAllowed) return new AgateError("AUTH_TOKEN_ALGORITHM", "the token's algorithm is not allowed");
-  if (e instanceof errors.JWKSTimeout || (e instanceof errors.JOSEError && /JSON Web Key Set/.test(e.message)) || (e instanceof Error && /fetch|ECONNREFUSED|connect|Unable to connect/i.test(e.message))) {
+  const unreachable =
+    e instanceof errors.JWKSTimeout ||
+    (e instanceof errors.JOSEError && /JSON Web Key Set/.test(e.message)) ||
+    (e instanceof Error && ("code" in e ? /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|ConnectionRefused)$/.test(String((e as { code: unknown }).code)) : false)) ||
+    (e instanceof TypeError && /fetch|connect/i.test(e.message));
+  if (unreachable) {
     return new AgateError("AUTH_ISSUER_UNREACHABLE", `the identity provider's keys could not be fetched and the cached ones have expired; refusing`);
   }
   if (e instanceof errors.JWTInvalid || e instanceof errors.JWSInvalid) return new AgateError("AUTH_TOKEN_MALFORMED", "the token is not a well-formed JWT");
