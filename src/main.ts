@@ -96,7 +96,7 @@ password.`,
     run: accounts,
   },
   login: {
-    help: `Usage: agate login --issuer URL --client-id ID [--audience AUD] [--scope S] [--force]
+    help: `Usage: agate login --issuer URL --client-id ID [--audience AUD] [--resource URI] [--scope S] [--force]
 
 Signs you in with an OpenID provider using the device authorization grant
 (RFC 8628): prints a URL and a code to confirm in a browser, waits, and
@@ -112,6 +112,8 @@ Options:
       --issuer URL      the provider (as in the gateway's identity.oidc)
       --client-id ID    a public client registered for the device grant
       --audience AUD    the audience the gateway accepts (default: agate)
+      --resource URI    the RFC 8707 resource indicator to ask for (an absolute
+                        URI; default: the audience when it is one, else none)
       --scope S         default: openid`,
     run: loginCommand,
   },
@@ -468,7 +470,7 @@ async function accounts(argv: string[]): Promise<number> {
 async function loginCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { issuer: { type: "string" }, "client-id": { type: "string" }, audience: { type: "string" }, scope: { type: "string" }, force: { type: "boolean" } },
+    options: { issuer: { type: "string" }, "client-id": { type: "string" }, audience: { type: "string" }, resource: { type: "string" }, scope: { type: "string" }, force: { type: "boolean" } },
   });
   if (!values.issuer) throw new AgateError("USAGE", "login needs --issuer URL");
   if (!values["client-id"]) throw new AgateError("USAGE", "login needs --client-id ID (a public client allowed the device grant)");
@@ -476,6 +478,7 @@ async function loginCommand(argv: string[]): Promise<number> {
     issuer: values.issuer,
     clientId: values["client-id"],
     audience: values.audience ?? "agate",
+    ...(values.resource ? { resource: values.resource } : {}),
     scope: values.scope ?? "openid",
     tell: (line) => process.stderr.write(`${line}\n`),
     minValidity: 120,

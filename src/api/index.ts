@@ -46,7 +46,7 @@ export function adminApp(o: AdminOptions): Hono {
     try {
       groups = (await o.authenticate(m[1]!)).groups;
     } catch {
-      throw new AgateError("UNAUTHENTICATED", "The API key is not valid.");
+      throw new AgateError("UNAUTHENTICATED", "The credential (API key or token) is not valid.");
     }
     if (!groups.some((g) => o.groups.includes(g))) throw new AgateError("FORBIDDEN", `This API needs membership of one of: ${o.groups.join(", ")}.`);
     await next();

@@ -20,6 +20,12 @@ export interface LoginOptions {
   clientId: string;
   /** The audience (resource) the token is for: the gateway's identity.oidc audience. */
   audience?: string;
+  /**
+   * The RFC 8707 resource indicator to ask for. It must be an absolute URI
+   * (providers such as oidc-provider refuse anything else with
+   * invalid_target), so by default it is sent only when `audience` is one.
+   */
+  resource?: string;
   scope: string;
   /** Where to tell the person what to do (stderr). */
   tell: (line: string) => void;
@@ -104,10 +110,10 @@ export async function login(o: LoginOptions): Promise<LoginResult> {
   }
   const d = await discover(o.issuer);
   const form: Record<string, string> = { client_id: o.clientId, scope: o.scope };
-  if (o.audience) {
-    form.resource = o.audience; // RFC 8707
-    form.audience = o.audience; // what some providers use instead
-  }
+  // RFC 8707: a resource indicator is an absolute URI; a bare audience ("agate") is sent as `audience` only.
+  const resource = o.resource ?? (o.audience && /^[a-z][a-z0-9+.-]*:/i.test(o.audience) ? o.audience : undefined);
+  if (resource) form.resource = resource;
+  if (o.audience) form.audience = o.audience; // what some providers use instead
   const start = await post(d.device_authorization_endpoint!, form);
   if (start.status !== 200 || typeof start.body.device_code !== "string") {
     throw new AgateError("LOGIN_FAILED", `the provider refused the device authorization request: ${String(start.body.error_description ?? start.body.error ?? `HTTP ${start.status}`)}`);

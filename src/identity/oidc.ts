@@ -34,7 +34,7 @@ export interface OidcIssuerConfig {
   groups_claim: string;
   /** Claim naming the agent acting for the subject: `act` (RFC 8693, {sub}) or a string claim such as `azp`/`client_id`. */
   actor_claim?: string;
-  /** Kind of identity for tokens of this issuer (an actor makes it "agent"). */
+  /** Kind of identity for tokens of this issuer (an actor makes it "agent"; a client acting as itself, "service"). */
   kind: Identity["kind"];
   /** Skip discovery and use this JWKS URL. */
   jwks_uri?: string;
@@ -117,11 +117,13 @@ export class OidcVerifier {
       if (typeof a === "string" && a !== p.sub) actor = a;
       else if (a && typeof a === "object" && typeof (a as { sub?: unknown }).sub === "string") actor = (a as { sub: string }).sub;
     }
+    // A client acting as itself (client credentials: sub is its client_id, RFC 9068) is a service.
+    const client = typeof p.client_id === "string" ? p.client_id : typeof p.azp === "string" ? p.azp : undefined;
     return {
       subject: p.sub!,
       issuer: cfg.issuer,
       groups,
-      kind: actor ? "agent" : cfg.kind,
+      kind: actor ? "agent" : client !== undefined && client === p.sub ? "service" : cfg.kind,
       ...(actor ? { actor } : {}),
       // The token's id, or a digest of it when it has none (never the token).
       credential_id: typeof p.jti === "string" ? p.jti : `sha256:${createHash("sha256").update(token).digest("hex").slice(0, 32)}`,
