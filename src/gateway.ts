@@ -5,6 +5,9 @@
  */
 import defaultPolicyPath from "../wasm/policy.wasm" with { type: "file" };
 import { adminApp } from "./api/index.ts";
+import { hostname } from "node:os";
+import { Approvals } from "./approvals/index.ts";
+import { SqliteApprovalStore } from "./approvals/sqlite.ts";
 import { openLog } from "./audit/index.ts";
 import { parseSignerKey } from "./audit/note.ts";
 import { Shipper } from "./audit/ship.ts";
@@ -60,10 +63,24 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
   log("info", "policy loaded", { version: policy.version, bundle: config.policy.bundle ?? "(embedded default)" });
   const accounts = config.identity.accounts ? new AccountStore(config.identity.accounts) : undefined;
   const identity = new Identities(config.identity, accounts);
+  const a = config.approvals;
+  const approvalStore = a.store.kind === "sqlite" ? new SqliteApprovalStore(a.store.path) : await (await import("./approvals/pg.ts")).PgApprovalStore.open(a.store.url);
+  let adminUrl: string | undefined;
+  const approvals = new Approvals({
+    store: approvalStore,
+    gateway: a.gateway ?? `${hostname()}:${config.audit.dir}`,
+    publicUrl: () => a.public_url ?? adminUrl,
+    defaultTimeoutS: a.timeout_s,
+    webhooks: a.webhooks,
+    record: (fields, durable) => (durable ? audit.append(fields) : void audit.appendLater(fields)),
+    log,
+  });
+  await approvals.start();
   const guard = new Guard({
     policy,
     audit,
     identity,
+    approvals,
     onAuditError: (error, fields) => log("error", "audit record lost", { error: error.message, type: fields.type, session: fields.session }),
   });
 
@@ -73,12 +90,15 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
   const shutdown = async () => {
     await Promise.all(listeners.map((l) => l.close({ sessions: true })));
     await admin?.stop(true);
+    // Held commands end (recorded) before the log closes.
+    await approvals.close();
     // Seal and checkpoint what is left so all of it can ship, then drain.
     await shipper?.sealNow();
     await audit.close();
     await shipper?.close(SHIP_DRAIN_MS);
     policy.close();
     accounts?.close();
+    await approvalStore.close();
   };
   try {
     for (const c of config.connections) {
@@ -99,8 +119,9 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
       log("info", "listening", { connection: c.name, protocol: "postgres", address: `${c.host}:${l.port}`, target: `${c.target.host}:${c.target.port}` });
     }
     if (config.admin) {
-      const app = adminApp({ log: audit, authenticate: (key) => identity.verifyBearer(key), groups: config.admin.groups, ...(shipper ? { ship: () => shipper!.status() } : {}) });
+      const app = adminApp({ log: audit, authenticate: (key) => identity.verifyBearer(key), groups: config.admin.groups, approvals, ...(shipper ? { ship: () => shipper!.status() } : {}) });
       admin = Bun.serve({ hostname: config.admin.host, port: config.admin.port, fetch: app.fetch });
+      adminUrl = `http://${config.admin.host.includes(":") ? `[${config.admin.host}]` : config.admin.host}:${admin.port}`;
       log("info", "admin API listening", { address: `${config.admin.host}:${admin.port}` });
     }
   } catch (e) {

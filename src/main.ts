@@ -36,6 +36,7 @@ Commands:
   keys generate --name N     make the Ed25519 key that signs audit checkpoints
   accounts create|list|revoke  manage service accounts and their API keys (accounts store)
   login --issuer URL         sign in with an OIDC provider (device grant); prints export PGUSER/PGPASSWORD
+  approvals list|show|approve|deny   see and decide commands held for approval (through the admin API)
   version                    print the version
 
 Run 'agate <command> --help' for a command's options.
@@ -94,6 +95,24 @@ running gateway within a fraction of a second, for new commands in open
 sessions too. Clients log in with the account id as user name and the key as
 password.`,
     run: accounts,
+  },
+  approvals: {
+    help: `Usage: agate approvals list [--status pending|approved|denied|expired|withdrawn] [--json]
+       agate approvals show ID
+       agate approvals approve ID --reason TEXT [--grant MINUTES]
+       agate approvals deny ID --reason TEXT
+  each with --server URL (or $AGATE_SERVER) and --token CREDENTIAL (or $AGATE_TOKEN)
+
+Commands the policy marks for approval wait in the gateway until people
+decide. These commands talk to a gateway's admin API as you: CREDENTIAL is
+your OIDC token (eval "$(agate login …)" sets PGPASSWORD; pass that) or an
+API key. You must be in a group the request names, and can never decide
+your own request; a policy can ask for two distinct approvers.
+
+approve --grant MINUTES also lets the requester's later commands on that
+connection through for that long without asking again (the policy sees it
+as input.grants). Every vote and its reason is in the audit log.`,
+    run: approvalsCommand,
   },
   login: {
     help: `Usage: agate login --issuer URL --client-id ID [--audience AUD] [--resource URI] [--scope S] [--force]
@@ -465,6 +484,73 @@ async function accounts(argv: string[]): Promise<number> {
   } finally {
     store.close();
   }
+}
+
+async function approvalsCommand(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const { values, positionals } = parseArgs({
+    args: rest,
+    allowPositionals: true,
+    options: {
+      server: { type: "string", short: "s" },
+      token: { type: "string", short: "t" },
+      reason: { type: "string", short: "r" },
+      grant: { type: "string" },
+      status: { type: "string" },
+      json: { type: "boolean" },
+    },
+  });
+  if (!sub || !["list", "show", "approve", "deny"].includes(sub)) throw new AgateError("USAGE", `approvals needs a subcommand: list, show, approve or deny (got ${sub ?? "nothing"})`);
+  const server = values.server ?? process.env.AGATE_SERVER;
+  const token = values.token ?? process.env.AGATE_TOKEN;
+  if (!server) throw new AgateError("USAGE", "approvals needs --server URL (the gateway's admin API) or $AGATE_SERVER");
+  if (!token) throw new AgateError("USAGE", "approvals needs --token CREDENTIAL (your OIDC token or API key) or $AGATE_TOKEN");
+  const call = async (method: string, path: string, body?: object): Promise<unknown> => {
+    const res = await fetch(new URL(path, server), {
+      method,
+      headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}) },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+      signal: AbortSignal.timeout(30_000),
+    });
+    const json = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string } };
+    if (!res.ok) throw new AgateError(json.error?.code ?? "API_ERROR", json.error?.message ?? `HTTP ${res.status}`);
+    return json;
+  };
+  type Req = { id: string; status: string; requester: { subject: string }; connection: { name: string }; command: { text: string }; created_at: string; expires_at: string; approvers: string[]; min_approvers: number; votes: { by: { subject: string }; decision: string; reason: string }[]; decided_reason?: string; reasons: string[] };
+  const show = (r: Req) => {
+    console.log(`${r.id}  ${r.status}${r.decided_reason ? ` (${r.decided_reason})` : ""}`);
+    console.log(`  requester  ${r.requester.subject} on ${r.connection.name}, ${r.created_at}, expires ${r.expires_at}`);
+    console.log(`  command    ${r.command.text}`);
+    console.log(`  why        ${r.reasons.join("; ")}`);
+    console.log(`  approvers  ${r.approvers.join(", ")} (${r.min_approvers} needed)`);
+    for (const v of r.votes) console.log(`  vote       ${v.by.subject}: ${v.decision}, "${v.reason}"`);
+  };
+  const id = positionals[0];
+  if (sub === "list") {
+    const q = values.status ? `?status=${encodeURIComponent(values.status)}` : "";
+    const { requests } = (await call("GET", `/v1/approvals${q}`)) as { requests: Req[] };
+    if (values.json) console.log(JSON.stringify(requests));
+    else if (requests.length === 0) console.log("no requests");
+    else for (const r of requests) console.log(`${r.id}  ${r.status.padEnd(9)}  ${r.requester.subject} on ${r.connection.name}: ${r.command.text.slice(0, 80)}`);
+    return 0;
+  }
+  if (!id) throw new AgateError("USAGE", `approvals ${sub} needs the request id`);
+  if (sub === "show") {
+    const r = (await call("GET", `/v1/approvals/${encodeURIComponent(id)}`)) as Req;
+    if (values.json) console.log(JSON.stringify(r));
+    else show(r);
+    return 0;
+  }
+  if (!values.reason) throw new AgateError("USAGE", `approvals ${sub} needs --reason TEXT (it goes into the audit log)`);
+  let grant: number | undefined;
+  if (values.grant !== undefined) {
+    if (sub !== "approve") throw new AgateError("USAGE", "--grant is for approve");
+    grant = Number(values.grant.replace(/m$/, ""));
+    if (!Number.isFinite(grant) || grant <= 0) throw new AgateError("USAGE", `--grant is a number of minutes; got ${values.grant}`);
+  }
+  const r = (await call("POST", `/v1/approvals/${encodeURIComponent(id)}/${sub}`, { reason: values.reason, ...(grant !== undefined ? { grant_minutes: grant } : {}) })) as Req;
+  show(r);
+  return 0;
 }
 
 async function loginCommand(argv: string[]): Promise<number> {

@@ -31,6 +31,8 @@
 #              agate.sql.deny_dynamic_sql      functions that run SQL given as a string:
 #                                              query_to_xml*, ts_stat, crosstab*, connectby
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
+#            and held for approval (approvals.rego):
+#              agate.sql.approve_unbounded_write UPDATE or DELETE without WHERE
 #   other    a missing or unknown stage is denied (agate.policy.deny_unknown_stage).
 #
 # Every deny reason starts with the rule's name, so operators can see which
@@ -69,8 +71,8 @@ default_mask := {"columns": [], "detectors": []}
 
 decision := {
 	"allow": allow,
-	"reasons": reasons,
-	"approval": default_approval,
+	"reasons": array.concat(reasons, approval_reasons),
+	"approval": approval,
 	"mask": default_mask,
 }
 

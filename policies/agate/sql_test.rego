@@ -32,7 +32,7 @@ test_reads_and_writes_allowed if {
 	allowed([object.union(stmt("select", "SelectStmt", "SELECT"), {"reads": ["public.users"]})])
 	allowed([object.union(stmt("insert", "InsertStmt", "INSERT"), {"writes": ["users"]})])
 	allowed([object.union(stmt("update", "UpdateStmt", "UPDATE"), {"writes": ["users"], "has_where": true})])
-	allowed([object.union(stmt("delete", "DeleteStmt", "DELETE"), {"writes": ["users"], "has_where": false})])
+	allowed([object.union(stmt("delete", "DeleteStmt", "DELETE"), {"writes": ["users"], "has_where": true})])
 	allowed([stmt("merge", "MergeStmt", "MERGE")])
 }
 

@@ -8,11 +8,19 @@
  *   GET /v1/log/records/I                          record I's payload, its canonical JSON bytes; Agate-Leaf-Hash header
  *   GET /metrics                                   Prometheus text format (no authentication: serve it on a private address)
  *
- * /v1 needs `Authorization: Bearer <API key>` of an account in one of the
- * configured groups. Errors are JSON `{error: {code, message}}`.
+ *   GET  /v1/approvals?status=pending              approval requests (newest last)
+ *   GET  /v1/approvals/ID                          one request
+ *   POST /v1/approvals/ID/approve                  {reason, grant_minutes?}: vote to approve (and grant a window)
+ *   POST /v1/approvals/ID/deny                     {reason}: deny
+ *
+ * /v1 needs `Authorization: Bearer <API key or OIDC token>`. /v1/log needs
+ * an account in one of the configured admin groups; /v1/approvals any
+ * verified identity (the approval rules say who may decide what). Errors
+ * are JSON `{error: {code, message}}`.
  */
 import { Hono, type Context } from "hono";
 import type { TransparencyLog } from "../audit/index.ts";
+import type { Approvals } from "../approvals/index.ts";
 import type { ShipStatus } from "../audit/ship.ts";
 import { AgateError } from "../core/errors.ts";
 import type { Identity } from "../core/types.ts";
@@ -24,6 +32,7 @@ export interface AdminOptions {
   /** Accounts in one of these groups may call /v1. */
   groups: string[];
   ship?: () => ShipStatus;
+  approvals?: Approvals;
 }
 
 const b64 = (h: Uint8Array) => Buffer.from(h).toString("base64");
@@ -33,24 +42,72 @@ export function adminApp(o: AdminOptions): Hono {
 
   app.onError((e, c) => {
     if (e instanceof AgateError) {
-      const status = e.code === "UNAUTHENTICATED" ? 401 : e.code === "FORBIDDEN" ? 403 : e.code.startsWith("AUDIT_NO_SUCH") || e.code === "NOT_FOUND" ? 404 : 400;
+      const status =
+        e.code === "UNAUTHENTICATED"
+          ? 401
+          : e.code === "FORBIDDEN" || e.code === "APPROVAL_SELF" || e.code === "APPROVAL_NOT_APPROVER"
+            ? 403
+            : e.code.startsWith("AUDIT_NO_SUCH") || e.code === "NOT_FOUND" || e.code === "APPROVAL_NOT_FOUND"
+              ? 404
+              : e.code === "APPROVAL_NOT_PENDING" || e.code === "APPROVAL_REPEAT"
+                ? 409
+                : 400;
       return c.json({ error: { code: e.code, message: e.message } }, status);
     }
     return c.json({ error: { code: "INTERNAL", message: "The request failed inside agate; see the gateway's log." } }, 500);
   });
 
+  const who = new WeakMap<Request, Identity>();
   app.use("/v1/*", async (c, next) => {
     const m = /^Bearer (\S+)$/.exec(c.req.header("authorization") ?? "");
-    if (!m) throw new AgateError("UNAUTHENTICATED", "Send an API key as `Authorization: Bearer <key>`.");
-    let groups: string[];
+    if (!m) throw new AgateError("UNAUTHENTICATED", "Send an API key or token as `Authorization: Bearer <credential>`.");
+    let id: Identity;
     try {
-      groups = (await o.authenticate(m[1]!)).groups;
+      id = await o.authenticate(m[1]!);
     } catch {
       throw new AgateError("UNAUTHENTICATED", "The credential (API key or token) is not valid.");
     }
+    who.set(c.req.raw, id);
+    await next();
+  });
+  app.use("/v1/log/*", async (c, next) => {
+    const groups = who.get(c.req.raw)!.groups;
     if (!groups.some((g) => o.groups.includes(g))) throw new AgateError("FORBIDDEN", `This API needs membership of one of: ${o.groups.join(", ")}.`);
     await next();
   });
+
+  const approvals = () => {
+    if (!o.approvals) throw new AgateError("NOT_FOUND", "Approvals are not enabled on this gateway.");
+    return o.approvals;
+  };
+  app.get("/v1/approvals", async (c) => {
+    const status = c.req.query("status");
+    if (status !== undefined && !["pending", "approved", "denied", "expired", "withdrawn"].includes(status)) {
+      throw new AgateError("BAD_REQUEST", `status must be pending, approved, denied, expired or withdrawn; got ${JSON.stringify(status)}.`);
+    }
+    return c.json({ requests: await approvals().store.list(status ? { status: status as "pending" } : {}) });
+  });
+  app.get("/v1/approvals/:id", async (c) => {
+    const r = await approvals().store.get(c.req.param("id"));
+    if (!r) throw new AgateError("APPROVAL_NOT_FOUND", `No approval request ${c.req.param("id")}.`);
+    return c.json(r);
+  });
+  const decide = (decision: "approve" | "deny") => async (c: Context) => {
+    let body: { reason?: unknown; grant_minutes?: unknown } = {};
+    try {
+      body = (await c.req.json()) as typeof body;
+    } catch {
+      throw new AgateError("BAD_REQUEST", 'Send a JSON body: {"reason": "…"} (and for approve, optionally "grant_minutes": 15).');
+    }
+    if (typeof body.reason !== "string" || !body.reason.trim()) throw new AgateError("BAD_REQUEST", "A decision needs a reason: {\"reason\": \"…\"}.");
+    if (body.grant_minutes !== undefined && (decision === "deny" || typeof body.grant_minutes !== "number")) {
+      throw new AgateError("BAD_REQUEST", "grant_minutes is a number of minutes, and only for approve.");
+    }
+    const r = await approvals().vote(c.req.param("id")!, who.get(c.req.raw)!, decision, body.reason, body.grant_minutes as number | undefined);
+    return c.json(r);
+  };
+  app.post("/v1/approvals/:id/approve", decide("approve"));
+  app.post("/v1/approvals/:id/deny", decide("deny"));
 
   const latestSize = () => {
     const cp = o.log.latestCheckpoint;

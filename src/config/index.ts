@@ -14,6 +14,11 @@
  *     url: s3://bucket/prefix
  *     endpoint: http://127.0.0.1:9000   # optional; AWS otherwise
  *     keep_local_s: 604800        # optional; delete local copies this long after upload (default: keep)
+ * approvals:                      # holding commands the policy marks approval.required
+ *   store: ./approvals.db         # SQLite (one gateway), or postgres://… / store_env: NAME (several)
+ *   timeout_s: 300                # when the policy gives none
+ *   public_url: https://agate.example.com   # links in notices and webhooks (default: the admin API)
+ *   webhooks: [{ url: https://hooks.slack.com/…, format: slack }]
  * admin:                          # optional: the admin API (proofs, checkpoints, /metrics)
  *   listen: 127.0.0.1:9090
  *   groups: [auditor]             # API keys of these groups may call /v1
@@ -82,8 +87,18 @@ export interface AuditConfig {
   ship?: ShipConfig;
 }
 
+export interface ApprovalsConfig {
+  /** A SQLite file path, or a postgres:// URL. */
+  store: { kind: "sqlite"; path: string } | { kind: "postgres"; url: string };
+  timeout_s: number;
+  public_url?: string;
+  gateway?: string;
+  webhooks: { url: string; format: "slack" | "json" }[];
+}
+
 export interface Config {
   audit: AuditConfig;
+  approvals: ApprovalsConfig;
   admin?: { host: string; port: number; groups: string[] };
   policy: { bundle?: string; data: Record<string, unknown>; watch: boolean };
   identity: { api_keys: ApiKeyAccount[]; accounts?: string; oidc: OidcConfig[] };
@@ -112,7 +127,7 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
   const root = obj(doc, "the configuration");
   const path = (p: string) => resolve(baseDir, p);
 
-  only(root, "the configuration", ["audit", "admin", "policy", "identity", "connections", "log_level"]);
+  only(root, "the configuration", ["audit", "admin", "approvals", "policy", "identity", "connections", "log_level"]);
   const audit = obj(root.audit ?? {}, "audit");
   only(audit, "audit", ["dir", "durability", "segment_bytes", "signing_key", "origin", "checkpoint", "seal_after_s", "ship"]);
   const durability = parseDurability(audit.durability ?? "strict");
@@ -149,6 +164,7 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
 
   return {
     audit: parseAudit(audit, durability, path, env),
+    approvals: parseApprovals(obj(root.approvals ?? {}, "approvals"), path, env),
     ...(root.admin !== undefined ? { admin: parseAdmin(obj(root.admin, "admin")) } : {}),
     policy: {
       ...(policy.bundle !== undefined ? { bundle: path(str(policy.bundle, "policy.bundle")) } : {}),
@@ -259,6 +275,34 @@ function parseOidc(o: Record<string, unknown>, at: string): OidcConfig {
     jwks_cache_s: seconds("jwks_cache_s", 600, 86_400),
     jwks_cooldown_s: seconds("jwks_cooldown_s", 30, 3600),
     user_claims: o.user_claims === undefined ? ["sub", "preferred_username", "email"] : list(o.user_claims, "user_claims"),
+  };
+}
+
+function parseApprovals(o: Record<string, unknown>, path: (p: string) => string, env: Record<string, string | undefined>): ApprovalsConfig {
+  only(o, "approvals", ["store", "store_env", "timeout_s", "public_url", "gateway", "webhooks"]);
+  let url: string | undefined;
+  if (o.store_env !== undefined) {
+    const name = str(o.store_env, "approvals.store_env");
+    url = env[name];
+    if (!url) throw new AgateError("CONFIG_INVALID", `approvals.store_env names ${name}, which is not set in the environment`);
+  } else if (o.store !== undefined) url = str(o.store, "approvals.store");
+  const store: ApprovalsConfig["store"] = url && /^postgres(ql)?:\/\//.test(url) ? { kind: "postgres", url } : { kind: "sqlite", path: path(url ?? "./approvals.db") };
+  const timeout = num(o.timeout_s ?? 300, "approvals.timeout_s");
+  if (!(timeout > 0 && timeout <= 86_400)) throw invalid("approvals.timeout_s", timeout, "seconds from 1 to 86400");
+  const webhooks = arr(o.webhooks ?? [], "approvals.webhooks").map((w, i) => {
+    const at = `approvals.webhooks[${i}]`;
+    const x = obj(w, at);
+    only(x, at, ["url", "format"]);
+    const format = x.format ?? "json";
+    if (format !== "slack" && format !== "json") throw invalid(`${at}.format`, format, "slack or json");
+    return { url: str(x.url, `${at}.url`), format: format as "slack" | "json" };
+  });
+  return {
+    store,
+    timeout_s: timeout,
+    ...(o.public_url !== undefined ? { public_url: str(o.public_url, "approvals.public_url") } : {}),
+    ...(o.gateway !== undefined ? { gateway: str(o.gateway, "approvals.gateway") } : {}),
+    webhooks,
   };
 }
 

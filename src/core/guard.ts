@@ -27,6 +27,35 @@ export interface AuditSink {
   appendLater(fields: Record<string, unknown>): number;
 }
 
+/** A command held for approval, as the protocol tells its client about it. */
+export interface HeldRequest {
+  id: string;
+  expires_at: string;
+  approvers: string[];
+  min_approvers: number;
+}
+
+/** The approval that released a command: what the policy sees as input.approval and the record keeps. */
+export interface InputApproval {
+  request: string;
+  granted_by: { subject: string; issuer: string; at: string; reason: string }[];
+  at: string;
+}
+
+/** Approvals step (src/approvals): holds a command until people decide. */
+export interface ApprovalGate {
+  hold(
+    session: Session,
+    command: Command,
+    decision: Decision,
+    onHold?: (req: HeldRequest, link?: string) => void,
+  ): Promise<{ status: "approved"; request: { id: string; decided_reason?: string }; approval: InputApproval } | { status: "denied" | "expired" | "withdrawn"; request: { id: string; decided_reason?: string } }>;
+  /** The client cancelled: withdraw what this session holds. Returns whether something was held. */
+  withdraw(sessionId: string): boolean;
+  /** Active grants (time-boxed approvals) for the policy input. */
+  grants(identity: Identity, connection: string): { id: string; connection: string; granted_by: string[]; expires_at: string; request: string }[];
+}
+
 /** A presented credential: PostgreSQL password, SSH password, bearer token. */
 export interface Credential {
   user: string;
@@ -69,6 +98,10 @@ interface CheckContext {
   record?: number;
   /** The identity step refused: the policy is not asked. */
   identityRefused?: boolean;
+  /** Told when the command is held for approval (the protocol tells its client where to approve). */
+  onHold?: (req: HeldRequest, link?: string) => void;
+  /** The approval that released the command, for its record. */
+  approval?: InputApproval;
 }
 
 /**
@@ -86,6 +119,8 @@ export interface GuardDeps {
   onAuditError?: (error: Error, fields: Record<string, unknown>) => void;
   /** Clock, for tests; the WASM runtime has none, so time comes in the input. */
   now?: () => Date;
+  /** Holds commands whose decision requires approval; without it they are refused (fail closed). */
+  approvals?: ApprovalGate;
 }
 
 export class Guard {
@@ -94,7 +129,7 @@ export class Guard {
 
   constructor(private readonly deps: GuardDeps) {
     this.now = deps.now ?? (() => new Date());
-    this.pipeline = compose([this.identityStep(), this.decideStep(), approvalStep(), this.recordStep()]);
+    this.pipeline = compose([this.identityStep(), this.decideStep(), this.approvalStep(), this.recordStep()]);
   }
 
   /**
@@ -128,8 +163,8 @@ export class Guard {
    * `prior` carries an earlier decision for the same text (reused while the policy is unchanged);
    * `recordDenialsOnly` decides without recording an allowed command (it is recorded when it runs).
    */
-  async check(session: Session, command: Command, opts: { prior?: Verdict; recordDenialsOnly?: boolean } = {}): Promise<Verdict> {
-    const ctx: CheckContext = { session, command, decision: opts.prior?.decision, policyVersion: opts.prior?.policy, recordDenialsOnly: opts.recordDenialsOnly };
+  async check(session: Session, command: Command, opts: { prior?: Verdict; recordDenialsOnly?: boolean; onHold?: CheckContext["onHold"] } = {}): Promise<Verdict> {
+    const ctx: CheckContext = { session, command, decision: opts.prior?.decision, policyVersion: opts.prior?.policy, recordDenialsOnly: opts.recordDenialsOnly, onHold: opts.onHold };
     const pending = this.pipeline(ctx);
     if (pending) await pending;
     if (!ctx.decision || ctx.record === undefined) throw new AgateError("GUARD_INCOMPLETE", "the guard did not reach a decision");
@@ -143,7 +178,8 @@ export class Guard {
 
   /** A client asked to cancel what `session` is running (PostgreSQL CancelRequest, SSH channel close). */
   cancelRequested(session: Session, client: ClientInfo): void {
-    this.later({ type: "cancel", session: session.id, identity: session.identity, client });
+    const withdrew = this.deps.approvals?.withdraw(session.id) ?? false;
+    this.later({ type: "cancel", session: session.id, identity: session.identity, client, ...(withdrew ? { withdrew_approval: true } : {}) });
   }
 
   closeSession(session: Session, reason: string, commands: number): void {
@@ -164,7 +200,8 @@ export class Guard {
   }
 
   /** The policy input document (DESIGN.md, "Policy contract"). */
-  private input(session: Session, stage: "session" | "command", command?: Command): object {
+  private input(session: Session, stage: "session" | "command", command?: Command, approval?: InputApproval): object {
+    const grants = stage === "command" ? this.deps.approvals?.grants(session.identity, session.connection.name) : undefined;
     return {
       stage,
       now: this.now().toISOString(),
@@ -173,6 +210,39 @@ export class Guard {
       session: { id: session.id, started_at: session.started_at },
       client: session.client,
       ...(command ? { command: { text: command.text, sql: command.sql, exec: command.exec, http: command.http } } : {}),
+      ...(grants?.length ? { grants: grants.map((g) => ({ id: g.id, connection: g.connection, granted_by: g.granted_by, expires_at: g.expires_at, request: g.request })) } : {}),
+      ...(approval ? { approval } : {}),
+    };
+  }
+
+  /**
+   * A decision that requires approval holds the command until people decide
+   * (Approvals.hold). Approved: the policy decides again with
+   * input.approval, and has the last word. Denied, timed out, withdrawn: a
+   * deny saying which. Without approvals configured: refused (fail closed).
+   * A Parse (recordDenialsOnly) is not held: its Execute is.
+   */
+  private approvalStep(): Step {
+    const guard = this;
+    return function approve(ctx: CheckContext, next: () => void | Promise<void>) {
+      const d = ctx.decision!;
+      if (!d.allow || !d.approval.required || ctx.recordDenialsOnly) return next();
+      const approvals = guard.deps.approvals;
+      if (!approvals) {
+        ctx.decision = { ...d, allow: false, reasons: [...d.reasons, "agate.approval.unavailable: the policy requires an approval and this gateway has no approvals configured"] };
+        return next();
+      }
+      return approvals.hold(ctx.session, ctx.command, d, ctx.onHold).then((out) => {
+        if (out.status === "approved") {
+          const again = guard.deps.policy.decide(guard.input(ctx.session, "command", ctx.command, out.approval));
+          // The approval satisfies the requirement; the policy may still refuse for other reasons.
+          ctx.decision = again.allow ? { ...again, approval: { ...again.approval, required: false } } : again;
+          ctx.approval = out.approval;
+        } else {
+          ctx.decision = denied(`agate.approval.${out.status}: request ${out.request.id}: ${out.request.decided_reason ?? out.status}`);
+        }
+        return next();
+      });
     };
   }
 
@@ -224,6 +294,7 @@ export class Guard {
         ...(command.sql ? { sql: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag })) } : {}),
         ...(command.params ? { params: command.params } : {}),
         decision: { allow: d.allow, reasons: d.reasons, policy: guard.deps.policy.version },
+        ...(ctx.approval ? { approval: ctx.approval } : {}),
       };
       const failed = (e: unknown): never => {
         const err = asError(e);
@@ -245,21 +316,6 @@ export class Guard {
 
 function denied(reason: string): Decision {
   return { allow: false, reasons: [reason], approval: { required: false, approvers: [], timeout_s: 0 }, mask: { columns: [], detectors: [] } };
-}
-
-/**
- * Approvals are a later step of the pipeline. Until a store and approvers
- * exist, a decision that requires approval is refused (fail closed), with a
- * reason that says so.
- */
-function approvalStep(): Step {
-  return function approve(ctx, next) {
-    const d = ctx.decision!;
-    if (d.allow && d.approval.required) {
-      ctx.decision = { ...d, allow: false, reasons: [...d.reasons, "agate.approval.unavailable: the policy requires an approval and this gateway has no approvals configured"] };
-    }
-    return next();
-  };
 }
 
 /** Run steps in order; each may call next() once. Returns a promise only if some step waited. */

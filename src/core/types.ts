@@ -82,7 +82,8 @@ export interface Command {
 export interface Decision {
   allow: boolean;
   reasons: string[];
-  approval: { required: boolean; approvers: string[]; timeout_s: number };
+  /** min_approvers: distinct approvals needed (default 1). */
+  approval: { required: boolean; approvers: string[]; timeout_s: number; min_approvers?: number };
   mask: { columns: string[]; detectors: string[] };
 }
 

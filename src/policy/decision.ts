@@ -35,17 +35,20 @@ export function parseDecision(raw: unknown): Decision | string {
   if (typeof allow !== "boolean") return `decision.allow is ${describe(allow)}, not a boolean`;
   if (!isStrings(reasons)) return `decision.reasons is ${describe(reasons)}, not a list of strings`;
   if (!isObject(approval)) return `decision.approval is ${describe(approval)}, not an object`;
-  const { required, approvers, timeout_s } = approval;
+  const { required, approvers, timeout_s, min_approvers } = approval;
   if (typeof required !== "boolean") return `decision.approval.required is ${describe(required)}, not a boolean`;
   if (!isStrings(approvers)) return `decision.approval.approvers is ${describe(approvers)}, not a list of strings`;
   if (typeof timeout_s !== "number" || !Number.isFinite(timeout_s) || timeout_s < 0) {
     return `decision.approval.timeout_s is ${describe(timeout_s)}, not a number of seconds >= 0`;
   }
+  if (min_approvers !== undefined && (typeof min_approvers !== "number" || !Number.isInteger(min_approvers) || min_approvers < 1 || min_approvers > 10)) {
+    return `decision.approval.min_approvers is ${describe(min_approvers)}, not a whole number from 1 to 10`;
+  }
   if (!isObject(mask)) return `decision.mask is ${describe(mask)}, not an object`;
   const { columns, detectors } = mask;
   if (!isStrings(columns)) return `decision.mask.columns is ${describe(columns)}, not a list of strings`;
   if (!isStrings(detectors)) return `decision.mask.detectors is ${describe(detectors)}, not a list of strings`;
-  return { allow, reasons, approval: { required, approvers, timeout_s }, mask: { columns, detectors } };
+  return { allow, reasons, approval: { required, approvers, timeout_s, ...(min_approvers !== undefined ? { min_approvers } : {}) }, mask: { columns, detectors } };
 }
 
 /**

@@ -20,11 +20,11 @@
  */
 import type net from "node:net";
 import { AgateError } from "../../core/errors.ts";
-import type { Guard, Verdict } from "../../core/guard.ts";
+import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts } from "../../core/types.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
-import { ErrorResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { ErrorResponse, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { analyzeSql } from "./sql.ts";
 import type { Upstream } from "./upstream.ts";
 import { ProtocolViolation } from "./wire.ts";
@@ -189,7 +189,7 @@ export class PgSession {
       this.sendQuery(f);
       return;
     }
-    const verdict = await this.check(command, false);
+    const verdict = await this.check(command, false, { onHold: this.onHold });
     if (!verdict) return;
     if (verdict.allow) {
       this.sendQuery(f);
@@ -223,7 +223,7 @@ export class PgSession {
     const command: Command = prepared
       ? { seq: ++this.seq, text: prepared.text, sql: prepared.facts, invalid: prepared.invalid, params: portal.params }
       : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
-    const verdict = await this.check(command, true, { prior: prepared?.verdict });
+    const verdict = await this.check(command, true, { prior: prepared?.verdict, onHold: this.onHold });
     if (!verdict) return;
     if (!verdict.allow) {
       this.refuseInBatch(this.refusal(command, verdict));
@@ -274,6 +274,20 @@ export class PgSession {
       return undefined;
     }
   }
+
+  /** A statement is held for approval: tell the client now (a NOTICE; psql prints it while it waits). */
+  private readonly onHold = (req: HeldRequest, link?: string): void => {
+    const who = `${req.approvers.join(", ") || "the approvers"}${req.min_approvers > 1 ? `, ${req.min_approvers} of them` : ""}`;
+    this.injectAfterReplies([
+      NoticeResponse({
+        severity: "NOTICE",
+        code: "01000",
+        message: `agate: this statement waits for approval by ${who}: request ${req.id}, until ${req.expires_at}`,
+        detail: link ? `Approve or deny at ${link}` : undefined,
+        hint: `An approver runs: agate approvals approve ${req.id} --reason "…"  (cancel with Ctrl-C to withdraw it)`,
+      }),
+    ]);
+  };
 
   private refusal(command: Command, verdict: Verdict): Buffer {
     if (command.invalid?.code === "SQL_PARSE") {
