@@ -68,6 +68,7 @@ try {
   say(`PostgreSQL ${pg.host}:${pg.port} (data in ${pg.dir}), table demo in database app`);
 
   const { key, sha256 } = createApiKey();
+  const approver = createApiKey(); // a second person, in group dba, to approve what the policy holds
   const port = await pickPort(6432);
   const adminPort = await pickPort(9090);
   mkdirSync(stateDir, { recursive: true });
@@ -94,6 +95,10 @@ identity:
       kind: human
       groups: [demo]
       sha256: ${sha256}
+    - id: approver
+      kind: human
+      groups: [dba]
+      sha256: ${approver.sha256}
 connections:
   - name: app-db
     protocol: postgres
@@ -118,6 +123,9 @@ connections:
 agate is up. Connect through it with:
   psql "postgres://${USER}:${key}@${listener.host}:${listener.port}/app"
 Try:  select * from demo;   drop table demo;   -- the second is refused by policy
+      delete from demo;                            -- held until someone in group dba approves it:
+  bun src/main.ts approvals list --server http://127.0.0.1:${gateway.admin!.port} --token ${approver.key}
+  bun src/main.ts approvals approve <id> --reason "demo" --server http://127.0.0.1:${gateway.admin!.port} --token ${approver.key}
 Audit log: ${auditDir}   (verify: bun src/main.ts verify --log ${auditDir} --key ${keyFile}.pub)
 Admin API: http://127.0.0.1:${gateway.admin!.port}   (curl -H "Authorization: Bearer ${key}" http://127.0.0.1:${gateway.admin!.port}/v1/log/checkpoint)
 Ctrl-C stops the gateway and the throwaway database.
