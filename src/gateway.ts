@@ -88,10 +88,10 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
   const described: Gateway["listeners"] = [];
   let admin: ReturnType<typeof Bun.serve> | null = null;
   const shutdown = async () => {
+    // Held commands end (recorded, "the gateway is shutting down") before their sessions close and before the log closes.
+    await approvals.close();
     await Promise.all(listeners.map((l) => l.close({ sessions: true })));
     await admin?.stop(true);
-    // Held commands end (recorded) before the log closes.
-    await approvals.close();
     // Seal and checkpoint what is left so all of it can ship, then drain.
     await shipper?.sealNow();
     await audit.close();

@@ -111,28 +111,41 @@ export class Approvals implements ApprovalGate {
       min_approvers: Math.max(1, decision.approval.min_approvers ?? 1),
       votes: [],
     };
-    await this.#o.store.create(req);
-    await this.#o.record(
-      {
-        type: "approval_requested",
-        request: req.id,
-        session: session.id,
-        identity: session.identity,
-        seq: command.seq,
-        text: command.text,
-        reasons: req.reasons,
-        approvers: req.approvers,
-        min_approvers: req.min_approvers,
-        expires_at: req.expires_at,
-      },
-      true,
-    );
+    // Registered first, so a cancel that comes while the request is being stored is not lost.
+    const abort = new AbortController();
+    this.#held.set(session.id, abort);
+    try {
+      await this.#o.store.create(req);
+    } catch (e) {
+      this.#held.delete(session.id);
+      throw e;
+    }
+    try {
+      await this.#o.record(
+        {
+          type: "approval_requested",
+          request: req.id,
+          session: session.id,
+          identity: session.identity,
+          seq: command.seq,
+          text: command.text,
+          reasons: req.reasons,
+          approvers: req.approvers,
+          min_approvers: req.min_approvers,
+          expires_at: req.expires_at,
+        },
+        true,
+      );
+    } catch (e) {
+      // The request could not be recorded: the command is refused (fail closed), and nobody may approve it.
+      this.#held.delete(session.id);
+      await this.#o.store.finish(req.id, "expired", "the audit log could not record the request").catch(() => {});
+      throw e;
+    }
     const link = this.link(req.id);
     onHold?.(req, link);
     this.#notify(req, link);
 
-    const abort = new AbortController();
-    this.#held.set(session.id, abort);
     const timer = setTimeout(() => abort.abort("timeout"), timeoutS * 1000);
     let ended: ApprovalRequest;
     try {
@@ -140,8 +153,16 @@ export class Approvals implements ApprovalGate {
     } catch {
       // Timed out or withdrawn: end it, unless a decision got there first.
       const reason = abort.signal.reason;
-      const why = reason === "timeout" ? `no decision within ${timeoutS} s` : reason === "shutdown" ? "the gateway is shutting down" : "the client withdrew it (cancelled)";
-      ended = (await this.#o.store.finish(req.id, reason === "withdrawn" ? "withdrawn" : "expired", why)) ?? { ...req, status: "expired", decided_reason: why };
+      const why =
+        reason === "timeout"
+          ? `timed out: no decision within ${timeoutS} s`
+          : reason === "shutdown"
+            ? "the gateway is shutting down"
+            : reason === "disconnected"
+              ? "the client's connection closed"
+              : "the client withdrew it (cancelled)";
+      const withdrawn = reason === "withdrawn" || reason === "disconnected";
+      ended = (await this.#o.store.finish(req.id, withdrawn ? "withdrawn" : "expired", why)) ?? { ...req, status: withdrawn ? "withdrawn" : "expired", decided_reason: why };
     } finally {
       clearTimeout(timer);
       if (this.#held.get(session.id) === abort) this.#held.delete(session.id);
@@ -158,11 +179,11 @@ export class Approvals implements ApprovalGate {
     return { status: ended.status === "pending" ? "expired" : (ended.status as "denied" | "expired" | "withdrawn"), request: ended };
   }
 
-  /** The client cancelled: withdraw the command this session is holding, if any. */
-  withdraw(sessionId: string): boolean {
+  /** The client cancelled (or its connection closed): withdraw the command this session is holding, if any. */
+  withdraw(sessionId: string, why: "cancelled" | "disconnected" = "cancelled"): boolean {
     const held = this.#held.get(sessionId);
     if (!held) return false;
-    held.abort("withdrawn");
+    held.abort(why === "disconnected" ? "disconnected" : "withdrawn");
     return true;
   }
 

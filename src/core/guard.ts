@@ -50,8 +50,8 @@ export interface ApprovalGate {
     decision: Decision,
     onHold?: (req: HeldRequest, link?: string) => void,
   ): Promise<{ status: "approved"; request: { id: string; decided_reason?: string }; approval: InputApproval } | { status: "denied" | "expired" | "withdrawn"; request: { id: string; decided_reason?: string } }>;
-  /** The client cancelled: withdraw what this session holds. Returns whether something was held. */
-  withdraw(sessionId: string): boolean;
+  /** The client cancelled, or its connection closed: withdraw what this session holds. Returns whether something was held. */
+  withdraw(sessionId: string, why?: "cancelled" | "disconnected"): boolean;
   /** Active grants (time-boxed approvals) for the policy input. */
   grants(identity: Identity, connection: string): { id: string; connection: string; granted_by: string[]; expires_at: string; request: string }[];
 }
@@ -183,6 +183,8 @@ export class Guard {
   }
 
   closeSession(session: Session, reason: string, commands: number): void {
+    // A command still held can never run now: end its request, so no one approves it in vain.
+    this.deps.approvals?.withdraw(session.id, "disconnected");
     this.later({ type: "session_end", session: session.id, identity: session.identity, reason, commands });
   }
 
