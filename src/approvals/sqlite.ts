@@ -5,9 +5,9 @@
  * another process (the CLI never writes here: it goes through the admin
  * API, but a second process could) are noticed through PRAGMA data_version.
  */
-import { Database } from "bun:sqlite";
-import { chmodSync, existsSync } from "node:fs";
+import type { Database } from "bun:sqlite";
 import { AgateError } from "../core/errors.ts";
+import { openSqlite } from "../store/sqlite.ts";
 import { applyVote, grantOf, type ApprovalRequest, type ApprovalStatus, type ApprovalStore, type Grant, type Vote } from "./types.ts";
 
 const SCHEMA = `
@@ -38,15 +38,7 @@ export class SqliteApprovalStore implements ApprovalStore {
   #timer: ReturnType<typeof setInterval>;
 
   constructor(path: string) {
-    const fresh = !existsSync(path);
-    try {
-      this.#db = new Database(path, { create: true, strict: true });
-      this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;");
-      this.#db.exec(SCHEMA);
-    } catch (e) {
-      throw new AgateError("APPROVALS_UNAVAILABLE", `Cannot open the approvals store ${path}: ${(e as Error).message}`, { path });
-    }
-    if (fresh) chmodSync(path, 0o600);
+    this.#db = openSqlite(path, SCHEMA, "approvals store", "APPROVALS_UNAVAILABLE");
     this.#reloadGrants();
     this.#timer = setInterval(() => this.#poll(), POLL_MS);
     this.#timer.unref?.();

@@ -7,9 +7,9 @@
  * process (PRAGMA data_version), at most every REFRESH_MS, so a revocation
  * reaches open sessions before their next command.
  */
-import { Database } from "bun:sqlite";
-import { chmodSync, existsSync } from "node:fs";
+import type { Database } from "bun:sqlite";
 import { AgateError } from "../core/errors.ts";
+import { openSqlite } from "../store/sqlite.ts";
 import { createApiKey, type ApiKeyAccount } from "./apikey.ts";
 
 export interface StoredAccount extends ApiKeyAccount {
@@ -55,15 +55,7 @@ export class AccountStore {
 
   /** Open (creating, mode 0600) the store at `path`. */
   constructor(readonly path: string) {
-    const fresh = !existsSync(path);
-    try {
-      this.#db = new Database(path, { create: true, strict: true });
-      this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;");
-      this.#db.exec(SCHEMA);
-    } catch (e) {
-      throw new AgateError("ACCOUNTS_UNAVAILABLE", `Cannot open the accounts store ${path}: ${(e as Error).message}`, { path });
-    }
-    if (fresh) chmodSync(path, 0o600);
+    this.#db = openSqlite(path, SCHEMA, "accounts store", "ACCOUNTS_UNAVAILABLE");
     this.#load();
   }
 
