@@ -1,0 +1,66 @@
+/**
+ * How a found value is replaced (MaskStyle in types.ts):
+ *
+ *   redact   [REDACTED:email]
+ *   partial  the last `keep` characters stay, the rest become "*":
+ *            "4111 1111 1111 1111" → "**** **** **** 1111". For personal
+ *            data (email, card, iban, ssn, phone, ipv4, ipv6) separators and
+ *            punctuation stay and only letters and digits count and are
+ *            starred; for secrets (tokens, keys, passwords) every character
+ *            but whitespace is starred, so a password's punctuation does not
+ *            show through. A value shorter than keep + 4 is redacted whole.
+ *   hmac     [email:<first 16 hex of HMAC-SHA-256(key, value)>]: the same
+ *            value under the same key always gives the same text, so masked
+ *            values can still be joined and counted; the value is hashed as
+ *            found (UTF-8), not normalised.
+ */
+import { createHmac, createSecretKey, type KeyObject } from "node:crypto";
+import type { MaskStyle } from "./types.ts";
+
+/** Detectors whose values are personal data with meaningful separators. */
+const PERSONAL = new Set(["email", "card", "iban", "ssn", "phone", "ipv4", "ipv6"]);
+
+/** One KeyObject per key array (a deployment has one key; the bytes are not expected to change in place). */
+const keys = new WeakMap<Uint8Array, KeyObject>();
+
+function hmacHex16(key: Uint8Array, value: string): string {
+  let k = keys.get(key);
+  if (k === undefined) {
+    // an empty key is a valid (if pointless) HMAC key, which createSecretKey refuses
+    if (key.length === 0) return createHmac("sha256", Buffer.alloc(0)).update(value, "utf8").digest("hex").slice(0, 16);
+    k = createSecretKey(key);
+    keys.set(key, k);
+  }
+  return createHmac("sha256", k).update(value, "utf8").digest("hex").slice(0, 16);
+}
+
+const LETTER_OR_DIGIT = /[\p{L}\p{N}]/u;
+const WHITESPACE = /\s/u;
+
+function partial(value: string, detector: string, keep: number): string {
+  const k = Number.isFinite(keep) && keep > 0 ? Math.floor(keep) : 0;
+  if (value.length < k + 4) return `[REDACTED:${detector}]`;
+  const personal = PERSONAL.has(detector);
+  const chars = Array.from(value);
+  let kept = 0;
+  for (let i = chars.length - 1; i >= 0; i--) {
+    const ch = chars[i]!;
+    const maskable = personal ? LETTER_OR_DIGIT.test(ch) : !WHITESPACE.test(ch);
+    if (!maskable) continue;
+    if (kept < k) kept++;
+    else chars[i] = "*";
+  }
+  return chars.join("");
+}
+
+/** The replacement for one found `value` of `detector`. */
+export function maskValue(value: string, detector: string, style: MaskStyle): string {
+  switch (style.kind) {
+    case "redact":
+      return `[REDACTED:${detector}]`;
+    case "partial":
+      return partial(value, detector, style.keep);
+    case "hmac":
+      return `[${detector}:${hmacHex16(style.key, value)}]`;
+  }
+}
