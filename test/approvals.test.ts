@@ -304,6 +304,18 @@ describe("held for approval (psql through the main gateway)", () => {
     expect(rs.filter((r) => r.type === "command" && r.session === requested.session)).toHaveLength(1);
   });
 
+  test("credentials in a held statement are redacted in the request and the API", async () => {
+    await table("t_secret");
+    const secret = "postgres://app:Sup3rS3cretPw@db.internal:5432/app";
+    const p = startPsql(portOf(main, "app-db"), USER, API_KEY, `UPDATE t_secret SET v = '${secret}'`);
+    const id = await heldId(p);
+    const shown = await api(adminOf(main), "GET", `/v1/approvals/${id}`, bob);
+    expect(shown.json.command.text).toBe("UPDATE t_secret SET v = 'postgres://app:[REDACTED:url_password]@db.internal:5432/app'");
+    expect(JSON.stringify(shown.json)).not.toContain("Sup3rS3cretPw");
+    await deny(adminOf(main), id, bob, "no secrets in SQL");
+    await p.done;
+  });
+
   test("denied with a reason: psql fails with 42501 and the reason; the table is unchanged", async () => {
     await table("t_deny");
     const p = startPsql(portOf(main, "app-db"), USER, API_KEY, "UPDATE t_deny SET v = 'x'");

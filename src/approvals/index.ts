@@ -12,6 +12,7 @@
 import { randomBytes } from "node:crypto";
 import { AgateError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
+import { maskText } from "../mask/index.ts";
 import type { ApprovalGate, InputApproval } from "../core/guard.ts";
 import type { Command, Decision, Identity, Session } from "../core/types.ts";
 import type { ApprovalRequest, ApprovalStore, Approver, Grant, Vote } from "./types.ts";
@@ -41,6 +42,13 @@ export interface ApprovalsOptions {
 export type HoldOutcome = { status: "approved"; request: ApprovalRequest; approval: InputApproval } | { status: "denied" | "expired" | "withdrawn"; request: ApprovalRequest };
 
 const WEBHOOK_TIMEOUT_MS = 5000;
+
+/**
+ * Credentials are redacted from a request's text before it is stored, shown
+ * to approvers or posted to a webhook (a chat channel is no place for a
+ * password in an ALTER ROLE). Personal data is the policy's to mask (issue 5).
+ */
+const SECRET_DETECTORS = ["aws_access_key", "aws_secret_key", "github_token", "gitlab_token", "slack_token", "jwt", "pem_private_key", "url_password", "kv_secret"];
 
 export class Approvals implements ApprovalGate {
   readonly #o: ApprovalsOptions;
@@ -105,7 +113,7 @@ export class Approvals implements ApprovalGate {
       session: session.id,
       requester: session.identity,
       connection: session.connection,
-      command: { text: command.text, ...(command.sql ? { facts: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag, writes: s.writes, has_where: s.has_where })) } : {}) },
+      command: { text: maskText(command.text, SECRET_DETECTORS, { kind: "redact" }).text, ...(command.sql ? { facts: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag, writes: s.writes, has_where: s.has_where })) } : {}) },
       reasons: decision.reasons,
       approvers: decision.approval.approvers,
       min_approvers: Math.max(1, decision.approval.min_approvers ?? 1),
@@ -128,7 +136,7 @@ export class Approvals implements ApprovalGate {
           session: session.id,
           identity: session.identity,
           seq: command.seq,
-          text: command.text,
+          text: req.command.text,
           reasons: req.reasons,
           approvers: req.approvers,
           min_approvers: req.min_approvers,
