@@ -12,7 +12,7 @@ import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
 import { canonicalJson } from "./canonical.ts";
-import { FILE_HEADER_BYTES, encodeFileHeader, encodeFrame } from "./format.ts";
+import { FILE_HEADER_BYTES, FRAME_HEADER_BYTES, encodeFileHeader, encodeFrame } from "./format.ts";
 import { frontierAt, type HashReader } from "./merkle.ts";
 import { parseCheckpoint, signCheckpoint, type Checkpoint, type Signer } from "./note.ts";
 import { repair, type Warn } from "./recover.ts";
@@ -28,6 +28,8 @@ export interface StoredCheckpoint extends Checkpoint {
   seq: number;
   /** Byte offset of its frame in the file. */
   offset: number;
+  /** Byte offset just past its frame. */
+  end: number;
 }
 
 /** Every checkpoint in a checkpoint file, in order; stops (with `damage`) at the first bad frame. */
@@ -53,7 +55,7 @@ export async function* readCheckpoints(path: string): AsyncGenerator<StoredCheck
         yield { damage: { kind: "json", offset, message: `checkpoint ${seq}: ${(e as Error).message}` }, seq };
         return;
       }
-      yield { ...c, note, seq: seq++, offset };
+      yield { ...c, note, seq: seq++, offset, end: offset + FRAME_HEADER_BYTES + payload.length };
     }
     if (chunk.damage) yield { damage: chunk.damage, seq };
   }
@@ -125,7 +127,7 @@ export class Checkpointer {
         break;
       }
       latest = c;
-      end = c.offset + 8 + Buffer.byteLength(canonicalJson({ note: c.note }));
+      end = c.end;
     }
     if (latest) {
       const size = log.durableSize;
@@ -179,8 +181,8 @@ export class Checkpointer {
       const frame = encodeFrame(Buffer.from(canonicalJson({ note })));
       for (let done = 0; done < frame.length; ) done += fs.writeSync(this.#fd, frame, done, frame.length - done, this.#end + done);
       await new Promise<void>((resolve, reject) => fs.fdatasync(this.#fd, (e) => (e ? reject(e) : resolve())));
-      const stored: StoredCheckpoint = { ...c, note, seq: (this.#latest?.seq ?? -1) + 1, offset: this.#end };
-      this.#end += frame.length;
+      const stored: StoredCheckpoint = { ...c, note, seq: (this.#latest?.seq ?? -1) + 1, offset: this.#end, end: this.#end + frame.length };
+      this.#end = stored.end;
       this.#latest = stored;
       this.#lastAt = performance.now();
       this.#o.onCheckpoint(stored);

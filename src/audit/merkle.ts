@@ -219,7 +219,8 @@ export function consistencyProof(from: number, to: number, r: HashReader): Uint8
   return proof;
 }
 
-function equal(a: Uint8Array, b: Uint8Array): boolean {
+/** Whether two hashes are the same bytes. */
+export function equal(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let k = 0; k < a.length; k++) if (a[k] !== b[k]) return false;
   return true;

@@ -10,7 +10,7 @@ import { AgateError } from "../core/errors.ts";
 import { CHECKPOINT_FILE, readCheckpoints } from "./checkpoints.ts";
 import { HASH_BYTES, checkConsistency, checkInclusion, consistencyProof, inclusionProof, leafHash, sizeForStoredCount, type HashReader } from "./merkle.ts";
 import { openCheckpoint, type Checkpoint, type Verifier } from "./note.ts";
-import { TREE_FILE } from "./tree.ts";
+import { TREE_FILE, readStoredHash } from "./tree.ts";
 import { readRecordFromFiles } from "./index.ts";
 
 /** Where proofs come from. Nothing it returns is trusted. */
@@ -59,8 +59,8 @@ export function dirSource(dir: string): ProofSource {
       size: sizeForStoredCount(Math.floor(fs.fstatSync(fd).size / HASH_BYTES)),
       read: (positions) =>
         positions.map((p) => {
-          const b = new Uint8Array(HASH_BYTES);
-          if (fs.readSync(fd, b, 0, HASH_BYTES, p * HASH_BYTES) !== HASH_BYTES) throw new AgateError("PROOF_SOURCE", `${TREE_FILE} is shorter than the proof needs.`);
+          const b = readStoredHash(fd, p);
+          if (!b) throw new AgateError("PROOF_SOURCE", `${TREE_FILE} is shorter than the proof needs.`);
           return b;
         }),
       close: () => fs.closeSync(fd),

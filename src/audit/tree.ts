@@ -13,7 +13,7 @@
 import * as fs from "node:fs";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
-import { HASH_BYTES, Frontier, frontierAt, leafHash, sizeForStoredCount, storedCount, storedIndex, type HashReader } from "./merkle.ts";
+import { HASH_BYTES, Frontier, equal, frontierAt, leafHash, sizeForStoredCount, storedCount, storedIndex, type HashReader } from "./merkle.ts";
 import { scanSegment, type SegmentFile } from "./segments.ts";
 import type { Warn } from "./recover.ts";
 
@@ -138,11 +138,9 @@ export class TreeFile implements HashReader {
         const h = this.#mem[p - this.#count];
         if (!h) throw new RangeError(`stored hash ${p} is not written yet (${this.count} are)`);
         return new Uint8Array(h); // a copy: the caller may keep or change it, the tree must not change
-
       }
-      const b = new Uint8Array(HASH_BYTES);
-      const n = fs.readSync(this.#fd, b, 0, HASH_BYTES, p * HASH_BYTES);
-      if (n !== HASH_BYTES) throw new Error(`short read of stored hash ${p}`);
+      const b = readStoredHash(this.#fd, p);
+      if (!b) throw new Error(`short read of stored hash ${p}`);
       return b;
     });
   }
@@ -157,6 +155,8 @@ export class TreeFile implements HashReader {
   }
 }
 
-function equal(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.compare(a, b) === 0;
+/** Stored hash `p` of the hash file open as `fd`, or null if the file is shorter than that. */
+export function readStoredHash(fd: number, p: number): Uint8Array | null {
+  const b = new Uint8Array(HASH_BYTES);
+  return fs.readSync(fd, b, 0, HASH_BYTES, p * HASH_BYTES) === HASH_BYTES ? b : null;
 }
