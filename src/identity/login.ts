@@ -14,6 +14,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { decodeJwt } from "jose";
 import { AgateError } from "../core/errors.ts";
+import { discover } from "./oidc.ts";
 
 export interface LoginOptions {
   issuer: string;
@@ -48,9 +49,8 @@ export interface LoginResult {
 const FETCH_TIMEOUT_MS = 10_000;
 
 interface Discovery {
-  issuer: string;
   token_endpoint: string;
-  device_authorization_endpoint?: string;
+  device_authorization_endpoint: string;
 }
 
 async function post(url: string, form: Record<string, string>): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -67,19 +67,13 @@ async function post(url: string, form: Record<string, string>): Promise<{ status
   return { status: res.status, body };
 }
 
-async function discover(issuer: string): Promise<Discovery> {
-  const url = `${issuer.replace(/\/$/, "")}/.well-known/openid-configuration`;
-  let doc: Discovery;
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
-    if (!res.ok) throw new Error(`HTTP ${res.status}`);
-    doc = (await res.json()) as Discovery;
-  } catch (e) {
-    throw new AgateError("LOGIN_FAILED", `cannot read ${url}: ${(e as Error).message}`);
+/** The provider's endpoints for the device grant. */
+async function deviceEndpoints(issuer: string): Promise<Discovery> {
+  const doc = (await discover(issuer, "LOGIN_FAILED", FETCH_TIMEOUT_MS)) as Partial<Discovery>;
+  if (typeof doc.token_endpoint !== "string" || typeof doc.device_authorization_endpoint !== "string") {
+    throw new AgateError("LOGIN_FAILED", `${issuer} does not offer the device authorization grant (no device_authorization_endpoint or token_endpoint)`);
   }
-  if (doc.issuer !== issuer) throw new AgateError("LOGIN_FAILED", `the provider at ${url} says it is ${JSON.stringify(doc.issuer)}, not ${issuer}`);
-  if (!doc.device_authorization_endpoint) throw new AgateError("LOGIN_FAILED", `${issuer} does not offer the device authorization grant (no device_authorization_endpoint)`);
-  return doc;
+  return doc as Discovery;
 }
 
 function cachePath(o: LoginOptions): string {
@@ -108,13 +102,13 @@ export async function login(o: LoginOptions): Promise<LoginResult> {
       // an unreadable cache entry is simply replaced
     }
   }
-  const d = await discover(o.issuer);
+  const d = await deviceEndpoints(o.issuer);
   const form: Record<string, string> = { client_id: o.clientId, scope: o.scope };
   // RFC 8707: a resource indicator is an absolute URI; a bare audience ("agate") is sent as `audience` only.
   const resource = o.resource ?? (o.audience && /^[a-z][a-z0-9+.-]*:/i.test(o.audience) ? o.audience : undefined);
   if (resource) form.resource = resource;
   if (o.audience) form.audience = o.audience; // what some providers use instead
-  const start = await post(d.device_authorization_endpoint!, form);
+  const start = await post(d.device_authorization_endpoint, form);
   if (start.status !== 200 || typeof start.body.device_code !== "string") {
     throw new AgateError("LOGIN_FAILED", `the provider refused the device authorization request: ${String(start.body.error_description ?? start.body.error ?? `HTTP ${start.status}`)}`);
   }

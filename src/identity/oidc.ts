@@ -135,7 +135,7 @@ export class OidcVerifier {
   async #keys(issuer: Issuer): Promise<ReturnType<typeof createRemoteJWKSet>> {
     if (issuer.keys) return issuer.keys;
     issuer.discovering ??= (async () => {
-      const uri = issuer.cfg.jwks_uri ?? (await discover(issuer.cfg.issuer));
+      const uri = issuer.cfg.jwks_uri ?? (await jwksUri(issuer.cfg.issuer));
       issuer.keys = createRemoteJWKSet(new URL(uri), {
         timeoutDuration: FETCH_TIMEOUT_MS,
         cacheMaxAge: issuer.cfg.jwks_cache_s * 1000,
@@ -149,20 +149,34 @@ export class OidcVerifier {
   }
 }
 
-/** The jwks_uri from the issuer's discovery document. */
-async function discover(issuer: string): Promise<string> {
+/**
+ * The issuer's discovery document (`<issuer>/.well-known/openid-configuration`),
+ * which must name `issuer` itself. Throws AgateError `code`: the document
+ * could not be read (the reason in parentheses), or describes another issuer.
+ */
+export async function discover(issuer: string, code: string, timeoutMs: number): Promise<Record<string, unknown>> {
   const url = `${issuer.replace(/\/$/, "")}/.well-known/openid-configuration`;
-  let doc: { issuer?: unknown; jwks_uri?: unknown };
+  let doc: Record<string, unknown>;
   try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(FETCH_TIMEOUT_MS), redirect: "manual" });
+    const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), redirect: "manual" });
     if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
-    doc = (await res.json()) as typeof doc;
+    doc = (await res.json()) as Record<string, unknown>;
   } catch (e) {
-    throw new AgateError("AUTH_ISSUER_UNREACHABLE", `the identity provider ${issuer} could not be reached to verify the token (${(e as Error).message}); refusing`);
+    throw new AgateError(code, `the identity provider ${issuer} could not be reached (cannot read ${url}: ${(e as Error).message})`);
   }
-  if (doc.issuer !== issuer || typeof doc.jwks_uri !== "string") {
-    throw new AgateError("AUTH_ISSUER_UNREACHABLE", `the identity provider's discovery document does not describe issuer ${issuer}; refusing`);
+  if (doc?.issuer !== issuer) throw new AgateError(code, `the identity provider at ${url} says it is ${JSON.stringify(doc?.issuer)}, not ${issuer}`);
+  return doc;
+}
+
+/** The jwks_uri of the issuer (discovery), for verifying tokens: failures refuse. */
+async function jwksUri(issuer: string): Promise<string> {
+  let doc: Record<string, unknown>;
+  try {
+    doc = await discover(issuer, "AUTH_ISSUER_UNREACHABLE", FETCH_TIMEOUT_MS);
+  } catch (e) {
+    throw new AgateError("AUTH_ISSUER_UNREACHABLE", `${(e as Error).message}; the token cannot be verified, refusing`);
   }
+  if (typeof doc.jwks_uri !== "string") throw new AgateError("AUTH_ISSUER_UNREACHABLE", `the identity provider ${issuer} publishes no jwks_uri; refusing`);
   return doc.jwks_uri;
 }
 
