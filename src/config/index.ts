@@ -50,8 +50,6 @@ import type { PgTarget } from "../protocols/postgres/upstream.ts";
 
 export type DurabilityConfig = { mode: "strict" } | { mode: "interval"; interval_ms: number };
 
-export type OidcConfig = OidcIssuerConfig & { user_claims: string[] };
-
 export interface PostgresConnectionConfig {
   name: string;
   protocol: "postgres";
@@ -101,7 +99,7 @@ export interface Config {
   approvals: ApprovalsConfig;
   admin?: { host: string; port: number; groups: string[] };
   policy: { bundle?: string; data: Record<string, unknown>; watch: boolean };
-  identity: { api_keys: ApiKeyAccount[]; accounts?: string; oidc: OidcConfig[] };
+  identity: { api_keys: ApiKeyAccount[]; accounts?: string; oidc: OidcIssuerConfig[] };
   connections: PostgresConnectionConfig[];
   log_level: "debug" | "info" | "warn" | "error";
 }
@@ -239,7 +237,7 @@ function parseShip(o: Record<string, unknown>, env: Record<string, string | unde
 
 const DEFAULT_ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"];
 
-function parseOidc(o: Record<string, unknown>, at: string): OidcConfig {
+function parseOidc(o: Record<string, unknown>, at: string): OidcIssuerConfig {
   only(o, at, ["issuer", "audience", "algorithms", "clock_skew_s", "groups_claim", "actor_claim", "kind", "jwks_uri", "jwks_cache_s", "jwks_cooldown_s", "user_claims"]);
   const issuer = str(o.issuer, `${at}.issuer`);
   let url: URL;

@@ -36,6 +36,8 @@ export interface OidcIssuerConfig {
   actor_claim?: string;
   /** Kind of identity for tokens of this issuer (an actor makes it "agent"; a client acting as itself, "service"). */
   kind: Identity["kind"];
+  /** Claims a login's user name may equal (PostgreSQL: the user in the startup packet). Default: sub. */
+  user_claims?: string[];
   /** Skip discovery and use this JWKS URL. */
   jwks_uri?: string;
   jwks_cache_s: number;
@@ -70,8 +72,12 @@ export class OidcVerifier {
     return /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(secret);
   }
 
-  /** Verify `token` and return its identity, or throw AUTH_* with a sentence the client may see. */
-  async verify(token: string): Promise<Identity> {
+  /**
+   * Verify `token` and return its identity, or throw AUTH_* with a sentence
+   * the client may see. With `user` (a login's user name), it must equal one
+   * of the issuer's user_claims, so the log and the client agree on who it is.
+   */
+  async verify(token: string, user?: string): Promise<Identity> {
     let claims: JWTPayload;
     let alg: string | undefined;
     try {
@@ -104,6 +110,12 @@ export class OidcVerifier {
     const now = Date.now() / 1000;
     if (typeof payload.iat === "number" && payload.iat > now + cfg.clock_skew_s) {
       throw new AgateError("AUTH_TOKEN_NOT_YET_VALID", "the token was issued in the future (check the clocks)");
+    }
+    if (user !== undefined) {
+      const claims = cfg.user_claims ?? ["sub"];
+      if (!claims.some((c) => payload[c] === user)) {
+        throw new AgateError("AUTH_USER_MISMATCH", `the user name "${user}" does not match the token (log in as its ${claims.join(" or ")})`);
+      }
     }
     return this.#identity(payload, cfg, token);
   }
