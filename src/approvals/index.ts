@@ -152,7 +152,7 @@ export class Approvals implements ApprovalGate {
     }
     const link = this.link(req.id);
     onHold?.(req, link);
-    this.#notify(req, link);
+    this.#post("requested", req, link);
 
     const timer = setTimeout(() => abort.abort("timeout"), timeoutS * 1000);
     let ended: ApprovalRequest;
@@ -219,10 +219,6 @@ export class Approvals implements ApprovalGate {
       true,
     );
     this.#post("decided", r, this.link(r.id));
-  }
-
-  #notify(req: ApprovalRequest, link?: string): void {
-    this.#post("requested", req, link);
   }
 
   /** Fire-and-forget webhook posts; failures are logged, never block the command. */

@@ -7,7 +7,7 @@
  */
 import type { Database } from "bun:sqlite";
 import { AgateError } from "../core/errors.ts";
-import { openSqlite } from "../store/sqlite.ts";
+import { dataVersion, openSqlite } from "../store/sqlite.ts";
 import { applyVote, grantOf, type ApprovalRequest, type ApprovalStatus, type ApprovalStore, type Grant, type Vote } from "./types.ts";
 
 const SCHEMA = `
@@ -139,12 +139,12 @@ export class SqliteApprovalStore implements ApprovalStore {
   #reloadGrants(): void {
     const now = new Date().toISOString();
     this.#grants = (this.#db.query("SELECT doc FROM grants WHERE expires_at > ?").all(now) as { doc: string }[]).map((r) => JSON.parse(r.doc) as Grant);
-    this.#version = (this.#db.query("PRAGMA data_version").get() as { data_version: number }).data_version;
+    this.#version = dataVersion(this.#db);
   }
 
   /** Another process changed the file: reload grants and wake waiters whose request was decided. */
   #poll(): void {
-    const v = (this.#db.query("PRAGMA data_version").get() as { data_version: number }).data_version;
+    const v = dataVersion(this.#db);
     if (v === this.#version) return;
     this.#reloadGrants();
     for (const id of this.#waiters.keys()) {

@@ -9,7 +9,7 @@
  */
 import type { Database } from "bun:sqlite";
 import { AgateError } from "../core/errors.ts";
-import { openSqlite } from "../store/sqlite.ts";
+import { dataVersion, openSqlite } from "../store/sqlite.ts";
 import { createApiKey, type ApiKeyAccount } from "./apikey.ts";
 
 export interface StoredAccount extends ApiKeyAccount {
@@ -105,12 +105,12 @@ export class AccountStore {
     const now = performance.now();
     if (!force && now - this.#checkedAt < REFRESH_MS) return;
     this.#checkedAt = now;
-    const v = (this.#db.query("PRAGMA data_version").get() as { data_version: number }).data_version;
+    const v = dataVersion(this.#db);
     if (v !== this.#version) this.#load();
   }
 
   #load(): void {
-    this.#version = (this.#db.query("PRAGMA data_version").get() as { data_version: number }).data_version;
+    this.#version = dataVersion(this.#db);
     const byHash = new Map<string, StoredAccount>();
     const byId = new Map<string, StoredAccount>();
     for (const r of this.#db.query("SELECT * FROM accounts").all() as Row[]) {

@@ -8,6 +8,11 @@ import { Database } from "bun:sqlite";
 import { chmodSync, existsSync } from "node:fs";
 import { AgateError } from "../core/errors.ts";
 
+/** PRAGMA data_version: changes when another connection (another process) has changed the file. */
+export function dataVersion(db: Database): number {
+  return (db.query("PRAGMA data_version").get() as { data_version: number }).data_version;
+}
+
 /** Open (creating) the store at `path` with `schema`; `what` names it in errors ("accounts store"), `code` is the error code. */
 export function openSqlite(path: string, schema: string, what: string, code: string): Database {
   const fresh = !existsSync(path);
