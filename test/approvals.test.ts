@@ -28,7 +28,7 @@ import postgres from "postgres";
 import { readRecords } from "../src/audit/index.ts";
 import { generateKey } from "../src/audit/note.ts";
 import { hashApiKey } from "../src/identity/apikey.ts";
-import { API_KEY, USER, sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
+import { API_KEY, USER, sh, spawnGateway, startTestGateway, type GatewayProcess, type TestGateway } from "./helpers/gateway.ts";
 import { startIssuer, type TestIssuer } from "./helpers/oidc.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 
@@ -643,14 +643,6 @@ describe("webhooks", () => {
 
 // ── 11. gateway processes ───────────────────────────────────────────────
 
-interface GatewayProcess {
-  proc: Subprocess<"ignore", "pipe", "pipe">;
-  port: number;
-  admin: string;
-  dir: string;
-  stderr(): string;
-  exited(): Promise<number>;
-}
 
 /** A config directory for `agate serve`: signing key and agate.yaml. */
 function writeServeConfig(dir: string, approvals: string): void {
@@ -684,47 +676,9 @@ connections:
   );
 }
 
-/** `agate serve` in its own process; resolves once both the listener and the admin API are announced. */
-async function spawnGateway(dir: string, env: Record<string, string> = {}): Promise<GatewayProcess> {
-  const proc = Bun.spawn([BUN, MAIN, "serve", "--config", join(dir, "agate.yaml")], {
-    cwd: dir,
-    env: { ...process.env, AGATE_TEST_PG_PASSWORD: db.password, ...env },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  procs.push(proc);
-  let err = "";
-  let out = "";
-  const errDone = (async () => {
-    const d = new TextDecoder();
-    for await (const c of proc.stderr) err += d.decode(c, { stream: true });
-  })();
-  const outDone = (async () => {
-    const d = new TextDecoder();
-    for await (const c of proc.stdout) out += d.decode(c, { stream: true });
-  })();
-  const listening = () => /app-db listening on 127\.0\.0\.1:(\d+)/.exec(out);
-  const admin = () => /"msg":"admin API listening","address":"127\.0\.0\.1:(\d+)"/.exec(err);
-  await until(() => (listening() !== null && admin() !== null) || proc.exitCode !== null, 600, 25);
-  if (!listening() || !admin()) {
-    proc.kill("SIGKILL");
-    await proc.exited;
-    await Promise.all([errDone, outDone]);
-    throw new Error(`agate serve did not start (exit ${proc.exitCode ?? proc.signalCode}):\nstdout: ${out}\nstderr: ${err}`);
-  }
-  return {
-    proc,
-    dir,
-    port: Number(listening()![1]),
-    admin: `http://127.0.0.1:${admin()![1]}`,
-    stderr: () => err,
-    exited: async () => {
-      const code = await proc.exited;
-      await Promise.all([errDone, outDone]);
-      return code;
-    },
-  };
+/** `agate serve` on `dir`'s config in its own process, once both the listener and the admin API are announced. */
+function serve(dir: string, env: Record<string, string> = {}): Promise<GatewayProcess> {
+  return spawnGateway(dir, { env: { AGATE_TEST_PG_PASSWORD: db.password, ...env }, admin: true, spawned: (p) => procs.push(p) });
 }
 
 describe("gateway processes", () => {
@@ -736,7 +690,7 @@ describe("gateway processes", () => {
     writeServeConfig(dirA, "  store_env: AGATE_TEST_APPROVALS_URL\n  gateway: gw-a\n  timeout_s: 60");
     writeServeConfig(dirB, "  store_env: AGATE_TEST_APPROVALS_URL\n  gateway: gw-b\n  timeout_s: 60");
     const env = { AGATE_TEST_APPROVALS_URL: storeUrl };
-    const [a, b] = await Promise.all([spawnGateway(dirA, env), spawnGateway(dirB, env)]);
+    const [a, b] = await Promise.all([serve(dirA, env), serve(dirB, env)]);
     await table("t_shared");
 
     const p = startPsql(a.port, USER, API_KEY, "UPDATE t_shared SET v = 'x'");
@@ -781,14 +735,14 @@ describe("gateway processes", () => {
     const dir = mkdtempSync(join(tmp, "gw-restart-"));
     writeServeConfig(dir, "  store: ./approvals.db\n  timeout_s: 60");
     await table("t_restart");
-    const first = await spawnGateway(dir);
+    const first = await serve(dir);
     const p = startPsql(first.port, USER, API_KEY, "UPDATE t_restart SET v = 'x'");
     const id = await heldId(p);
     first.proc.kill("SIGKILL");
     await first.exited();
     expect((await p.done).code).not.toBe(0);
 
-    const second = await spawnGateway(dir);
+    const second = await serve(dir);
     const got = await api(second.admin, "GET", `/v1/approvals/${id}`, bob);
     expect(got.json.status).toBe("expired");
     expect(got.json.decided_reason).toContain("restarted");

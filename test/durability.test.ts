@@ -30,7 +30,7 @@ import { parseConfig } from "../src/config/index.ts";
 import { createLogger } from "../src/core/log.ts";
 import { startGateway, type Gateway } from "../src/gateway.ts";
 import { hashApiKey } from "../src/identity/apikey.ts";
-import { API_KEY, USER, psql, sh, startTestGateway } from "./helpers/gateway.ts";
+import { API_KEY, USER, psql, sh, spawnGateway, startTestGateway, type GatewayProcess } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { startS3, type S3Server } from "./helpers/s3.ts";
 
@@ -146,14 +146,6 @@ function verifiedCount(stdout: string): number {
 // ---------------------------------------------------------------------------
 // A gateway in its own process (`agate serve`), which a test can SIGKILL.
 
-interface GatewayProcess {
-  proc: Subprocess<"ignore", "pipe", "pipe">;
-  port: number;
-  url: string;
-  stderr(): string;
-  /** Wait for the process to end; its exit code (or 128 + signal). */
-  exited(): Promise<number>;
-}
 
 const PROC_KEY = "agk_durability_test_key_not_a_real_one";
 
@@ -183,53 +175,10 @@ connections:
   return verifierKey;
 }
 
-async function spawnGateway(dir: string): Promise<GatewayProcess> {
-  const proc = Bun.spawn([process.execPath, MAIN, "serve", "--config", join(dir, "agate.yaml")], {
-    cwd: dir,
-    env: { ...process.env, AGATE_TEST_PG_PASSWORD: db.password },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  procs.push(proc);
-  let err = "";
-  const errDone = (async () => {
-    const d = new TextDecoder();
-    for await (const c of proc.stderr) err += d.decode(c, { stream: true });
-  })();
-  // Read stdout (all of it, so the gateway never blocks on a full pipe) and
-  // note the listener's address when it is announced.
-  let out = "";
-  let announced: (m: RegExpExecArray | null) => void = () => {};
-  const listening = new Promise<RegExpExecArray | null>((resolve) => (announced = resolve));
-  const outDone = (async () => {
-    const d = new TextDecoder();
-    for await (const c of proc.stdout) {
-      out += d.decode(c, { stream: true });
-      const m = /app-db listening on 127\.0\.0\.1:(\d+)/.exec(out);
-      if (m) announced(m);
-    }
-    announced(null);
-  })();
-  const m = await listening;
-  if (!m) {
-    proc.kill("SIGKILL");
-    await proc.exited;
-    await Promise.all([errDone, outDone]);
-    throw new Error(`agate serve did not start (exit ${proc.exitCode ?? proc.signalCode}):\nstdout: ${out}\nstderr: ${err}`);
-  }
-  const port = Number(m[1]);
-  return {
-    proc,
-    port,
-    url: `postgres://ci:${PROC_KEY}@127.0.0.1:${port}/app`,
-    stderr: () => err,
-    exited: async () => {
-      const code = await proc.exited;
-      await Promise.all([errDone, outDone]);
-      return code;
-    },
-  };
+/** `agate serve` on `dir`'s config, and a client URL for it. */
+async function serve(dir: string): Promise<GatewayProcess & { url: string }> {
+  const g = await spawnGateway(dir, { env: { AGATE_TEST_PG_PASSWORD: db.password }, spawned: (p) => procs.push(p) });
+  return { ...g, url: `postgres://ci:${PROC_KEY}@127.0.0.1:${g.port}/app` };
 }
 
 /** Warning/error lines (JSON) the gateway logged. */
@@ -253,7 +202,7 @@ describe("kill -9 under concurrent load", () => {
     // Small segments so the kill can land around a rotation; frequent checkpoints so it can land in one.
     const vkey = writeServeConfig(dir, "  segment_bytes: 262144\n  checkpoint: { every_records: 500, every_seconds: 0.2 }");
 
-    const first = await spawnGateway(dir);
+    const first = await serve(dir);
     const load = startLoad(first.url, "a");
     const reached = await until(() => load.ok.length >= opts.killAfter || load.unexpected.length > 0, 2400, 20);
     load.fault();
@@ -285,7 +234,7 @@ describe("kill -9 under concurrent load", () => {
       tornBytes = torn.length;
     }
 
-    const second = await spawnGateway(dir);
+    const second = await serve(dir);
     const marker = "m-after-restart";
     const r = await psql(second.url, `INSERT INTO t VALUES ('${marker}')`);
     expect(r.stderr).toBe("");

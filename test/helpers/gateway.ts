@@ -4,6 +4,7 @@
  * spawnSync): the gateway shares the event loop.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import type { Subprocess } from "bun";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateKey } from "../../src/audit/note.ts";
@@ -82,4 +83,64 @@ export async function sh(argv: string[], opts: { stdin?: string; env?: Record<st
 
 export function psql(url: string, sql: string, extra: string[] = []) {
   return sh(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", url, ...extra, "-c", sql]);
+}
+
+/** `agate serve` in a process of its own (kill -9 tests, several gateways). */
+export interface GatewayProcess {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  /** The config's directory. */
+  dir: string;
+  /** The first connection's port (`listen: 127.0.0.1:0` is fine). */
+  port: number;
+  /** The admin API's base URL, when asked for. */
+  admin: string;
+  stderr(): string;
+  /** Wait for the process to end; its exit code (or 128 + signal). */
+  exited(): Promise<number>;
+}
+
+/**
+ * Run `bun src/main.ts serve --config <dir>/agate.yaml` in `dir` and resolve
+ * once its listener (and, with `admin`, its admin API) is announced; both
+ * pipes are read to the end so the gateway never blocks on them. `spawned`
+ * is told about the process at once (for an afterAll that kills leftovers).
+ */
+export async function spawnGateway(dir: string, opts: { env?: Record<string, string | undefined>; admin?: boolean; spawned?: (p: Subprocess) => void } = {}): Promise<GatewayProcess> {
+  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "../../src/main.ts"), "serve", "--config", join(dir, "agate.yaml")], {
+    cwd: dir,
+    env: { ...process.env, ...opts.env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  opts.spawned?.(proc);
+  let err = "";
+  let out = "";
+  const read = async (stream: ReadableStream<Uint8Array>, add: (s: string) => void) => {
+    const d = new TextDecoder();
+    for await (const c of stream) add(d.decode(c, { stream: true }));
+  };
+  const done = Promise.all([read(proc.stderr, (s) => (err += s)), read(proc.stdout, (s) => (out += s))]);
+  const listening = () => / listening on 127\.0\.0\.1:(\d+)/.exec(out);
+  const admin = () => /"msg":"admin API listening","address":"127\.0\.0\.1:(\d+)"/.exec(err);
+  const ready = () => listening() !== null && (!opts.admin || admin() !== null);
+  for (let k = 0; k < 1200 && !ready() && proc.exitCode === null && proc.signalCode === null; k++) await Bun.sleep(25);
+  if (!ready()) {
+    proc.kill("SIGKILL");
+    await proc.exited;
+    await done;
+    throw new Error(`agate serve did not start (exit ${proc.exitCode ?? proc.signalCode}):\nstdout: ${out}\nstderr: ${err}`);
+  }
+  return {
+    proc,
+    dir,
+    port: Number(listening()![1]),
+    admin: opts.admin ? `http://127.0.0.1:${admin()![1]}` : "",
+    stderr: () => err,
+    exited: async () => {
+      const code = await proc.exited;
+      await done;
+      return code;
+    },
+  };
 }
