@@ -37,8 +37,11 @@ export interface AdminOptions {
 
 const b64 = (h: Uint8Array) => Buffer.from(h).toString("base64");
 
-export function adminApp(o: AdminOptions): Hono {
-  const app = new Hono();
+/** What the authentication middleware leaves for the routes. */
+type Env = { Variables: { identity: Identity } };
+
+export function adminApp(o: AdminOptions): Hono<Env> {
+  const app = new Hono<Env>();
 
   app.onError((e, c) => {
     if (e instanceof AgateError) {
@@ -57,7 +60,6 @@ export function adminApp(o: AdminOptions): Hono {
     return c.json({ error: { code: "INTERNAL", message: "The request failed inside agate; see the gateway's log." } }, 500);
   });
 
-  const who = new WeakMap<Request, Identity>();
   app.use("/v1/*", async (c, next) => {
     const m = /^Bearer (\S+)$/.exec(c.req.header("authorization") ?? "");
     if (!m) throw new AgateError("UNAUTHENTICATED", "Send an API key or token as `Authorization: Bearer <credential>`.");
@@ -67,11 +69,11 @@ export function adminApp(o: AdminOptions): Hono {
     } catch {
       throw new AgateError("UNAUTHENTICATED", "The credential (API key or token) is not valid.");
     }
-    who.set(c.req.raw, id);
+    c.set("identity", id);
     await next();
   });
   app.use("/v1/log/*", async (c, next) => {
-    const groups = who.get(c.req.raw)!.groups;
+    const groups = c.get("identity").groups;
     if (!groups.some((g) => o.groups.includes(g))) throw new AgateError("FORBIDDEN", `This API needs membership of one of: ${o.groups.join(", ")}.`);
     await next();
   });
@@ -92,7 +94,7 @@ export function adminApp(o: AdminOptions): Hono {
     if (!r) throw new AgateError("APPROVAL_NOT_FOUND", `No approval request ${c.req.param("id")}.`);
     return c.json(r);
   });
-  const decide = (decision: "approve" | "deny") => async (c: Context) => {
+  const decide = (decision: "approve" | "deny") => async (c: Context<Env>) => {
     let body: { reason?: unknown; grant_minutes?: unknown } = {};
     try {
       body = (await c.req.json()) as typeof body;
@@ -103,7 +105,7 @@ export function adminApp(o: AdminOptions): Hono {
     if (body.grant_minutes !== undefined && (decision === "deny" || typeof body.grant_minutes !== "number")) {
       throw new AgateError("BAD_REQUEST", "grant_minutes is a number of minutes, and only for approve.");
     }
-    const r = await approvals().vote(c.req.param("id")!, who.get(c.req.raw)!, decision, body.reason, body.grant_minutes as number | undefined);
+    const r = await approvals().vote(c.req.param("id")!, c.get("identity"), decision, body.reason, body.grant_minutes as number | undefined);
     return c.json(r);
   };
   app.post("/v1/approvals/:id/approve", decide("approve"));
