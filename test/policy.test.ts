@@ -64,7 +64,7 @@ function writePolicies(name: string, files: Record<string, string>): string {
 }
 
 function stmt(over: Partial<SqlStatement> & Pick<SqlStatement, "kind" | "node" | "tag">): SqlStatement {
-  return { reads: [], writes: [], functions: [], text: over.tag, ...over };
+  return { reads: [], writes: [], functions: [], columns: [], whole_row: false, text: over.tag, ...over };
 }
 
 const SELECT = stmt({ kind: "select", node: "SelectStmt", tag: "SELECT", reads: ["public.users"] });

@@ -192,6 +192,86 @@ describe("analyzeSql: kinds, tags, relations, functions", () => {
   });
 });
 
+describe("analyzeSql: columns named and whole rows", () => {
+  /** [columns, whole_row] of the one statement of `text`. */
+  const refs = (text: string) => {
+    const st = one(text);
+    return [st.columns, st.whole_row];
+  };
+
+  test("plain selects, aliases and joins: the last part of each name, first seen first, once", () => {
+    expect(refs("select email, id from users where id = 1 order by email")).toEqual([["email", "id"], false]);
+    expect(refs("select u.email as e, public.users.name from public.users u")).toEqual([["email", "name"], false]);
+    expect(
+      refs("select u.email, upper(o.note) from users u join orders o on o.uid = u.id where o.total > 1 group by 1, 2"),
+    ).toEqual([["email", "note", "uid", "id", "total"], false]);
+    expect(refs("select string_agg(email, ',') filter (where active) from users")).toEqual([["email", "active"], false]);
+    // JOIN USING names its columns too (a FULL join merges them with COALESCE).
+    expect(refs("select * from users full join old_users using (email)")).toEqual([["email"], false]);
+  });
+
+  test("quoted identifiers keep their case, unquoted ones are lower-cased by the parser", () => {
+    expect(refs('select "Email", NAME from users')).toEqual([["Email", "name"], false]);
+  });
+
+  test("CTEs and subqueries", () => {
+    expect(refs("with c as (select email from users) select * from c")).toEqual([["email"], false]);
+    expect(refs("select x.e from (select email as e from users) x where x.e like '%@x'")).toEqual([["e", "email"], false]);
+    expect(refs("select id, (select max(total) from orders o where o.uid = u.id) from users u")).toEqual([["id", "total", "uid"], false]);
+  });
+
+  test("INSERT, UPDATE, DELETE, MERGE: target columns, expressions and RETURNING", () => {
+    expect(refs("insert into users (id, email) values (1, 'a') returning id, created")).toEqual([["id", "email", "created"], false]);
+    expect(refs("insert into users (id) select uid from staged returning *")).toEqual([["id", "uid"], false]);
+    expect(refs("update users set email = lower(email), seen = now() where id = $1 returning users.name")).toEqual([
+      ["email", "seen", "id", "name"],
+      false,
+    ]);
+    expect(refs("delete from users where id = 1 returning *")).toEqual([["id"], false]);
+    expect(refs("merge into t using s on t.id = s.id when not matched then insert (id, a) values (s.id, s.b)")).toEqual([
+      ["id", "a", "b"],
+      false,
+    ]);
+  });
+
+  test("a star expanded into plain columns is no whole row and names no column", () => {
+    expect(refs("select * from users")).toEqual([[], false]);
+    expect(refs("select u.*, o.id from users u, orders o")).toEqual([["id"], false]);
+    expect(refs("select x.* from (select * from users) x")).toEqual([[], false]);
+    expect(refs("with c as (select * from users) select c.* from c")).toEqual([[], false]);
+    expect(refs("select * from users where exists (select * from orders)")).toEqual([[], false]);
+    expect(refs("select count(*) from users")).toEqual([[], false]);
+  });
+
+  test("a whole row made into a value", () => {
+    for (const text of [
+      "select row_to_json(u) from users u",
+      "select row_to_json(u.*) from users u",
+      "select u from users u",
+      "select users::text from users",
+      "select to_jsonb(x) from (select * from users) x",
+      "with c as (select * from users) select c from c",
+      "select (u.*)::text from users u",
+      "select row(u.*) from users u",
+      "select count(u.*) from users u",
+      "select (u).* from users u",
+      "select f from some_function() f",
+      "select some_function from some_function()",
+      "update users set email = '' where id = 1 returning old",
+      // Column notation for a function call: u.row_to_json is row_to_json(u).
+      "select u.row_to_json from users u",
+      // A star whose columns lose their origin: set operations, scalar and ARRAY subqueries.
+      "select * from users union all select * from users",
+      "select (select * from emails)",
+      "select array(select e.* from emails e)",
+      // NATURAL FULL JOIN merges unnamed common columns with COALESCE.
+      "select * from users natural full join old_users",
+    ]) {
+      expect([text, one(text).whole_row]).toEqual([text, true]);
+    }
+  });
+});
+
 describe("analyzeSql: statements and their text", () => {
   test("several statements: one entry each, with its own text", () => {
     const facts = analyzeSql("select 1; drop table x");
@@ -344,7 +424,9 @@ console.log(JSON.stringify({ notReady, wasm, facts: analyzeSql("select 1") }));
     expect(out.notReady).toBe("SQL_NOT_READY");
     expect(out.wasm.startsWith("/$bunfs/")).toBe(true); // served from inside the executable
     expect(out.facts).toEqual({
-      statements: [{ kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], text: "select 1" }],
+      statements: [
+        { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], columns: [], whole_row: false, text: "select 1" },
+      ],
       multi: false,
     });
   }, 60_000);

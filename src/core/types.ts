@@ -49,6 +49,22 @@ export interface SqlStatement {
   writes: string[];
   /** Functions called, lower-case, schema-qualified when written so ("pg_catalog.pg_read_file"). */
   functions: string[];
+  /**
+   * Column names the statement uses anywhere (select list, WHERE, ORDER BY,
+   * arguments, subqueries, CTEs, RETURNING, INSERT and UPDATE SET targets,
+   * JOIN USING), last part only ("u.email" gives "email"), as the parser
+   * gives them (unquoted names lower-case), first seen first. A star adds none.
+   */
+  columns: string[];
+  /**
+   * Whether the statement makes a whole row into a value, which can carry
+   * every column of a relation into a result column without naming it:
+   * `row_to_json(u)`, `SELECT u FROM users u`, `(t.*)::text`, `count(t.*)`,
+   * `u.to_json`, a star in a UNION or scalar subquery, NATURAL FULL JOIN.
+   * A star that PostgreSQL expands into plain columns keeping their origin
+   * (`SELECT *`, `SELECT t.*`, `RETURNING *`) does not count.
+   */
+  whole_row: boolean;
   /** UPDATE/DELETE: whether a WHERE clause is present. */
   has_where?: boolean;
   /** COPY: direction, and whether it reads or writes a server file or program. */

@@ -71,7 +71,7 @@ const PROBES: object[] = [
       text: "SELECT 1",
       sql: {
         statements: [
-          { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], text: "SELECT 1" },
+          { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], columns: [], whole_row: false, text: "SELECT 1" },
         ],
         multi: false,
       },

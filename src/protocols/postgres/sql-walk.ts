@@ -1,7 +1,8 @@
 /**
  * Facts about one statement, read off its libpg-query parse tree: what kind
  * of statement it is, the command tag PostgreSQL would give it, which
- * relations it reads and writes and which functions it calls.
+ * relations it reads and writes, which functions it calls, which columns it
+ * names and whether it turns a whole row into a value.
  *
  * The walk is generic: every object and array of the tree is visited, so a
  * relation or a function call is found wherever the grammar lets one stand
@@ -43,6 +44,8 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
     reads: [...walk.reads],
     writes: [...walk.writes],
     functions: [...walk.functions],
+    columns: [...walk.columns],
+    whole_row: walk.wholeRow(),
   };
   // Every UPDATE and DELETE anywhere in the tree counts, so that a
   // data-modifying CTE, EXPLAIN ANALYZE DELETE or PREPARE … AS UPDATE
@@ -78,12 +81,53 @@ const RANGEVAR_FIELDS = new Set([
   "view", // ViewStmt
 ]);
 
+/**
+ * Built-in functions that take any row and give back its content, which
+ * PostgreSQL also lets a query call as a column: `u.row_to_json` is
+ * `row_to_json(u)`. From pg_proc (one argument of type record, "any",
+ * anyelement or anycompatible, result carrying the values), plus hstore.
+ */
+const ROW_FUNCTIONS = new Set([
+  "any_value",
+  "array_agg",
+  "concat",
+  "hash_record",
+  "hstore",
+  "json_agg",
+  "json_agg_strict",
+  "json_build_array",
+  "jsonb_agg",
+  "jsonb_agg_strict",
+  "jsonb_build_array",
+  "quote_literal",
+  "quote_nullable",
+  "record_out",
+  "record_send",
+  "row_to_json",
+  "to_json",
+  "to_jsonb",
+]);
+
+/** Subqueries whose result is a boolean: a star in their select list carries nothing out. */
+const BOOLEAN_SUBLINKS = new Set(["EXISTS_SUBLINK", "ANY_SUBLINK", "ALL_SUBLINK", "ROWCOMPARE_SUBLINK"]);
+
 class Walk {
   readonly reads = new Set<string>();
   readonly writes = new Set<string>();
   readonly functions = new Set<string>();
+  readonly columns = new Set<string>();
   updateOrDelete = 0;
   updateOrDeleteWithWhere = 0;
+  /** A whole row is made into a value (apart from single-field names, see `rowNames`). */
+  private anyRow = false;
+  /** Single-field ColumnRef names: a whole row when one names a FROM item. */
+  private readonly bareNames = new Set<string>();
+  /** Names and aliases of FROM items (relations, CTEs, subqueries, functions, joins). */
+  private readonly rowNames = new Set<string>();
+  /** Select-list and RETURNING items (their name is a label): does a star there keep its columns' origin? */
+  private readonly outputs = new Map<object, boolean>();
+  /** SelectStmts whose result columns have no origin: set-operation arms, scalar and ARRAY subqueries. */
+  private readonly noOrigin = new Set<unknown>();
   /** RangeVar objects that are the written target of the node that holds them. */
   private readonly targets = new Set<object>();
   /** CTE names visible at this point of the walk, innermost WITH last. */
@@ -97,13 +141,51 @@ class Walk {
     }
   }
 
+  wholeRow(): boolean {
+    if (this.anyRow) return true;
+    for (const name of this.bareNames) if (this.rowNames.has(name)) return true;
+    return false;
+  }
+
   /** A node of a known type: the wrapper key, or the top-level statement. */
   node(type: string, n: Obj): void {
     if (type === "RangeVar") return this.rangeVar(n);
+    if (type === "ColumnRef") return this.columnRef(n);
+    if (type === "ResTarget") return this.resTarget(n);
     if (type === "FuncCall") this.funcCall(n);
     else if (type === "UpdateStmt" || type === "DeleteStmt") {
       this.updateOrDelete++;
       if (n.whereClause) this.updateOrDeleteWithWhere++;
+    } else if (type === "SelectStmt") {
+      // PostgreSQL expands a star in a select list into plain columns, which
+      // keep their origin unless the result is a set operation's or a subquery's.
+      if (n.larg) this.noOrigin.add(n.larg).add(n.rarg);
+      this.output(n.targetList, !this.noOrigin.has(n));
+    } else if (type === "SubLink") {
+      const select = (n.subselect as Obj | undefined)?.SelectStmt;
+      if (!BOOLEAN_SUBLINKS.has(n.subLinkType as string)) this.noOrigin.add(select);
+    } else if (type === "JoinExpr") {
+      for (const name of nameItems(n.usingClause)) this.columns.add(name);
+      // A FULL join merges its common columns with COALESCE: NATURAL names none of them.
+      if (n.isNatural === true && n.jointype === "JOIN_FULL") this.anyRow = true;
+    } else if (type === "RangeFunction" && !n.alias) {
+      // Unaliased, a function in FROM is named after the function.
+      for (const list of (n.functions as Obj[] | undefined) ?? []) {
+        const first = ((list.List as Obj | undefined)?.items as Obj[] | undefined)?.[0];
+        const name = nameItems((first?.FuncCall as Obj | undefined)?.funcname).pop();
+        if (name !== undefined) this.rowNames.add(name);
+      }
+    } else if (type === "CopyStmt") {
+      for (const name of nameItems(n.attlist)) this.columns.add(name);
+    }
+    const returning = n.returningClause as Obj | undefined;
+    if (returning) {
+      this.output(returning.exprs, true);
+      this.rowNames.add("old").add("new");
+      for (const o of (returning.options as Obj[] | undefined) ?? []) {
+        const alias = (o.ReturningOption as Obj | undefined)?.value; // RETURNING WITH (OLD AS o)
+        if (typeof alias === "string") this.rowNames.add(alias);
+      }
     }
     const row = NODES[type];
     if (row?.writes) this.markTargets(row.writes(n));
@@ -151,6 +233,12 @@ class Walk {
       } else if (key === "funccall" && !Array.isArray(v)) {
         // CallStmt.funccall is the one bare FuncCall field.
         this.node("FuncCall", v as Obj);
+      } else if ((key === "larg" || key === "rarg") && typeof (v as Obj).op === "string") {
+        // SelectStmt.larg/rarg hold bare SelectStmts (JoinExpr's hold wrappers).
+        this.node("SelectStmt", v as Obj);
+      } else if (key === "alias" || key === "join_using_alias") {
+        const name = (v as Obj).aliasname;
+        if (typeof name === "string") this.rowNames.add(name);
       } else {
         this.value(v);
       }
@@ -160,12 +248,48 @@ class Walk {
   private rangeVar(rv: Obj): void {
     const name = qualifiedName(rv);
     if (name === undefined) return;
+    this.rowNames.add(rv.relname as string);
+    const alias = (rv.alias as Obj | undefined)?.aliasname;
+    if (typeof alias === "string") this.rowNames.add(alias);
     if (this.targets.has(rv)) {
       this.writes.add(name);
     } else if (rv.schemaname === undefined && rv.catalogname === undefined && this.isCte(rv.relname as string)) {
       // A reference to a WITH query, not to a relation.
     } else {
       this.reads.add(name);
+    }
+  }
+
+  /**
+   * `a.b.c` names column c. A trailing star is a whole row unless it is an
+   * expanded select-list item (`resTarget`). A single name may be a whole
+   * row (`SELECT u FROM users u`); `u.row_to_json` is a call on one.
+   */
+  private columnRef(n: Obj): void {
+    const fields = (n.fields as Obj[] | undefined) ?? [];
+    const last = (fields.at(-1)?.String as Obj | undefined)?.sval;
+    if (typeof last !== "string") {
+      this.anyRow = true;
+      return;
+    }
+    this.columns.add(last);
+    if (fields.length === 1) this.bareNames.add(last);
+    else if (ROW_FUNCTIONS.has(last)) this.anyRow = true;
+  }
+
+  private resTarget(n: Obj): void {
+    const keepsOrigin = this.outputs.get(n);
+    // Outside select lists and RETURNING the name is a column: INSERT (a, b), UPDATE SET a = ….
+    if (keepsOrigin === undefined && typeof n.name === "string") this.columns.add(n.name);
+    if (keepsOrigin === true && isStar(n.val)) return;
+    this.fields(n);
+  }
+
+  private output(items: unknown, keepsOrigin: boolean): void {
+    if (!Array.isArray(items)) return;
+    for (const item of items) {
+      const target = (item as Obj).ResTarget;
+      if (target) this.outputs.set(target, keepsOrigin);
     }
   }
 
@@ -195,6 +319,12 @@ function isRangeVar(v: unknown): v is Obj {
   return v !== null && typeof v === "object" && typeof (v as Obj).relname === "string";
 }
 
+/** `{ColumnRef: {fields: […, {A_Star: {}}]}}`: `*` or `t.*`. */
+function isStar(v: unknown): boolean {
+  const fields = ((v as Obj | undefined)?.ColumnRef as Obj | undefined)?.fields as Obj[] | undefined;
+  return fields?.at(-1)?.A_Star !== undefined;
+}
+
 /** "catalog.schema.rel", "schema.rel" or "rel", as written. */
 function qualifiedName(rv: Obj): string | undefined {
   if (typeof rv.relname !== "string") return undefined;
@@ -202,6 +332,17 @@ function qualifiedName(rv: Obj): string | undefined {
   if (typeof rv.schemaname === "string") name = `${rv.schemaname}.${name}`;
   if (typeof rv.catalogname === "string") name = `${rv.catalogname}.${name}`;
   return name;
+}
+
+/** The strings of a list of String nodes (`[{String: {sval}}]`). */
+function nameItems(v: unknown): string[] {
+  const names: string[] = [];
+  if (!Array.isArray(v)) return names;
+  for (const item of v) {
+    const s = ((item as Obj | null)?.String as Obj | undefined)?.sval;
+    if (typeof s === "string") names.push(s);
+  }
+  return names;
 }
 
 /** Join a list of String nodes (`[{String: {sval}}]`) with dots. */
