@@ -81,6 +81,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     audit,
     identity,
     approvals,
+    maskKeys: { ...(config.mask.hmac_key ? { hmac: config.mask.hmac_key } : {}) },
     onAuditError: (error, fields) => log("error", "audit record lost", { error: error.message, type: fields.type, session: fields.session }),
   });
 

@@ -8,7 +8,7 @@
 #
 #   {"allow": bool, "reasons": ["<rule>: <sentence>", ...],
 #    "approval": {"required": false, "approvers": [], "timeout_s": 0},
-#    "mask": {"columns": [], "detectors": []}}
+#    "mask": {"columns": [...], "detectors": [...]}}   (mask.rego)
 #
 # What the default policy does:
 #
@@ -67,13 +67,11 @@ package agate
 
 default_approval := {"required": false, "approvers": [], "timeout_s": 0}
 
-default_mask := {"columns": [], "detectors": []}
-
 decision := {
 	"allow": allow,
 	"reasons": array.concat(reasons, approval_reasons),
 	"approval": approval,
-	"mask": default_mask,
+	"mask": mask,
 }
 
 default allow := false

@@ -42,7 +42,7 @@ test_decision_has_the_contract_shape if {
 		"allow": true,
 		"reasons": [],
 		"approval": {"required": false, "approvers": [], "timeout_s": 0},
-		"mask": {"columns": [], "detectors": []},
+		"mask": {"columns": [], "detectors": agate.secret_detectors},
 	}
 }
 
@@ -51,7 +51,7 @@ test_denied_decision_keeps_the_shape if {
 	d.allow == false
 	count(d.reasons) == 1
 	d.approval == {"required": false, "approvers": [], "timeout_s": 0}
-	d.mask == {"columns": [], "detectors": []}
+	d.mask == {"columns": [], "detectors": agate.secret_detectors}
 }
 
 test_missing_stage_is_denied if {

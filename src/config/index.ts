@@ -19,6 +19,8 @@
  *   timeout_s: 300                # when the policy gives none
  *   public_url: https://agate.example.com   # links in notices and webhooks (default: the admin API)
  *   webhooks: [{ url: https://hooks.slack.com/…, format: slack }]
+ * mask:                           # optional: the key of the "hmac" masking style (>= 32 bytes)
+ *   hmac_key_env: AGATE_MASK_KEY  # or hmac_key_file: ./mask.key (mode 0600)
  * admin:                          # optional: the admin API (proofs, checkpoints, /metrics)
  *   listen: 127.0.0.1:9090
  *   groups: [auditor]             # API keys of these groups may call /v1
@@ -94,8 +96,14 @@ export interface ApprovalsConfig {
   webhooks: { url: string; format: "slack" | "json" }[];
 }
 
+export interface MaskConfig {
+  /** Key of the "hmac" masking style. */
+  hmac_key?: Uint8Array;
+}
+
 export interface Config {
   audit: AuditConfig;
+  mask: MaskConfig;
   approvals: ApprovalsConfig;
   admin?: { host: string; port: number; groups: string[] };
   policy: { bundle?: string; data: Record<string, unknown>; watch: boolean };
@@ -125,7 +133,7 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
   const root = obj(doc, "the configuration");
   const path = (p: string) => resolve(baseDir, p);
 
-  only(root, "the configuration", ["audit", "admin", "approvals", "policy", "identity", "connections", "log_level"]);
+  only(root, "the configuration", ["audit", "admin", "approvals", "mask", "policy", "identity", "connections", "log_level"]);
   const audit = obj(root.audit ?? {}, "audit");
   only(audit, "audit", ["dir", "durability", "segment_bytes", "signing_key", "origin", "checkpoint", "seal_after_s", "ship"]);
   const durability = parseDurability(audit.durability ?? "strict");
@@ -163,6 +171,7 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
   return {
     audit: parseAudit(audit, durability, path, env),
     approvals: parseApprovals(obj(root.approvals ?? {}, "approvals"), path, env),
+    mask: parseMask(obj(root.mask ?? {}, "mask"), path, env),
     ...(root.admin !== undefined ? { admin: parseAdmin(obj(root.admin, "admin")) } : {}),
     policy: {
       ...(policy.bundle !== undefined ? { bundle: path(str(policy.bundle, "policy.bundle")) } : {}),
@@ -179,22 +188,47 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
   };
 }
 
-function parseAudit(a: Record<string, unknown>, durability: DurabilityConfig, path: (p: string) => string, env: Record<string, string | undefined>): AuditConfig {
-  if (a.signing_key === undefined) {
-    throw new AgateError("CONFIG_INVALID", "audit.signing_key is required: make one with `agate keys generate --name ORIGIN --out audit.key` and point audit.signing_key at it", { at: "audit.signing_key" });
-  }
-  const file = path(str(a.signing_key, "audit.signing_key"));
+/** A key file's text; it must not be readable by group or others. */
+function readPrivateFile(file: string, at: string): string {
   let mode: number;
   let text: string;
   try {
     mode = statSync(file).mode;
     text = readFileSync(file, "utf8");
   } catch (e) {
-    throw new AgateError("CONFIG_INVALID", `audit.signing_key: cannot read ${file}: ${(e as Error).message}`, { at: "audit.signing_key" });
+    throw new AgateError("CONFIG_INVALID", `${at}: cannot read ${file}: ${(e as Error).message}`, { at });
   }
   if (mode & 0o077) {
-    throw new AgateError("CONFIG_INVALID", `audit.signing_key: ${file} is readable by others (mode ${(mode & 0o777).toString(8)}); run \`chmod 600 ${file}\``, { at: "audit.signing_key" });
+    throw new AgateError("CONFIG_INVALID", `${at}: ${file} is readable by others (mode ${(mode & 0o777).toString(8)}); run \`chmod 600 ${file}\``, { at });
   }
+  return text;
+}
+
+/** mask: the hmac style's key, from a file (mode 0600) or an environment variable; at least 32 bytes. */
+function parseMask(o: Record<string, unknown>, path: (p: string) => string, env: Record<string, string | undefined>): MaskConfig {
+  only(o, "mask", ["hmac_key_file", "hmac_key_env"]);
+  if (o.hmac_key_file !== undefined && o.hmac_key_env !== undefined) throw new AgateError("CONFIG_INVALID", "mask: give hmac_key_file or hmac_key_env, not both");
+  let key: string | undefined;
+  let at = "mask.hmac_key_file";
+  if (o.hmac_key_file !== undefined) key = readPrivateFile(path(str(o.hmac_key_file, at)), at).trim();
+  else if (o.hmac_key_env !== undefined) {
+    at = "mask.hmac_key_env";
+    const name = str(o.hmac_key_env, at);
+    key = env[name];
+    if (key === undefined) throw new AgateError("CONFIG_INVALID", `${at} names ${name}, which is not set in the environment`, { at });
+  }
+  if (key === undefined) return {};
+  const bytes = new TextEncoder().encode(key);
+  if (bytes.length < 32) throw new AgateError("CONFIG_INVALID", `${at}: the key is ${bytes.length} bytes; use at least 32 (e.g. \`openssl rand -hex 32\`)`, { at });
+  return { hmac_key: bytes };
+}
+
+function parseAudit(a: Record<string, unknown>, durability: DurabilityConfig, path: (p: string) => string, env: Record<string, string | undefined>): AuditConfig {
+  if (a.signing_key === undefined) {
+    throw new AgateError("CONFIG_INVALID", "audit.signing_key is required: make one with `agate keys generate --name ORIGIN --out audit.key` and point audit.signing_key at it", { at: "audit.signing_key" });
+  }
+  const file = path(str(a.signing_key, "audit.signing_key"));
+  const text = readPrivateFile(file, "audit.signing_key");
   const cp = obj(a.checkpoint ?? {}, "audit.checkpoint");
   only(cp, "audit.checkpoint", ["every_records", "every_seconds"]);
   const everyRecords = num(cp.every_records ?? 10_000, "audit.checkpoint.every_records");

@@ -11,6 +11,9 @@
  */
 import { randomUUID } from "node:crypto";
 import { AgateError, asError } from "./errors.ts";
+import { ALL_DETECTORS } from "../mask/detectors.ts";
+import { type CompiledMask, compileMask, type MaskKeys, maskWith } from "../mask/rules.ts";
+import type { MaskCounts } from "../mask/types.ts";
 import type { Command, ConnectionRef, Decision, Identity, Outcome, Session } from "./types.ts";
 
 /** What the guard needs from the policy engine (src/policy). */
@@ -84,6 +87,8 @@ export interface Verdict {
   record: number;
   /** Version of the policy that decided. */
   policy: string;
+  /** The decision's mask, compiled: what the protocol applies to the response. */
+  mask: CompiledMask;
 }
 
 interface CheckContext {
@@ -102,6 +107,10 @@ interface CheckContext {
   onHold?: (req: HeldRequest, link?: string) => void;
   /** The approval that released the command, for its record. */
   approval?: InputApproval;
+  /** The decision's mask, compiled (maskStep). */
+  mask?: CompiledMask;
+  /** The command as records and approvers see it: text and parameters masked (maskStep). */
+  shown?: { text: string; params?: (string | null)[]; counts: MaskCounts };
 }
 
 /**
@@ -121,6 +130,8 @@ export interface GuardDeps {
   now?: () => Date;
   /** Holds commands whose decision requires approval; without it they are refused (fail closed). */
   approvals?: ApprovalGate;
+  /** Keys for masking styles (the hmac style's key). */
+  maskKeys?: MaskKeys;
 }
 
 export class Guard {
@@ -129,7 +140,7 @@ export class Guard {
 
   constructor(private readonly deps: GuardDeps) {
     this.now = deps.now ?? (() => new Date());
-    this.pipeline = compose([this.identityStep(), this.decideStep(), this.approvalStep(), this.recordStep()]);
+    this.pipeline = compose([this.identityStep(), this.decideStep(), this.maskStep(), this.approvalStep(), this.recordStep()]);
   }
 
   /**
@@ -168,7 +179,7 @@ export class Guard {
     const pending = this.pipeline(ctx);
     if (pending) await pending;
     if (!ctx.decision || ctx.record === undefined) throw new AgateError("GUARD_INCOMPLETE", "the guard did not reach a decision");
-    return { allow: ctx.decision.allow, decision: ctx.decision, record: ctx.record, policy: ctx.policyVersion ?? this.deps.policy.version };
+    return { allow: ctx.decision.allow, decision: ctx.decision, record: ctx.record, policy: ctx.policyVersion ?? this.deps.policy.version, mask: ctx.mask! };
   }
 
   /** Record what the target answered for commands `seqs` (not awaited: ordered into the next group commit). */
@@ -234,12 +245,14 @@ export class Guard {
         ctx.decision = { ...d, allow: false, reasons: [...d.reasons, "agate.approval.unavailable: the policy requires an approval and this gateway has no approvals configured"] };
         return next();
       }
-      return approvals.hold(ctx.session, ctx.command, d, ctx.onHold).then((out) => {
+      const shown = ctx.shown!;
+      return approvals.hold(ctx.session, { ...ctx.command, text: shown.text, ...(shown.params ? { params: shown.params } : {}) }, d, ctx.onHold).then((out) => {
         if (out.status === "approved") {
           const again = guard.deps.policy.decide(guard.input(ctx.session, "command", ctx.command, out.approval));
           // The approval satisfies the requirement; the policy may still refuse for other reasons.
           ctx.decision = again.allow ? { ...again, approval: { ...again.approval, required: false } } : again;
           ctx.approval = out.approval;
+          guard.compileMask(ctx);
         } else {
           ctx.decision = denied(`agate.approval.${out.status}: request ${out.request.id}: ${out.request.decided_reason ?? out.status}`);
         }
@@ -278,6 +291,41 @@ export class Guard {
     };
   }
 
+  /**
+   * Compile the decision's mask, and mask the command's own text and
+   * parameters for its record and its approvers with the decision's
+   * detectors. A mask the gateway cannot apply (an unknown detector, hmac
+   * without a key) refuses the command: it would otherwise answer unmasked.
+   * A command the policy never saw (refused by identity or as invalid) is
+   * recorded with every detector applied.
+   */
+  private maskStep(): Step {
+    const guard = this;
+    return function mask(ctx: CheckContext, next: () => void | Promise<void>) {
+      guard.compileMask(ctx);
+      return next();
+    };
+  }
+
+  private compileMask(ctx: CheckContext): void {
+    const d = ctx.decision!;
+    const unseen = ctx.identityRefused || ctx.command.invalid !== undefined;
+    try {
+      ctx.mask = compileMask(unseen ? EVERY_DETECTOR : d.mask, this.deps.maskKeys);
+    } catch (e) {
+      ctx.mask = compileMask(EVERY_DETECTOR);
+      if (d.allow) ctx.decision = denied(`agate.mask.invalid: ${asError(e).message}`);
+    }
+    const counts: MaskCounts = {};
+    const { command } = ctx;
+    const m = ctx.mask;
+    ctx.shown = {
+      text: maskWith(command.text, m, counts),
+      ...(command.params ? { params: command.params.map((p) => (p === null ? p : maskWith(p, m, counts))) } : {}),
+      counts,
+    };
+  }
+
   private recordStep(): Step {
     const guard = this;
     return function record(ctx: CheckContext, next: () => void | Promise<void>) {
@@ -292,9 +340,10 @@ export class Guard {
         session: ctx.session.id,
         identity: ctx.session.identity,
         seq: command.seq,
-        text: command.text,
+        text: ctx.shown!.text,
         ...(command.sql ? { sql: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag })) } : {}),
-        ...(command.params ? { params: command.params } : {}),
+        ...(ctx.shown!.params ? { params: ctx.shown!.params } : {}),
+        ...(Object.keys(ctx.shown!.counts).length ? { masked: ctx.shown!.counts } : {}),
         decision: { allow: d.allow, reasons: d.reasons, policy: guard.deps.policy.version },
         ...(ctx.approval ? { approval: ctx.approval } : {}),
       };
@@ -315,6 +364,9 @@ export class Guard {
     };
   }
 }
+
+/** The mask for records of commands no policy decided on. */
+const EVERY_DETECTOR = { columns: [], detectors: ALL_DETECTORS };
 
 function denied(reason: string): Decision {
   return { allow: false, reasons: [reason], approval: { required: false, approvers: [], timeout_s: 0 }, mask: { columns: [], detectors: [] } };
