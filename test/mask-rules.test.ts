@@ -4,11 +4,11 @@
 import { describe, expect, test } from "bun:test";
 import { AgateError } from "../src/core/errors.ts";
 import { ALL_DETECTORS } from "../src/mask/detectors.ts";
-import { compileMask, maskWith, NO_MASK, ruleForColumn, ruleForColumnName, ruleForName } from "../src/mask/rules.ts";
+import { compileMask, type MaskKeys, maskWith, NO_MASK, ruleForColumn, ruleForColumnName, ruleForName } from "../src/mask/rules.ts";
 
 const KEY = { hmac: new TextEncoder().encode("k".repeat(32)) };
 
-function invalid(mask: { columns: string[]; detectors: string[] }, keys = KEY): string {
+function invalid(mask: { columns: string[]; detectors: string[] }, keys: MaskKeys = KEY): string {
   try {
     compileMask(mask, keys);
   } catch (e) {

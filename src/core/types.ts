@@ -110,4 +110,6 @@ export interface Outcome {
   /** Rows the target reported (sum of the tags' row counts). */
   rows: number;
   error?: { code: string; message: string };
+  /** What was masked in the response: rows changed, values per column rule and per detector (never the values). */
+  masked?: { rows: number; columns: Record<string, number>; detectors: Record<string, number> };
 }

@@ -35,6 +35,9 @@ export const T = {
   ParameterStatus: 0x53, // S
   ReadyForQuery: 0x5a, // Z
   RowDescription: 0x54, // T
+  NoData: 0x6e, // n
+  PortalSuspended: 0x73, // s
+  EmptyQueryResponse: 0x49, // I
 } as const;
 
 /** Authentication request codes (the Int32 after 'R'). */
@@ -49,6 +52,11 @@ export function ReadyForQuery(status: number): Buffer {
   return message(T.ReadyForQuery, (w) => w.u8(status));
 }
 
+
+/** Describe of a portal: agate asks for a portal's columns itself when the client did not. */
+export function DescribePortal(name: string): Buffer {
+  return message(T.Describe, (w) => w.u8(0x50).cstr(name));
+}
 
 export function BackendKeyData(pid: number, secret: number): Buffer {
   return message(T.BackendKeyData, (w) => w.i32(pid).i32(secret));

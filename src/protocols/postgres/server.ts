@@ -14,6 +14,7 @@ import type { ConnectionRef, Session } from "../../core/types.ts";
 import { Framer } from "./framer.ts";
 import { AuthenticationCleartextPassword, AuthenticationOk, BackendKeyData, ErrorResponse, NoticeResponse, ReadyForQuery, readStartupParams, T } from "./messages.ts";
 import { PgSession } from "./session.ts";
+import { Catalog } from "./catalog.ts";
 import { cancelUpstream, connectUpstream, type PgTarget } from "./upstream.ts";
 import { CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET_BYTES, message, PROTOCOL_3_0, ProtocolViolation, Reader, SSL_REQUEST_CODE } from "./wire.ts";
 
@@ -60,11 +61,13 @@ const cancelKeys = new Map<number, { secret: number; target: PgTarget; upstreamP
 export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
   const secureContext = opts.tls ? tls.createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
   const sockets = new Set<net.Socket>();
+  // Column origins for masking, looked up with the gateway's own target credentials; shared by the sessions.
+  const catalog = new Catalog(opts.target);
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.setNoDelay(true);
-    new Startup(socket, opts, secureContext).start();
+    new Startup(socket, opts, secureContext, catalog).start();
   });
   return new Promise((resolve, reject) => {
     server.once("error", (e) =>
@@ -83,6 +86,7 @@ export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
             await Bun.sleep(0);
           }
           await closed;
+          await catalog.close();
         },
       });
     });
@@ -104,6 +108,7 @@ class Startup {
     raw: net.Socket,
     private readonly opts: PgListenerOptions,
     private readonly secureContext: tls.SecureContext | undefined,
+    private readonly catalog: Catalog,
   ) {
     this.sock = raw;
   }
@@ -261,7 +266,7 @@ class Startup {
     this.sock.write(Buffer.concat(hello));
     this.framer.maxBytes = opts.maxMessageBytes;
     opts.log("info", "session started", { connection: opts.connection.name, session: session.id, subject: session.identity.subject, client: remote, tls: this.isTls });
-    new PgSession(session, this.sock, this.framer, upstream, opts.guard, opts.log, (end) => {
+    new PgSession(session, this.sock, this.framer, upstream, opts.guard, this.catalog, opts.log, (end) => {
       cancelKeys.delete(pid);
       opts.guard.closeSession(session, end.reason, end.commands);
       opts.log("info", "session ended", { connection: opts.connection.name, session: session.id, reason: end.reason, commands: end.commands });

@@ -17,14 +17,26 @@
  * parameters, and made durable before the Execute is forwarded. After a
  * refusal, messages are discarded until Sync, as PostgreSQL does after an
  * error.
+ *
+ * Masking (rows.ts). Every forwarded Query, Describe and Execute leaves a
+ * Reply in `replies`, in the order the target answers them, so that each
+ * RowDescription and DataRow is matched with the decision of the command it
+ * answers. After an ErrorResponse the target skips to Sync, and so do the
+ * replies. An Execute whose rows are to be masked needs its portal's
+ * columns: when the client did not Describe the portal since it was bound,
+ * agate sends a Describe itself and keeps its answer from the client.
+ * Looking up column origins (catalog.ts) pauses the relay, in order.
  */
 import type net from "node:net";
 import { AgateError } from "../../core/errors.ts";
 import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts } from "../../core/types.ts";
+import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
+import type { Catalog } from "./catalog.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
-import { ErrorResponse, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { DescribePortal, ErrorResponse, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker } from "./rows.ts";
 import { analyzeSql } from "./sql.ts";
 import type { Upstream } from "./upstream.ts";
 import { ProtocolViolation } from "./wire.ts";
@@ -34,6 +46,21 @@ interface Prepared {
   facts?: SqlFacts;
   invalid?: Command["invalid"];
   verdict: Verdict;
+}
+
+/** A forwarded message the target will answer with rows or columns, in answer order. */
+interface Reply {
+  kind: "query" | "describe" | "execute";
+  /** The ReadyForQuery number that ends its batch. */
+  sync: number;
+  /** Describe/Execute of a portal: its name ("" unnamed); a statement Describe has none. */
+  portal?: string;
+  /** agate's own Describe: its answer is not relayed. */
+  swallow?: boolean;
+  mask: CompiledMask;
+  facts?: SqlFacts;
+  /** The masker of the result being answered. */
+  rows?: ResultMasker;
 }
 
 /** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
@@ -81,12 +108,27 @@ export class PgSession {
   private tags: string[] = [];
   private error: { code: string; message: string } | undefined;
 
+  // Masking: what the target still owes rows or columns for, and what was masked since the last outcome.
+  private readonly replies: Reply[] = [];
+  /** Portals described (by the client or agate) since they were bound, on the way to the target. */
+  private readonly described = new Set<string>();
+  /** The RowDescription body of each described portal, as answered. */
+  private readonly portalRows = new Map<string, Buffer>();
+  private copyMask: CompiledMask | undefined;
+  /** The mask of the latest forwarded command: for notices and notifications outside any reply. */
+  private lastMask: CompiledMask = NO_MASK;
+  private tally: MaskTally = newTally();
+  /** A target message waiting for column origins, and whether they were just looked up. */
+  private heldFrame: Frame | undefined;
+  private lookedUp = false;
+
   constructor(
     private readonly session: Session,
     private readonly client: net.Socket,
     private readonly clientFramer: Framer,
     private readonly upstream: Upstream,
     private readonly guard: Guard,
+    private readonly catalog: Catalog,
     private readonly log: Logger,
     private readonly onEnd: (end: SessionEnd) => void,
   ) {
@@ -143,6 +185,7 @@ export class PgSession {
       case T.Bind: {
         const b = readBind(f.body);
         this.portals.set(b.portal, { statement: b.statement, params: b.params });
+        this.described.delete(b.portal);
         return this.forward(f);
       }
       case T.Execute:
@@ -150,10 +193,18 @@ export class PgSession {
       case T.Close: {
         const c = readTarget(f.body);
         if (c.kind === 0x53) this.statements.delete(c.name);
-        else this.portals.delete(c.name);
+        else {
+          this.portals.delete(c.name);
+          this.described.delete(c.name);
+        }
         return this.forward(f);
       }
-      case T.Describe:
+      case T.Describe: {
+        const d = readTarget(f.body);
+        if (d.kind === 0x50) this.described.add(d.name);
+        this.replies.push({ kind: "describe", sync: this.syncsSent + 1, ...(d.kind === 0x50 ? { portal: d.name } : {}), mask: NO_MASK });
+        return this.forward(f);
+      }
       case T.Flush:
         return this.forward(f);
       case T.Sync:
@@ -191,10 +242,30 @@ export class PgSession {
     }
     const verdict = await this.check(command, false, { onHold: this.onHold });
     if (!verdict) return;
-    if (verdict.allow) {
-      this.sendQuery(f);
-      this.outcomeAt.set(this.syncsSent, [command.seq]);
-    } else this.injectAfterReplies([this.refusal(command, verdict), "ReadyForQuery"]);
+    const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
+    if (refused) {
+      this.injectAfterReplies([refused, "ReadyForQuery"]);
+      return;
+    }
+    this.sendQuery(f);
+    this.outcomeAt.set(this.syncsSent, [command.seq]);
+    this.replies.push({ kind: "query", sync: this.syncsSent, mask: verdict.mask, ...(command.sql ? { facts: command.sql } : {}) });
+    this.lastMask = verdict.mask;
+  }
+
+  /**
+   * Column rules cannot follow COPY … TO STDOUT (its rows carry no column
+   * origins): with column rules in force it is refused, before it runs.
+   */
+  private unmaskable(command: Command, verdict: Verdict): Buffer | undefined {
+    if (verdict.mask.columns.length === 0 || !command.sql?.statements.some((s) => s.copy?.direction === "to")) return undefined;
+    return ErrorResponse({
+      severity: "ERROR",
+      code: "42501",
+      message: "agate: COPY … TO cannot be masked by column, and this statement's policy masks columns",
+      detail: `masked columns: ${verdict.mask.columns.map((c) => c.rule).join(", ")}`,
+      hint: "Read the rows with SELECT instead; its columns are masked as they stream.",
+    });
   }
 
   private sendQuery(f: Frame): void {
@@ -225,11 +296,21 @@ export class PgSession {
       : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
     const verdict = await this.check(command, true, { prior: prepared?.verdict, onHold: this.onHold });
     if (!verdict) return;
-    if (!verdict.allow) {
-      this.refuseInBatch(this.refusal(command, verdict));
+    const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
+    if (refused) {
+      this.refuseInBatch(refused);
       return;
     }
+    const sync = this.syncsSent + 1;
+    if (!verdict.mask.empty && !this.described.has(portalName)) {
+      // The masker needs the portal's columns (and their formats): ask for them; the client does not see the answer.
+      this.toUpstream.add(DescribePortal(portalName));
+      this.described.add(portalName);
+      this.replies.push({ kind: "describe", sync, portal: portalName, swallow: true, mask: NO_MASK });
+    }
     this.forward(f);
+    this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(command.sql ? { facts: command.sql } : {}) });
+    this.lastMask = verdict.mask;
     const at = this.syncsSent + 1;
     const seqs = this.outcomeAt.get(at);
     if (seqs) seqs.push(command.seq);
@@ -334,41 +415,14 @@ export class PgSession {
   private fromUpstream(chunk: Buffer): void {
     const framer = this.upstream.framer;
     framer.push(chunk);
+    if (this.heldFrame) return;
     const out = this.outbox;
     try {
       for (let f = framer.next(); f; f = framer.next()) {
-        switch (f.type) {
-          case T.CommandComplete:
-            this.tags.push(f.body.toString("utf8", 0, f.body.length - 1));
-            out.add(f.raw);
-            break;
-          case T.ErrorResponse:
-            this.error ??= readErrorFields(f.body);
-            out.add(f.raw);
-            break;
-          case T.ParameterStatus:
-            this.onParameterStatus(f.body);
-            out.add(f.raw);
-            break;
-          case T.ReadyForQuery: {
-            const n = ++this.zReceived;
-            this.txStatus = f.body[0] ?? this.txStatus;
-            const before = this.injectBefore.get(n);
-            if (before) {
-              for (const i of before) out.add(this.materialize(i));
-              this.injectBefore.delete(n);
-            }
-            out.add(f.raw);
-            const after = this.injectAfter.get(n);
-            if (after) {
-              for (const i of after) out.add(this.materialize(i));
-              this.injectAfter.delete(n);
-            }
-            this.completeOutcome(n);
-            break;
-          }
-          default:
-            out.add(f.raw);
+        const wait = this.onUpstreamMessage(f, out);
+        if (wait) {
+          this.waitFor(f, wait);
+          break;
         }
       }
     } catch (e) {
@@ -376,6 +430,185 @@ export class PgSession {
       return;
     }
     if (!out.empty) this.writeClient(out.take());
+  }
+
+  /** Column origins are being looked up: hold `f` and everything after it, then go on in order. */
+  private waitFor(f: Frame, wait: Promise<void>): void {
+    this.heldFrame = f;
+    this.upstream.socket.pause();
+    wait.then(
+      () => {
+        if (this.closed) return;
+        const held = this.heldFrame!;
+        this.heldFrame = undefined;
+        this.lookedUp = true;
+        try {
+          this.onUpstreamMessage(held, this.outbox);
+        } catch (e) {
+          this.fatal(e);
+          return;
+        } finally {
+          this.lookedUp = false;
+        }
+        this.upstream.socket.resume();
+        this.fromUpstream(EMPTY);
+      },
+      (e) => this.fatal(e),
+    );
+  }
+
+  /** The reply the target is answering now, if any. */
+  private currentReply(): Reply | undefined {
+    const r = this.replies[0];
+    return r !== undefined && r.sync === this.zReceived + 1 ? r : undefined;
+  }
+
+  /** What the target answers reaches the client here; a promise means: wait for column origins, then hand `f` in again. */
+  private onUpstreamMessage(f: Frame, out: Outbox): Promise<void> | undefined {
+    switch (f.type) {
+      case T.DataRow: {
+        const rows = this.currentReply()?.rows;
+        if (rows) out.add(rows.row(f.raw));
+        else if (this.currentReply()?.kind === "execute") return this.executeRows(f, out);
+        else out.add(f.raw);
+        break;
+      }
+      case T.RowDescription:
+        return this.onRowDescription(f, out);
+      case T.NoData: {
+        const r = this.currentReply();
+        if (r?.kind === "describe") this.replies.shift();
+        if (!r?.swallow) out.add(f.raw);
+        break;
+      }
+      case T.CommandComplete:
+      case T.PortalSuspended:
+      case T.EmptyQueryResponse: {
+        if (f.type === T.CommandComplete) this.tags.push(f.body.toString("utf8", 0, f.body.length - 1));
+        const r = this.currentReply();
+        if (r?.kind === "execute") this.replies.shift();
+        else if (r) r.rows = undefined;
+        this.copyMask = undefined;
+        out.add(f.raw);
+        break;
+      }
+      case T.ErrorResponse: {
+        const r = this.currentReply();
+        const masked = maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors);
+        this.error ??= readErrorFields(masked.subarray(5));
+        // The target skips the rest of an extended-protocol batch; so do its replies.
+        if (r && r.kind !== "query") while (this.replies[0] && this.replies[0].sync === r.sync && this.replies[0].kind !== "query") this.replies.shift();
+        else if (r) r.rows = undefined;
+        this.copyMask = undefined;
+        out.add(masked);
+        break;
+      }
+      case T.NoticeResponse:
+        out.add(maskNotice(f.raw, this.currentReply()?.mask ?? this.lastMask, this.tally.detectors));
+        break;
+      case T.NotificationResponse:
+        out.add(maskNotification(f.raw, this.lastMask, this.tally.detectors));
+        break;
+      case T.CopyOutResponse: {
+        const mask = this.currentReply()?.mask ?? this.lastMask;
+        if (!mask.empty && f.body[0] === 1) throw new Error("binary COPY output cannot be masked; this statement's policy masks its output, so the session is closed");
+        this.copyMask = mask.empty ? undefined : mask;
+        out.add(f.raw);
+        break;
+      }
+      case T.CopyData:
+        out.add(this.copyMask ? maskCopyData(f.raw, this.copyMask, this.tally.detectors) : f.raw);
+        break;
+      case T.ParameterStatus:
+        this.onParameterStatus(f.body);
+        out.add(f.raw);
+        break;
+      case T.ReadyForQuery: {
+        const n = ++this.zReceived;
+        this.txStatus = f.body[0] ?? this.txStatus;
+        const before = this.injectBefore.get(n);
+        if (before) {
+          for (const i of before) out.add(this.materialize(i));
+          this.injectBefore.delete(n);
+        }
+        out.add(f.raw);
+        const after = this.injectAfter.get(n);
+        if (after) {
+          for (const i of after) out.add(this.materialize(i));
+          this.injectAfter.delete(n);
+        }
+        while (this.replies[0] && this.replies[0].sync <= n) this.replies.shift();
+        this.copyMask = undefined;
+        this.completeOutcome(n);
+        break;
+      }
+      default:
+        out.add(f.raw);
+    }
+    return undefined;
+  }
+
+  /**
+   * A RowDescription: the answer to a Describe (kept for the portal's
+   * Execute; agate's own is not relayed) or the start of a simple-query
+   * result, whose masker is planned here.
+   */
+  private onRowDescription(f: Frame, out: Outbox): Promise<void> | undefined {
+    const r = this.currentReply();
+    if (r?.kind === "describe") {
+      const next = this.replies[1];
+      if (r.portal !== undefined && next?.kind === "execute" && next.portal === r.portal && next.sync === r.sync && !next.mask.empty) {
+        // The Execute this Describe was sent for: plan its rows now.
+        const planned = this.plan(f.body, next);
+        if (planned) return planned;
+      }
+      if (r.portal !== undefined) this.portalRows.set(r.portal, Buffer.from(f.body));
+      this.replies.shift();
+      if (!r.swallow) out.add(f.raw);
+      return undefined;
+    }
+    if (r && !r.mask.empty) {
+      const planned = this.plan(f.body, r);
+      if (planned) return planned;
+    } else if (!r && !this.lastMask.empty) {
+      throw new Error("the target sent columns agate cannot match with a statement, so they cannot be masked");
+    }
+    out.add(f.raw);
+    return undefined;
+  }
+
+  /** DataRows of an Execute whose portal was described earlier: plan from that description. */
+  private executeRows(f: Frame, out: Outbox): Promise<void> | undefined {
+    const r = this.currentReply()!;
+    if (r.mask.empty) {
+      out.add(f.raw);
+      return undefined;
+    }
+    const desc = this.portalRows.get(r.portal ?? "");
+    if (!desc) throw new Error(`rows of portal "${r.portal}" arrived without its columns, so they cannot be masked`);
+    const planned = this.plan(desc, r);
+    if (planned) return planned;
+    out.add(r.rows!.row(f.raw));
+    return undefined;
+  }
+
+  /** Plan `reply`'s masker from a RowDescription body; a promise when column origins must be looked up first. */
+  private plan(body: Buffer, reply: Reply): Promise<void> | undefined {
+    const fields = readRowDescription(body);
+    if (reply.mask.columns.length > 0 && !this.lookedUp) {
+      const missing = fields.filter((x) => x.table !== 0 && this.catalog.cached(x.table, x.attnum) === null).map((x) => x.table);
+      if (missing.length > 0) {
+        return this.catalog.load(missing).catch((e: Error) => {
+          this.log("warn", "column origins could not be looked up; the result is masked whole", { session: this.session.id, error: e.message });
+        });
+      }
+    }
+    const origin: OriginOf = (table, attnum) => {
+      const o = this.catalog.cached(table, attnum);
+      return o === null ? "unknown" : o;
+    };
+    reply.rows = new ResultMasker(fields, reply.mask, reply.facts, origin, this.tally);
+    return undefined;
   }
 
   /**
@@ -404,7 +637,10 @@ export class PgSession {
       this.outcomeAt.delete(n);
       let rows = 0;
       for (const t of this.tags) rows += tagRows(t);
-      this.guard.outcome(this.session, seqs, { tags: this.tags, rows, ...(this.error ? { error: this.error } : {}) });
+      const t = this.tally;
+      const masked = t.rows > 0 || Object.keys(t.detectors).length > 0 ? { masked: { rows: t.rows, columns: t.columns, detectors: t.detectors } } : {};
+      this.guard.outcome(this.session, seqs, { tags: this.tags, rows, ...(this.error ? { error: this.error } : {}), ...masked });
+      if (t.rows > 0 || Object.keys(t.detectors).length > 0) this.tally = newTally();
     }
     this.tags = [];
     this.error = undefined;
@@ -436,6 +672,8 @@ export class PgSession {
     this.onEnd({ reason, commands: this.seq });
   }
 }
+
+const EMPTY = Buffer.alloc(0);
 
 function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
   const list = m.get(k);

@@ -1,0 +1,158 @@
+/**
+ * Column origins for masking by table.column. RowDescription names, for each
+ * result column that is a plain column reference, the relation OID and
+ * attribute number it came from; PostgreSQL follows aliases, joins,
+ * subqueries and CTEs itself. What it stops at is a view: the origin is then
+ * the view's column. The catalog turns (OID, attnum) into names and, for a
+ * view, into the base columns behind it:
+ *
+ * * A view's (or materialized view's) definition is described by PostgreSQL
+ *   (Parse + Describe of pg_get_viewdef's text on agate's own connection,
+ *   with an empty search_path so every name is qualified): each view column
+ *   that is a plain reference gets its origin the same way a query's does,
+ *   recursively through views on views.
+ * * A view column that is computed (`upper(email) AS e`) has no origin; it
+ *   stands for every base column the view's rewrite rule depends on
+ *   (pg_depend), which is what a rule could possibly leak through it.
+ *
+ * Lookups run on one connection per target, with the gateway's own target
+ * credentials; results are cached per OID for CACHE_MS (a renamed column is
+ * seen anew after that). A lookup that fails throws: the caller masks the
+ * result whole rather than guess.
+ */
+import postgres from "postgres";
+import { AgateError } from "../../core/errors.ts";
+import type { PgTarget } from "./upstream.ts";
+
+/** A named column of a table or view. */
+export interface ColumnName {
+  schema: string;
+  table: string;
+  column: string;
+}
+
+export interface ColumnOrigin extends ColumnName {
+  /** For a view's column: the base columns it shows (a plain reference) or may carry (a computed column). */
+  via: ColumnName[];
+}
+
+interface Relation {
+  schema: string;
+  name: string;
+  kind: string;
+  columns: Map<number, ColumnOrigin>;
+  at: number;
+}
+
+const CACHE_MS = 60_000;
+/** Views on views deeper than this are refused (PostgreSQL itself has no limit, but no schema needs more). */
+const MAX_VIEW_DEPTH = 32;
+
+export class Catalog {
+  private sql: postgres.Sql | undefined;
+  private readonly relations = new Map<number, Relation>();
+  private readonly inflight = new Map<number, Promise<Relation>>();
+
+  constructor(private readonly target: PgTarget) {}
+
+  /**
+   * The origin of column `attnum` of relation `oid`: null when it must be
+   * looked up (not cached, stale, or a column added since), undefined for a
+   * system column.
+   */
+  cached(oid: number, attnum: number): ColumnOrigin | undefined | null {
+    const rel = this.relations.get(oid);
+    if (rel === undefined || Date.now() - rel.at > CACHE_MS) return null;
+    const c = rel.columns.get(attnum);
+    return c === undefined && attnum > 0 ? null : c;
+  }
+
+  /** Look the relations `oids` up again (and the views' base relations), into the cache. */
+  async load(oids: Iterable<number>): Promise<void> {
+    const fresh = [...new Set(oids)];
+    for (const oid of fresh) if (!this.inflight.has(oid)) this.relations.delete(oid);
+    await Promise.all(fresh.map((oid) => this.relation(oid, 0)));
+  }
+
+  async close(): Promise<void> {
+    await this.sql?.end({ timeout: 1 });
+    this.sql = undefined;
+  }
+
+  private connection(): postgres.Sql {
+    const t = this.target;
+    this.sql ??= postgres({
+      host: t.host,
+      port: t.port,
+      database: t.database,
+      username: t.user,
+      ...(t.password !== undefined ? { password: t.password } : {}),
+      ssl: t.sslmode === "disable" ? false : t.sslmode === "require" ? "require" : "verify-full",
+      max: 1,
+      idle_timeout: 60,
+      connect_timeout: Math.ceil(t.connect_timeout_ms / 1000),
+      onnotice: () => {},
+      connection: { application_name: "agate catalog", search_path: "" },
+    });
+    return this.sql;
+  }
+
+  private relation(oid: number, depth: number): Promise<Relation> {
+    const rel = this.relations.get(oid);
+    if (rel && Date.now() - rel.at <= CACHE_MS) return Promise.resolve(rel);
+    let p = this.inflight.get(oid);
+    if (!p) {
+      p = this.fetch(oid, depth).finally(() => this.inflight.delete(oid));
+      this.inflight.set(oid, p);
+    }
+    return p;
+  }
+
+  private async fetch(oid: number, depth: number): Promise<Relation> {
+    if (depth > MAX_VIEW_DEPTH) throw new AgateError("MASK_LINEAGE", `views nest deeper than ${MAX_VIEW_DEPTH} levels`);
+    const sql = this.connection();
+    const rows = await sql<{ nspname: string; relname: string; relkind: string; attnum: number | null; attname: string | null }[]>`
+      SELECT n.nspname, c.relname, c.relkind::text AS relkind, a.attnum, a.attname
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+      WHERE c.oid = ${oid}
+      ORDER BY a.attnum`;
+    if (rows.length === 0) throw new AgateError("MASK_LINEAGE", `relation ${oid} is not in the catalog`);
+    const { nspname: schema, relname: name, relkind: kind } = rows[0]!;
+    const columns = new Map<number, ColumnOrigin>();
+    for (const r of rows) if (r.attnum !== null && r.attname !== null) columns.set(r.attnum, { schema, table: name, column: r.attname, via: [] });
+    if (kind === "v" || kind === "m") await this.viewLineage(oid, columns, depth);
+    const rel: Relation = { schema, name, kind, columns, at: Date.now() };
+    this.relations.set(oid, rel);
+    return rel;
+  }
+
+  /** Fill `via` of each view column with the base columns it shows or may carry. */
+  private async viewLineage(oid: number, columns: Map<number, ColumnOrigin>, depth: number): Promise<void> {
+    const sql = this.connection();
+    const [view] = await sql<{ def: string | null }[]>`SELECT pg_catalog.pg_get_viewdef(${oid}::pg_catalog.oid) AS def`;
+    if (!view?.def) throw new AgateError("MASK_LINEAGE", `the definition of view ${oid} cannot be read`);
+    const described = await sql.unsafe(view.def).describe();
+    const deps = await sql<{ refobjid: number; refobjsubid: number }[]>`
+      SELECT DISTINCT d.refobjid::int8 AS refobjid, d.refobjsubid
+      FROM pg_catalog.pg_depend d
+      JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+      WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+        AND r.ev_class = ${oid} AND d.refobjid <> ${oid} AND d.refobjsubid > 0`;
+    const base = async (rel: number, att: number): Promise<ColumnName[]> => {
+      const r = await this.relation(Number(rel), depth + 1);
+      const c = r.columns.get(att);
+      return c ? [{ schema: c.schema, table: c.table, column: c.column }, ...c.via] : [];
+    };
+    const everything: ColumnName[] = [];
+    for (const d of deps) everything.push(...(await base(d.refobjid, d.refobjsubid)));
+    await Promise.all(
+      described.columns.map(async (col, i) => {
+        const mine = columns.get(i + 1);
+        if (mine) mine.via = col.table !== 0 ? await base(col.table, col.number) : everything;
+      }),
+    );
+  }
+}

@@ -1,0 +1,363 @@
+/**
+ * Masking of what the target sends back: the fields of DataRow messages
+ * (by column rule and by detector), CopyData rows, and the text of
+ * ErrorResponse, NoticeResponse and NotificationResponse.
+ *
+ * A result is planned once, at its RowDescription: each column either
+ * passes untouched, is masked whole by a column rule, or is scanned by the
+ * decision's detectors. DataRows are then rewritten one by one as they pass
+ * (nothing is buffered); a row in which nothing changed is relayed as the
+ * very same bytes.
+ *
+ * A masked value must keep the row valid for the client, in the column's
+ * type and format:
+ *
+ *   string types (text, varchar, char, name, unknown, xml; any user-defined
+ *   type in text format, e.g. an enum or citext, which clients read as a
+ *   string)      the masked text ([REDACTED:email], ****4242, [email:3fa2…])
+ *   json, jsonb  a detector's replacement inside the document when it stays
+ *                valid JSON, otherwise (and for a column rule) the masked
+ *                text as one JSON string
+ *   bytea        the masked text's bytes (hex-encoded in text format)
+ *   any other type (numbers, dates, arrays, composites …)  NULL: the one
+ *                value valid for every type. A number a detector flags (a
+ *                card number kept in a bigint) becomes NULL too.
+ *
+ * Binary-format fields are read through binary.ts: text-like types are
+ * their UTF-8 bytes; numbers and inet are decoded to their text for the
+ * detectors; types that cannot hold text a detector finds (bool, uuid,
+ * timestamps …) pass; anything else agate cannot read is NULL when the
+ * decision has detectors (fail closed: it is never passed unread).
+ *
+ * Column origins: see catalog.ts. A computed result column (no origin:
+ * `upper(email)`, `row_to_json(u)`) is masked whole when its statement
+ * names a column a rule covers, or a whole row, since its value may carry
+ * one; otherwise only its own name and the detectors apply.
+ */
+import { isUtf8 } from "node:buffer";
+import type { SqlFacts } from "../../core/types.ts";
+import { type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName } from "../../mask/rules.ts";
+import { maskValue } from "../../mask/styles.ts";
+import type { MaskCounts } from "../../mask/types.ts";
+import { binaryAsText, OPAQUE_SAFE, textBytesOffset } from "./binary.ts";
+import type { ColumnOrigin } from "./catalog.ts";
+import { ProtocolViolation } from "./wire.ts";
+
+export interface Field {
+  name: string;
+  /** Origin relation OID (0: none) and attribute number. */
+  table: number;
+  attnum: number;
+  type: number;
+  /** 0 text, 1 binary. */
+  format: number;
+}
+
+/** The fields of a RowDescription body. */
+export function readRowDescription(body: Buffer): Field[] {
+  if (body.length < 2) throw new ProtocolViolation("RowDescription is truncated");
+  const n = body.readUInt16BE(0);
+  const fields: Field[] = new Array(n);
+  let p = 2;
+  for (let i = 0; i < n; i++) {
+    const end = body.indexOf(0, p);
+    if (end < 0 || end + 19 > body.length) throw new ProtocolViolation("RowDescription is truncated");
+    fields[i] = {
+      name: body.toString("utf8", p, end),
+      table: body.readUInt32BE(end + 1),
+      attnum: body.readInt16BE(end + 5),
+      type: body.readUInt32BE(end + 7),
+      format: body.readInt16BE(end + 17),
+    };
+    p = end + 19;
+  }
+  return fields;
+}
+
+/** What masking did to a response: values masked per column rule and per detector (never the values). */
+export interface MaskTally {
+  rows: number;
+  columns: MaskCounts;
+  detectors: MaskCounts;
+}
+
+export function newTally(): MaskTally {
+  return { rows: 0, columns: {}, detectors: {} };
+}
+
+export function tallyIsEmpty(t: MaskTally): boolean {
+  return t.rows === 0;
+}
+
+const KEEP = 0;
+const RULE = 1;
+const DETECT = 2;
+
+type Shape = "string" | "json" | "bytea" | "other";
+
+interface Column {
+  action: typeof KEEP | typeof RULE | typeof DETECT;
+  rule?: ColumnRule;
+  /** The name a rule's replacement carries: the column's own name. */
+  label: string;
+  shape: Shape;
+  binary: boolean;
+  type: number;
+  /** Binary text-like: where the text starts (jsonb has a version byte). */
+  offset: number;
+}
+
+/** User-defined types start here (FirstNormalObjectId). */
+const FIRST_USER_OID = 16384;
+const TEXT_STRING = new Set([25, 1043, 1042, 19, 18, 705, 142]);
+const JSON_TYPES = new Set([114, 3802]);
+const BYTEA = 17;
+
+/** `origin` answers: the origin, undefined when the catalog has no such column, or "unknown" when it could not be looked up. */
+export type OriginOf = (table: number, attnum: number) => ColumnOrigin | undefined | "unknown";
+
+/** A result whose columns' origins could not be looked up is masked whole, under this rule. */
+const UNRESOLVED: ColumnRule = { rule: "(origin unknown)", parts: [], style: { kind: "redact" } };
+
+/** Masks the DataRows of one result. */
+export class ResultMasker {
+  private readonly columns: Column[];
+  /** Some column is not KEEP. */
+  readonly active: boolean;
+
+  constructor(
+    fields: Field[],
+    private readonly mask: CompiledMask,
+    facts: SqlFacts | undefined,
+    origin: OriginOf,
+    private readonly tally: MaskTally,
+  ) {
+    const computed = computedRule(mask, facts);
+    this.columns = fields.map((f) => this.plan(f, origin, computed));
+    this.active = this.columns.some((c) => c.action !== KEEP);
+  }
+
+  private plan(f: Field, origin: OriginOf, computed: ColumnRule | undefined): Column {
+    const binary = f.format === 1;
+    const shape: Shape = JSON_TYPES.has(f.type)
+      ? "json"
+      : f.type === BYTEA
+        ? "bytea"
+        : binary
+          ? textBytesOffset(f.type) === 0 ? "string" : "other"
+          : TEXT_STRING.has(f.type) || f.type >= FIRST_USER_OID ? "string" : "other";
+    const base = { label: f.name, shape, binary, type: f.type, offset: binary ? (textBytesOffset(f.type) ?? 0) : 0 };
+    const m = this.mask;
+    let rule: ColumnRule | undefined;
+    if (m.columns.length > 0) {
+      if (f.table !== 0) {
+        const o = origin(f.table, f.attnum);
+        if (o === "unknown") rule = UNRESOLVED;
+        else if (o) {
+          const hit = ruleForColumn(m, o.schema, o.table, o.column) ? o : o.via.find((v) => ruleForColumn(m, v.schema, v.table, v.column));
+          // A replacement names the column the rule covers: a view's column carries its base column's name.
+          base.label = (hit ?? o).column;
+          if (hit) rule = ruleForColumn(m, hit.schema, hit.table, hit.column);
+        }
+      }
+      rule ??= ruleForName(m, f.name) ?? (f.table === 0 ? computed : undefined);
+    }
+    if (rule) return { action: RULE, rule, ...base };
+    if (m.detectors.length === 0) return { action: KEEP, ...base };
+    // A type that cannot hold text a detector finds passes, in either format.
+    if (OPAQUE_SAFE.has(f.type)) return { action: KEEP, ...base };
+    return { action: DETECT, ...base };
+  }
+
+  /** The DataRow message `raw` (type byte and length included), masked; the same buffer when nothing changed. */
+  row(raw: Buffer): Buffer {
+    if (raw.length < 7) throw new ProtocolViolation("DataRow is truncated");
+    const n = raw.readUInt16BE(5);
+    const cols = this.columns;
+    let p = 7;
+    let edits: { start: number; end: number; value: Buffer | null }[] | undefined;
+    for (let i = 0; i < n; i++) {
+      if (p + 4 > raw.length) throw new ProtocolViolation("DataRow is truncated");
+      const len = raw.readInt32BE(p);
+      const start = p;
+      p += 4;
+      if (len > 0 && p + len > raw.length) throw new ProtocolViolation("DataRow is truncated");
+      const col = cols[i];
+      if (len < 0 || col === undefined || col.action === KEEP) {
+        if (len > 0) p += len;
+        continue;
+      }
+      const out = col.action === RULE ? this.ruleValue(col, raw, p, p + len) : this.detectValue(col, raw, p, p + len);
+      p += len;
+      if (out !== undefined) (edits ??= []).push({ start, end: p, value: out });
+    }
+    if (edits === undefined) return raw;
+    this.tally.rows++;
+    return rebuild(raw, edits);
+  }
+
+  /** A column rule: the whole value, in the column's style and type. */
+  private ruleValue(col: Column, raw: Buffer, a: number, b: number): Buffer | null {
+    const rule = col.rule!;
+    this.tally.columns[rule.rule] = (this.tally.columns[rule.rule] ?? 0) + 1;
+    if (col.shape === "other") return null;
+    const value = col.shape === "bytea" ? raw.toString("latin1", a, b) : raw.toString("utf8", a + col.offset, b);
+    return encode(col, maskValue(value, col.label, rule.style));
+  }
+
+  /** The detectors: undefined when nothing was found. */
+  private detectValue(col: Column, raw: Buffer, a: number, b: number): Buffer | null | undefined {
+    const m = this.mask;
+    const counts = this.tally.detectors;
+    if (col.shape === "bytea") {
+      const hex = !col.binary && b - a >= 2 && raw[a] === 0x5c && raw[a + 1] === 0x78; // \x
+      const text = hex ? Buffer.from(raw.toString("latin1", a + 2, b), "hex").toString("latin1") : raw.toString("latin1", a, b);
+      const out = maskWith(text, m, counts);
+      if (out === text) return undefined;
+      return hex ? Buffer.from(`\\x${Buffer.from(out, "latin1").toString("hex")}`, "latin1") : Buffer.from(out, "latin1");
+    }
+    if (col.shape === "other" && col.binary) {
+      const text = binaryAsText(col.type, raw.subarray(a, b));
+      if (text === undefined) {
+        counts["(unreadable binary)"] = (counts["(unreadable binary)"] ?? 0) + 1;
+        return null;
+      }
+      return maskWith(text, m, counts) === text ? undefined : null;
+    }
+    const start = a + col.offset;
+    let text = raw.toString("utf8", start, b);
+    const latin1 = text.includes("\uFFFD") && !isUtf8(raw.subarray(start, b));
+    if (latin1) text = raw.toString("latin1", start, b);
+    const out = maskWith(text, m, counts);
+    if (out === text) return undefined;
+    if (col.shape === "other") return null;
+    if (col.shape === "json" && !isJson(out)) return encode(col, out);
+    const body = Buffer.from(out, latin1 ? "latin1" : "utf8");
+    return col.offset ? Buffer.concat([raw.subarray(a, start), body]) : body;
+  }
+}
+
+/** A replacement text as a value of the column's shape and format. */
+function encode(col: Column, text: string): Buffer | null {
+  switch (col.shape) {
+    case "string":
+      return Buffer.from(text, "utf8");
+    case "json": {
+      const doc = Buffer.from(JSON.stringify(text), "utf8");
+      return col.binary && col.offset === 1 ? Buffer.concat([Buffer.of(1), doc]) : doc;
+    }
+    case "bytea":
+      return col.binary ? Buffer.from(text, "utf8") : Buffer.from(`\\x${Buffer.from(text, "utf8").toString("hex")}`, "latin1");
+    default:
+      return null;
+  }
+}
+
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The rule a computed column falls under: its statement names a covered column, or a whole row. */
+function computedRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnRule | undefined {
+  if (m.columns.length === 0) return undefined;
+  if (!facts) return m.columns[0];
+  for (const s of facts.statements) {
+    // FETCH from a cursor and EXECUTE of a prepared statement name no columns: their query is elsewhere.
+    if (s.node === "FetchStmt" || s.node === "ExecuteStmt") return m.columns[0];
+    for (const c of s.columns ?? []) {
+      const r = ruleForColumnName(m, c);
+      if (r) return r;
+    }
+    if (s.whole_row) return m.columns[0];
+  }
+  return undefined;
+}
+
+/** `raw` with the field slices [start, end) (length word included) replaced; a null value is SQL NULL. */
+function rebuild(raw: Buffer, edits: { start: number; end: number; value: Buffer | null }[]): Buffer {
+  let size = raw.length;
+  for (const e of edits) size += 4 + (e.value?.length ?? 0) - (e.end - e.start);
+  const out = Buffer.allocUnsafe(size);
+  let from = 0;
+  let to = 0;
+  for (const e of edits) {
+    to += raw.copy(out, to, from, e.start);
+    if (e.value === null) to = out.writeInt32BE(-1, to);
+    else {
+      to = out.writeInt32BE(e.value.length, to);
+      to += e.value.copy(out, to);
+    }
+    from = e.end;
+  }
+  raw.copy(out, to, from);
+  out.writeInt32BE(size - 1, 1);
+  return out;
+}
+
+/**
+ * A buffer of text (a CopyData row, a notification payload) masked by the
+ * detectors; undefined when nothing was found. UTF-8 when it is, otherwise
+ * read and written back as Latin-1 so that other bytes pass unchanged.
+ */
+export function maskBytes(buf: Buffer, a: number, b: number, m: CompiledMask, counts: MaskCounts): Buffer | undefined {
+  if (m.detectors.length === 0 || a >= b) return undefined;
+  let text = buf.toString("utf8", a, b);
+  const latin1 = text.includes("\uFFFD") && !isUtf8(buf.subarray(a, b));
+  if (latin1) text = buf.toString("latin1", a, b);
+  const out = maskWith(text, m, counts);
+  return out === text ? undefined : Buffer.from(out, latin1 ? "latin1" : "utf8");
+}
+
+/** ErrorResponse/NoticeResponse fields that carry no data: severity, code, file, line, routine. */
+const PLAIN_FIELDS = new Set([0x53, 0x56, 0x43, 0x46, 0x4c, 0x52]);
+
+/** An ErrorResponse or NoticeResponse (whole message) with its text fields masked; the same buffer when nothing changed. */
+export function maskNotice(raw: Buffer, m: CompiledMask, counts: MaskCounts): Buffer {
+  if (m.detectors.length === 0) return raw;
+  const parts: Buffer[] = [];
+  let changed = false;
+  let p = 5;
+  while (p < raw.length && raw[p] !== 0) {
+    const code = raw[p]!;
+    const end = raw.indexOf(0, p + 1);
+    if (end < 0) throw new ProtocolViolation("ErrorResponse field is not terminated");
+    const masked = PLAIN_FIELDS.has(code) ? undefined : maskBytes(raw, p + 1, end, m, counts);
+    if (masked) {
+      changed = true;
+      parts.push(Buffer.of(code), masked.includes(0) ? Buffer.from(masked.toString("latin1").replaceAll("\0", ""), "latin1") : masked, Buffer.of(0));
+    } else parts.push(raw.subarray(p, end + 1));
+    p = end + 1;
+  }
+  if (!changed) return raw;
+  return message(raw[0]!, [...parts, Buffer.of(0)]);
+}
+
+/** A NotificationResponse with its payload masked. */
+export function maskNotification(raw: Buffer, m: CompiledMask, counts: MaskCounts): Buffer {
+  if (m.detectors.length === 0) return raw;
+  const channelEnd = raw.indexOf(0, 9);
+  const payloadEnd = channelEnd < 0 ? -1 : raw.indexOf(0, channelEnd + 1);
+  if (payloadEnd < 0) throw new ProtocolViolation("NotificationResponse is truncated");
+  const masked = maskBytes(raw, channelEnd + 1, payloadEnd, m, counts);
+  return masked ? message(raw[0]!, [raw.subarray(5, channelEnd + 1), masked, Buffer.of(0)]) : raw;
+}
+
+/** A CopyData message with its row masked. */
+export function maskCopyData(raw: Buffer, m: CompiledMask, counts: MaskCounts): Buffer {
+  const masked = maskBytes(raw, 5, raw.length, m, counts);
+  return masked ? message(raw[0]!, [masked]) : raw;
+}
+
+function message(type: number, parts: Buffer[]): Buffer {
+  const body = Buffer.concat(parts);
+  const out = Buffer.allocUnsafe(5 + body.length);
+  out[0] = type;
+  out.writeInt32BE(4 + body.length, 1);
+  body.copy(out, 5);
+  return out;
+}
