@@ -149,7 +149,9 @@ describe("column rules follow the column's origin", () => {
     const client = new pg.Client({ connectionString: gw.url(), binary: true } as pg.ClientConfig);
     await client.connect();
     try {
-      const r = await client.query("SELECT id, email, card, profile, card_number, blob, note FROM customers ORDER BY id");
+      // queryMode "extended": without it node-postgres sends a simple query, whose results are always text
+      const r = await client.query({ text: "SELECT id, email, card, profile, card_number, blob, note FROM customers ORDER BY id", queryMode: "extended" } as pg.QueryConfig);
+      expect(r.fields.every((f) => f.format === "binary")).toBe(true);
       const text = JSON.stringify(r.rows, (_k, v) => (typeof v === "bigint" ? v.toString() : v));
       noRaw(text);
       expect(r.rows[0].id).toBe(1);

@@ -321,7 +321,7 @@ export class Guard {
     const m = ctx.mask;
     ctx.shown = {
       text: maskWith(command.text, m, counts),
-      ...(command.params ? { params: command.params.map((p) => (p === null ? p : maskWith(p, m, counts))) } : {}),
+      ...(command.params ? { params: command.params.map((p) => maskParam(p, m, counts)) } : {}),
       counts,
     };
   }
@@ -363,6 +363,14 @@ export class Guard {
       }, failed);
     };
   }
+}
+
+/** A parameter masked for its record: a binary one ("base64:…") is read as bytes, masked, and written back the same way. */
+function maskParam(p: string | null, m: CompiledMask, counts: MaskCounts): string | null {
+  if (p === null || !p.startsWith("base64:")) return p === null ? p : maskWith(p, m, counts);
+  const bytes = Buffer.from(p.slice(7), "base64").toString("latin1");
+  const masked = maskWith(bytes, m, counts);
+  return masked === bytes ? p : `base64:${Buffer.from(masked, "latin1").toString("base64")}`;
 }
 
 /** The mask for records of commands no policy decided on. */

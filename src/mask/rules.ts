@@ -135,17 +135,36 @@ export function ruleForColumnName(m: CompiledMask, column: string): ColumnRule |
 /**
  * `text` with what the mask's detectors find replaced, each in its rule's
  * style, and counts per detector. Nothing found: the same string back.
+ *
+ * Bytes written out in PostgreSQL's bytea hex form (`\x6164614065…`, as in
+ * a record's or a COPY row's text, or a bytea parameter) are read too: a
+ * run whose bytes hold a secret is replaced by the hex of the masked bytes,
+ * so it stays valid bytea.
  */
 export function maskWith(text: string, m: CompiledMask, counts?: MaskCounts): string {
   if (m.detectors.length === 0 || text.length === 0) return text;
   const matches = findAll(text, m.detectors);
-  if (matches.length === 0) return text;
-  let out = "";
-  let pos = 0;
-  for (const x of matches) {
-    out += text.slice(pos, x.start) + maskValue(text.slice(x.start, x.end), x.detector, m.styles[x.detector]!);
-    pos = x.end;
-    if (counts) counts[x.detector] = (counts[x.detector] ?? 0) + 1;
+  let out = text;
+  if (matches.length > 0) {
+    out = "";
+    let pos = 0;
+    for (const x of matches) {
+      out += text.slice(pos, x.start) + maskValue(text.slice(x.start, x.end), x.detector, m.styles[x.detector]!);
+      pos = x.end;
+      if (counts) counts[x.detector] = (counts[x.detector] ?? 0) + 1;
+    }
+    out += text.slice(pos);
   }
-  return out + text.slice(pos);
+  return out.includes("\\x") ? maskHexRuns(out, m, counts) : out;
+}
+
+/** `\x` and at least 4 bytes of hex: a bytea value's text form. */
+const HEX_RUN = /\\x((?:[0-9a-fA-F]{2}){4,})/g;
+
+function maskHexRuns(text: string, m: CompiledMask, counts?: MaskCounts): string {
+  return text.replace(HEX_RUN, (run: string, hex: string) => {
+    const bytes = Buffer.from(hex, "hex").toString("latin1");
+    const masked = maskWith(bytes, m, counts);
+    return masked === bytes ? run : `\\x${Buffer.from(masked, "latin1").toString("hex")}`;
+  });
 }
