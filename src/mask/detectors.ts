@@ -25,6 +25,13 @@
  * JSON string) right before it counts as a boundary, so terminal output and
  * JSON-encoded logs are masked like plain text.
  *
+ * Quotes: text nested in other text escapes its quotes once more at each
+ * level (JSON in CSV, COPY's doubled backslashes, a record's doubled
+ * quotes, SQL's ''), so where a detector reads the quotes around a key or
+ * a value it takes any bounded run of quotes and backslashes as one quote
+ * (see "Quote boundaries"), and masks only what is inside, so the output
+ * stays valid in each of its encodings.
+ *
  * maxLength: for detectors that look at context before the value (a keyword
  * or key name), maxLength covers that context too, so a stream masker that
  * keeps maxLength characters back still sees it.
@@ -126,6 +133,163 @@ function skipEscapePrefix(text: string, s: number, limit: number): number {
     }
   }
   return s;
+}
+
+// ---------------------------------------------------------------------------
+// Quote boundaries
+
+/**
+ * Text nested in other text escapes its quotes once more at each level, and
+ * each encoding its own way: \" in a JSON string, "" in a CSV field or in a
+ * record's text output, '' in an SQL literal, every backslash doubled in
+ * COPY's text format, and any combination (\\"" is JSON's \" inside a
+ * record field, """" is CSV's "" inside CSV). So detectors that read the
+ * quotes around a key or a value read a run of quotes and backslashes as
+ * one boundary, whatever it is made of, up to QUOTE_MAX characters (a
+ * longer run is not a quote: 16 covers four levels of doubling), and a
+ * quoted value ends where a run starting with its opening quote begins.
+ */
+const QUOTE_MAX = 16;
+
+/** " ' \ */
+function isQuoteRunChar(c: number): boolean {
+  return c === 34 || c === 39 || c === 92;
+}
+function isQuote(c: number): boolean {
+  return c === 34 || c === 39;
+}
+
+/** The start of the quote run that ends at `i` (its last QUOTE_MAX characters at most; `i` when there is none). */
+function quoteRunBefore(text: string, i: number): number {
+  let s = i;
+  while (s > 0 && i - s < QUOTE_MAX && isQuoteRunChar(text.charCodeAt(s - 1))) s--;
+  return s;
+}
+
+/** The end of the quote run that starts at `i` (`i` when there is none), or -1 when it is longer than QUOTE_MAX. */
+function quoteRunAfter(text: string, i: number): number {
+  const lim = Math.min(text.length, i + QUOTE_MAX + 1);
+  let e = i;
+  while (e < lim && isQuoteRunChar(text.charCodeAt(e))) e++;
+  return e - i > QUOTE_MAX ? -1 : e;
+}
+
+/** Does text[a, b) hold a quote (not only backslashes)? */
+function hasQuote(text: string, a: number, b: number): boolean {
+  for (let i = a; i < b; i++) if (isQuote(text.charCodeAt(i))) return true;
+  return false;
+}
+
+/** Raw line and field breaks: no quoted value runs across one (\n written out is fine). */
+function isBreak(c: number): boolean {
+  return c === 10 || c === 13 || c === 9;
+}
+
+/**
+ * Where the value opened by `open` and starting at `vs` ends (where its
+ * closing quote starts), or -1 if a break or `lim` comes first. One
+ * character ("…", '…', `…`): the first one not escaped by a backslash.
+ * Longer (\"…\", ""…"", \\""…\\"", ''…'''): the first quote run that starts
+ * with `open`, so quotes escaped one level deeper (\\\" inside \"…\",
+ * \"" inside ""…"") stay in the value, and a run that also closes the
+ * enclosing string (''' after ''…) still closes it; or a run of the
+ * value's own escaped backslashes and then `open`.
+ */
+function closeQuote(text: string, vs: number, open: string, lim: number): number {
+  let e = vs;
+  if (open.length === 1) {
+    const q = open.charCodeAt(0);
+    while (e < lim) {
+      const x = text.charCodeAt(e);
+      if (x === q) return e;
+      if (isBreak(x)) return -1;
+      e += x === 92 ? 2 : 1;
+    }
+    return -1;
+  }
+  let b = 0; // the backslashes `open` starts with
+  while (open.charCodeAt(b) === 92) b++;
+  while (e < lim) {
+    const x = text.charCodeAt(e);
+    if (isQuoteRunChar(x)) {
+      if (text.startsWith(open, e)) return e;
+      // the value ends in a backslash, written 2(b + 1) times at this level: \"abc\\\\\" is abc\
+      let k = e;
+      while (k < lim && text.charCodeAt(k) === 92) k++;
+      const extra = k - e - b;
+      if (extra > 0 && extra % (2 * (b + 1)) === 0 && text.startsWith(open, e + extra)) return e + extra;
+      e = k;
+      while (e < lim && isQuoteRunChar(text.charCodeAt(e))) e++;
+    } else if (isBreak(x)) return -1;
+    else e++;
+  }
+  return -1;
+}
+
+/** Does a value end at `i`: the end of the text, or a character that ends a bare value? */
+function valueEndsAt(text: string, i: number): boolean {
+  if (i >= text.length) return true;
+  const c = text.charCodeAt(i);
+  return c <= 32 || c === 44 || c === 59 || c === 38 || c === 125 || c === 93 || c === 41 || c === 127;
+}
+
+/** A value that holds "… password=" (a key naming a secret): its quotes were misread, it runs on into what follows. */
+const NEXT_KEY = /[\s,;&]([A-Za-z_][A-Za-z0-9_.-]{0,63})=/g;
+
+function holdsSecretKey(text: string, vs: number, ve: number): boolean {
+  const v = text.slice(vs, ve);
+  if (v.indexOf("=") === -1) return false;
+  NEXT_KEY.lastIndex = 0;
+  for (let m = NEXT_KEY.exec(v); m !== null; m = NEXT_KEY.exec(v)) if (keyClass(m[1]!) !== 0) return true;
+  return false;
+}
+
+/**
+ * The quoted value at `p`, [start, end) inside its quotes; "bare" when no
+ * quote opens there; null when nothing that can be a value is there. The
+ * key before it tells which quote to expect: `kr` is the quote run that
+ * closed the key (\"password\": → \"), `kl` the one before the key. A value
+ * quoted like its key uses the key's quote. Otherwise the run at `p`, up to
+ * its last quote character (backslashes after it are the value's own
+ * escapes), opens the value, except that
+ *   - a doubled quote followed by the end of a value ("", '', \"\") is an
+ *     empty string;
+ *   - when the key has no closing quote but an opening one, a run equal to
+ *     that opening one (the end of the run before the key) and followed by
+ *     the end of a value closes the string the key began: in CSV
+ *     `"password=",2024-01-15` the key has no value at all (but in
+ *     PostgreSQL's `"db_password = "correct-horse-battery""`, which quotes
+ *     without escaping, it has one).
+ * A value must not run across a tab or line break, nor hold "… password="
+ * (another key naming a secret).
+ */
+function quotedValue(text: string, p: number, kl: string, kr: string, lim: number): [number, number] | null | "bare" {
+  const c = text.charCodeAt(p);
+  if (c === 96) {
+    const e = closeQuote(text, p + 1, "`", lim);
+    return e < 0 ? null : [p + 1, e];
+  }
+  if (!isQuoteRunChar(c)) return "bare";
+  const r = quoteRunAfter(text, p);
+  if (r < 0) return null;
+  let q = r;
+  while (q > p && !isQuote(text.charCodeAt(q - 1))) q--;
+  if (q === p) return "bare"; // backslashes only
+  let open: string;
+  if (kr.length > 0 && text.startsWith(kr, p)) open = kr;
+  else {
+    open = text.slice(p, q);
+    if (valueEndsAt(text, q) && (open.length > 1 || (kr.length === 0 && kl.endsWith(open)))) return null;
+  }
+  let vs = p + open.length;
+  let e = closeQuote(text, vs, open, lim);
+  if (e < 0 && open.length > 1 && isQuote(c)) {
+    // "\"quoted\"": a quote, then the value's own escaped quote
+    vs = p + 1;
+    e = closeQuote(text, vs, text[p]!, lim);
+  }
+  if (e < 0 || holdsSecretKey(text, vs, e)) return null;
+  return [vs, e];
 }
 
 // ---------------------------------------------------------------------------
@@ -682,9 +846,15 @@ const PHONE_INTL = /\+[1-9]/g;
  * look like that.
  */
 const PHONE_NANP = /[-.)] ?\d{3}[ .-]\d{4}/g; // led by the separator after the area code; the area is read backwards
-/** Any other national form only after a keyword: "tel: 020 7946 0958", "phone_number": "0301234567". */
+/**
+ * Any other national form only after a keyword: "tel: 020 7946 0958", "phone_number": "0301234567". The
+ * quotes around the keyword and the number may be any quote run (\"mobile\": \"…\", \\""mobile\\"": \\""…,
+ * """"mobile"""": …); from the keyword to the end of the number is at most PHONE_KEYWORD_MAX characters
+ * (the detector's maxLength).
+ */
 const PHONE_KEYWORD =
-  /(?:telephone|phone|mobile|tel)(?:[ _.-]?(?:no|number|num|nr))?\.?(?:\\?["']){0,2}[ \t]{0,3}[:=#]?[ \t]{0,3}(?:\\?["']){0,2}(\+?\(?\d[\d ().-]{5,24}\d)/iy;
+  /(?:telephone|phone|mobile|tel)(?:[ _.-]?(?:no|number|num|nr))?\.?[\\"']{0,16}[ \t]{0,3}[:=#]?[ \t]{0,3}[\\"']{0,16}(\+?\(?\d[\d ().-]{5,24}\d)/iy;
+const PHONE_KEYWORD_MAX = 64;
 
 const DATE_LIKE = /^\d{4}[-./]\d{1,2}[-./]\d{1,2}/;
 const IPV4_LIKE = /^\d{1,3}(?:\.\d{1,3}){3}$/;
@@ -797,6 +967,7 @@ const scanPhone: ScanFn = (text, scan, out) => {
     const m = PHONE_KEYWORD.exec(text);
     if (m === null) continue;
     const num = m[1]!;
+    if (m[0].length > PHONE_KEYWORD_MAX) continue;
     const e = h + m[0].length;
     const s = e - num.length;
     let digits = 0;
@@ -1142,7 +1313,14 @@ function urlPasswords(text: string, out: Match[]): void {
 /** libpq keyword/value strings: password=… is a password when another libpq keyword is on the same line. */
 const LIBPQ_PW = /password[ \t]*=[ \t]*/g;
 const LIBPQ_CONTEXT =
-  /(?:^|[\s"'])(?:host|hostaddr|port|dbname|user|sslmode|sslrootcert|sslcert|sslkey|connect_timeout|application_name|service|options|target_session_attrs)[ \t]*=/;
+  /(?:^|[\s"'\\]|\\[nrt])(?:host|hostaddr|port|dbname|user|sslmode|sslrootcert|sslcert|sslkey|connect_timeout|application_name|service|options|target_session_attrs)[ \t]*=/;
+
+/** Where a bare libpq value ends: whitespace, a double quote or backslash (of an enclosing string), a ' that closes one. */
+function endsLibpqBare(text: string, i: number): boolean {
+  const c = text.charCodeAt(i);
+  if (c <= 32 || c === 34 || c === 92 || c === 127) return true;
+  return c === 39 && (valueEndsAt(text, i + 1) || isQuoteRunChar(text.charCodeAt(i + 1)));
+}
 
 function libpqPasswords(text: string, out: Match[]): void {
   if (text.indexOf("password") === -1) return;
@@ -1151,7 +1329,7 @@ function libpqPasswords(text: string, out: Match[]): void {
     const s = m.index;
     if (s > 0) {
       const p = text.charCodeAt(s - 1);
-      if (!(isSpace(p) || p === 34 || p === 39)) continue;
+      if (!(isSpace(p) || isQuoteRunChar(p) || (isAlpha(p) && endsEscape(text, s - 1)))) continue;
     }
     let ls = s;
     while (ls > 0 && s - ls < 300 && text.charCodeAt(ls - 1) !== 10) ls--;
@@ -1159,21 +1337,15 @@ function libpqPasswords(text: string, out: Match[]): void {
     while (le < text.length && le - s < 300 && text.charCodeAt(le) !== 10) le++;
     if (!LIBPQ_CONTEXT.test(text.slice(ls, s)) && !LIBPQ_CONTEXT.test(text.slice(s + 8, le))) continue;
     const v = s + m[0].length;
-    let ve = v;
+    // quoted: 'with space', and nested: ''with space'' in an SQL literal, \'…\' in an E'' string
+    const q = quotedValue(text, v, text.slice(quoteRunBefore(text, s), s), "", Math.min(text.length, v + QUOTE_MAX + 1024));
+    if (q === null) continue;
     let vs = v;
-    if (text.charCodeAt(v) === 39) {
-      vs = v + 1;
-      ve = vs;
-      const lim = Math.min(text.length, vs + 1024);
-      while (ve < lim && text.charCodeAt(ve) !== 39 && text.charCodeAt(ve) !== 10) ve += text.charCodeAt(ve) === 92 ? 2 : 1;
-      if (ve >= lim || text.charCodeAt(ve) !== 39) continue;
-    } else {
+    let ve = v;
+    if (q !== "bare") [vs, ve] = q;
+    else {
       const lim = Math.min(text.length, v + 1024);
-      while (ve < lim) {
-        const c = text.charCodeAt(ve);
-        if (c <= 32 || c === 34 || c === 92 || c === 127) break;
-        ve++;
-      }
+      while (ve < lim && !endsLibpqBare(text, ve)) ve++;
     }
     if (ve > vs && !isOwnMask(text.slice(vs, ve))) {
       out.push({ start: vs, end: ve, detector: "url_password" });
@@ -1302,40 +1474,18 @@ function endsBareValue(c: number): boolean {
 }
 
 /**
- * The value after `p`: quoted ("…", '…', `…`), quoted the way its key was
- * (`keyQuote`: \"…\" inside a JSON string, ""…"" inside a CSV field), or
- * bare. [start, end), or null for an unterminated quote.
+ * The value at `p`: quoted (see quotedValue; `kl` and `kr` are the quote
+ * runs before and after its key) or bare. [start, end), or null when there
+ * is none (an unterminated quote, an empty string, the end of the key's
+ * own string).
  */
-function kvValue(text: string, p: number, keyQuote: string): [number, number] | null {
-  const n = text.length;
-  const c = text.charCodeAt(p);
-  const double = keyQuote.length === 2 && text.startsWith(keyQuote, p);
-  if (double || (c === 92 && (text.charCodeAt(p + 1) === 34 || text.charCodeAt(p + 1) === 39))) {
-    const close = double ? keyQuote : "\\" + text[p + 1];
-    const e = text.indexOf(close, p + 2);
-    if (e === -1 || e - (p + 2) > VALUE_MAX) return null;
-    return [p + 2, e];
-  }
-  // ""value"" inside a CSV field (but "" alone is an empty string)
-  if (c === 34 && text.charCodeAt(p + 1) === 34 && p + 2 < n && !endsBareValue(text.charCodeAt(p + 2))) {
-    const e = text.indexOf('""', p + 2);
-    if (e === -1 || e - (p + 2) > VALUE_MAX) return null;
-    return [p + 2, e];
-  }
-  if (c === 34 || c === 39 || c === 96) {
-    const lim = Math.min(n, p + 1 + VALUE_MAX);
-    let e = p + 1;
-    while (e < lim) {
-      const x = text.charCodeAt(e);
-      if (x === c || x === 10) break;
-      e += x === 92 ? 2 : 1;
-    }
-    if (e >= lim || text.charCodeAt(e) !== c) return null;
-    return [p + 1, e];
-  }
-  const lim = Math.min(n, p + VALUE_MAX);
+function kvValue(text: string, p: number, kl: string, kr: string): [number, number] | null {
+  const lim = Math.min(text.length, p + QUOTE_MAX + VALUE_MAX);
+  const q = quotedValue(text, p, kl, kr, lim);
+  if (q !== "bare") return q;
+  const blim = Math.min(text.length, p + VALUE_MAX);
   let e = p;
-  while (e < lim && !endsBareValue(text.charCodeAt(e))) e++;
+  while (e < blim && !endsBareValue(text.charCodeAt(e))) e++;
   return [p, e];
 }
 
@@ -1352,20 +1502,15 @@ function kvAt(text: string, ks: number, ke: number, out: Match[]): number {
   if (ks > 0 && text.charCodeAt(ks - 1) === 91 && OWN_HMAC.test(text.slice(ks, ke + 18))) return -1;
   const cls = keyClass(text.slice(ks, ke));
   if (cls === 0) return -1;
-  let p = ke;
   const n = text.length;
-  // a quoted key: "password", 'password', \"password\" (JSON inside a string), ""password"" (JSON inside CSV)
-  let keyQuote = "";
-  const q = ks > 0 ? text.charCodeAt(ks - 1) : 0;
-  if (q === 34 || q === 39) {
-    const q2 = ks > 1 ? text.charCodeAt(ks - 2) : 0;
-    keyQuote = q2 === 92 ? "\\" + text[ks - 1] : q2 === q ? text.slice(ks - 2, ks) : text[ks - 1]!;
-    if (!text.startsWith(keyQuote, p)) {
-      if (keyQuote.length === 2 && text.charCodeAt(p) === q) keyQuote = text[ks - 1]!;
-      else keyQuote = ""; // the quote opened a string the key is only the start of: "client_secret: abc…"
-    }
-    p += keyQuote.length;
-  }
+  // the key's quotes, whatever nesting made of them: "password", \"password\" (JSON in a string), ""password"" (JSON
+  // in CSV), \\""password\\"" (that in a record's text output)…; the closing one may be missing when the key is only the
+  // start of a quoted string ("client_secret: abc…")
+  const kl = text.slice(quoteRunBefore(text, ks), ks);
+  let p = quoteRunAfter(text, ke);
+  if (p < 0) return -1;
+  if (!hasQuote(text, ke, p)) p = ke;
+  const kr = text.slice(ke, p);
   let sp = 0;
   while (p < n && sp < 4 && (text.charCodeAt(p) === 32 || text.charCodeAt(p) === 9)) p++, sp++;
   const spacedKey = sp > 0;
@@ -1376,23 +1521,23 @@ function kvAt(text: string, ks: number, ke: number, out: Match[]): number {
   } else if (c === 58) {
     p++;
     if (text.charCodeAt(p) === 61) p++; // :=
-  } else if (!(cli && sp === 1)) return -1;
+  } else if (!(cli && sp === 1 && kr.length === 0)) return -1;
   sp = 0;
   while (p < n && sp < 4 && (text.charCodeAt(p) === 32 || text.charCodeAt(p) === 9)) p++, sp++;
   if (p >= n) return -1;
   // "password= next" (env, CLI, libpq): an empty value; "key = value" (TOML, INI) and quoted values may have spaces
   if (c === 61 && sp > 0 && !spacedKey) {
-    const v0 = text.charCodeAt(p);
-    if (!(v0 === 34 || v0 === 39 || v0 === 96)) return -1;
+    const r = quoteRunAfter(text, p);
+    if (!(text.charCodeAt(p) === 96 || (r > p && hasQuote(text, p, r)))) return -1;
   }
-  const v = kvValue(text, p, keyQuote);
+  const v = kvValue(text, p, kl, kr);
   if (v === null) return -1;
   let [vs, ve] = v;
   if (cli && c !== 61 && text.charCodeAt(vs) === 45) return -1; // "--password --next-flag": no value
   const head = AUTH_SCHEME.exec(text.slice(vs, Math.min(ve, vs + 16)));
   if (head !== null && vs + head[0].length < ve) vs += head[0].length;
   else if (head === null && /^(?:bearer|basic|token)$/i.test(text.slice(vs, ve)) && text.charCodeAt(ve) === 32) {
-    const next = kvValue(text, ve + 1, "");
+    const next = kvValue(text, ve + 1, "", "");
     if (next === null) return -1;
     [vs, ve] = next;
   }
@@ -1445,13 +1590,13 @@ const defs: Array<[name: string, maxLength: number, scan: ScanFn]> = [
   // "ssn" keyword up to 48 characters before a bare number
   ["ssn", 64, scanSsn],
   ["email", 320, scanEmail],
-  // keyword form: "telephone_number": " + number
-  ["phone", 64, scanPhone],
+  // keyword form: keyword, quotes, separator and number within PHONE_KEYWORD_MAX
+  ["phone", PHONE_KEYWORD_MAX, scanPhone],
   ["ipv6", 45, scanIpv6],
   // "version " before an address is context
   ["ipv4", 32, scanIpv4],
-  // key (≤ 96) + quotes and separator + value (≤ 4096)
-  ["kv_secret", 4224, scanKv],
+  // quotes (≤ 16) + key (≤ 96) + quotes (≤ 16) and separator + quotes (≤ 16) + value (≤ 4096) + quotes (≤ 16)
+  ["kv_secret", 4288, scanKv],
 ];
 
 const IMPLS: Record<string, Impl> = Object.create(null) as Record<string, Impl>;
