@@ -4,6 +4,8 @@
 import { describe, expect, test } from "bun:test";
 import { AgateError } from "../src/core/errors.ts";
 import { ALL_DETECTORS } from "../src/mask/detectors.ts";
+import { maskValue, starPartial } from "../src/mask/styles.ts";
+import { prng } from "./helpers/mask-corpus.ts";
 import { compileMask, type MaskKeys, maskWith, NO_MASK, ruleForColumn, ruleForColumnName, ruleForName } from "../src/mask/rules.ts";
 
 const KEY = { hmac: new TextEncoder().encode("k".repeat(32)) };
@@ -27,7 +29,7 @@ describe("compileMask", () => {
 
   test("detectors with styles; * is every detector; the same rules give the same object", () => {
     const m = compileMask({ columns: [], detectors: ["email:partial", "*:hmac"] }, KEY);
-    expect(m.detectors.sort()).toEqual([...ALL_DETECTORS].sort());
+    expect([...m.detectors].sort()).toEqual([...ALL_DETECTORS].sort());
     expect(m.styles.email).toEqual({ kind: "partial", keep: 4 });
     expect(m.styles.card!.kind).toBe("hmac");
     expect(compileMask({ columns: [], detectors: ["email:partial", "*:hmac"] }, KEY)).toBe(m);
@@ -69,5 +71,25 @@ describe("maskWith", () => {
     expect(counts).toEqual({ email: 1, card: 1 });
     const plain = "nothing here";
     expect(maskWith(plain, m)).toBe(plain);
+  });
+});
+
+describe("starPartial", () => {
+  test("stars ASCII bytes in place exactly as maskValue's partial style does", () => {
+    const rand = prng(11);
+    const alphabet = "0123456789 -abcXYZ@.\t!,_";
+    for (let n = 0; n < 5000; n++) {
+      let v = "";
+      const len = Math.floor(rand() * 24);
+      for (let i = 0; i < len; i++) v += Array.from(alphabet)[Math.floor(rand() * Array.from(alphabet).length)];
+      for (const detector of ["card", "jwt"]) {
+        for (const keep of [0, 4]) {
+          if (v.length < keep + 4) continue;
+          const buf = Buffer.from(`<${v}>`);
+          starPartial(buf, 1, buf.length - 1, detector, keep);
+          expect(buf.toString("latin1")).toBe(`<${maskValue(v, detector, { kind: "partial", keep })}>`);
+        }
+      }
+    }
   });
 });

@@ -1637,8 +1637,19 @@ let lastNames: readonly string[] | null = null;
 let lastCopy: string[] = [];
 let lastImpls: Impl[] = [];
 
+/** Frozen lists (a compiled mask's) resolved once each. */
+const frozenLists = new WeakMap<readonly string[], Impl[]>();
+
 /** The named detectors, each once, in the order given. */
 function resolve(names: readonly string[]): Impl[] {
+  if (Object.isFrozen(names)) {
+    let impls = frozenLists.get(names);
+    if (impls === undefined) {
+      impls = resolveNames(names);
+      frozenLists.set(names, impls);
+    }
+    return impls;
+  }
   if (names === lastNames && names.length === lastCopy.length) {
     let same = true;
     for (let i = 0; i < names.length; i++) if (names[i] !== lastCopy[i]) same = false;

@@ -24,5 +24,6 @@ export function maskText(text: string, names: readonly string[], style: MaskStyl
   const counts: MaskCounts = {};
   const styles: Record<string, MaskStyle> = Object.create(null);
   for (const n of names) styles[n] = style;
-  return { text: maskWith(text, { detectors: [...names], styles, columns: [], empty: names.length === 0 }, counts), counts };
+  const detectors = [...names];
+  return { text: maskWith(text, { detectors, styles, columns: [], empty: names.length === 0, forTriggers: () => detectors }, counts), counts };
 }

@@ -22,6 +22,7 @@
  */
 import { AgateError } from "../core/errors.ts";
 import { ALL_DETECTORS, DETECTORS, findAll } from "./detectors.ts";
+import { TRIGGERS } from "./prefilter.ts";
 import { maskValue } from "./styles.ts";
 import type { MaskCounts, MaskStyle } from "./types.ts";
 
@@ -41,6 +42,8 @@ export interface CompiledMask {
   columns: ColumnRule[];
   /** No detectors and no column rules: nothing to do. */
   empty: boolean;
+  /** The detectors that can match text with these prefilter triggers (prefilter.ts); frozen, the same list for the same bits. */
+  forTriggers(bits: number): readonly string[];
 }
 
 export interface MaskKeys {
@@ -48,7 +51,21 @@ export interface MaskKeys {
   hmac?: Uint8Array;
 }
 
-export const NO_MASK: CompiledMask = Object.freeze({ detectors: [], styles: {}, columns: [], empty: true });
+const NONE: readonly string[] = Object.freeze([]);
+export const NO_MASK: CompiledMask = Object.freeze({ detectors: [], styles: {}, columns: [], empty: true, forTriggers: () => NONE });
+
+/** forTriggers for a list of detectors: one frozen subset per distinct set of triggers. */
+function subsets(detectors: readonly string[]): (bits: number) => readonly string[] {
+  const memo = new Map<number, readonly string[]>();
+  return (bits) => {
+    let names = memo.get(bits);
+    if (names === undefined) {
+      names = Object.freeze(detectors.filter((d) => (TRIGGERS[d]! & bits) !== 0));
+      memo.set(bits, names);
+    }
+    return names;
+  };
+}
 
 const STYLES = new Set(["redact", "partial", "hmac"]);
 const NAME = /^[^\s.:]+$/;
@@ -104,7 +121,8 @@ export function compileMask(mask: { columns: readonly string[]; detectors: reado
     if (parts.length > 3) throw invalid(`mask column rule ${JSON.stringify(rule)} has more than schema.table.column`);
     return { rule, parts: parts.map((p) => pattern(p, rule)), style: styleOf(style, rule, keys) };
   });
-  const compiled: CompiledMask = Object.freeze({ detectors: Object.keys(styles), styles, columns, empty: false });
+  const detectors = Object.freeze(Object.keys(styles));
+  const compiled: CompiledMask = Object.freeze({ detectors: detectors as string[], styles, columns, empty: false, forTriggers: subsets(detectors) });
   if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value!);
   cache.set(id, compiled);
   return compiled;
@@ -141,9 +159,9 @@ export function ruleForColumnName(m: CompiledMask, column: string): ColumnRule |
  * run whose bytes hold a secret is replaced by the hex of the masked bytes,
  * so it stays valid bytea.
  */
-export function maskWith(text: string, m: CompiledMask, counts?: MaskCounts): string {
-  if (m.detectors.length === 0 || text.length === 0) return text;
-  const matches = findAll(text, m.detectors);
+export function maskWith(text: string, m: CompiledMask, counts?: MaskCounts, names: readonly string[] = m.detectors): string {
+  if (names.length === 0 || text.length === 0) return text;
+  const matches = findAll(text, names);
   let out = text;
   if (matches.length > 0) {
     out = "";

@@ -41,6 +41,7 @@ function partial(value: string, detector: string, keep: number): string {
   const k = Number.isFinite(keep) && keep > 0 ? Math.floor(keep) : 0;
   if (value.length < k + 4) return `[REDACTED:${detector}]`;
   const personal = PERSONAL.has(detector);
+  if (ASCII.test(value)) return partialAscii(value, personal, k);
   const chars = Array.from(value);
   let kept = 0;
   for (let i = chars.length - 1; i >= 0; i--) {
@@ -53,6 +54,21 @@ function partial(value: string, detector: string, keep: number): string {
   return chars.join("");
 }
 
+const ASCII = /^[\x00-\x7f]*$/;
+
+/** partial() for ASCII text (most values), without the Unicode regexes: the same result. */
+function partialAscii(value: string, personal: boolean, k: number): string {
+  // everything maskable before `cut` is starred; the last k maskable characters are after it
+  let cut = value.length;
+  for (let kept = 0; cut > 0 && kept < k; ) {
+    const c = value.charCodeAt(--cut);
+    if (personal ? (c >= 48 && c <= 57) || ((c | 32) >= 97 && (c | 32) <= 122) : !(c === 32 || (c >= 9 && c <= 13))) kept++;
+  }
+  return value.slice(0, cut).replace(personal ? ASCII_ALNUM : ASCII_NON_SPACE, "*") + value.slice(cut);
+}
+const ASCII_ALNUM = /[0-9A-Za-z]/g;
+const ASCII_NON_SPACE = /[^\t-\r ]/g;
+
 /** The replacement for one found `value` of `detector`. */
 export function maskValue(value: string, detector: string, style: MaskStyle): string {
   switch (style.kind) {
@@ -62,5 +78,22 @@ export function maskValue(value: string, detector: string, style: MaskStyle): st
       return partial(value, detector, style.keep);
     case "hmac":
       return `[${detector}:${hmacHex16(style.key, value)}]`;
+  }
+}
+
+/**
+ * The partial style applied in place to ASCII bytes [start, end) of `buf`:
+ * the same characters are starred as maskValue would star (the caller
+ * checks the bytes are ASCII and at least keep + 4 long).
+ */
+export function starPartial(buf: Uint8Array, start: number, end: number, detector: string, keep: number): void {
+  const personal = PERSONAL.has(detector);
+  const k = Number.isFinite(keep) && keep > 0 ? Math.floor(keep) : 0;
+  let kept = 0;
+  for (let i = end - 1; i >= start; i--) {
+    const c = buf[i]!;
+    if (!(personal ? (c >= 48 && c <= 57) || ((c | 32) >= 97 && (c | 32) <= 122) : !(c === 32 || (c >= 9 && c <= 13)))) continue;
+    if (kept < k) kept++;
+    else buf[i] = 0x2a; // *
   }
 }

@@ -78,7 +78,7 @@ export class Outbox {
 
   add(b: Buffer): void {
     const last = this.parts.at(-1);
-    if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) {
+    if (last && last.byteOffset + last.length === b.byteOffset && last.buffer === b.buffer) {
       this.parts[this.parts.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
     } else this.parts.push(b);
   }

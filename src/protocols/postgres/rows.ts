@@ -37,7 +37,8 @@
 import { isUtf8 } from "node:buffer";
 import type { SqlFacts } from "../../core/types.ts";
 import { type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName } from "../../mask/rules.ts";
-import { maskValue } from "../../mask/styles.ts";
+import { triggers } from "../../mask/prefilter.ts";
+import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
 import { binaryAsText, OPAQUE_SAFE, textBytesOffset } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
@@ -85,9 +86,6 @@ export function newTally(): MaskTally {
   return { rows: 0, columns: {}, detectors: {} };
 }
 
-export function tallyIsEmpty(t: MaskTally): boolean {
-  return t.rows === 0;
-}
 
 const KEEP = 0;
 const RULE = 1;
@@ -105,7 +103,12 @@ interface Column {
   type: number;
   /** Binary text-like: where the text starts (jsonb has a version byte). */
   offset: number;
+  /** A rule whose replacement does not depend on the value (redact): the replacement, made once. */
+  constant?: Buffer | null;
 }
+
+const SLAB_BYTES = 64 * 1024;
+const EMPTY = Buffer.alloc(0);
 
 /** User-defined types start here (FirstNormalObjectId). */
 const FIRST_USER_OID = 16384;
@@ -135,6 +138,7 @@ export class ResultMasker {
     const computed = computedRule(mask, facts);
     this.columns = fields.map((f) => this.plan(f, origin, computed));
     this.active = this.columns.some((c) => c.action !== KEEP);
+    this.ruleCounts = new Float64Array(fields.length);
   }
 
   private plan(f: Field, origin: OriginOf, computed: ColumnRule | undefined): Column {
@@ -162,7 +166,11 @@ export class ResultMasker {
       }
       rule ??= ruleForName(m, f.name) ?? (f.table === 0 ? computed : undefined);
     }
-    if (rule) return { action: RULE, rule, ...base };
+    if (rule) {
+      const col: Column = { action: RULE, rule, ...base };
+      if (rule.style.kind === "redact") col.constant = encode(col, maskValue("", col.label, rule.style));
+      return col;
+    }
     if (m.detectors.length === 0) return { action: KEEP, ...base };
     // A type that cannot hold text a detector finds passes, in either format.
     if (OPAQUE_SAFE.has(f.type)) return { action: KEEP, ...base };
@@ -175,7 +183,10 @@ export class ResultMasker {
     const n = raw.readUInt16BE(5);
     const cols = this.columns;
     let p = 7;
-    let edits: { start: number; end: number; value: Buffer | null }[] | undefined;
+    // Once a field changes, the row is written into the slab from `row`: raw bytes [0, copied) are there, up to `o`.
+    let row = -1;
+    let o = 0;
+    let copied = 0;
     for (let i = 0; i < n; i++) {
       if (p + 4 > raw.length) throw new ProtocolViolation("DataRow is truncated");
       const len = raw.readInt32BE(p);
@@ -187,34 +198,113 @@ export class ResultMasker {
         if (len > 0) p += len;
         continue;
       }
-      const out = col.action === RULE ? this.ruleValue(col, raw, p, p + len) : this.detectValue(col, raw, p, p + len);
-      p += len;
-      if (out !== undefined) (edits ??= []).push({ start, end: p, value: out });
+      const a = p;
+      const b = p + len;
+      p = b;
+      const v = col.action === RULE ? this.ruleValue(col, i, raw, a, b) : this.detectValue(col, raw, a, b);
+      if (v === undefined) continue;
+      // room for the raw bytes before the field, the field and the rest of the row
+      const size = v === null ? 0 : v === TEXT ? this.text.length * 3 + (b - a) : v === STARRED ? b - a : v.length;
+      const need = start - copied + 4 + size + raw.length - b;
+      if (row < 0) {
+        row = this.reserve(-1, 0, need);
+        o = row;
+      } else if (o + need > this.slab.length) {
+        const written = o - row;
+        row = this.reserve(row, written, need);
+        o = row + written;
+      }
+      const out = this.slab;
+      o += raw.copy(out, o, copied, start);
+      copied = b;
+      if (v === null) {
+        o = out.writeInt32BE(-1, o);
+        continue;
+      }
+      const at = o;
+      o += 4;
+      if (v === STARRED) {
+        o += raw.copy(out, o, a, b);
+        starPartial(out, at + 4, o, col.label, (col.rule!.style as { keep: number }).keep);
+      } else if (v === TEXT) {
+        if (this.prefix) o += raw.copy(out, o, a, a + this.prefix);
+        o += out.write(this.text, o, this.latin1 ? "latin1" : "utf8");
+      } else o += v.copy(out, o);
+      out.writeInt32BE(o - at - 4, at);
     }
-    if (edits === undefined) return raw;
-    this.tally.rows++;
-    return rebuild(raw, edits);
+    if (row < 0) return raw;
+    o += raw.copy(this.slab, o, copied, raw.length);
+    this.slab.writeInt32BE(o - row - 1, row + 1);
+    this.used = o;
+    this.rowsMasked++;
+    return this.slab.subarray(row, o);
+  }
+
+  /**
+   * Room for `need` more bytes of a row being written at `row` (-1: not
+   * started), `written` bytes of it so far; returns where the row starts.
+   * A slab that is full is left to the socket, never reused: the row moves to
+   * a new one.
+   */
+  private reserve(row: number, written: number, need: number): number {
+    const from = row < 0 ? this.used : row;
+    if (from + written + need <= this.slab.length) return from;
+    const slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, 2 * (written + need)));
+    if (written > 0) this.slab.copy(slab, 0, from, from + written);
+    this.slab = slab;
+    this.used = 0;
+    return 0;
+  }
+
+  /** Where rows are written; consecutive masked rows leave as one buffer. */
+  private slab = EMPTY;
+  private used = 0;
+  /** A TEXT value: the text, its encoding, and how many raw bytes go before it (jsonb's version byte). */
+  private text = "";
+  private latin1 = false;
+  private prefix = 0;
+  /** Values masked per column by its rule, and rows changed, since the last settle(). */
+  private readonly ruleCounts: Float64Array;
+  private rowsMasked = 0;
+
+  /** Add what was masked since the last call to the tally (the session calls it before it records an outcome). */
+  settle(): void {
+    const t = this.tally;
+    t.rows += this.rowsMasked;
+    this.rowsMasked = 0;
+    for (let i = 0; i < this.ruleCounts.length; i++) {
+      const c = this.ruleCounts[i]!;
+      if (c === 0) continue;
+      const name = this.columns[i]!.rule!.rule;
+      t.columns[name] = (t.columns[name] ?? 0) + c;
+      this.ruleCounts[i] = 0;
+    }
   }
 
   /** A column rule: the whole value, in the column's style and type. */
-  private ruleValue(col: Column, raw: Buffer, a: number, b: number): Buffer | null {
-    const rule = col.rule!;
-    this.tally.columns[rule.rule] = (this.tally.columns[rule.rule] ?? 0) + 1;
+  private ruleValue(col: Column, i: number, raw: Buffer, a: number, b: number): Value {
+    this.ruleCounts[i]!++;
+    if (col.constant !== undefined) return col.constant;
     if (col.shape === "other") return null;
+    const style = col.rule!.style;
+    if (col.shape === "string" && style.kind === "partial" && isAsciiPartial(raw, a, b, style.keep)) return STARRED;
     const value = col.shape === "bytea" ? raw.toString("latin1", a, b) : raw.toString("utf8", a + col.offset, b);
-    return encode(col, maskValue(value, col.label, rule.style));
+    return encode(col, maskValue(value, col.label, style));
   }
 
   /** The detectors: undefined when nothing was found. */
-  private detectValue(col: Column, raw: Buffer, a: number, b: number): Buffer | null | undefined {
+  private detectValue(col: Column, raw: Buffer, a: number, b: number): Value {
     const m = this.mask;
     const counts = this.tally.detectors;
     if (col.shape === "bytea") {
+      const found = triggers(raw, a, b);
+      if (found === 0) return undefined;
       const hex = !col.binary && b - a >= 2 && raw[a] === 0x5c && raw[a + 1] === 0x78; // \x
       const text = hex ? Buffer.from(raw.toString("latin1", a + 2, b), "hex").toString("latin1") : raw.toString("latin1", a, b);
-      const out = maskWith(text, m, counts);
+      // hex digits are no guide to what the bytes hold: all detectors on the decoded bytes
+      const out = maskWith(text, m, counts, hex ? m.detectors : m.forTriggers(found));
       if (out === text) return undefined;
-      return hex ? Buffer.from(`\\x${Buffer.from(out, "latin1").toString("hex")}`, "latin1") : Buffer.from(out, "latin1");
+      return this.setText(hex ? `\\x${Buffer.from(out, "latin1").toString("hex")}` : out, true, 0);
     }
     if (col.shape === "other" && col.binary) {
       const text = binaryAsText(col.type, raw.subarray(a, b));
@@ -225,16 +315,36 @@ export class ResultMasker {
       return maskWith(text, m, counts) === text ? undefined : null;
     }
     const start = a + col.offset;
+    const found = triggers(raw, start, b);
+    if (found === 0) return undefined;
     let text = raw.toString("utf8", start, b);
     const latin1 = text.includes("\uFFFD") && !isUtf8(raw.subarray(start, b));
     if (latin1) text = raw.toString("latin1", start, b);
-    const out = maskWith(text, m, counts);
+    const out = maskWith(text, m, counts, m.forTriggers(found));
     if (out === text) return undefined;
     if (col.shape === "other") return null;
     if (col.shape === "json" && !isJson(out)) return encode(col, out);
-    const body = Buffer.from(out, latin1 ? "latin1" : "utf8");
-    return col.offset ? Buffer.concat([raw.subarray(a, start), body]) : body;
+    return this.setText(out, latin1, col.offset);
   }
+
+  private setText(text: string, latin1: boolean, prefix: number): typeof TEXT {
+    this.text = text;
+    this.latin1 = latin1;
+    this.prefix = prefix;
+    return TEXT;
+  }
+}
+
+/** What a field becomes: unchanged (undefined), NULL, bytes, this.text (TEXT), or its own bytes partly starred (STARRED). */
+const TEXT = 1;
+const STARRED = 2;
+type Value = Buffer | null | undefined | typeof TEXT | typeof STARRED;
+
+/** Can the partial style work on these bytes in place (ASCII, long enough)? */
+function isAsciiPartial(buf: Buffer, a: number, b: number, keep: number): boolean {
+  if (b - a < Math.max(0, Math.floor(keep)) + 4) return false;
+  for (let i = a; i < b; i++) if (buf[i]! >= 0x80) return false;
+  return true;
 }
 
 /** A replacement text as a value of the column's shape and format. */
@@ -278,27 +388,6 @@ function computedRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnRule 
   return undefined;
 }
 
-/** `raw` with the field slices [start, end) (length word included) replaced; a null value is SQL NULL. */
-function rebuild(raw: Buffer, edits: { start: number; end: number; value: Buffer | null }[]): Buffer {
-  let size = raw.length;
-  for (const e of edits) size += 4 + (e.value?.length ?? 0) - (e.end - e.start);
-  const out = Buffer.allocUnsafe(size);
-  let from = 0;
-  let to = 0;
-  for (const e of edits) {
-    to += raw.copy(out, to, from, e.start);
-    if (e.value === null) to = out.writeInt32BE(-1, to);
-    else {
-      to = out.writeInt32BE(e.value.length, to);
-      to += e.value.copy(out, to);
-    }
-    from = e.end;
-  }
-  raw.copy(out, to, from);
-  out.writeInt32BE(size - 1, 1);
-  return out;
-}
-
 /**
  * A buffer of text (a CopyData row, a notification payload) masked by the
  * detectors; undefined when nothing was found. UTF-8 when it is, otherwise
@@ -306,10 +395,12 @@ function rebuild(raw: Buffer, edits: { start: number; end: number; value: Buffer
  */
 export function maskBytes(buf: Buffer, a: number, b: number, m: CompiledMask, counts: MaskCounts): Buffer | undefined {
   if (m.detectors.length === 0 || a >= b) return undefined;
+  const found = triggers(buf, a, b);
+  if (found === 0) return undefined;
   let text = buf.toString("utf8", a, b);
   const latin1 = text.includes("\uFFFD") && !isUtf8(buf.subarray(a, b));
   if (latin1) text = buf.toString("latin1", a, b);
-  const out = maskWith(text, m, counts);
+  const out = maskWith(text, m, counts, m.forTriggers(found));
   return out === text ? undefined : Buffer.from(out, latin1 ? "latin1" : "utf8");
 }
 

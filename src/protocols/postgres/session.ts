@@ -486,8 +486,8 @@ export class PgSession {
       case T.EmptyQueryResponse: {
         if (f.type === T.CommandComplete) this.tags.push(f.body.toString("utf8", 0, f.body.length - 1));
         const r = this.currentReply();
+        this.endRows(r);
         if (r?.kind === "execute") this.replies.shift();
-        else if (r) r.rows = undefined;
         this.copyMask = undefined;
         out.add(f.raw);
         break;
@@ -497,8 +497,8 @@ export class PgSession {
         const masked = maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors);
         this.error ??= readErrorFields(masked.subarray(5));
         // The target skips the rest of an extended-protocol batch; so do its replies.
+        this.endRows(r);
         if (r && r.kind !== "query") while (this.replies[0] && this.replies[0].sync === r.sync && this.replies[0].kind !== "query") this.replies.shift();
-        else if (r) r.rows = undefined;
         this.copyMask = undefined;
         out.add(masked);
         break;
@@ -537,7 +537,7 @@ export class PgSession {
           for (const i of after) out.add(this.materialize(i));
           this.injectAfter.delete(n);
         }
-        while (this.replies[0] && this.replies[0].sync <= n) this.replies.shift();
+        while (this.replies[0] && this.replies[0].sync <= n) this.endRows(this.replies.shift());
         this.copyMask = undefined;
         this.completeOutcome(n);
         break;
@@ -577,6 +577,12 @@ export class PgSession {
     return undefined;
   }
 
+  /** A result ended: what its masker did goes into the tally for the outcome record. */
+  private endRows(r: Reply | undefined): void {
+    r?.rows?.settle();
+    if (r) r.rows = undefined;
+  }
+
   /** DataRows of an Execute whose portal was described earlier: plan from that description. */
   private executeRows(f: Frame, out: Outbox): Promise<void> | undefined {
     const r = this.currentReply()!;
@@ -607,6 +613,7 @@ export class PgSession {
       const o = this.catalog.cached(table, attnum);
       return o === null ? "unknown" : o;
     };
+    this.endRows(reply);
     reply.rows = new ResultMasker(fields, reply.mask, reply.facts, origin, this.tally);
     return undefined;
   }
