@@ -29,13 +29,10 @@
  */
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { availableParallelism, cpus, tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { generateKey } from "../../src/audit/note.ts";
-import { createApiKey } from "../../src/identity/apikey.ts";
 import { freePort, startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
-
-const REPO = resolve(import.meta.dir, "../..");
+import { cleanup, handleSignals, isStopping, machineCpu, mustRun, onCleanup, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
 const CLIENTS = 16;
 const THREADS = 2;
 const SCALE = 10;
@@ -96,102 +93,7 @@ function die(msg: string): never {
   process.exit(2);
 }
 
-function say(msg: string): void {
-  process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
-}
-
-// ── clean-up: every process started here, in reverse order ──────────────
-
-const cleanups: { name: string; fn: () => Promise<void> }[] = [];
-const children = new Set<Bun.Subprocess>();
-let stopping = false;
-let cleaning: Promise<void> | undefined;
-
-function cleanup(): Promise<void> {
-  cleaning ??= (async () => {
-    for (const c of children) c.kill("SIGKILL");
-    for (const { name, fn } of cleanups.reverse()) {
-      try {
-        await withTimeout(fn(), 20_000, `stopping ${name}`);
-      } catch (e) {
-        say(`clean-up: ${name}: ${(e as Error).message}`);
-      }
-    }
-  })();
-  return cleaning;
-}
-
-for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    say(`${signal}: stopping everything`);
-    void cleanup().finally(() => process.exit(code));
-  });
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout>;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what}: timed out after ${ms} ms`)), ms);
-    }),
-  ]);
-}
-
-/** Run to completion (bounded by timeoutMs); stdout and stderr as text. */
-async function run(argv: string[], opts: { env?: Record<string, string>; timeoutMs?: number; cwd?: string } = {}): Promise<{ code: number; out: string; err: string; cpu: number }> {
-  if (stopping) throw new Error("stopping");
-  const p = Bun.spawn(argv, {
-    stdout: "pipe",
-    stderr: "pipe",
-    stdin: "ignore",
-    cwd: opts.cwd,
-    env: { ...process.env, ...opts.env },
-    timeout: opts.timeoutMs ?? 120_000,
-    killSignal: "SIGKILL",
-  });
-  children.add(p);
-  try {
-    const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-    const ru = p.resourceUsage();
-    const cpu = ru ? Number(ru.cpuTime.user + ru.cpuTime.system) / 1e6 : 0;
-    return { code, out, err, cpu };
-  } finally {
-    children.delete(p);
-  }
-}
-
-async function mustRun(argv: string[], opts: Parameters<typeof run>[1] = {}): Promise<string> {
-  const r = await run(argv, opts);
-  if (r.code !== 0) throw new Error(`${argv.join(" ")} exited ${r.code}: ${(r.err || r.out).trim()}`);
-  return r.out;
-}
-
-// ── CPU accounting from /proc ──────────────────────────────────────────
-
-const CLK_TCK = Number((await mustRun(["getconf", "CLK_TCK"])).trim()) || 100;
-
-/** CPU seconds (user + system) a live process has used, or NaN. */
-function procCpu(pid: number | undefined): number {
-  if (!pid) return NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // fields from 3 (state) on
-    return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime (14), stime (15)
-  } catch {
-    return NaN;
-  }
-}
-
-/** Busy and total jiffies of the whole machine. */
-function machineCpu(): { busy: number; total: number } {
-  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const total = f.slice(0, 8).reduce((a, b) => a + b, 0); // user nice system idle iowait irq softirq steal
-  const idle = f[3]! + f[4]!;
-  return { busy: total - idle, total };
-}
+handleSignals();
 
 // ── the stack ──────────────────────────────────────────────────────────
 
@@ -207,19 +109,16 @@ interface Endpoint {
 const asRoot = process.getuid?.() === 0;
 const base = mkdtempSync(join(tmpdir(), "agate-pgbench-"));
 chmodSync(base, 0o755);
-cleanups.push({
-  name: "temp dir",
-  fn: async () => {
-    if (opt.keep) say(`kept ${base}`);
-    else rmSync(base, { recursive: true, force: true });
-  },
+onCleanup("temp dir", async () => {
+  if (opt.keep) say(`kept ${base}`);
+  else rmSync(base, { recursive: true, force: true });
 });
 
-async function startStack(): Promise<{ pg: TestPostgres; endpoints: Record<PathName, Endpoint>; auditDir: string; agatePid: number }> {
+async function startStack(): Promise<{ pg: TestPostgres; endpoints: Record<PathName, Endpoint>; agate: Awaited<ReturnType<typeof startAgate>> }> {
   say(`temp dir ${base} (audit log, configs, logs); machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? "?"}`);
   say("starting PostgreSQL (fsync on)");
   const pg = await startPostgres({ fsync: true });
-  cleanups.push({ name: "PostgreSQL", fn: () => pg.stop() });
+  onCleanup("PostgreSQL", () => pg.stop());
   // A stable role for all three paths: pgbench's tables belong to app_scram.
   const direct: Endpoint = { name: "direct", port: pg.port, user: USER, password: pg.password };
 
@@ -233,7 +132,7 @@ async function startStack(): Promise<{ pg: TestPostgres; endpoints: Record<PathN
     const out = await mustRun(["psql", "-X", "-At", ...conn(endpoints[p]), "-c", "select count(*) from pgbench_branches", DB], { env: pgEnv(endpoints[p]), timeoutMs: 30_000 });
     if (out.trim() !== String(SCALE)) throw new Error(`${p}: expected ${SCALE} branches, got ${out.trim()}`);
   }
-  return { pg, endpoints, auditDir: agate.auditDir, agatePid: agate.endpoint.pid! };
+  return { pg, endpoints, agate };
 }
 
 async function startPgbouncer(pg: TestPostgres): Promise<Endpoint> {
@@ -282,21 +181,18 @@ log_disconnections = 0
     }
   };
   let pid: number | undefined;
-  cleanups.push({
-    name: "pgbouncer",
-    fn: async () => {
-      pid ??= readPid();
-      // SIGTERM: immediate shutdown. Signal pgbouncer itself, then let runuser reap it and exit;
-      // runuser is only signalled when there is no pid to signal or pgbouncer does not stop.
-      if (pid) signalPid(pid, "SIGTERM");
-      else proc.kill("SIGTERM");
-      const done = await Promise.race([proc.exited.then(() => true), Bun.sleep(5000).then(() => false)]);
-      if (!done) {
-        if (pid) signalPid(pid, "SIGKILL");
-        proc.kill("SIGKILL");
-        await proc.exited;
-      }
-    },
+  onCleanup("pgbouncer", async () => {
+    pid ??= readPid();
+    // SIGTERM: immediate shutdown. Signal pgbouncer itself, then let runuser reap it and exit;
+    // runuser is only signalled when there is no pid to signal or pgbouncer does not stop.
+    if (pid) signalPid(pid, "SIGTERM");
+    else proc.kill("SIGTERM");
+    const done = await Promise.race([proc.exited.then(() => true), Bun.sleep(5000).then(() => false)]);
+    if (!done) {
+      if (pid) signalPid(pid, "SIGKILL");
+      proc.kill("SIGKILL");
+      await proc.exited;
+    }
   });
   for (let i = 0; ; i++) {
     pid = readPid();
@@ -307,74 +203,11 @@ log_disconnections = 0
   return { name: "pgbouncer", port, user: USER, password: pg.password, pid };
 }
 
-async function startAgate(pg: TestPostgres): Promise<{ endpoint: Endpoint; auditDir: string }> {
-  const auditDir = join(base, "audit");
-  const port = await freePort();
-  const { key, sha256 } = createApiKey();
-  const configFile = join(base, "agate.yaml");
-  const signing = generateKey("bench/audit");
-  writeFileSync(join(base, "audit.key"), signing.signerKey, { mode: 0o600 });
-  writeFileSync(join(base, "audit.key.pub"), signing.verifierKey);
-  // JSON is YAML. Everything not given is the default: embedded policy, strict durability, log_level info.
-  const config = {
-    audit: { dir: auditDir, durability, signing_key: join(base, "audit.key") },
-    identity: { api_keys: [{ id: "bench", kind: "service", groups: ["bench"], sha256 }] },
-    connections: [{ name: "bench", protocol: "postgres", listen: `127.0.0.1:${port}`, allow_plaintext_auth: true, target: { host: "127.0.0.1", port: pg.port, database: DB, user: USER, password_env: "AGATE_BENCH_TARGET_PASSWORD" } }],
-  };
-  writeFileSync(configFile, JSON.stringify(config, null, 2) + "\n", { mode: 0o600 });
-  say(`starting agate on 127.0.0.1:${port} (audit ${JSON.stringify(durability)} in ${auditDir}${agateFlags.length ? `, bun ${agateFlags.join(" ")}` : ""})`);
-  const proc = Bun.spawn(["bun", ...agateFlags, "src/main.ts", "serve", "--config", configFile], {
-    cwd: REPO,
-    stdout: "pipe",
-    stderr: Bun.file(join(base, "agate.log")),
-    stdin: "ignore",
-    env: { ...process.env, AGATE_BENCH_TARGET_PASSWORD: pg.password },
-  });
-  cleanups.push({
-    name: "agate",
-    fn: async () => {
-      if (proc.exitCode !== null) return;
-      proc.kill("SIGTERM"); // closes listeners and flushes the audit log
-      const done = await Promise.race([proc.exited.then(() => true), Bun.sleep(10_000).then(() => false)]);
-      if (!done) {
-        say("agate did not exit within 10 s of SIGTERM; killing it");
-        proc.kill("SIGKILL");
-        await proc.exited;
-      }
-    },
-  });
-  const reader = proc.stdout.getReader();
-  let text = "";
-  const ready = (async () => {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`agate exited before listening: ${readText(join(base, "agate.log"))}`);
-      text += new TextDecoder().decode(value);
-      if (text.includes("listening on")) return;
-    }
-  })();
-  await withTimeout(ready, 30_000, "agate start-up");
-  void (async () => {
-    // Keep draining stdout so agate never blocks on a full pipe.
-    for (;;) if ((await reader.read()).done) return;
-  })().catch(() => {});
-  return { endpoint: { name: "agate", port, user: "bench", password: key, pid: proc.pid }, auditDir };
-}
-
-function signalPid(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // already gone
-  }
-}
-
-function readText(file: string): string {
-  try {
-    return readFileSync(file, "utf8").slice(-4000);
-  } catch {
-    return "";
-  }
+async function startAgate(pg: TestPostgres): Promise<{ endpoint: Endpoint; auditDir: string; verifierKey: string; stop: () => Promise<void> }> {
+  say(`starting agate (audit ${JSON.stringify(durability)}${agateFlags.length ? `, bun ${agateFlags.join(" ")}` : ""})`);
+  const a = await spawnAgate({ base, name: "agate", target: { port: pg.port, database: DB, user: USER, password: pg.password }, connections: ["bench"], durability, flags: agateFlags });
+  say(`agate listening on 127.0.0.1:${a.ports.bench} (audit log in ${a.auditDir})`);
+  return { endpoint: { name: "agate", port: a.ports.bench!, user: a.user, password: a.password, pid: a.pid }, auditDir: a.auditDir, verifierKey: a.verifierKey, stop: a.stop };
 }
 
 /** Host, port and user; the database goes last as a positional argument (for pgbench, -d means --debug). */
@@ -404,14 +237,14 @@ async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: num
   // What pgbench does itself without -n, done directly so all three paths start alike.
   for (const sql of ["VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history"]) await pg.psql(sql);
   const argv = ["pgbench", "-n", ...(workload === "select-only" ? ["-S"] : []), "-M", mode, "-c", String(CLIENTS), "-j", String(THREADS), "-T", String(seconds), ...conn(e), DB];
-  const g0 = procCpu(e.pid);
+  const g0 = await procCpu(e.pid);
   const m0 = machineCpu();
   const t0 = performance.now();
   const r = await run(argv, { env: pgEnv(e), timeoutMs: (seconds + 60) * 1000 });
   const wall = (performance.now() - t0) / 1000;
   const m1 = machineCpu();
-  const g1 = procCpu(e.pid);
-  if (stopping) throw new Error("stopping");
+  const g1 = await procCpu(e.pid);
+  if (isStopping()) throw new Error("stopping");
   const tps = /^tps = ([\d.]+) \(without initial connection time\)/m.exec(r.out);
   const lat = /^latency average = ([\d.]+) ms/m.exec(r.out);
   const tx = /^number of transactions actually processed: (\d+)/m.exec(r.out);
@@ -463,7 +296,9 @@ function table(results: Map<string, Result>): string {
 // ── main ───────────────────────────────────────────────────────────────
 
 async function main(): Promise<number> {
-  const { pg, endpoints, auditDir, agatePid } = await startStack();
+  const { pg, endpoints, agate } = await startStack();
+  const { auditDir } = agate;
+  const agatePid = agate.endpoint.pid!;
 
   if (opt.hold) {
     for (const p of PATHS) {
@@ -503,9 +338,8 @@ async function main(): Promise<number> {
   }
 
   // Stop agate (it flushes the log), then verify the log from its files.
-  const agate = cleanups.find((c) => c.name === "agate")!;
-  await agate.fn();
-  const verify = await run(["bun", "src/main.ts", "verify", "--quiet", "--log", auditDir, "--key", join(base, "audit.key.pub")], { cwd: REPO, timeoutMs: 600_000 });
+  await agate.stop();
+  const verify = await run(["bun", "src/main.ts", "verify", "--quiet", "--log", auditDir, "--key", agate.verifierKey], { cwd: REPO, timeoutMs: 600_000 });
   const auditBytes = readdirSync(auditDir).reduce((sum, f) => sum + statSync(join(auditDir, f)).size, 0);
   const verified = /^ok: (\d+) records/m.exec(verify.out);
 
@@ -542,9 +376,9 @@ let code = 1;
 try {
   code = await main();
 } catch (e) {
-  if (!stopping) say(`failed: ${e instanceof Error ? e.message : String(e)}`);
+  if (!isStopping()) say(`failed: ${e instanceof Error ? e.message : String(e)}`);
 } finally {
-  if (!stopping) {
+  if (!isStopping()) {
     await cleanup();
     process.exit(code);
   }
