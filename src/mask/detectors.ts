@@ -1642,12 +1642,11 @@ const frozenLists = new WeakMap<readonly string[], Impl[]>();
 
 /** The named detectors, each once, in the order given. */
 function resolve(names: readonly string[]): Impl[] {
+  const known = frozenLists.get(names);
+  if (known !== undefined) return known;
   if (Object.isFrozen(names)) {
-    let impls = frozenLists.get(names);
-    if (impls === undefined) {
-      impls = resolveNames(names);
-      frozenLists.set(names, impls);
-    }
+    const impls = resolveNames(names);
+    frozenLists.set(names, impls);
     return impls;
   }
   if (names === lastNames && names.length === lastCopy.length) {

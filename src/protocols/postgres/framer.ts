@@ -10,6 +10,18 @@ export interface Frame {
   raw: Buffer;
 }
 
+/** A frame whose body view is made only when asked for (most relayed messages never need it). */
+class RawFrame implements Frame {
+  constructor(
+    readonly type: number,
+    readonly raw: Buffer,
+    private readonly head: number,
+  ) {}
+  get body(): Buffer {
+    return this.raw.subarray(this.head);
+  }
+}
+
 /**
  * Splits a byte stream into PostgreSQL messages without copying when a
  * message lies inside one chunk. Lengths are checked against `maxBytes`
@@ -58,7 +70,7 @@ export class Framer {
     if (total === first.length) this.chunks.shift();
     else this.chunks[0] = first.subarray(total);
     this.size -= total;
-    return { type: this.untyped ? 0 : raw[0]!, body: raw.subarray(head), raw };
+    return new RawFrame(this.untyped ? 0 : raw[0]!, raw, head);
   }
 
   private flatten(): Buffer {
@@ -75,22 +87,40 @@ export class Framer {
  */
 export class Outbox {
   private parts: Buffer[] = [];
+  // The run of adjacent views being collected: its first buffer, and where it ends in that memory.
+  private first: Buffer | null = null;
+  private end = 0;
+  private size = 0;
 
   add(b: Buffer): void {
-    const last = this.parts.at(-1);
-    if (last && last.byteOffset + last.length === b.byteOffset && last.buffer === b.buffer) {
-      this.parts[this.parts.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
-    } else this.parts.push(b);
+    const first = this.first;
+    if (first !== null && b.byteOffset === this.end && b.buffer === first.buffer) {
+      this.end += b.length;
+      this.size += b.length;
+      return;
+    }
+    this.close();
+    this.first = b;
+    this.end = b.byteOffset + b.length;
+    this.size = b.length;
   }
 
   get empty(): boolean {
-    return this.parts.length === 0;
+    return this.first === null && this.parts.length === 0;
   }
 
   /** Everything added, as one buffer (a copy only when the parts were not adjacent). */
   take(): Buffer {
+    this.close();
     const parts = this.parts;
     this.parts = [];
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  }
+
+  private close(): void {
+    const first = this.first;
+    if (first === null) return;
+    this.parts.push(this.size === first.length ? first : Buffer.from(first.buffer, first.byteOffset, this.size));
+    this.first = null;
   }
 }

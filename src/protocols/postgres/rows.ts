@@ -189,7 +189,7 @@ export class ResultMasker {
     let copied = 0;
     for (let i = 0; i < n; i++) {
       if (p + 4 > raw.length) throw new ProtocolViolation("DataRow is truncated");
-      const len = raw.readInt32BE(p);
+      const len = (raw[p]! << 24) | (raw[p + 1]! << 16) | (raw[p + 2]! << 8) | raw[p + 3]!;
       const start = p;
       p += 4;
       if (len > 0 && p + len > raw.length) throw new ProtocolViolation("DataRow is truncated");

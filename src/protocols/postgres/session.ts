@@ -655,6 +655,13 @@ export class PgSession {
 
   private writeClient(buf: Buffer): void {
     if (this.closed) return;
+    relayed += buf.length;
+    if (relayed >= GC_EVERY_BYTES) {
+      // Relayed chunks are garbage as soon as the socket has written them, but the collector does not
+      // count their memory as pressure: without a nudge a long result leaves hundreds of MB of them behind.
+      relayed = 0;
+      Bun.gc(false);
+    }
     if (!this.client.write(buf)) this.upstream.socket.pause();
   }
 
@@ -681,6 +688,10 @@ export class PgSession {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** Bytes relayed to clients (all sessions) since the last collection was asked for. */
+let relayed = 0;
+const GC_EVERY_BYTES = 16 << 20;
 
 function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
   const list = m.get(k);
