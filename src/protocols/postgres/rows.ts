@@ -108,6 +108,7 @@ interface Column {
 }
 
 const SLAB_BYTES = 64 * 1024;
+const NONE: readonly string[] = [];
 const EMPTY = Buffer.alloc(0);
 
 /** User-defined types start here (FirstNormalObjectId). */
@@ -316,11 +317,12 @@ export class ResultMasker {
     }
     const start = a + col.offset;
     const found = triggers(raw, start, b);
-    if (found === 0) return undefined;
+    const names = found === 0 ? NONE : m.forTriggers(found);
+    if (names.length === 0) return undefined;
     let text = raw.toString("utf8", start, b);
     const latin1 = text.includes("\uFFFD") && !isUtf8(raw.subarray(start, b));
     if (latin1) text = raw.toString("latin1", start, b);
-    const out = maskWith(text, m, counts, m.forTriggers(found));
+    const out = maskWith(text, m, counts, names);
     if (out === text) return undefined;
     if (col.shape === "other") return null;
     if (col.shape === "json" && !isJson(out)) return encode(col, out);
@@ -396,11 +398,12 @@ function computedRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnRule 
 export function maskBytes(buf: Buffer, a: number, b: number, m: CompiledMask, counts: MaskCounts): Buffer | undefined {
   if (m.detectors.length === 0 || a >= b) return undefined;
   const found = triggers(buf, a, b);
-  if (found === 0) return undefined;
+  const names = found === 0 ? NONE : m.forTriggers(found);
+  if (names.length === 0) return undefined;
   let text = buf.toString("utf8", a, b);
   const latin1 = text.includes("\uFFFD") && !isUtf8(buf.subarray(a, b));
   if (latin1) text = buf.toString("latin1", a, b);
-  const out = maskWith(text, m, counts, m.forTriggers(found));
+  const out = maskWith(text, m, counts, names);
   return out === text ? undefined : Buffer.from(out, latin1 ? "latin1" : "utf8");
 }
 
