@@ -49,7 +49,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { readRecords } from "../../src/audit/index.ts";
 import { startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
-import { type AgateProcess, cleanup, handleSignals, isStopping, machineCpu, mustRun, onCleanup, procCpu, procMemory, run, say, startAgate } from "./stack.ts";
+import { type AgateProcess, cleanup, handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, procCpu, procMemory, run, say, startAgate } from "./stack.ts";
 
 const USER = "app_scram";
 const DB = "app";
@@ -183,10 +183,6 @@ function psqlArgv(e: Endpoint, sql: string, extra: string[] = []): string[] {
   return ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", String(e.port), "-U", e.user, ...extra, "-c", sql, DB];
 }
 
-function pgEnv(e: Endpoint): Record<string, string> {
-  return { PGPASSWORD: e.password, PGSSLMODE: "disable", PGCONNECT_TIMEOUT: "10", PGAPPNAME: "mask-bench" };
-}
-
 interface Run {
   wall: number;
   /** CPU seconds: the gateway process, psql, and the whole machine (all processes). */
@@ -207,7 +203,7 @@ async function select(e: Endpoint, limit: number | undefined, count = false): Pr
   const g0 = await procCpu(e.pid);
   const m0 = machineCpu();
   const t0 = performance.now();
-  const r = await run(argv, { env: pgEnv(e), timeoutMs: 3_600_000, ...(count ? { onStdout: (c: Uint8Array) => void (outBytes += c.length) } : { stdout: "ignore" as const }) });
+  const r = await run(argv, { env: pgEnv(e, "mask-bench"), timeoutMs: 3_600_000, ...(count ? { onStdout: (c: Uint8Array) => void (outBytes += c.length) } : { stdout: "ignore" as const }) });
   const wall = (performance.now() - t0) / 1000;
   const m1 = machineCpu();
   const g1 = await procCpu(e.pid);
@@ -298,7 +294,7 @@ async function main(): Promise<number> {
   // What each path returns for a row with an e-mail in its note and one with a phone number.
   const sampleSql = `SELECT ${COLUMNS} FROM ${TABLE} WHERE id IN (10, 20) ORDER BY id`;
   const sample: Record<string, string> = {};
-  for (const p of PATHS) sample[p] = await mustRun(psqlArgv(endpoints[p], sampleSql), { env: pgEnv(endpoints[p]), timeoutMs: 30_000 });
+  for (const p of PATHS) sample[p] = await mustRun(psqlArgv(endpoints[p], sampleSql), { env: pgEnv(endpoints[p], "mask-bench"), timeoutMs: 30_000 });
   if (sample["agate-off"] !== sample.direct) throw new Error(`masking off changed rows:\n${sample.direct}\n${sample["agate-off"]}`);
   if (sample["agate-on"] === sample.direct) throw new Error(`masking on changed nothing:\n${sample["agate-on"]}`);
 

@@ -32,7 +32,7 @@ import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { freePort, startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
-import { cleanup, handleSignals, isStopping, machineCpu, mustRun, onCleanup, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
+import { cleanup, handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
 const CLIENTS = 16;
 const THREADS = 2;
 const SCALE = 10;
@@ -123,13 +123,13 @@ async function startStack(): Promise<{ pg: TestPostgres; endpoints: Record<PathN
   const direct: Endpoint = { name: "direct", port: pg.port, user: USER, password: pg.password };
 
   say(`pgbench -i -s ${SCALE} as ${USER}`);
-  await mustRun(["pgbench", "-i", "-s", String(SCALE), "-q", ...conn(direct), DB], { env: pgEnv(direct), timeoutMs: 600_000 });
+  await mustRun(["pgbench", "-i", "-s", String(SCALE), "-q", ...conn(direct), DB], { env: pgEnv(direct, "pgbench"), timeoutMs: 600_000 });
 
   const bouncer = await startPgbouncer(pg);
   const agate = await startAgate(pg);
   const endpoints = { direct, pgbouncer: bouncer, agate: agate.endpoint };
   for (const p of PATHS) {
-    const out = await mustRun(["psql", "-X", "-At", ...conn(endpoints[p]), "-c", "select count(*) from pgbench_branches", DB], { env: pgEnv(endpoints[p]), timeoutMs: 30_000 });
+    const out = await mustRun(["psql", "-X", "-At", ...conn(endpoints[p]), "-c", "select count(*) from pgbench_branches", DB], { env: pgEnv(endpoints[p], "pgbench"), timeoutMs: 30_000 });
     if (out.trim() !== String(SCALE)) throw new Error(`${p}: expected ${SCALE} branches, got ${out.trim()}`);
   }
   return { pg, endpoints, agate };
@@ -215,10 +215,6 @@ function conn(e: Endpoint): string[] {
   return ["-h", "127.0.0.1", "-p", String(e.port), "-U", e.user];
 }
 
-function pgEnv(e: Endpoint): Record<string, string> {
-  return { PGPASSWORD: e.password, PGSSLMODE: "disable", PGCONNECT_TIMEOUT: "10", PGAPPNAME: "pgbench" };
-}
-
 // ── one pgbench run ────────────────────────────────────────────────────
 
 interface Result {
@@ -240,7 +236,7 @@ async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: num
   const g0 = await procCpu(e.pid);
   const m0 = machineCpu();
   const t0 = performance.now();
-  const r = await run(argv, { env: pgEnv(e), timeoutMs: (seconds + 60) * 1000 });
+  const r = await run(argv, { env: pgEnv(e, "pgbench"), timeoutMs: (seconds + 60) * 1000 });
   const wall = (performance.now() - t0) / 1000;
   const m1 = machineCpu();
   const g1 = await procCpu(e.pid);

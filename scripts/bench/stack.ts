@@ -288,3 +288,8 @@ export async function startAgate(o: AgateOptions): Promise<AgateProcess> {
   })().catch(() => {});
   return { dir, pid: proc.pid, ports, user: "bench", password: key, auditDir, verifierKey: join(dir, "audit.key.pub"), stop };
 }
+
+/** libpq's environment for a client of `e` (password, no TLS, a connect timeout, an application name). */
+export function pgEnv(e: { password: string }, app: string): Record<string, string> {
+  return { PGPASSWORD: e.password, PGSSLMODE: "disable", PGCONNECT_TIMEOUT: "10", PGAPPNAME: app };
+}

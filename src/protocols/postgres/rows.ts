@@ -315,18 +315,11 @@ export class ResultMasker {
       }
       return maskWith(text, m, counts) === text ? undefined : null;
     }
-    const start = a + col.offset;
-    const found = triggers(raw, start, b);
-    const names = found === 0 ? NONE : m.forTriggers(found);
-    if (names.length === 0) return undefined;
-    let text = raw.toString("utf8", start, b);
-    const latin1 = text.includes("\uFFFD") && !isUtf8(raw.subarray(start, b));
-    if (latin1) text = raw.toString("latin1", start, b);
-    const out = maskWith(text, m, counts, names);
-    if (out === text) return undefined;
+    const masked = maskSpan(raw, a + col.offset, b, m, counts);
+    if (masked === undefined) return undefined;
     if (col.shape === "other") return null;
-    if (col.shape === "json" && !isJson(out)) return encode(col, out);
-    return this.setText(out, latin1, col.offset);
+    if (col.shape === "json" && !isJson(masked.text)) return encode(col, masked.text);
+    return this.setText(masked.text, masked.latin1, col.offset);
   }
 
   private setText(text: string, latin1: boolean, prefix: number): typeof TEXT {
@@ -396,6 +389,16 @@ function computedRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnRule 
  * read and written back as Latin-1 so that other bytes pass unchanged.
  */
 export function maskBytes(buf: Buffer, a: number, b: number, m: CompiledMask, counts: MaskCounts): Buffer | undefined {
+  const masked = maskSpan(buf, a, b, m, counts);
+  return masked && Buffer.from(masked.text, masked.latin1 ? "latin1" : "utf8");
+}
+
+/**
+ * Bytes [a, b) masked by the detectors their triggers allow: the masked
+ * text and whether it is Latin-1 (the bytes were not UTF-8), or undefined
+ * when nothing was found (most text is not even decoded).
+ */
+function maskSpan(buf: Buffer, a: number, b: number, m: CompiledMask, counts: MaskCounts): { text: string; latin1: boolean } | undefined {
   if (m.detectors.length === 0 || a >= b) return undefined;
   const found = triggers(buf, a, b);
   const names = found === 0 ? NONE : m.forTriggers(found);
@@ -404,7 +407,7 @@ export function maskBytes(buf: Buffer, a: number, b: number, m: CompiledMask, co
   const latin1 = text.includes("\uFFFD") && !isUtf8(buf.subarray(a, b));
   if (latin1) text = buf.toString("latin1", a, b);
   const out = maskWith(text, m, counts, names);
-  return out === text ? undefined : Buffer.from(out, latin1 ? "latin1" : "utf8");
+  return out === text ? undefined : { text: out, latin1 };
 }
 
 /** ErrorResponse/NoticeResponse fields that carry no data: severity, code, file, line, routine. */
