@@ -45,6 +45,9 @@ beforeAll(async () => {
     INSERT INTO orders VALUES (10, 1, 9.99), (11, 2, 5);
     CREATE VIEW customer_contacts AS SELECT c.id, c.email AS contact, upper(c.name) AS shout, lower(c.email) AS lowered FROM customers c;
     CREATE VIEW contacts_again AS SELECT contact AS e FROM customer_contacts;
+    CREATE TABLE events (id int, at date, contact_email text) PARTITION BY RANGE (at);
+    CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+    INSERT INTO events VALUES (1, '2026-05-01', 'eve@example.com');
     CREATE FUNCTION shout_email() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'about %', '${EMAIL}'; RETURN 1; END $$;
     GRANT ALL ON ALL TABLES IN SCHEMA public TO app_scram;
   `);
@@ -52,7 +55,7 @@ beforeAll(async () => {
     config: {
       mask: { hmac_key_env: "AGATE_TEST_MASK_KEY" },
       policy: {
-        data: { agate: { config: { mask: { columns: ["public.customers.email", "customers.card:partial", "*.ssn:hmac", "*secret*"], detectors: ["*"] } } } },
+        data: { agate: { config: { mask: { columns: ["public.customers.email", "customers.card:partial", "*.ssn:hmac", "*secret*", "public.events.contact_email"], detectors: ["*"] } } } },
       },
     },
     env: { AGATE_TEST_MASK_KEY: HMAC_KEY },
@@ -108,6 +111,13 @@ describe("column rules follow the column's origin", () => {
     expect(rows[0]!.lowered).not.toContain("@");
     const again = await sql`SELECT e FROM contacts_again`;
     expect(again.map((r) => r.e)).toEqual(["[REDACTED:email]", "[REDACTED:email]"]);
+  });
+
+  test("a partition read directly is masked by its parent's rule", async () => {
+    const [direct] = await sql`SELECT contact_email FROM events_2026`;
+    const [parent] = await sql`SELECT contact_email FROM events`;
+    expect(direct!.contact_email).toBe("[REDACTED:contact_email]");
+    expect(parent!.contact_email).toBe("[REDACTED:contact_email]");
   });
 
   test("a computed column over a masked column is masked whole", async () => {

@@ -17,7 +17,9 @@
  *
  * Lookups run on one connection per target, with the gateway's own target
  * credentials; results are cached per OID for CACHE_MS (a renamed column is
- * seen anew after that). A lookup that fails throws: the caller masks the
+ * seen anew after that). A partition or an inheritance child is followed to
+ * its ancestors: a rule on the parent's column covers the child's. A lookup
+ * that fails throws: the caller masks the
  * result whole rather than guess.
  */
 import postgres from "postgres";
@@ -123,9 +125,26 @@ export class Catalog {
     const columns = new Map<number, ColumnOrigin>();
     for (const r of rows) if (r.attnum !== null && r.attname !== null) columns.set(r.attnum, { schema, table: name, column: r.attname, via: [] });
     if (kind === "v" || kind === "m") await this.viewLineage(oid, columns, depth);
+    else await this.ancestors(oid, columns);
     const rel: Relation = { schema, name, kind, columns, at: Date.now() };
     this.relations.set(oid, rel);
     return rel;
+  }
+
+  /**
+   * A partition, or a child table under inheritance, holds its parent's
+   * rows: a rule on the parent's column covers the same column read from
+   * the child directly (children share their parents' column names).
+   */
+  private async ancestors(oid: number, columns: Map<number, ColumnOrigin>): Promise<void> {
+    const parents = await this.connection()<{ nspname: string; relname: string }[]>`
+      WITH RECURSIVE up(relid, depth) AS (
+        SELECT i.inhparent, 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = ${oid}
+        UNION SELECT i.inhparent, up.depth + 1 FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.relid WHERE up.depth < ${MAX_VIEW_DEPTH}
+      )
+      SELECT n.nspname, c.relname FROM up JOIN pg_catalog.pg_class c ON c.oid = up.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace`;
+    if (parents.length === 0) return;
+    for (const col of columns.values()) col.via = parents.map((p) => ({ schema: p.nspname, table: p.relname, column: col.column }));
   }
 
   /** Fill `via` of each view column with the base columns it shows or may carry. */
