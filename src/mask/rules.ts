@@ -22,7 +22,7 @@
  */
 import { AgateError } from "../core/errors.ts";
 import { ALL_DETECTORS, DETECTORS, findAll } from "./detectors.ts";
-import { TRIGGERS } from "./prefilter.ts";
+import { TRIGGERS, triggers } from "./prefilter.ts";
 import { maskValue } from "./styles.ts";
 import type { MaskCounts, MaskStyle } from "./types.ts";
 
@@ -159,9 +159,12 @@ export function ruleForColumnName(m: CompiledMask, column: string): ColumnRule |
  * run whose bytes hold a secret is replaced by the hex of the masked bytes,
  * so it stays valid bytea.
  */
-export function maskWith(text: string, m: CompiledMask, counts?: MaskCounts, names: readonly string[] = m.detectors): string {
-  if (names.length === 0 || text.length === 0) return text;
-  const matches = findAll(text, names);
+export function maskWith(text: string, m: CompiledMask, counts?: MaskCounts, names?: readonly string[]): string {
+  if (m.detectors.length === 0 || text.length === 0) return text;
+  // Only the detectors the text's triggers allow (prefilter.ts); as Latin-1 bytes, a character beyond
+  // Latin-1 becomes some byte, which can add triggers but never remove one.
+  names ??= m.forTriggers(textTriggers(text));
+  const matches = names.length === 0 ? [] : findAll(text, names);
   let out = text;
   if (matches.length > 0) {
     out = "";
@@ -174,6 +177,11 @@ export function maskWith(text: string, m: CompiledMask, counts?: MaskCounts, nam
     out += text.slice(pos);
   }
   return out.includes("\\x") ? maskHexRuns(out, m, counts) : out;
+}
+
+function textTriggers(text: string): number {
+  const bytes = Buffer.from(text, "latin1");
+  return triggers(bytes, 0, bytes.length);
 }
 
 /** `\x` and at least 4 bytes of hex: a bytea value's text form. */

@@ -303,7 +303,7 @@ export class ResultMasker {
       const hex = !col.binary && b - a >= 2 && raw[a] === 0x5c && raw[a + 1] === 0x78; // \x
       const text = hex ? Buffer.from(raw.toString("latin1", a + 2, b), "hex").toString("latin1") : raw.toString("latin1", a, b);
       // hex digits are no guide to what the bytes hold: all detectors on the decoded bytes
-      const out = maskWith(text, m, counts, hex ? m.detectors : m.forTriggers(found));
+      const out = maskWith(text, m, counts, hex ? undefined : m.forTriggers(found));
       if (out === text) return undefined;
       return this.setText(hex ? `\\x${Buffer.from(out, "latin1").toString("hex")}` : out, true, 0);
     }
