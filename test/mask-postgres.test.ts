@@ -229,6 +229,9 @@ describe("the audit log holds none of the raw values", () => {
     expect(outcomes.length).toBeGreaterThan(0);
     expect(outcomes.some((o) => o.masked.columns["public.customers.email"] > 0)).toBe(true);
     expect(outcomes.some((o) => o.masked.detectors.email > 0)).toBe(true);
+    // rows changed, and the bytes the client was sent
+    expect(outcomes.filter((o) => !(o.masked.rows <= o.rows && (o.rows === 0 || o.bytes > 0))).map((o) => JSON.stringify(o))).toEqual([]);
+    expect(outcomes.some((o) => o.masked.rows > 0 && o.bytes > 0)).toBe(true);
     const commands = records.filter((r) => r.type === "command" && r.masked);
     expect(commands.length).toBeGreaterThan(0);
   });

@@ -107,8 +107,10 @@ export interface Decision {
 export interface Outcome {
   /** Command tags as the target reported them, e.g. "INSERT 0 1". */
   tags: string[];
-  /** Rows the target reported (sum of the tags' row counts). */
+  /** Rows the target reported (sum of the tags' row counts), or the rows it sent when more (a portal read in pieces has no tag). */
   rows: number;
+  /** Bytes of result rows sent to the client, as sent (masked). */
+  bytes?: number;
   error?: { code: string; message: string };
   /** What was masked in the response: rows changed, values per column rule and per detector (never the values). */
   masked?: { rows: number; columns: Record<string, number>; detectors: Record<string, number> };

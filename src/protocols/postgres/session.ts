@@ -118,6 +118,9 @@ export class PgSession {
   /** The mask of the latest forwarded command: for notices and notifications outside any reply. */
   private lastMask: CompiledMask = NO_MASK;
   private tally: MaskTally = newTally();
+  /** Bytes of result rows sent to the client, and DataRows among them, since the last outcome. */
+  private resultBytes = 0;
+  private resultRows = 0;
   /** A target message waiting for column origins, and whether they were just looked up. */
   private heldFrame: Frame | undefined;
   private lookedUp = false;
@@ -467,10 +470,11 @@ export class PgSession {
   private onUpstreamMessage(f: Frame, out: Outbox): Promise<void> | undefined {
     switch (f.type) {
       case T.DataRow: {
-        const rows = this.currentReply()?.rows;
-        if (rows) out.add(rows.row(f.raw));
-        else if (this.currentReply()?.kind === "execute") return this.executeRows(f, out);
-        else out.add(f.raw);
+        this.resultRows++;
+        const r = this.currentReply();
+        if (r?.rows) this.relayRow(r.rows.row(f.raw), out);
+        else if (r?.kind === "execute" && !r.mask.empty) return this.executeRows(f, out);
+        else this.relayRow(f.raw, out);
         break;
       }
       case T.RowDescription:
@@ -517,7 +521,7 @@ export class PgSession {
         break;
       }
       case T.CopyData:
-        out.add(this.copyMask ? maskCopyData(f.raw, this.copyMask, this.tally.detectors) : f.raw);
+        this.relayRow(this.copyMask ? maskCopyData(f.raw, this.copyMask, this.tally.detectors) : f.raw, out);
         break;
       case T.ParameterStatus:
         this.onParameterStatus(f.body);
@@ -586,16 +590,18 @@ export class PgSession {
   /** DataRows of an Execute whose portal was described earlier: plan from that description. */
   private executeRows(f: Frame, out: Outbox): Promise<void> | undefined {
     const r = this.currentReply()!;
-    if (r.mask.empty) {
-      out.add(f.raw);
-      return undefined;
-    }
     const desc = this.portalRows.get(r.portal ?? "");
     if (!desc) throw new Error(`rows of portal "${r.portal}" arrived without its columns, so they cannot be masked`);
     const planned = this.plan(desc, r);
     if (planned) return planned;
-    out.add(r.rows!.row(f.raw));
+    this.relayRow(r.rows!.row(f.raw), out);
     return undefined;
+  }
+
+  /** A result row (DataRow, CopyData) on its way to the client, as sent: counted for the outcome record. */
+  private relayRow(raw: Buffer, out: Outbox): void {
+    this.resultBytes += raw.length;
+    out.add(raw);
   }
 
   /** Plan `reply`'s masker from a RowDescription body; a promise when column origins must be looked up first. */
@@ -644,9 +650,13 @@ export class PgSession {
       this.outcomeAt.delete(n);
       let rows = 0;
       for (const t of this.tags) rows += tagRows(t);
+      // A portal read in pieces (PortalSuspended) has no tag for the rows it sent
+      rows = Math.max(rows, this.resultRows);
       const t = this.tally;
       const masked = t.rows > 0 || Object.keys(t.detectors).length > 0 ? { masked: { rows: t.rows, columns: t.columns, detectors: t.detectors } } : {};
-      this.guard.outcome(this.session, seqs, { tags: this.tags, rows, ...(this.error ? { error: this.error } : {}), ...masked });
+      this.guard.outcome(this.session, seqs, { tags: this.tags, rows, bytes: this.resultBytes, ...(this.error ? { error: this.error } : {}), ...masked });
+      this.resultBytes = 0;
+      this.resultRows = 0;
       if (t.rows > 0 || Object.keys(t.detectors).length > 0) this.tally = newTally();
     }
     this.tags = [];
