@@ -136,6 +136,21 @@ describe("column rules follow the column's origin", () => {
     expect(r!.n).toBe("ADA");
   });
 
+  test("FETCH from a cursor and EXECUTE of a prepared statement are judged by the query behind them", async () => {
+    // psql with FETCH_COUNT reads through DECLARE … CURSOR and FETCH
+    const fetchCount = ["--set=FETCH_COUNT=1"];
+    const plain = await psql(gw.url(), "SELECT upper(name) AS n FROM customers ORDER BY id", fetchCount);
+    expect(plain.stdout.trim().split("\n")).toEqual(["ADA", "BOB"]);
+    const covered = await psql(gw.url(), "SELECT upper(email) AS e FROM customers ORDER BY id", fetchCount);
+    expect(covered.code).toBe(0);
+    noRaw(covered.stdout.toLowerCase());
+    expect(covered.stdout.trim().split("\n")).toEqual(["[REDACTED:e]", "[REDACTED:e]"]);
+    // several statements in one query string: each result is judged by its own statement
+    const prepared = await psql(gw.url(), "PREPARE a AS SELECT upper(name) AS n FROM customers ORDER BY id; PREPARE b AS SELECT lower(email) AS e FROM customers; EXECUTE a; EXECUTE b;", ["-q"]);
+    expect(prepared.code).toBe(0);
+    expect(prepared.stdout.trim().split("\n")).toEqual(["ADA", "BOB", "[REDACTED:e]", "[REDACTED:e]"]);
+  });
+
   test("extended protocol, prepared and reused, with parameters", async () => {
     for (let i = 0; i < 3; i++) {
       const rows = await sql`SELECT email, card FROM customers WHERE id = ${1}`;

@@ -67,6 +67,8 @@ export interface SqlStatement {
   whole_row: boolean;
   /** UPDATE/DELETE: whether a WHERE clause is present. */
   has_where?: boolean;
+  /** DECLARE/FETCH/MOVE/CLOSE: the cursor; PREPARE/EXECUTE/DEALLOCATE: the prepared statement (absent for CLOSE ALL, DEALLOCATE ALL). */
+  name?: string;
   /** COPY: direction, and whether it reads or writes a server file or program. */
   copy?: { direction: "from" | "to"; program: boolean; file: boolean; stdio: boolean };
   /** The statement's own text (one statement of a multi-statement query). */

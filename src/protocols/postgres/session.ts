@@ -31,7 +31,7 @@ import type net from "node:net";
 import { AgateError } from "../../core/errors.ts";
 import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
-import type { Command, Session, SqlFacts } from "../../core/types.ts";
+import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
 import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
 import type { Catalog } from "./catalog.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
@@ -61,6 +61,8 @@ interface Reply {
   facts?: SqlFacts;
   /** The masker of the result being answered. */
   rows?: ResultMasker;
+  /** A simple query: its statements answered so far (CommandComplete). */
+  done?: number;
 }
 
 /** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
@@ -252,9 +254,50 @@ export class PgSession {
     }
     this.sendQuery(f);
     this.outcomeAt.set(this.syncsSent, [command.seq]);
-    this.replies.push({ kind: "query", sync: this.syncsSent, mask: verdict.mask, ...(command.sql ? { facts: command.sql } : {}) });
+    this.replies.push({ kind: "query", sync: this.syncsSent, mask: verdict.mask, ...(command.sql ? { facts: this.throughNames(command.sql) } : {}) });
     this.lastMask = verdict.mask;
   }
+
+  /**
+   * The facts a result is masked by: a FETCH from a cursor, or an EXECUTE of
+   * a prepared statement, this session declared (in this transaction, for a
+   * cursor) stands for the query behind it, so that its computed columns are
+   * judged by what that query names. One agate did not see declared keeps
+   * its own facts, and its computed columns are masked (rows.ts).
+   */
+  private throughNames(facts: SqlFacts): SqlFacts {
+    let out: SqlStatement[] | undefined;
+    facts.statements.forEach((s, i) => {
+      const { cursors, prepared } = this;
+      let behind: SqlStatement | undefined;
+      switch (s.node) {
+        case "DeclareCursorStmt":
+          if (s.name !== undefined) cursors.set(s.name, s);
+          break;
+        case "PrepareStmt":
+          if (s.name !== undefined) prepared.set(s.name, s);
+          break;
+        case "ClosePortalStmt":
+          if (s.name === undefined) cursors.clear();
+          else cursors.delete(s.name);
+          break;
+        case "DeallocateStmt":
+          if (s.name === undefined) prepared.clear();
+          else prepared.delete(s.name);
+          break;
+        case "FetchStmt":
+          behind = s.name !== undefined ? cursors.get(s.name) : undefined;
+          break;
+        case "ExecuteStmt":
+          behind = s.name !== undefined ? prepared.get(s.name) : undefined;
+          break;
+      }
+      if (behind) (out ??= [...facts.statements])[i] = behind;
+    });
+    return out ? { ...facts, statements: out } : facts;
+  }
+  private readonly cursors = new Map<string, SqlStatement>();
+  private readonly prepared = new Map<string, SqlStatement>();
 
   /**
    * Column rules cannot follow COPY … TO STDOUT (its rows carry no column
@@ -312,7 +355,7 @@ export class PgSession {
       this.replies.push({ kind: "describe", sync, portal: portalName, swallow: true, mask: NO_MASK });
     }
     this.forward(f);
-    this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(command.sql ? { facts: command.sql } : {}) });
+    this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(command.sql ? { facts: this.throughNames(command.sql) } : {}) });
     this.lastMask = verdict.mask;
     const at = this.syncsSent + 1;
     const seqs = this.outcomeAt.get(at);
@@ -492,6 +535,7 @@ export class PgSession {
         const r = this.currentReply();
         this.endRows(r);
         if (r?.kind === "execute") this.replies.shift();
+        else if (r && f.type !== T.PortalSuspended) r.done = (r.done ?? 0) + 1;
         this.copyMask = undefined;
         out.add(f.raw);
         break;
@@ -530,6 +574,8 @@ export class PgSession {
       case T.ReadyForQuery: {
         const n = ++this.zReceived;
         this.txStatus = f.body[0] ?? this.txStatus;
+        // Outside a transaction block, cursors without HOLD are gone; one WITH HOLD is then unknown (masked whole).
+        if (this.txStatus === 0x49) this.cursors.clear();
         const before = this.injectBefore.get(n);
         if (before) {
           for (const i of before) out.add(this.materialize(i));
@@ -620,7 +666,9 @@ export class PgSession {
       return o === null ? "unknown" : o;
     };
     this.endRows(reply);
-    reply.rows = new ResultMasker(fields, reply.mask, reply.facts, origin, this.tally);
+    // A simple query answers its statements in order, each ending in CommandComplete: this result is statement `done`'s.
+    const facts = reply.kind === "query" && reply.facts && reply.facts.statements[reply.done ?? 0] ? { multi: false, statements: [reply.facts.statements[reply.done ?? 0]!] } : reply.facts;
+    reply.rows = new ResultMasker(fields, reply.mask, facts, origin, this.tally);
     return undefined;
   }
 

@@ -51,6 +51,8 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
   // data-modifying CTE, EXPLAIN ANALYZE DELETE or PREPARE … AS UPDATE
   // without WHERE reports false too (fail closed).
   if (walk.updateOrDelete > 0) facts.has_where = walk.updateOrDeleteWithWhere === walk.updateOrDelete;
+  const name = NAMED[type] ? node[NAMED[type]] : undefined;
+  if (typeof name === "string") facts.name = name;
   if (type === "CopyStmt") {
     const program = node.is_program === true;
     const filename = typeof node.filename === "string";
@@ -63,6 +65,16 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
   }
   return facts;
 }
+
+/** Statements that name a cursor or a prepared statement, and the field that holds the name. */
+const NAMED: Record<string, string> = {
+  DeclareCursorStmt: "portalname",
+  FetchStmt: "portalname",
+  ClosePortalStmt: "portalname",
+  PrepareStmt: "name",
+  ExecuteStmt: "name",
+  DeallocateStmt: "name",
+};
 
 // ---------------------------------------------------------------------------
 // The visitor
