@@ -49,7 +49,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { readRecords } from "../../src/audit/index.ts";
 import { startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
-import { type AgateProcess, cleanup, handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, procCpu, procMemory, run, say, startAgate } from "./stack.ts";
+import { type AgateProcess, handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, runMain, procCpu, procMemory, run, say, startAgate } from "./stack.ts";
 
 const USER = "app_scram";
 const DB = "app";
@@ -386,14 +386,4 @@ function indent(s: string): string {
   return s.trimEnd().split("\n").map((l) => `  ${l}`).join("\n");
 }
 
-let code = 1;
-try {
-  code = await main();
-} catch (e) {
-  if (!isStopping()) say(`failed: ${e instanceof Error ? e.message : String(e)}`);
-} finally {
-  if (!isStopping()) {
-    await cleanup();
-    process.exit(code);
-  }
-}
+await runMain(main);

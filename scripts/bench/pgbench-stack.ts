@@ -32,7 +32,7 @@ import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { freePort, startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
-import { cleanup, handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
+import { handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, runMain, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
 const CLIENTS = 16;
 const THREADS = 2;
 const SCALE = 10;
@@ -368,14 +368,4 @@ function sameFs(a: string, b: string): boolean {
   }
 }
 
-let code = 1;
-try {
-  code = await main();
-} catch (e) {
-  if (!isStopping()) say(`failed: ${e instanceof Error ? e.message : String(e)}`);
-} finally {
-  if (!isStopping()) {
-    await cleanup();
-    process.exit(code);
-  }
-}
+await runMain(main);

@@ -293,3 +293,18 @@ export async function startAgate(o: AgateOptions): Promise<AgateProcess> {
 export function pgEnv(e: { password: string }, app: string): Record<string, string> {
   return { PGPASSWORD: e.password, PGSSLMODE: "disable", PGCONNECT_TIMEOUT: "10", PGAPPNAME: app };
 }
+
+/** Run a benchmark's main, report a failure, clean up and exit with its code (unless a signal is already stopping everything). */
+export async function runMain(main: () => Promise<number>): Promise<void> {
+  let code = 1;
+  try {
+    code = await main();
+  } catch (e) {
+    if (!isStopping()) say(`failed: ${e instanceof Error ? e.message : String(e)}`);
+  } finally {
+    if (!isStopping()) {
+      await cleanup();
+      process.exit(code);
+    }
+  }
+}
