@@ -517,6 +517,7 @@ export class PgSession {
         const r = this.currentReply();
         if (r?.rows) this.relayRow(r.rows.row(f.raw), out);
         else if (r?.kind === "execute" && !r.mask.empty) return this.executeRows(f, out);
+        else if (!(r && r.kind !== "describe" ? r.mask : this.lastMask).empty) throw new Error("the target sent rows agate cannot match with their columns, so they cannot be masked");
         else this.relayRow(f.raw, out);
         break;
       }
