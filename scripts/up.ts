@@ -62,8 +62,11 @@ try {
   pg = await startPostgres();
   await pg.psql(
     `SET ROLE app_scram;
-     CREATE TABLE demo (id int PRIMARY KEY, name text NOT NULL, email text);
-     INSERT INTO demo VALUES (1, 'Ada Lovelace', 'ada@example.com'), (2, 'Alan Turing', 'alan@example.com'), (3, 'Grace Hopper', 'grace@example.com');`,
+     CREATE TABLE demo (id int PRIMARY KEY, name text NOT NULL, email text, note text);
+     INSERT INTO demo VALUES
+       (1, 'Ada Lovelace', 'ada@example.com', 'card 4111 1111 1111 1111, expires 12/29'),
+       (2, 'Alan Turing', 'alan@example.com', 'prefers a call: +44 20 7946 0958'),
+       (3, 'Grace Hopper', 'grace@example.com', 'api_key=sk_live_9fQ2xT7bL4mN8vR1cZ6w');`,
   );
   say(`PostgreSQL ${pg.host}:${pg.port} (data in ${pg.dir}), table demo in database app`);
 
@@ -99,6 +102,12 @@ identity:
       kind: human
       groups: [dba]
       sha256: ${approver.sha256}
+policy:
+  data:
+    agate:
+      config:
+        # masked in every answer and in the audit log: the email column by rule, anything detected elsewhere
+        mask: { columns: ["public.demo.email:partial"], detectors: ["*"] }
 connections:
   - name: app-db
     protocol: postgres
@@ -122,7 +131,8 @@ connections:
   process.stdout.write(`
 agate is up. Connect through it with:
   psql "postgres://${USER}:${key}@${listener.host}:${listener.port}/app"
-Try:  select * from demo;   drop table demo;   -- the second is refused by policy
+Try:  select * from demo;                           -- e-mails, the card, the phone and the key come back masked
+      drop table demo;                             -- refused by policy
       delete from demo;                            -- held until someone in group dba approves it:
   bun src/main.ts approvals list --server http://127.0.0.1:${gateway.admin!.port} --token ${approver.key}
   bun src/main.ts approvals approve <id> --reason "demo" --server http://127.0.0.1:${gateway.admin!.port} --token ${approver.key}
