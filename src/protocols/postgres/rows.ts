@@ -111,6 +111,21 @@ const SLAB_BYTES = 64 * 1024;
 const NONE: readonly string[] = [];
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Types whose text is digits and punctuation: numbers, ranges and
+ * multiranges of numbers and dates, and their arrays. Only the detectors in
+ * NUMERIC_DETECTORS can find anything there; under the others (the secret
+ * detectors, which need letters) such a column passes unread, in either
+ * format.
+ */
+const NUMERIC_TEXT = new Set([
+  21, 23, 20, 26, 700, 701, 1700, 790, 22, 30, 5069, // int2 int4 int8 oid float4 float8 numeric money int2vector oidvector xid8
+  1005, 1007, 1016, 1028, 1021, 1022, 1231, 791, // their arrays
+  3904, 3906, 3908, 3910, 3912, 3926, 4451, 4532, 4533, 4534, 4535, 4536, // ranges, multiranges
+  3905, 3907, 3909, 3911, 3913, 3927, 6150, 6151, 6152, 6153, 6155, 6157, // their arrays
+]);
+const NUMERIC_DETECTORS = new Set(["card", "ssn", "phone", "ipv4", "ipv6"]);
+
 /** User-defined types start here (FirstNormalObjectId). */
 const FIRST_USER_OID = 16384;
 const TEXT_STRING = new Set([25, 1043, 1042, 19, 18, 705, 142]);
@@ -126,6 +141,8 @@ const UNRESOLVED: ColumnRule = { rule: "(origin unknown)", parts: [], style: { k
 /** Masks the DataRows of one result. */
 export class ResultMasker {
   private readonly columns: Column[];
+  /** Some detector in force can match text of digits and punctuation alone. */
+  private readonly numeric: boolean;
   /** Some column is not KEEP. */
   readonly active: boolean;
 
@@ -136,6 +153,7 @@ export class ResultMasker {
     origin: OriginOf,
     private readonly tally: MaskTally,
   ) {
+    this.numeric = mask.detectors.some((d) => NUMERIC_DETECTORS.has(d));
     const computed = computedRule(mask, facts);
     this.columns = fields.map((f) => this.plan(f, origin, computed));
     this.active = this.columns.some((c) => c.action !== KEEP);
@@ -175,6 +193,7 @@ export class ResultMasker {
     if (m.detectors.length === 0) return { action: KEEP, ...base };
     // A type that cannot hold text a detector finds passes, in either format.
     if (OPAQUE_SAFE.has(f.type)) return { action: KEEP, ...base };
+    if (!this.numeric && NUMERIC_TEXT.has(f.type)) return { action: KEEP, ...base };
     return { action: DETECT, ...base };
   }
 
