@@ -48,6 +48,11 @@ beforeAll(async () => {
     CREATE TABLE events (id int, at date, contact_email text) PARTITION BY RANGE (at);
     CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
     INSERT INTO events VALUES (1, '2026-05-01', 'eve@example.com');
+    CREATE TYPE contact_kind AS ENUM ('none', 'ops@example.com');
+    CREATE DOMAIN email_address AS text;
+    CREATE DOMAIN small_number AS int;
+    CREATE TABLE contacts (kind contact_kind, address email_address, n small_number);
+    INSERT INTO contacts VALUES ('ops@example.com', 'grace.hopper@example.com', 7);
     CREATE FUNCTION shout_email() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'about %', '${EMAIL}'; RETURN 1; END $$;
     GRANT ALL ON ALL TABLES IN SCHEMA public TO app_scram;
   `);
@@ -183,6 +188,22 @@ describe("column rules follow the column's origin", () => {
       // a bigint holding a card number cannot hold "[REDACTED:card]": it is NULL
       expect(r.rows[0].card_number).toBeNull();
       expect(String(r.rows[1].card_number)).toBe("42");
+    } finally {
+      await client.end();
+    }
+  });
+
+  test("binary enums (sent as text) are read as text, not nulled; domains come as their base type", async () => {
+    const client = new pg.Client({ connectionString: gw.url() });
+    await client.connect();
+    try {
+      const r = await client.query({ text: "SELECT kind, address, n FROM contacts", queryMode: "extended", binary: true } as pg.QueryConfig);
+      expect(r.fields.every((f) => f.format === "binary")).toBe(true);
+      const row = r.rows[0];
+      expect(Buffer.from(row.kind).toString()).toBe("[REDACTED:email]");
+      expect(Buffer.from(row.address).toString()).toBe("[REDACTED:email]");
+      // PostgreSQL reports a domain's column as its base type, which node-postgres then parses
+      expect(row.n).toBe(7);
     } finally {
       await client.end();
     }

@@ -18,7 +18,8 @@
  * Lookups run on one connection per target, with the gateway's own target
  * credentials; results are cached per OID for CACHE_MS (a renamed column is
  * seen anew after that). A partition or an inheritance child is followed to
- * its ancestors: a rule on the parent's column covers the child's. A lookup
+ * its ancestors: a rule on the parent's column covers the child's. A
+ * user-defined type sent as text (an enum, citext) is read as text. A lookup
  * that fails throws: the caller masks the
  * result whole rather than guess.
  */
@@ -47,6 +48,8 @@ interface Relation {
 }
 
 const CACHE_MS = 60_000;
+/** Send functions whose binary output is the value's text (enums, citext …). */
+const TEXT_SENDS = new Set(["textsend", "varcharsend", "bpcharsend", "namesend", "enum_send", "unknownsend", "citext_send"]);
 /** Views on views deeper than this are refused (PostgreSQL itself has no limit, but no schema needs more). */
 const MAX_VIEW_DEPTH = 32;
 
@@ -54,6 +57,7 @@ export class Catalog {
   private sql: postgres.Sql | undefined;
   private readonly relations = new Map<number, Relation>();
   private readonly inflight = new Map<number, Promise<Relation>>();
+  private readonly types = new Map<number, { as: number; at: number }>();
 
   constructor(private readonly target: PgTarget) {}
 
@@ -74,6 +78,28 @@ export class Catalog {
     const fresh = [...new Set(oids)];
     for (const oid of fresh) if (!this.inflight.has(oid)) this.relations.delete(oid);
     await Promise.all(fresh.map((oid) => this.relation(oid, 0)));
+  }
+
+  /**
+   * The built-in type a user-defined type is read as: one sent as text (an
+   * enum, citext) as text (25), anything else as itself. null when it must
+   * be looked up. (Domains need nothing: RowDescription already names their
+   * base type.)
+   */
+  cachedType(oid: number): number | null {
+    const t = this.types.get(oid);
+    return t === undefined || Date.now() - t.at > CACHE_MS ? null : t.as;
+  }
+
+  /** Look the types `oids` up, into the cache. */
+  async loadTypes(oids: Iterable<number>): Promise<void> {
+    const want = [...new Set(oids)];
+    const rows = await this.connection()<{ oid: string; send: string }[]>`
+      SELECT t.oid::pg_catalog.int8::text AS oid, t.typsend::text AS send
+      FROM pg_catalog.pg_type t WHERE t.oid::pg_catalog.int8 = ANY(${want}::pg_catalog.int8[])`;
+    const send = new Map(rows.map((r) => [Number(r.oid), r.send]));
+    const at = Date.now();
+    for (const oid of want) this.types.set(oid, { as: TEXT_SENDS.has(send.get(oid) ?? "") ? 25 : oid, at });
   }
 
   async close(): Promise<void> {

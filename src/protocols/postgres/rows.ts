@@ -152,10 +152,12 @@ export class ResultMasker {
     facts: SqlFacts | undefined,
     origin: OriginOf,
     private readonly tally: MaskTally,
+    /** The built-in type a (user-defined) type is read as (catalog.ts cachedType). */
+    typeAs: (oid: number) => number = (oid) => oid,
   ) {
     this.numeric = mask.detectors.some((d) => NUMERIC_DETECTORS.has(d));
     const computed = computedRule(mask, facts);
-    this.columns = fields.map((f) => this.plan(f, origin, computed));
+    this.columns = fields.map((f) => this.plan(f.type >= FIRST_USER_OID ? { ...f, type: typeAs(f.type) } : f, origin, computed));
     this.active = this.columns.some((c) => c.action !== KEEP);
     this.ruleCounts = new Float64Array(fields.length);
   }

@@ -68,6 +68,9 @@ interface Reply {
 /** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
 type Injected = Buffer | "ReadyForQuery";
 
+/** User-defined types start here (FirstNormalObjectId). */
+const FIRST_USER_OID = 16384;
+
 /** Client encodings agate's UTF-8 reading agrees with (the server validates SQL_ASCII bytes as its own encoding). */
 const SAFE_CLIENT_ENCODINGS = new Set(["UTF8", "UTF-8", "UNICODE", "SQL_ASCII"]);
 
@@ -654,12 +657,15 @@ export class PgSession {
   /** Plan `reply`'s masker from a RowDescription body; a promise when column origins must be looked up first. */
   private plan(body: Buffer, reply: Reply): Promise<void> | undefined {
     const fields = readRowDescription(body);
-    if (reply.mask.columns.length > 0 && !this.lookedUp) {
-      const missing = fields.filter((x) => x.table !== 0 && this.catalog.cached(x.table, x.attnum) === null).map((x) => x.table);
-      if (missing.length > 0) {
-        return this.catalog.load(missing).catch((e: Error) => {
-          this.log("warn", "column origins could not be looked up; the result is masked whole", { session: this.session.id, error: e.message });
-        });
+    if (!this.lookedUp) {
+      const missing = reply.mask.columns.length > 0 ? fields.filter((x) => x.table !== 0 && this.catalog.cached(x.table, x.attnum) === null).map((x) => x.table) : [];
+      // User-defined types (domains, enums, citext …): what they are read as
+      const types = !reply.mask.empty ? fields.filter((x) => x.type >= FIRST_USER_OID && this.catalog.cachedType(x.type) === null).map((x) => x.type) : [];
+      if (missing.length > 0 || types.length > 0) {
+        return Promise.all([missing.length > 0 && this.catalog.load(missing), types.length > 0 && this.catalog.loadTypes(types)]).then(
+          () => {},
+          (e: Error) => this.log("warn", "column origins or types could not be looked up; what they hide is masked whole", { session: this.session.id, error: e.message }),
+        );
       }
     }
     const origin: OriginOf = (table, attnum) => {
@@ -669,7 +675,7 @@ export class PgSession {
     this.endRows(reply);
     // A simple query answers its statements in order, each ending in CommandComplete: this result is statement `done`'s.
     const facts = reply.kind === "query" && reply.facts && reply.facts.statements[reply.done ?? 0] ? { multi: false, statements: [reply.facts.statements[reply.done ?? 0]!] } : reply.facts;
-    reply.rows = new ResultMasker(fields, reply.mask, facts, origin, this.tally);
+    reply.rows = new ResultMasker(fields, reply.mask, facts, origin, this.tally, (oid) => this.catalog.cachedType(oid) ?? oid);
     return undefined;
   }
 
