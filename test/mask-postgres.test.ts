@@ -51,8 +51,9 @@ beforeAll(async () => {
     CREATE TYPE contact_kind AS ENUM ('none', 'ops@example.com');
     CREATE DOMAIN email_address AS text;
     CREATE DOMAIN small_number AS int;
-    CREATE TABLE contacts (kind contact_kind, address email_address, n small_number);
-    INSERT INTO contacts VALUES ('ops@example.com', 'grace.hopper@example.com', 7);
+    CREATE TYPE postal AS (street text, city text);
+    CREATE TABLE contacts (kind contact_kind, address email_address, n small_number, home postal, work postal);
+    INSERT INTO contacts VALUES ('ops@example.com', 'grace.hopper@example.com', 7, ROW('1 Main St', 'Springfield'), ROW('ops@example.com', 'x'));
     CREATE FUNCTION shout_email() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'about %', '${EMAIL}'; RETURN 1; END $$;
     GRANT ALL ON ALL TABLES IN SCHEMA public TO app_scram;
   `);
@@ -193,17 +194,20 @@ describe("column rules follow the column's origin", () => {
     }
   });
 
-  test("binary enums (sent as text) are read as text, not nulled; domains come as their base type", async () => {
+  test("binary enums (sent as text) and composites are read, not nulled; domains come as their base type", async () => {
     const client = new pg.Client({ connectionString: gw.url() });
     await client.connect();
     try {
-      const r = await client.query({ text: "SELECT kind, address, n FROM contacts", queryMode: "extended", binary: true } as pg.QueryConfig);
+      const r = await client.query({ text: "SELECT kind, address, n, home, work FROM contacts", queryMode: "extended", binary: true } as pg.QueryConfig);
       expect(r.fields.every((f) => f.format === "binary")).toBe(true);
       const row = r.rows[0];
       expect(Buffer.from(row.kind).toString()).toBe("[REDACTED:email]");
       expect(Buffer.from(row.address).toString()).toBe("[REDACTED:email]");
       // PostgreSQL reports a domain's column as its base type, which node-postgres then parses
       expect(row.n).toBe(7);
+      // a composite is read as a record: passed as is when nothing is found, NULL when something is (it cannot be masked inside)
+      expect(Buffer.from(row.home).includes(Buffer.from("Springfield"))).toBe(true);
+      expect(row.work).toBeNull();
     } finally {
       await client.end();
     }

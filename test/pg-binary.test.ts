@@ -230,6 +230,22 @@ describe("arrays", () => {
   });
 });
 
+describe("records", () => {
+  test("row values print as record_out, quoting, NULLs and nested arrays included", async () => {
+    await check([
+      "ROW(1, 'a b', NULL, 'x,y', 2.50::numeric)", "ROW('', '(', ')', 'q\"uote', 'back\\slash')", "ROW(ARRAY[1,2], 'ada@example.com'::text, '10.1.2.3'::inet)",
+      "ROW(4111111111111111::int8)", "ROW()",
+    ]);
+  });
+
+  test("a field of a type that cannot hold a detector's find prints as ?, one agate cannot read makes the record unreadable", async () => {
+    const [safe] = await sql.unsafe<{ bytes: Buffer }[]>("SELECT record_send(ROW('2026-01-01'::date, 'x'::text)) AS bytes");
+    expect(binaryAsText(2249, safe!.bytes)).toBe("(?,x)");
+    const [unknown] = await sql.unsafe<{ bytes: Buffer }[]>("SELECT record_send(ROW('[1,2)'::int4range, 'x'::text)) AS bytes");
+    expect(binaryAsText(2249, unknown!.bytes)).toBeUndefined();
+  });
+});
+
 describe("malformed values", () => {
   async function bytes(expr: string): Promise<Buffer> {
     return (await sql.unsafe<{ b: Buffer }[]>(`SELECT bin(${expr}) AS b`))[0]!.b;

@@ -27,7 +27,7 @@ import type { Buffer } from "node:buffer";
 import { ProtocolViolation, Reader } from "./wire.ts";
 
 const INT8 = 20, INT2 = 21, INT4 = 23, OID = 26, XID8 = 5069, FLOAT4 = 700, FLOAT8 = 701, NUMERIC = 1700, MONEY = 790;
-const INET = 869, CIDR = 650, MACADDR8 = 774, CHAR = 18, JSONB = 3802;
+const INET = 869, CIDR = 650, MACADDR8 = 774, CHAR = 18, JSONB = 3802, RECORD = 2249;
 const POINT = 600, LSEG = 601, PATH = 602, BOX = 603, POLYGON = 604, LINE = 628, CIRCLE = 718;
 const GEOMETRIC: ReadonlyMap<number, string> = new Map([
   [POINT, "point"], [LSEG, "lseg"], [PATH, "path"], [BOX, "box"], [POLYGON, "polygon"], [LINE, "line"], [CIRCLE, "circle"],
@@ -42,6 +42,7 @@ const ARRAY_OF: ReadonlyMap<number, number> = new Map([
   [791, MONEY], [1041, INET], [651, CIDR], [775, MACADDR8], [1002, CHAR], [3807, JSONB],
   [1009, 25], [1015, 1043], [1014, 1042], [1003, 19], [199, 114], [143, 142],
   [1017, POINT], [1018, LSEG], [1019, PATH], [1020, BOX], [1027, POLYGON], [629, LINE], [719, CIRCLE],
+  [2287, RECORD],
 ]);
 
 /**
@@ -112,6 +113,7 @@ export function binaryAsText(oid: number, value: Buffer): string | undefined {
       return value.toString("utf8", 1);
   }
   if (GEOMETRIC.has(oid)) return geometricText(oid, value);
+  if (oid === RECORD) return recordText(value);
   const elem = ARRAY_OF.get(oid);
   return elem === undefined ? undefined : arrayText(value, elem);
 }
@@ -368,6 +370,38 @@ function arrayText(value: Buffer, elem: number): string {
   const bounds = lbounds.some((lb) => lb !== 1) ? `${dims.map((dim, i) => `[${lbounds[i]}:${lbounds[i]! + dim - 1}]`).join("")}=` : "";
   return bounds + nest(0);
 }
+
+/**
+ * record_send (a row value, and every composite type): the field count,
+ * then each field as its type oid, int32 length (-1: NULL) and bytes.
+ * Printed as record_out: "(a,,\"b c\")", a field quoted when empty or
+ * holding a parenthesis, comma, quote, backslash or space. A field of a type
+ * that cannot hold what a detector finds prints as its type's place holder
+ * ("?"); one of a type agate cannot read makes the whole record unreadable.
+ */
+function recordText(value: Buffer): string | undefined {
+  const r = new Reader(value);
+  const n = r.i32();
+  if (n < 0 || n * 8 > r.remaining) throw new ProtocolViolation(`malformed binary record: ${n} fields in ${r.remaining} bytes`);
+  const fields: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const oid = r.i32() >>> 0;
+    const len = r.i32();
+    if (len < -1) throw new ProtocolViolation(`malformed binary record: field length ${len}`);
+    if (len === -1) {
+      fields.push("");
+      continue;
+    }
+    const text = binaryAsText(oid, r.bytes(len));
+    if (text === undefined && !OPAQUE_SAFE.has(oid)) return undefined;
+    const t = text ?? "?";
+    fields.push(t !== "" && !RECORD_QUOTES.test(t) ? t : `"${t.replace(/["\\]/g, "$&$&")}"`);
+  }
+  ended(r, "record");
+  return `(${fields.join(",")})`;
+}
+
+const RECORD_QUOTES = /[(),"\\ \t\n\r\v\f]/;
 
 const NEEDS_QUOTES = /[{}"\\ \t\n\r\v\f]/;
 

@@ -19,7 +19,8 @@
  * credentials; results are cached per OID for CACHE_MS (a renamed column is
  * seen anew after that). A partition or an inheritance child is followed to
  * its ancestors: a rule on the parent's column covers the child's. A
- * user-defined type sent as text (an enum, citext) is read as text. A lookup
+ * user-defined type sent as text (an enum, citext) is read as text, a
+ * composite as a record. A lookup
  * that fails throws: the caller masks the
  * result whole rather than guess.
  */
@@ -49,6 +50,8 @@ interface Relation {
 
 const CACHE_MS = 60_000;
 /** Send functions whose binary output is the value's text (enums, citext …). */
+const TEXT = 25;
+const RECORD = 2249;
 const TEXT_SENDS = new Set(["textsend", "varcharsend", "bpcharsend", "namesend", "enum_send", "unknownsend", "citext_send"]);
 /** Views on views deeper than this are refused (PostgreSQL itself has no limit, but no schema needs more). */
 const MAX_VIEW_DEPTH = 32;
@@ -82,9 +85,9 @@ export class Catalog {
 
   /**
    * The built-in type a user-defined type is read as: one sent as text (an
-   * enum, citext) as text (25), anything else as itself. null when it must
-   * be looked up. (Domains need nothing: RowDescription already names their
-   * base type.)
+   * enum, citext) as text (25), a composite as record (2249), anything else
+   * as itself. null when it must be looked up. (Domains need nothing:
+   * RowDescription already names their base type.)
    */
   cachedType(oid: number): number | null {
     const t = this.types.get(oid);
@@ -99,7 +102,10 @@ export class Catalog {
       FROM pg_catalog.pg_type t WHERE t.oid::pg_catalog.int8 = ANY(${want}::pg_catalog.int8[])`;
     const send = new Map(rows.map((r) => [Number(r.oid), r.send]));
     const at = Date.now();
-    for (const oid of want) this.types.set(oid, { as: TEXT_SENDS.has(send.get(oid) ?? "") ? 25 : oid, at });
+    for (const oid of want) {
+      const fn = send.get(oid) ?? "";
+      this.types.set(oid, { as: TEXT_SENDS.has(fn) ? TEXT : fn === "record_send" ? RECORD : oid, at });
+    }
   }
 
   async close(): Promise<void> {
