@@ -251,6 +251,9 @@ describe("detectors catch what no rule names", () => {
     const out = await psql(gw.url(), "COPY customers TO STDOUT");
     expect(out.code).not.toBe(0);
     expect(out.stderr).toContain("COPY … TO cannot be masked by column");
+    const binary = await psql(gw.url(), "COPY (SELECT note FROM customers) TO STDOUT WITH (FORMAT binary)");
+    expect(binary.code).not.toBe(0);
+    expect(binary.stderr).toContain("binary COPY … TO cannot be masked");
   });
 });
 

@@ -164,7 +164,7 @@ describe("the committed bundle (wasm/policy.wasm)", () => {
 
   test("COPY ... PROGRAM and COPY to a server file are denied; COPY to STDOUT is allowed", () => {
     const copy = (program: boolean, file: boolean, stdio: boolean) =>
-      stmt({ kind: "copy", node: "CopyStmt", tag: "COPY", copy: { direction: "to", program, file, stdio } });
+      stmt({ kind: "copy", node: "CopyStmt", tag: "COPY", copy: { direction: "to", program, file, stdio, format: "text" } });
     const program = engine.decide(sqlInput([copy(true, false, false)]));
     expect(program.allow).toBe(false);
     expect(program.reasons).toHaveLength(1);

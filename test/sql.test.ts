@@ -168,26 +168,29 @@ describe("analyzeSql: kinds, tags, relations, functions", () => {
     expect(sel.has_where).toBe(true);
   });
 
-  test("COPY: direction, program, file, stdio", () => {
+  test("COPY: direction, program, file, stdio, format", () => {
     const fromStdin = one("COPY t FROM STDIN");
-    expect(fromStdin.copy).toEqual({ direction: "from", program: false, file: false, stdio: true });
+    expect(fromStdin.copy).toEqual({ direction: "from", program: false, file: false, stdio: true, format: "text" });
     expect(fromStdin.writes).toEqual(["t"]);
     expect(fromStdin.reads).toEqual([]);
 
     const toFile = one("COPY t TO '/tmp/x'");
-    expect(toFile.copy).toEqual({ direction: "to", program: false, file: true, stdio: false });
+    expect(toFile.copy).toEqual({ direction: "to", program: false, file: true, stdio: false, format: "text" });
     expect(toFile.reads).toEqual(["t"]);
     expect(toFile.writes).toEqual([]);
 
     const fromProgram = one("COPY t FROM PROGRAM 'ls'");
-    expect(fromProgram.copy).toEqual({ direction: "from", program: true, file: false, stdio: false });
+    expect(fromProgram.copy).toEqual({ direction: "from", program: true, file: false, stdio: false, format: "text" });
     expect(fromProgram.writes).toEqual(["t"]);
 
     const query = one("copy (select * from t where pg_sleep(1) is null) to stdout");
-    expect(query.copy).toEqual({ direction: "to", program: false, file: false, stdio: true });
+    expect(query.copy).toEqual({ direction: "to", program: false, file: false, stdio: true, format: "text" });
     expect(query.reads).toEqual(["t"]);
     expect(query.functions).toEqual(["pg_sleep"]);
     expect(query.tag).toBe("COPY");
+    expect(one("COPY t TO STDOUT WITH (FORMAT 'CSV')").copy?.format).toBe("csv");
+    expect(one("COPY t TO STDOUT BINARY").copy?.format).toBe("binary");
+    expect(one("COPY (SELECT 1) TO STDOUT WITH (FORMAT binary, HEADER false)").copy?.format).toBe("binary");
     expect(query.kind).toBe("copy");
   });
 });

@@ -69,8 +69,8 @@ export interface SqlStatement {
   has_where?: boolean;
   /** DECLARE/FETCH/MOVE/CLOSE: the cursor; PREPARE/EXECUTE/DEALLOCATE: the prepared statement (absent for CLOSE ALL, DEALLOCATE ALL). */
   name?: string;
-  /** COPY: direction, and whether it reads or writes a server file or program. */
-  copy?: { direction: "from" | "to"; program: boolean; file: boolean; stdio: boolean };
+  /** COPY: direction, whether it reads or writes a server file or program, and its format ("text", "csv", "binary"). */
+  copy?: { direction: "from" | "to"; program: boolean; file: boolean; stdio: boolean; format: string };
   /** The statement's own text (one statement of a multi-statement query). */
   text: string;
 }

@@ -304,10 +304,22 @@ export class PgSession {
 
   /**
    * Column rules cannot follow COPY … TO STDOUT (its rows carry no column
-   * origins): with column rules in force it is refused, before it runs.
+   * origins), and no detector can read binary COPY: such a COPY is refused
+   * before it runs.
    */
   private unmaskable(command: Command, verdict: Verdict): Buffer | undefined {
-    if (verdict.mask.columns.length === 0 || !command.sql?.statements.some((s) => s.copy?.direction === "to")) return undefined;
+    const m = verdict.mask;
+    if (m.empty) return undefined;
+    const copies = command.sql?.statements.filter((s) => s.copy?.direction === "to") ?? [];
+    if (copies.some((s) => s.copy!.format === "binary")) {
+      return ErrorResponse({
+        severity: "ERROR",
+        code: "42501",
+        message: "agate: binary COPY … TO cannot be masked, and this statement's policy masks its output",
+        hint: "Use COPY in text or CSV format (masked by the detectors), or SELECT.",
+      });
+    }
+    if (m.columns.length === 0 || copies.length === 0) return undefined;
     return ErrorResponse({
       severity: "ERROR",
       code: "42501",

@@ -61,9 +61,22 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
       program,
       file: filename && !program,
       stdio: !filename,
+      format: copyFormat(node.options),
     };
   }
   return facts;
+}
+
+/** COPY's FORMAT option (also written BINARY or CSV), lower-case; "text" when not given. */
+function copyFormat(options: unknown): string {
+  if (Array.isArray(options)) {
+    for (const o of options) {
+      const d = (o as Obj | null)?.DefElem as Obj | undefined;
+      const v = ((d?.arg as Obj | undefined)?.String as Obj | undefined)?.sval;
+      if (d?.defname === "format" && typeof v === "string") return v.toLowerCase();
+    }
+  }
+  return "text";
 }
 
 /** Statements that name a cursor or a prepared statement, and the field that holds the name. */
