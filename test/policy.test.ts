@@ -8,6 +8,7 @@ import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { AgateError } from "../src/core/errors.ts";
+import { SECRET_DETECTORS } from "../src/mask/detectors.ts";
 import type { Decision, SqlStatement } from "../src/core/types.ts";
 import {
   buildPolicies,
@@ -94,7 +95,7 @@ function sqlInput(statements: SqlStatement[], connection = "prod-db"): object {
 const EMPTY_APPROVAL = { required: false, approvers: [], timeout_s: 0 };
 const EMPTY_MASK = { columns: [], detectors: [] };
 /** The default policy's mask: the secret detectors (policies/agate/mask.rego). */
-const DEFAULT_MASK = { columns: [], detectors: ["aws_access_key", "aws_secret_key", "github_token", "gitlab_token", "slack_token", "jwt", "pem_private_key", "url_password", "kv_secret"] };
+const DEFAULT_MASK = { columns: [], detectors: [...SECRET_DETECTORS] };
 
 /** Polls `cond` every 25 ms; fails after `attempts` tries. */
 async function until(what: string, cond: () => boolean, attempts = 800): Promise<void> {

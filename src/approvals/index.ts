@@ -12,7 +12,7 @@
 import { randomBytes } from "node:crypto";
 import { AgateError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
-import { maskText } from "../mask/index.ts";
+import { maskText, SECRET_DETECTORS } from "../mask/index.ts";
 import type { ApprovalGate, InputApproval } from "../core/guard.ts";
 import type { Command, Decision, Identity, Session } from "../core/types.ts";
 import type { ApprovalRequest, ApprovalStore, Approver, Grant, Vote } from "./types.ts";
@@ -48,7 +48,6 @@ const WEBHOOK_TIMEOUT_MS = 5000;
  * to approvers or posted to a webhook (a chat channel is no place for a
  * password in an ALTER ROLE). Personal data is the policy's to mask (issue 5).
  */
-const SECRET_DETECTORS = ["aws_access_key", "aws_secret_key", "github_token", "gitlab_token", "slack_token", "jwt", "pem_private_key", "url_password", "kv_secret"];
 
 export class Approvals implements ApprovalGate {
   readonly #o: ApprovalsOptions;

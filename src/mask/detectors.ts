@@ -1621,6 +1621,9 @@ Object.freeze(IMPLS);
 
 /** Every detector by its policy name. */
 export const DETECTORS: Record<string, Detector> = IMPLS;
+/** The detectors of secrets (credentials, keys, tokens), as opposed to personal data: the default policy's set (policies/agate/mask.rego). */
+export const SECRET_DETECTORS: readonly string[] = Object.freeze(["aws_access_key", "aws_secret_key", "github_token", "gitlab_token", "slack_token", "jwt", "pem_private_key", "url_password", "kv_secret"]);
+
 /** Every detector name, most specific first (the order ties between overlapping matches are broken in). */
 export const ALL_DETECTORS: string[] = Object.freeze(defs.map(([name]) => name)) as string[];
 

@@ -9,7 +9,7 @@ import { maskWith } from "./rules.ts";
 import type { MaskCounts, MaskStyle } from "./types.ts";
 
 export type { Detector, Match, MaskCounts, MaskStyle } from "./types.ts";
-export { ALL_DETECTORS, DETECTORS, checkDetectors, findAll } from "./detectors.ts";
+export { ALL_DETECTORS, DETECTORS, SECRET_DETECTORS, checkDetectors, findAll } from "./detectors.ts";
 export { maskValue } from "./styles.ts";
 export { type ColumnRule, type CompiledMask, compileMask, type MaskKeys, maskWith, NO_MASK, ruleForColumn, ruleForColumnName, ruleForName } from "./rules.ts";
 
