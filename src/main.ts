@@ -22,7 +22,7 @@ import { createApiKey } from "./identity/apikey.ts";
 import { login } from "./identity/login.ts";
 import { buildPolicies, checkFresh } from "./policy/build.ts";
 
-const HELP = `agate ${pkg.version}: an identity-aware gateway that decides every command by policy and records it
+const HELP = `agate ${pkg.version}: an identity-aware gateway that decides every command by policy, masks what comes back and records it
 
 Usage: agate <command> [options]
 
