@@ -27,7 +27,7 @@ import type { Buffer } from "node:buffer";
 import { ProtocolViolation, Reader } from "./wire.ts";
 
 const INT8 = 20, INT2 = 21, INT4 = 23, OID = 26, XID8 = 5069, FLOAT4 = 700, FLOAT8 = 701, NUMERIC = 1700, MONEY = 790;
-const INET = 869, CIDR = 650, MACADDR8 = 774, CHAR = 18, JSONB = 3802, RECORD = 2249;
+const INET = 869, CIDR = 650, MACADDR8 = 774, CHAR = 18, JSONB = 3802, RECORD = 2249, TSVECTOR = 3614;
 const POINT = 600, LSEG = 601, PATH = 602, BOX = 603, POLYGON = 604, LINE = 628, CIRCLE = 718;
 const GEOMETRIC: ReadonlyMap<number, string> = new Map([
   [POINT, "point"], [LSEG, "lseg"], [PATH, "path"], [BOX, "box"], [POLYGON, "polygon"], [LINE, "line"], [CIRCLE, "circle"],
@@ -42,7 +42,7 @@ const ARRAY_OF: ReadonlyMap<number, number> = new Map([
   [791, MONEY], [1041, INET], [651, CIDR], [775, MACADDR8], [1002, CHAR], [3807, JSONB],
   [1009, 25], [1015, 1043], [1014, 1042], [1003, 19], [199, 114], [143, 142],
   [1017, POINT], [1018, LSEG], [1019, PATH], [1020, BOX], [1027, POLYGON], [629, LINE], [719, CIRCLE],
-  [2287, RECORD],
+  [2287, RECORD], [3643, TSVECTOR],
 ]);
 
 /**
@@ -114,6 +114,7 @@ export function binaryAsText(oid: number, value: Buffer): string | undefined {
   }
   if (GEOMETRIC.has(oid)) return geometricText(oid, value);
   if (oid === RECORD) return recordText(value);
+  if (oid === TSVECTOR) return tsvectorText(value);
   const elem = ARRAY_OF.get(oid);
   return elem === undefined ? undefined : arrayText(value, elem);
 }
@@ -399,6 +400,32 @@ function recordText(value: Buffer): string | undefined {
   }
   ended(r, "record");
   return `(${fields.join(",")})`;
+}
+
+/**
+ * tsvectorsend: the lexeme count, then each lexeme as a NUL-terminated
+ * string, its position count and positions (14 bits of position, 2 of
+ * weight). Printed as tsvectorout: 'lexeme' with ' and \ doubled, then
+ * :pos,pos… with weights A, B, C (D is not written), lexemes space-separated.
+ */
+function tsvectorText(value: Buffer): string {
+  const r = new Reader(value);
+  const n = r.i32();
+  if (n < 0 || n > r.remaining) throw new ProtocolViolation(`malformed binary tsvector: ${n} lexemes in ${r.remaining} bytes`);
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    let lexeme = `'${r.cstr().replace(/['\\]/g, "$&$&")}'`;
+    const npos = r.i16() & 0xffff;
+    const pos: string[] = [];
+    for (let j = 0; j < npos; j++) {
+      const p = r.i16() & 0xffff;
+      pos.push(`${p & 0x3fff}${["", "C", "B", "A"][p >> 14]}`);
+    }
+    if (npos > 0) lexeme += `:${pos.join(",")}`;
+    out.push(lexeme);
+  }
+  ended(r, "tsvector");
+  return out.join(" ");
 }
 
 const RECORD_QUOTES = /[(),"\\ \t\n\r\v\f]/;
