@@ -13,7 +13,7 @@ import postgres from "postgres";
 import { readRecords, verifyLog } from "../src/audit/index.ts";
 import { buildPolicies } from "../src/policy/build.ts";
 import { message, startupPacket } from "../src/protocols/postgres/wire.ts";
-import { API_KEY, startTestGateway, psql, sh, type TestGateway } from "./helpers/gateway.ts";
+import { API_KEY, startTestGateway, psql, sh, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 
 let db: TestPostgres;
@@ -578,5 +578,65 @@ describe("audit log", () => {
     expect(bad.code).toBe(1);
     expect(bad.stdout).toMatch(/FAILED AUDIT_\w+: .*record \d+/);
     expect((await verifyLog(copy)).ok).toBe(false);
+  });
+});
+
+describe("extended protocol against statements agate did not parse", () => {
+  /** A logged-in raw protocol session: send frontend messages, read backend messages until ReadyForQuery. */
+  async function session() {
+    const s = net.connect(gw.port, "127.0.0.1");
+    let buf = Buffer.alloc(0);
+    let wake: (() => void) | undefined;
+    s.on("data", (c: Buffer) => {
+      buf = Buffer.concat([buf, c]);
+      wake?.();
+    });
+    /** Messages up to and including the next ReadyForQuery: [type letter, body]. */
+    const untilReady = async (): Promise<[string, Buffer][]> => {
+      const out: [string, Buffer][] = [];
+      for (;;) {
+        while (buf.length >= 5 && buf.length >= 1 + buf.readInt32BE(1)) {
+          const len = buf.readInt32BE(1);
+          const msg: [string, Buffer] = [String.fromCharCode(buf[0]!), buf.subarray(5, 1 + len)];
+          buf = buf.subarray(1 + len);
+          out.push(msg);
+          if (msg[0] === "Z") return out;
+        }
+        await new Promise<void>((r) => (wake = r));
+      }
+    };
+    await new Promise<void>((r) => s.once("connect", () => r()));
+    s.write(startupPacket((w) => w.i32(196608).cstr("user").cstr(USER).cstr("database").cstr("app").u8(0)));
+    await new Promise<void>((r) => (wake = () => buf.length > 0 && r()));
+    s.write(message(0x70, (w) => w.cstr(API_KEY)));
+    await untilReady();
+    return { send: (...m: Buffer[]) => s.write(Buffer.concat(m)), untilReady, end: () => s.destroy() };
+  }
+  const bindExecSync = (statement: string) => [
+    message(0x42, (w) => w.cstr("").cstr(statement).i16(0).i16(0).i16(0)),
+    message(0x45, (w) => w.cstr("").i32(0)),
+    message(0x53),
+  ];
+
+  test("Bind to a statement made with SQL PREPARE runs it; to a closed one gets PostgreSQL's own error", async () => {
+    const c = await session();
+    try {
+      c.send(message(0x51, (w) => w.cstr("PREPARE p AS SELECT 42 AS answer")));
+      expect((await c.untilReady()).map(([t]) => t)).toEqual(["C", "Z"]);
+      c.send(...bindExecSync("p"));
+      const ran = await c.untilReady();
+      expect(ran.find(([t]) => t === "D")![1].toString("latin1")).toContain("42");
+      // a protocol-level statement, closed, then bound again: the target's 26000, and nothing from agate
+      c.send(message(0x50, (w) => w.cstr("ps1").cstr("SELECT 1").i16(0)), message(0x53));
+      await c.untilReady();
+      c.send(message(0x43, (w) => w.u8(0x53).cstr("ps1")), message(0x53));
+      await c.untilReady();
+      c.send(...bindExecSync("ps1"));
+      const errors = (await c.untilReady()).filter(([t]) => t === "E").map(([, b]) => b.toString("latin1"));
+      expect(errors).toHaveLength(1);
+      expect(errors[0]).toContain("26000");
+    } finally {
+      c.end();
+    }
   });
 });

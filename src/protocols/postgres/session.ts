@@ -351,10 +351,14 @@ export class PgSession {
     const portalName = readExecute(f.body);
     const portal = this.portals.get(portalName);
     const prepared = portal && this.statements.get(portal.statement);
-    // A portal agate did not see bound (a cursor from DECLARE) is fetched from: decide on exactly that.
+    // A portal bound to a statement agate did not see parsed (one made with SQL PREPARE, or none, which the
+    // target refuses at Bind) is decided as EXECUTE of it; a portal agate did not see bound (a cursor from
+    // DECLARE) as a FETCH from it: decide on exactly that.
     const command: Command = prepared
       ? { seq: ++this.seq, text: prepared.text, sql: prepared.facts, invalid: prepared.invalid, params: portal.params }
-      : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
+      : portal && portal.statement !== ""
+        ? { ...this.command(`EXECUTE ${quoteIdent(portal.statement)}`), params: portal.params }
+        : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
     const verdict = await this.check(command, true, { prior: prepared?.verdict, onHold: this.onHold });
     if (!verdict) return;
     const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
