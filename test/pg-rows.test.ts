@@ -114,7 +114,8 @@ describe("ResultMasker", () => {
   test("a binary type agate cannot read is NULL under detectors; a safe one (uuid) passes", () => {
     const { m } = masker([field("hstore", 99999, 1), field("u", 2950, 1)], { columns: [], detectors: ["*"] });
     const uuid = Buffer.alloc(16, 7);
-    const out = fieldsOf(m.row(dataRow([Buffer.from([0, 0, 0, 0]), uuid])));
+    // bytes that are no record or array either (those are read by their shape)
+    const out = fieldsOf(m.row(dataRow([Buffer.from("\x00\x01xyz"), uuid])));
     expect(out[0]).toBeNull();
     expect(out[1]!.equals(uuid)).toBe(true);
   });

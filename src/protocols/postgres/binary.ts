@@ -27,7 +27,7 @@ import type { Buffer } from "node:buffer";
 import { ProtocolViolation, Reader } from "./wire.ts";
 
 const INT8 = 20, INT2 = 21, INT4 = 23, OID = 26, XID8 = 5069, FLOAT4 = 700, FLOAT8 = 701, NUMERIC = 1700, MONEY = 790;
-const INET = 869, CIDR = 650, MACADDR8 = 774, CHAR = 18, JSONB = 3802, RECORD = 2249, TSVECTOR = 3614;
+const INET = 869, CIDR = 650, MACADDR8 = 774, CHAR = 18, JSONB = 3802, RECORD = 2249, TSVECTOR = 3614, BYTEA = 17;
 const POINT = 600, LSEG = 601, PATH = 602, BOX = 603, POLYGON = 604, LINE = 628, CIRCLE = 718;
 const GEOMETRIC: ReadonlyMap<number, string> = new Map([
   [POINT, "point"], [LSEG, "lseg"], [PATH, "path"], [BOX, "box"], [POLYGON, "polygon"], [LINE, "line"], [CIRCLE, "circle"],
@@ -42,7 +42,7 @@ const ARRAY_OF: ReadonlyMap<number, number> = new Map([
   [791, MONEY], [1041, INET], [651, CIDR], [775, MACADDR8], [1002, CHAR], [3807, JSONB],
   [1009, 25], [1015, 1043], [1014, 1042], [1003, 19], [199, 114], [143, 142],
   [1017, POINT], [1018, LSEG], [1019, PATH], [1020, BOX], [1027, POLYGON], [629, LINE], [719, CIRCLE],
-  [2287, RECORD], [3643, TSVECTOR],
+  [2287, RECORD], [3643, TSVECTOR], [1001, BYTEA],
 ]);
 
 /**
@@ -114,9 +114,40 @@ export function binaryAsText(oid: number, value: Buffer): string | undefined {
   }
   if (GEOMETRIC.has(oid)) return geometricText(oid, value);
   if (oid === RECORD) return recordText(value);
+  if (oid === BYTEA) return `\\x${value.toString("hex")}`;
   if (oid === TSVECTOR) return tsvectorText(value);
   const elem = ARRAY_OF.get(oid);
   return elem === undefined ? undefined : arrayText(value, elem);
+}
+
+/** User-defined types start here (FirstNormalObjectId). */
+const FIRST_USER_OID = 16384;
+
+/**
+ * A binary value of a type agate has no table for (a composite or an array
+ * of composites created where agate's catalog lookups cannot see it, such
+ * as in the client's open transaction), read by its shape: the text of a
+ * record, or of an array, when the bytes parse exactly as one whose every
+ * field or element agate can read; otherwise undefined.
+ */
+export function shapeAsText(value: Buffer): string | undefined {
+  for (const read of [recordText, arrayText]) {
+    try {
+      const text = read(value);
+      if (text !== undefined) return text;
+    } catch (e) {
+      if (!(e instanceof ProtocolViolation)) throw e;
+    }
+  }
+  return undefined;
+}
+
+/** A field or element of type `oid`: decoded, a place holder for a type that cannot hold a detector's find, or read by its shape (a user-defined type); undefined when unreadable. */
+function fieldText(oid: number, value: Buffer): string | undefined {
+  const text = binaryAsText(oid, value);
+  if (text !== undefined) return text;
+  if (OPAQUE_SAFE.has(oid)) return "?";
+  return oid >= FIRST_USER_OID ? shapeAsText(value) : undefined;
 }
 
 function sized(value: Buffer, n: number, type: string): Buffer {
@@ -333,12 +364,12 @@ const MAXDIM = 6;
  * braces, elements quoted when empty, "NULL"-like or holding a delimiter,
  * brace, quote, backslash or space.
  */
-function arrayText(value: Buffer, elem: number): string {
+function arrayText(value: Buffer, elem?: number): string | undefined {
   const r = new Reader(value);
   const ndim = r.i32();
   const flags = r.i32();
   const elemOid = r.i32() >>> 0;
-  if (ndim < 0 || ndim > MAXDIM || (flags !== 0 && flags !== 1) || elemOid !== elem) {
+  if (ndim < 0 || ndim > MAXDIM || (flags !== 0 && flags !== 1) || (elem !== undefined && elemOid !== elem)) {
     throw new ProtocolViolation(`malformed binary array: ${ndim} dimensions, flags ${flags}, element type ${elemOid} (want ${elem})`);
   }
   const dims: number[] = [];
@@ -353,12 +384,18 @@ function arrayText(value: Buffer, elem: number): string {
     count *= dim;
   }
   if (count * 4 > r.remaining) throw new ProtocolViolation(`malformed binary array: ${count} elements in ${r.remaining} bytes`);
-  const delim = elem === BOX ? ";" : ",";
+  const delim = elemOid === BOX ? ";" : ",";
   const items: string[] = [];
   for (let i = 0; i < count; i++) {
     const len = r.i32();
     if (len < -1) throw new ProtocolViolation(`malformed binary array: element length ${len}`);
-    items.push(len === -1 ? "NULL" : quoteElement(binaryAsText(elem, r.bytes(len))!, delim));
+    if (len === -1) {
+      items.push("NULL");
+      continue;
+    }
+    const text = elem === undefined ? fieldText(elemOid, r.bytes(len)) : binaryAsText(elem, r.bytes(len));
+    if (text === undefined) return undefined;
+    items.push(quoteElement(text, delim));
   }
   ended(r, "array");
   if (count === 0) return "{}";
@@ -393,9 +430,8 @@ function recordText(value: Buffer): string | undefined {
       fields.push("");
       continue;
     }
-    const text = binaryAsText(oid, r.bytes(len));
-    if (text === undefined && !OPAQUE_SAFE.has(oid)) return undefined;
-    const t = text ?? "?";
+    const t = fieldText(oid, r.bytes(len));
+    if (t === undefined) return undefined;
     fields.push(t !== "" && !RECORD_QUOTES.test(t) ? t : `"${t.replace(/["\\]/g, "$&$&")}"`);
   }
   ended(r, "record");

@@ -40,7 +40,7 @@ import { type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForCol
 import { triggers } from "../../mask/prefilter.ts";
 import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
-import { binaryAsText, OPAQUE_SAFE, textBytesOffset } from "./binary.ts";
+import { binaryAsText, OPAQUE_SAFE, shapeAsText, textBytesOffset } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
 import { ProtocolViolation } from "./wire.ts";
 
@@ -329,7 +329,8 @@ export class ResultMasker {
       return this.setText(hex ? `\\x${Buffer.from(out, "latin1").toString("hex")}` : out, true, 0);
     }
     if (col.shape === "other" && col.binary) {
-      const text = binaryAsText(col.type, raw.subarray(a, b));
+      const bytes = raw.subarray(a, b);
+      const text = binaryAsText(col.type, bytes) ?? (col.type >= FIRST_USER_OID ? shapeAsText(bytes) : undefined);
       if (text === undefined) {
         counts["(unreadable binary)"] = (counts["(unreadable binary)"] ?? 0) + 1;
         return null;
