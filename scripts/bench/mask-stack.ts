@@ -43,13 +43,13 @@
  * PG_BIN). Everything listens on 127.0.0.1 only; every process started here
  * is stopped on exit, error, SIGINT or SIGTERM.
  */
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { readRecords } from "../../src/audit/index.ts";
 import { startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
-import { type AgateProcess, handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, runMain, procCpu, procMemory, run, say, startAgate } from "./stack.ts";
+import { type AgateProcess, handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, printHelp, runMain, procCpu, procMemory, run, say, startAgate } from "./stack.ts";
 
 const USER = "app_scram";
 const DB = "app";
@@ -76,11 +76,7 @@ const { values: opt, positionals } = parseArgs({
     help: { type: "boolean", short: "h", default: false },
   },
 });
-if (opt.help) {
-  const doc = readFileSync(import.meta.path, "utf8").split("*/")[0]!;
-  console.log(doc.replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
-  process.exit(0);
-}
+if (opt.help) printHelp(import.meta.path);
 if (positionals.length > 0) die(`unexpected argument ${positionals[0]}; see --help`);
 const ROWS = wholeNumber("--rows", opt.rows!, 10, 100_000_000);
 const RUNS = wholeNumber("--runs", opt.runs!, 1, 100);

@@ -32,7 +32,7 @@ import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { freePort, startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
-import { handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, runMain, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
+import { handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, printHelp, runMain, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
 const CLIENTS = 16;
 const THREADS = 2;
 const SCALE = 10;
@@ -62,11 +62,7 @@ const { values: opt, positionals } = parseArgs({
     help: { type: "boolean", short: "h", default: false },
   },
 });
-if (opt.help) {
-  const doc = readFileSync(import.meta.path, "utf8").split("*/")[0]!;
-  console.log(doc.replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
-  process.exit(0);
-}
+if (opt.help) printHelp(import.meta.path);
 const duration = Number(positionals[0] ?? 20);
 if (!Number.isInteger(duration) || duration < 1 || duration > 3600) die(`duration must be whole seconds from 1 to 3600; got ${positionals[0]}`);
 const warmup = Number(opt.warmup);
