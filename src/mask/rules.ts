@@ -67,7 +67,6 @@ function subsets(detectors: readonly string[]): (bits: number) => readonly strin
   };
 }
 
-const STYLES = new Set(["redact", "partial", "hmac"]);
 const NAME = /^[^\s.:]+$/;
 
 function invalid(message: string): AgateError {
@@ -84,7 +83,7 @@ function styleOf(name: string | undefined, rule: string, keys: MaskKeys): MaskSt
   throw invalid(`mask rule ${JSON.stringify(rule)} has an unknown style ${JSON.stringify(name)}; styles: redact, partial, hmac`);
 }
 
-/** "name:style" → [name, style]; only a known style after the last ":" is split off. */
+/** "name:style" → [name, style]: whatever follows the last ":" is the style (styleOf checks it). */
 function splitStyle(rule: string): [string, string | undefined] {
   const at = rule.lastIndexOf(":");
   if (at < 0) return [rule, undefined];

@@ -121,7 +121,7 @@ export function binaryAsText(oid: number, value: Buffer): string | undefined {
 }
 
 /** User-defined types start here (FirstNormalObjectId). */
-const FIRST_USER_OID = 16384;
+export const FIRST_USER_OID = 16384;
 
 /**
  * A binary value of a type agate has no table for (a composite or an array
@@ -142,8 +142,8 @@ export function shapeAsText(value: Buffer): string | undefined {
   return undefined;
 }
 
-/** A field or element of type `oid`: decoded, a place holder for a type that cannot hold a detector's find, or read by its shape (a user-defined type); undefined when unreadable. */
-function fieldText(oid: number, value: Buffer): string | undefined {
+/** A value of type `oid`: decoded, a place holder for a type that cannot hold a detector's find, or read by its shape (a user-defined type); undefined when unreadable. */
+export function fieldText(oid: number, value: Buffer): string | undefined {
   const text = binaryAsText(oid, value);
   if (text !== undefined) return text;
   if (OPAQUE_SAFE.has(oid)) return "?";

@@ -40,7 +40,7 @@ import { type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForCol
 import { triggers } from "../../mask/prefilter.ts";
 import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
-import { binaryAsText, OPAQUE_SAFE, shapeAsText, textBytesOffset } from "./binary.ts";
+import { FIRST_USER_OID, fieldText, OPAQUE_SAFE, textBytesOffset } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
 import { ProtocolViolation } from "./wire.ts";
 
@@ -126,8 +126,6 @@ const NUMERIC_TEXT = new Set([
 ]);
 const NUMERIC_DETECTORS = new Set(["card", "ssn", "phone", "ipv4", "ipv6"]);
 
-/** User-defined types start here (FirstNormalObjectId). */
-const FIRST_USER_OID = 16384;
 const TEXT_STRING = new Set([25, 1043, 1042, 19, 18, 705, 142]);
 const JSON_TYPES = new Set([114, 3802]);
 const BYTEA = 17;
@@ -143,8 +141,6 @@ export class ResultMasker {
   private readonly columns: Column[];
   /** Some detector in force can match text of digits and punctuation alone. */
   private readonly numeric: boolean;
-  /** Some column is not KEEP. */
-  readonly active: boolean;
 
   constructor(
     fields: Field[],
@@ -158,7 +154,6 @@ export class ResultMasker {
     this.numeric = mask.detectors.some((d) => NUMERIC_DETECTORS.has(d));
     const computed = computedRule(mask, facts);
     this.columns = fields.map((f) => this.plan(f.type >= FIRST_USER_OID ? { ...f, type: typeAs(f.type) } : f, origin, computed));
-    this.active = this.columns.some((c) => c.action !== KEEP);
     this.ruleCounts = new Float64Array(fields.length);
   }
 
@@ -330,7 +325,7 @@ export class ResultMasker {
     }
     if (col.shape === "other" && col.binary) {
       const bytes = raw.subarray(a, b);
-      const text = binaryAsText(col.type, bytes) ?? (col.type >= FIRST_USER_OID ? shapeAsText(bytes) : undefined);
+      const text = fieldText(col.type, bytes);
       if (text === undefined) {
         counts["(unreadable binary)"] = (counts["(unreadable binary)"] ?? 0) + 1;
         return null;

@@ -33,6 +33,7 @@ import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
 import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
+import { FIRST_USER_OID } from "./binary.ts";
 import type { Catalog } from "./catalog.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { DescribePortal, ErrorResponse, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
@@ -67,9 +68,6 @@ interface Reply {
 
 /** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
 type Injected = Buffer | "ReadyForQuery";
-
-/** User-defined types start here (FirstNormalObjectId). */
-const FIRST_USER_OID = 16384;
 
 /** Client encodings agate's UTF-8 reading agrees with (the server validates SQL_ASCII bytes as its own encoding). */
 const SAFE_CLIENT_ENCODINGS = new Set(["UTF8", "UTF-8", "UNICODE", "SQL_ASCII"]);
