@@ -26,9 +26,8 @@ import { dirname, join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import postgres from "postgres";
 import { readRecords } from "../src/audit/index.ts";
-import { generateKey } from "../src/audit/note.ts";
 import { hashApiKey } from "../src/identity/apikey.ts";
-import { API_KEY, USER, sh, spawnGateway, startTestGateway, type GatewayProcess, type TestGateway } from "./helpers/gateway.ts";
+import { API_KEY, USER, sh, spawnGateway, startTestGateway, type GatewayProcess, type TestGateway, writeServeConfig } from "./helpers/gateway.ts";
 import { startIssuer, type TestIssuer } from "./helpers/oidc.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 
@@ -644,36 +643,16 @@ describe("webhooks", () => {
 // ── 11. gateway processes ───────────────────────────────────────────────
 
 
-/** A config directory for `agate serve`: signing key and agate.yaml. */
-function writeServeConfig(dir: string, approvals: string): void {
-  const { signerKey } = generateKey("approvals.test/audit");
-  writeFileSync(join(dir, "audit.key"), `${signerKey}\n`, { mode: 0o600 });
-  writeFileSync(
-    join(dir, "agate.yaml"),
-    `# written by test/approvals.test.ts
-log_level: info
-audit:
-  dir: ./audit
-  signing_key: ./audit.key
-  checkpoint: { every_records: 10000, every_seconds: 0.25 }
-approvals:
-${approvals}
-admin:
-  listen: 127.0.0.1:0
-  groups: [auditor]
-identity:
-  api_keys:
-    - { id: ${USER}, kind: service, groups: [ci], sha256: ${hashApiKey(API_KEY)} }
-  oidc:
-    - { issuer: "${iss.issuer}", audience: agate }
-connections:
-  - name: app-db
-    protocol: postgres
-    listen: 127.0.0.1:0
-    allow_plaintext_auth: true
-    target: { host: ${db.host}, port: ${db.port}, database: app, user: app_scram, password_env: AGATE_TEST_PG_PASSWORD }
-`,
-  );
+/** A config directory for `agate serve` with these approvals settings (lines under approvals:), the admin API and the test issuer. */
+function writeApprovalsConfig(dir: string, approvals: string): void {
+  writeServeConfig(dir, db, {
+    by: "approvals.test",
+    apiKey: { id: USER, key: API_KEY },
+    logLevel: "info",
+    audit: "  checkpoint: { every_records: 10000, every_seconds: 0.25 }",
+    sections: `approvals:\n${approvals}\nadmin:\n  listen: 127.0.0.1:0\n  groups: [auditor]`,
+    identity: `  oidc:\n    - { issuer: "${iss.issuer}", audience: agate }`,
+  });
 }
 
 /** `agate serve` on `dir`'s config in its own process, once both the listener and the admin API are announced. */
@@ -687,8 +666,8 @@ describe("gateway processes", () => {
     const storeUrl = `postgres://app_scram:${encodeURIComponent(db.password)}@${db.host}:${db.port}/approvals`;
     const dirA = mkdtempSync(join(tmp, "gw-a-"));
     const dirB = mkdtempSync(join(tmp, "gw-b-"));
-    writeServeConfig(dirA, "  store_env: AGATE_TEST_APPROVALS_URL\n  gateway: gw-a\n  timeout_s: 60");
-    writeServeConfig(dirB, "  store_env: AGATE_TEST_APPROVALS_URL\n  gateway: gw-b\n  timeout_s: 60");
+    writeApprovalsConfig(dirA, "  store_env: AGATE_TEST_APPROVALS_URL\n  gateway: gw-a\n  timeout_s: 60");
+    writeApprovalsConfig(dirB, "  store_env: AGATE_TEST_APPROVALS_URL\n  gateway: gw-b\n  timeout_s: 60");
     const env = { AGATE_TEST_APPROVALS_URL: storeUrl };
     const [a, b] = await Promise.all([serve(dirA, env), serve(dirB, env)]);
     await table("t_shared");
@@ -733,7 +712,7 @@ describe("gateway processes", () => {
 
   test("SQLite store: a gateway killed (-9) while holding a statement ends that request as expired when it restarts", async () => {
     const dir = mkdtempSync(join(tmp, "gw-restart-"));
-    writeServeConfig(dir, "  store: ./approvals.db\n  timeout_s: 60");
+    writeApprovalsConfig(dir, "  store: ./approvals.db\n  timeout_s: 60");
     await table("t_restart");
     const first = await serve(dir);
     const p = startPsql(first.port, USER, API_KEY, "UPDATE t_restart SET v = 'x'");

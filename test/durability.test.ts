@@ -30,7 +30,7 @@ import { parseConfig } from "../src/config/index.ts";
 import { createLogger } from "../src/core/log.ts";
 import { startGateway, type Gateway } from "../src/gateway.ts";
 import { hashApiKey } from "../src/identity/apikey.ts";
-import { API_KEY, USER, psql, sh, spawnGateway, startTestGateway, type GatewayProcess } from "./helpers/gateway.ts";
+import { API_KEY, USER, psql, sh, spawnGateway, startTestGateway, type GatewayProcess, writeServeConfig } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { startS3, type S3Server } from "./helpers/s3.ts";
 
@@ -149,32 +149,6 @@ function verifiedCount(stdout: string): number {
 
 const PROC_KEY = "agk_durability_test_key_not_a_real_one";
 
-/** A config directory for `agate serve`: signing key (0600) and agate.yaml; returns it and the verifier key. */
-function writeServeConfig(dir: string, audit: string): string {
-  const { signerKey, verifierKey } = generateKey("durability.test/audit");
-  writeFileSync(join(dir, "audit.key"), `${signerKey}\n`, { mode: 0o600 });
-  writeFileSync(
-    join(dir, "agate.yaml"),
-    `# written by test/durability.test.ts
-log_level: warn
-audit:
-  dir: ./audit
-  signing_key: ./audit.key
-${audit}
-identity:
-  api_keys:
-    - { id: ci, kind: service, groups: [ci], sha256: ${hashApiKey(PROC_KEY)} }
-connections:
-  - name: app-db
-    protocol: postgres
-    listen: 127.0.0.1:0
-    allow_plaintext_auth: true
-    target: { host: ${db.host}, port: ${db.port}, database: app, user: app_scram, password_env: AGATE_TEST_PG_PASSWORD }
-`,
-  );
-  return verifierKey;
-}
-
 /** `agate serve` on `dir`'s config, and a client URL for it. */
 async function serve(dir: string): Promise<GatewayProcess & { url: string }> {
   const g = await spawnGateway(dir, { env: { AGATE_TEST_PG_PASSWORD: db.password }, spawned: (p) => procs.push(p) });
@@ -200,7 +174,11 @@ describe("kill -9 under concurrent load", () => {
     const dir = tempDir("agate-kill-");
     const auditDir = join(dir, "audit");
     // Small segments so the kill can land around a rotation; frequent checkpoints so it can land in one.
-    const vkey = writeServeConfig(dir, "  segment_bytes: 262144\n  checkpoint: { every_records: 500, every_seconds: 0.2 }");
+    const vkey = writeServeConfig(dir, db, {
+      by: "durability.test",
+      apiKey: { id: "ci", key: PROC_KEY },
+      audit: "  segment_bytes: 262144\n  checkpoint: { every_records: 500, every_seconds: 0.2 }",
+    });
 
     const first = await serve(dir);
     const load = startLoad(first.url, "a");

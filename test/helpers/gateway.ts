@@ -69,6 +69,44 @@ export async function startTestGateway(pg: TestPostgres, opts: { connection?: Re
   };
 }
 
+/**
+ * A config directory for `agate serve` in front of `pg`: the checkpoint
+ * signing key (mode 0600) and agate.yaml with one API key and the app-db
+ * connection (its password from AGATE_TEST_PG_PASSWORD). `audit` and
+ * `identity` are extra lines under those keys, `sections` extra top-level
+ * YAML. Returns the verifier key.
+ */
+export function writeServeConfig(
+  dir: string,
+  pg: TestPostgres,
+  o: { by: string; apiKey: { id: string; key: string }; logLevel?: string; audit?: string; identity?: string; sections?: string },
+): string {
+  const { signerKey, verifierKey } = generateKey(`${o.by}/audit`);
+  writeFileSync(join(dir, "audit.key"), `${signerKey}\n`, { mode: 0o600 });
+  writeFileSync(
+    join(dir, "agate.yaml"),
+    `# written by test/${o.by}.ts
+log_level: ${o.logLevel ?? "warn"}
+audit:
+  dir: ./audit
+  signing_key: ./audit.key
+${o.audit ?? ""}
+${o.sections ?? ""}
+identity:
+  api_keys:
+    - { id: ${o.apiKey.id}, kind: service, groups: [ci], sha256: ${hashApiKey(o.apiKey.key)} }
+${o.identity ?? ""}
+connections:
+  - name: app-db
+    protocol: postgres
+    listen: 127.0.0.1:0
+    allow_plaintext_auth: true
+    target: { host: ${pg.host}, port: ${pg.port}, database: app, user: app_scram, password_env: AGATE_TEST_PG_PASSWORD }
+`,
+  );
+  return verifierKey;
+}
+
 /** Run a command without blocking the event loop; returns exit code and output. */
 export async function sh(argv: string[], opts: { stdin?: string; env?: Record<string, string> } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const p = Bun.spawn(argv, {
