@@ -143,6 +143,11 @@ export class Guard {
     this.pipeline = compose([this.identityStep(), this.decideStep(), this.maskStep(), this.approvalStep(), this.recordStep()]);
   }
 
+  /** The version of the policy that decides now (caches of policy input facts are kept per version). */
+  get policyVersion(): string {
+    return this.deps.policy.version;
+  }
+
   /**
    * Verify the credential, ask the policy (stage "session"), and record the
    * session start durably. Throws AgateError: AUTH_FAILED, SESSION_DENIED,

@@ -113,7 +113,8 @@ export class Catalog {
     this.sql = undefined;
   }
 
-  private connection(): postgres.Sql {
+  /** The catalog connection (also used for catalog facts, facts.ts). */
+  connection(): postgres.Sql {
     const t = this.target;
     this.sql ??= postgres({
       host: t.host,

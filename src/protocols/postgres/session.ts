@@ -35,6 +35,7 @@ import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.
 import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
 import { FIRST_USER_OID } from "./binary.ts";
 import type { Catalog } from "./catalog.ts";
+import { catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { DescribePortal, ErrorResponse, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker } from "./rows.ts";
@@ -415,8 +416,9 @@ export class PgSession {
    * shared through its cache: replace `command.sql`, never change it.
    */
   private async enrich(command: Command, bound: { paramTypes?: number[]; params?: (string | null)[] } = {}): Promise<void> {
-    void command;
     void bound;
+    const lookup = catalogFacts(this.catalog).complete(command, this.guard.policyVersion);
+    if (lookup) await lookup;
   }
 
   /** Ask the guard; an audit failure refuses the command (fail closed) and returns undefined. */

@@ -228,11 +228,20 @@ export function analyzeSql(text: string): SqlFacts {
     throw e;
   }
   if (cacheable) cache.set(text, facts);
-  if (shape !== undefined && facts.statements.length === 1) shapes.set(shape, facts);
+  if (shape !== undefined && facts.statements.length === 1 && !literalFacts(facts.statements[0]!)) shapes.set(shape, facts);
   return facts;
 }
 
 const CACHED_ERRORS = new Set(["SQL_PARSE", "SQL_TOO_DEEP"]);
+
+/**
+ * Facts read from a literal, which another text of the same shape would not
+ * share: the setting named in set_config('…')/current_setting('…') and COPY's
+ * FORMAT '…'. Such statements are never cached by shape.
+ */
+function literalFacts(st: SqlStatement): boolean {
+  return st.node === "CopyStmt" || st.settings.some((s) => s.call);
+}
 
 /** Empty the result cache (tests and benchmarks measure the uncached path with it). */
 export function clearSqlCache(): void {
