@@ -15,8 +15,8 @@ approval_violations contains violation(
 	"agate.sql.approve_ddl", "approve_ddl", true,
 	concat("", [u.tag, inside, " changes the schema ", where(i, st)]),
 ) if {
-	some unit in sql_unit
-	[i, u, inside] := unit
+	some unit in sql_unit_class
+	unit[3] == "ddl"
+	[i, u, inside, _] := unit
 	st := sql_statement[i]
-	statement_class(u) == "ddl"
 }

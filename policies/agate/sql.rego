@@ -38,6 +38,12 @@ sql_unit contains [i, u, concat("", [" (inside ", st.tag, ")"])] if {
 	some u in object.get(st, "inner", [])
 }
 
+# sql_unit_class[[i, u, inside, class]]: each unit with its class, computed once.
+sql_unit_class contains [i, u, inside, statement_class(u)] if {
+	some unit in sql_unit
+	[i, u, inside] := unit
+}
+
 statement_class(u) := "allowed" if {
 	allowed_statement(u)
 } else := "ddl" if {
@@ -137,40 +143,40 @@ violations contains violation(
 	"agate.sql.deny_statement", "deny_statement", true,
 	concat("", [u.tag, inside, " is not an allowed statement ", where(i, st)]),
 ) if {
-	some unit in sql_unit
-	[i, u, inside] := unit
+	some unit in sql_unit_class
+	unit[3] == "deny_statement"
+	[i, u, inside, _] := unit
 	st := sql_statement[i]
-	statement_class(u) == "deny_statement"
 }
 
 violations contains violation(
 	"agate.sql.deny_drop", "deny_drop", true,
 	concat("", ["DROP is not allowed", inside, " ", where(i, st)]),
 ) if {
-	some unit in sql_unit
-	[i, u, inside] := unit
+	some unit in sql_unit_class
+	unit[3] == "deny_drop"
+	[i, u, inside, _] := unit
 	st := sql_statement[i]
-	statement_class(u) == "deny_drop"
 }
 
 violations contains violation(
 	"agate.sql.deny_truncate", "deny_truncate", true,
 	concat(" ", ["TRUNCATE is not allowed", where(i, st)]),
 ) if {
-	some unit in sql_unit
-	[i, u, _] := unit
+	some unit in sql_unit_class
+	unit[3] == "deny_truncate"
+	[i, u, _, _] := unit
 	st := sql_statement[i]
-	statement_class(u) == "deny_truncate"
 }
 
 violations contains violation(
 	"agate.sql.deny_alter", "deny_alter", true,
 	concat("", [u.tag, inside, " of this kind is not allowed (only additions such as ADD COLUMN are held for approval) ", where(i, st)]),
 ) if {
-	some unit in sql_unit
-	[i, u, inside] := unit
+	some unit in sql_unit_class
+	unit[3] == "deny_alter"
+	[i, u, inside, _] := unit
 	st := sql_statement[i]
-	statement_class(u) == "deny_alter"
 }
 
 # Code whose effects the analyser cannot see: a DO block or a function or
@@ -180,10 +186,10 @@ violations contains violation(
 	"agate.sql.deny_opaque_code", "deny_opaque_code", true,
 	concat(" ", ["code the policy cannot inspect is not allowed (DO blocks, function bodies, LOAD)", where(i, st)]),
 ) if {
-	some unit in sql_unit
-	[i, u, _] := unit
+	some unit in sql_unit_class
+	unit[3] == "deny_opaque_code"
+	[i, u, _, _] := unit
 	st := sql_statement[i]
-	statement_class(u) == "deny_opaque_code"
 }
 
 opaque_code(st) if st.kind == "do"
@@ -200,10 +206,10 @@ violations contains violation(
 	"agate.sql.deny_function_binding", "deny_function_binding", true,
 	concat(" ", ["binding functions to operators, casts, aggregates, types, triggers or events is not allowed: later statements would call them unseen", where(i, st)]),
 ) if {
-	some unit in sql_unit
-	[i, u, _] := unit
+	some unit in sql_unit_class
+	unit[3] == "deny_function_binding"
+	[i, u, _, _] := unit
 	st := sql_statement[i]
-	statement_class(u) == "deny_function_binding"
 }
 
 function_binding_nodes := {
@@ -220,10 +226,10 @@ violations contains violation(
 	"agate.sql.deny_external_access", "deny_external_access", true,
 	concat(" ", ["extensions, foreign servers and tables, subscriptions and tablespaces are not allowed: they reach outside the database", where(i, st)]),
 ) if {
-	some unit in sql_unit
-	[i, u, _] := unit
+	some unit in sql_unit_class
+	unit[3] == "deny_external_access"
+	[i, u, _, _] := unit
 	st := sql_statement[i]
-	statement_class(u) == "deny_external_access"
 }
 
 external_access_nodes := {
@@ -370,9 +376,11 @@ violations contains violation(
 	concat("", ["calling ", fn, "() is not allowed: it reaches outside the database or acts on the server or other sessions ", where(i, st)]),
 ) if {
 	some i, st in sql_statement
-	some fn in called(st)
+	some fn in sql_called[i]
 	server_function(fn)
 }
+
+sql_called[i] := called(st) if some i, st in sql_statement
 
 # called(st): every function name as written, and schema.name of every candidate, lower-case.
 called(st) := {lower(fn) | some fn in st.functions} | {lower(concat(".", [c.schema, unqualified(c.name)])) |
@@ -434,7 +442,7 @@ violations contains violation(
 	concat("", ["calling ", fn, "() is not allowed: it runs SQL given as a string, which no rule can inspect ", where(i, st)]),
 ) if {
 	some i, st in sql_statement
-	some fn in called(st)
+	some fn in sql_called[i]
 	dynamic_sql_function(fn)
 }
 
@@ -472,14 +480,14 @@ violations contains violation(
 	concat("", ["reading ", what, " is not allowed: it shows the server's configuration, credentials or other sessions ", where(i, st)]),
 ) if {
 	some i, st in sql_statement
-	some what in server_config_reads(st)
+	some what in server_config_reads(i, st)
 }
 
-server_config_reads(st) := ({r |
+server_config_reads(i, st) := ({r |
 	some r in st.reads
 	server_config_relations[unqualified(r)]
 } | {concat("", [fn, "()"]) |
-	some fn in called(st)
+	some fn in sql_called[i]
 	server_config_functions[unqualified(fn)]
 }) | {shown_setting(s) |
 	some s in st.settings
