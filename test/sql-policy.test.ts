@@ -40,7 +40,9 @@ beforeAll(async () => {
     CREATE FUNCTION public.secdef() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';
     CREATE FUNCTION public.app_fn(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 1';
     CREATE FUNCTION public.private_fn() RETURNS int LANGUAGE sql AS 'SELECT 2';
-    REVOKE EXECUTE ON FUNCTION public.private_fn() FROM PUBLIC;`);
+    REVOKE EXECUTE ON FUNCTION public.private_fn() FROM PUBLIC;
+    -- a C function no extension installed (bound to some library's symbol; never called here)
+    CREATE FUNCTION public.sys(text) RETURNS text LANGUAGE c AS '$libdir/dblink', 'dblink_connect';`);
   const superuser = { targetUser: "postgres" };
   gw = await startTestGateway(db, superuser);
   migrate = await startTestGateway(db, { ...superuser, config: { policy: { data: { agate: { config: { allow_rules: ["approve_ddl", "deny_drop", "deny_truncate"] } } } } } });
@@ -105,6 +107,13 @@ const ATTACKS: Attack[] = [
   { name: "password hashes in pg_authid", simple: "SELECT rolname, rolpassword FROM pg_authid", extended: ["SELECT rolpassword FROM pg_authid WHERE rolname = $1", ["postgres"]], rule: "agate.sql.deny_server_config" },
   { name: "other sessions' queries", simple: "SELECT query FROM pg_stat_activity", extended: ["SELECT query FROM pg_stat_activity WHERE pid <> $1", [0]], rule: "agate.sql.deny_server_config" },
   { name: "column values in planner statistics", simple: "SELECT most_common_vals FROM pg_stats", extended: ["SELECT most_common_vals FROM pg_stats WHERE tablename = $1", ["victim"]], rule: "agate.sql.deny_server_config" },
+  { name: "COPY of pg_authid to the client", simple: "COPY pg_authid TO STDOUT", extended: ["COPY (SELECT rolpassword FROM pg_catalog.pg_authid) TO STDOUT", []], rule: "agate.sql.deny_server_config" },
+  { name: "TABLE pg_shadow", simple: "TABLE pg_shadow", extended: ["SELECT passwd FROM pg_shadow WHERE usename = $1", ["postgres"]], rule: "agate.sql.deny_server_config" },
+  { name: "COPY into a catalog", simple: "COPY pg_description FROM STDIN", extended: ["COPY pg_catalog.pg_description FROM STDIN", []], rule: "agate.sql.deny_catalog_write" },
+  { name: "LOCK of a catalog", simple: "LOCK pg_authid", extended: ["LOCK TABLE pg_catalog.pg_class IN ACCESS EXCLUSIVE MODE", []], rule: "agate.sql.deny_catalog_write" },
+  { name: "a SECURITY DEFINER function after SET search_path", simple: "SET search_path = public, pg_catalog; SELECT secdef()", extended: ["SELECT secdef(), $1::int", [1]], rule: "agate.sql.deny_security_definer" },
+  { name: "an unknown function", simple: "SELECT no_such_function()", extended: ["SELECT no_such_function($1)", [1]], rule: "agate.sql.deny_unknown_function" },
+  { name: "a user-defined C function from no extension", simple: "SELECT sys('id')", extended: ["SELECT public.sys($1)", ["id"]], rule: "agate.sql.deny_untrusted_function" },
   { name: "SHOW of a superuser-only setting", simple: "SHOW hba_file", extended: ["SHOW data_directory", []], rule: "agate.sql.deny_server_config" },
   { name: "SHOW ALL", simple: "SHOW ALL", extended: ["SHOW ALL", []], rule: "agate.sql.deny_server_config" },
   { name: "current_setting of a superuser-only setting", simple: "SELECT current_setting('data_directory')", extended: ["SELECT current_setting('config_file'), $1::int", [1]], rule: "agate.sql.deny_server_config" },

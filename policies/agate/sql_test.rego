@@ -295,6 +295,9 @@ test_untrusted_user_function_denied if {
 
 test_unknown_function_denied if {
 	denied_by([with_calls(sel, [{"name": "nosuch", "found": false, "type": false, "schema": null}])], "agate.sql.deny_unknown_function")
+
+	# EXTRACT, on a server older than the parser's grammar
+	allowed([with_calls(sel, [{"name": "pg_catalog.extract", "found": false, "type": false, "schema": "pg_catalog"}])])
 }
 
 test_server_functions_denied if {
