@@ -139,58 +139,27 @@ altered_relation(u) if {
 	u.tag in (relation_alter_tags | {"ALTER FOREIGN TABLE", "ALTER TYPE", "ALTER DOMAIN"})
 }
 
-violations contains violation(
-	"agate.sql.deny_statement", "deny_statement", true,
-	concat("", [u.tag, inside, " is not an allowed statement ", where(i, st)]),
-) if {
+# Every class the allowlist denies is reported by this one rule, as
+# agate.sql.<class>, with class_reason's sentence.
+violations contains violation(concat(".", ["agate.sql", cls]), cls, true, concat(" ", [class_reason(cls, u, inside), where(i, st)])) if {
 	some unit in sql_unit_class
-	unit[3] == "deny_statement"
-	[i, u, inside, _] := unit
+	[i, u, inside, cls] := unit
+	not cls in {"allowed", "ddl"}
 	st := sql_statement[i]
 }
 
-violations contains violation(
-	"agate.sql.deny_drop", "deny_drop", true,
-	concat("", ["DROP is not allowed", inside, " ", where(i, st)]),
-) if {
-	some unit in sql_unit_class
-	unit[3] == "deny_drop"
-	[i, u, inside, _] := unit
-	st := sql_statement[i]
-}
+class_reason("deny_statement", u, inside) := concat("", [u.tag, inside, " is not an allowed statement"])
 
-violations contains violation(
-	"agate.sql.deny_truncate", "deny_truncate", true,
-	concat(" ", ["TRUNCATE is not allowed", where(i, st)]),
-) if {
-	some unit in sql_unit_class
-	unit[3] == "deny_truncate"
-	[i, u, _, _] := unit
-	st := sql_statement[i]
-}
+class_reason("deny_drop", _, inside) := concat("", ["DROP is not allowed", inside])
 
-violations contains violation(
-	"agate.sql.deny_alter", "deny_alter", true,
-	concat("", [u.tag, inside, " of this kind is not allowed (only additions such as ADD COLUMN are held for approval) ", where(i, st)]),
-) if {
-	some unit in sql_unit_class
-	unit[3] == "deny_alter"
-	[i, u, inside, _] := unit
-	st := sql_statement[i]
-}
+class_reason("deny_truncate", _, _) := "TRUNCATE is not allowed"
+
+class_reason("deny_alter", u, inside) := concat("", [u.tag, inside, " of this kind is not allowed (only additions such as ADD COLUMN are held for approval)"])
 
 # Code whose effects the analyser cannot see: a DO block or a function or
 # procedure body (which could call pg_read_file where no rule looks), and
 # LOAD, which loads a shared library from the server's disk.
-violations contains violation(
-	"agate.sql.deny_opaque_code", "deny_opaque_code", true,
-	concat(" ", ["code the policy cannot inspect is not allowed (DO blocks, function bodies, LOAD)", where(i, st)]),
-) if {
-	some unit in sql_unit_class
-	unit[3] == "deny_opaque_code"
-	[i, u, _, _] := unit
-	st := sql_statement[i]
-}
+class_reason("deny_opaque_code", _, _) := "code the policy cannot inspect is not allowed (DO blocks, function bodies, LOAD)"
 
 opaque_code(st) if st.kind == "do"
 
@@ -202,15 +171,7 @@ opaque_code(st) if st.node in {"DoStmt", "CreateFunctionStmt", "AlterFunctionStm
 # in sight. DefineStmt covers CREATE OPERATOR, AGGREGATE, base TYPE,
 # COLLATION and text search objects; a trigger runs its function on later
 # writes; ALTER TYPE/OPERATOR can change the functions bound.
-violations contains violation(
-	"agate.sql.deny_function_binding", "deny_function_binding", true,
-	concat(" ", ["binding functions to operators, casts, aggregates, types, triggers or events is not allowed: later statements would call them unseen", where(i, st)]),
-) if {
-	some unit in sql_unit_class
-	unit[3] == "deny_function_binding"
-	[i, u, _, _] := unit
-	st := sql_statement[i]
-}
+class_reason("deny_function_binding", _, _) := "binding functions to operators, casts, aggregates, types, triggers or events is not allowed: later statements would call them unseen"
 
 function_binding_nodes := {
 	"DefineStmt", "CreateCastStmt", "CreateConversionStmt", "CreateTransformStmt",
@@ -222,15 +183,7 @@ function_binding_nodes := {
 # subscriptions and tablespaces open paths out of the database: file_fdw
 # reads server files through a plain SELECT, postgres_fdw and dblink reach
 # other servers, a subscription makes the server connect out.
-violations contains violation(
-	"agate.sql.deny_external_access", "deny_external_access", true,
-	concat(" ", ["extensions, foreign servers and tables, subscriptions and tablespaces are not allowed: they reach outside the database", where(i, st)]),
-) if {
-	some unit in sql_unit_class
-	unit[3] == "deny_external_access"
-	[i, u, _, _] := unit
-	st := sql_statement[i]
-}
+class_reason("deny_external_access", _, _) := "extensions, foreign servers and tables, subscriptions and tablespaces are not allowed: they reach outside the database"
 
 external_access_nodes := {
 	"CreateExtensionStmt", "AlterExtensionStmt", "AlterExtensionContentsStmt",
