@@ -29,6 +29,8 @@ import type { Catalog } from "./catalog.ts";
 const CACHE_MS = 60_000;
 /** A lookup that takes longer than this counts as failed (the facts are then unknown). */
 const LOOKUP_TIMEOUT_MS = 10_000;
+/** Names held at most (all kinds together); beyond, the cache starts afresh (names invented by a client cannot grow it without bound). */
+const MAX_CACHED = 50_000;
 /** Names per kind looked up in one round trip at most; a statement naming more is looked up in several. */
 const MAX_NAMES = 1000;
 
@@ -134,7 +136,8 @@ export class CatalogFacts {
 
   private generation(version: string): Cache {
     const gen = `${version}\0${Math.floor(this.now() / CACHE_MS)}`;
-    if (this.cache.gen !== gen) this.cache = newCache(gen);
+    const c = this.cache;
+    if (c.gen !== gen || c.calls.size + c.reads.size + c.settings.size > MAX_CACHED) this.cache = newCache(gen);
     return this.cache;
   }
 
