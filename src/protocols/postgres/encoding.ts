@@ -137,13 +137,15 @@ export function encodingName(name: string): string {
  *   decoder's characters do not fall where PostgreSQL's do.
  */
 export function decodeClientText(bytes: Uint8Array, encoding: string): string {
+  // Invalid UTF-8 becomes U+FFFD, which lexes as any other letter; the target refuses the bytes.
+  if (encoding === "UTF8" || encoding === "SQL_ASCII") return utf8.decode(bytes);
   if (isAscii(bytes)) return utf8.decode(bytes); // every encoding agrees on ASCII (all are ASCII supersets)
   const name = encodingName(encoding);
   const enc = ENCODINGS[name];
   if (enc === undefined || enc.label === undefined) {
     throw new AgateError("SQL_ENCODING", `agate cannot read non-ASCII text in client encoding ${encoding}; use UTF8, or write the statement in ASCII`, { encoding });
   }
-  if (enc.label === "utf-8") return utf8.decode(bytes); // invalid bytes become U+FFFD, which lexes as any other letter; the target refuses them
+  if (enc.label === "utf-8") return utf8.decode(bytes);
   let decoder = decoders.get(enc.label);
   if (!decoder) {
     decoder = new TextDecoder(enc.label as ConstructorParameters<typeof TextDecoder>[0], { fatal: true }); // bun-types lists only a few labels; Bun implements every WHATWG one

@@ -161,7 +161,17 @@ export interface BindMsg {
 
 const textDecoder = new TextDecoder("utf-8", { fatal: false });
 
-export function readBind(body: Buffer): BindMsg {
+function readValue(bytes: Uint8Array, decode: TextDecode | undefined): string {
+  if (decode === undefined) return textDecoder.decode(bytes);
+  try {
+    return decode(bytes);
+  } catch {
+    return textDecoder.decode(bytes);
+  }
+}
+
+/** `decode` reads text-format values (the session's client encoding); a value it refuses is read as UTF-8, for the record. */
+export function readBind(body: Buffer, decode?: TextDecode): BindMsg {
   const r = new Reader(body);
   const portal = r.cstr();
   const statement = r.cstr();
@@ -178,7 +188,7 @@ export function readBind(body: Buffer): BindMsg {
     }
     const bytes = r.bytes(len);
     const format = nFormats === 0 ? 0 : nFormats === 1 ? formats[0] : formats[i];
-    params.push(format === 1 ? `base64:${bytes.toString("base64")}` : textDecoder.decode(bytes));
+    params.push(format === 1 ? `base64:${bytes.toString("base64")}` : readValue(bytes, decode));
   }
   return { portal, statement, params };
 }

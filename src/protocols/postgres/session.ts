@@ -209,7 +209,7 @@ export class PgSession {
       case T.Parse:
         return this.onParse(f);
       case T.Bind: {
-        const b = readBind(f.body);
+        const b = readBind(f.body, this.lexing.decode);
         this.portals.set(b.portal, { statement: b.statement, params: b.params });
         this.described.delete(b.portal);
         return this.forward(f);
