@@ -10,7 +10,8 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readRecords } from "../src/audit/index.ts";
-import { analyzeSql, initSql } from "../src/protocols/postgres/sql.ts";
+import { withEscapeStrings } from "../src/protocols/postgres/lexing.ts";
+import { analyzeSql, initSql, scanSql } from "../src/protocols/postgres/sql.ts";
 import { tagAgrees } from "../src/protocols/postgres/tags.ts";
 import { API_KEY, psql, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
@@ -55,19 +56,19 @@ describe("a setting that changes lexing is a barrier", () => {
     s.send([Query("SELECT pg_sleep(0.3); SET standard_conforming_strings = off"), Query(TWO_FACED)]);
     const got = await s.untilReady(2);
     s.close();
-    expect(errors(got)).toHaveLength(1);
-    expect(errors(got)[0]!.code).toBe("42501");
-    expect(errors(got)[0]!.message).toContain("standard_conforming_strings is off");
+    // Read with the setting off, as the target reads it: a SELECT and a DROP TABLE, which the policy refuses.
+    expect(errors(got).map((e) => e.code)).toEqual(["42501"]);
+    expect(errors(got)[0]!.message).toContain("DROP");
     expect(await victimExists()).toBe(true);
   });
 
   test("extended protocol: SET inside a batch, the next statement before its Sync (agate probes)", async () => {
     const s = await login();
-    s.send([...run("SET standard_conforming_strings = off"), ...run(TWO_FACED.replace(" ; DROP TABLE victim; -- ", " , pg_read_file(''/etc/passwd'') , ")), Sync]);
+    s.send([...run("SET standard_conforming_strings = off"), ...run("SELECT 'x\\' , ' , pg_read_file($$/etc/passwd$$) --' AS v"), Sync]);
     const got = await s.untilReady(1);
     // The probe's own answers never reach the client: one ParseComplete, BindComplete, CommandComplete for the SET, then the refusal.
     expect(got.filter((m) => m.type !== "S").map((m) => m.type).join("")).toBe("12CEZ");
-    expect(errors(got)[0]!.message).toContain("standard_conforming_strings is off");
+    expect(errors(got)[0]!.message).toContain("pg_read_file");
     // The session goes on, in order, with the setting known.
     s.send([Query("SHOW standard_conforming_strings")]);
     expect(rows(await s.untilReady(1))).toEqual([["off"]]);
@@ -102,6 +103,52 @@ describe("a setting that changes lexing is a barrier", () => {
     expect(rows(got)).toEqual([["b\\"]]);
     s.close();
     expect(await victimExists()).toBe(true);
+  });
+});
+
+describe("with standard_conforming_strings off, strings are read as the target reads them", () => {
+  // Each text means with the setting off what its rewrite means with it on: compared on the target itself.
+  const texts = [
+    "SELECT 'a\\'b' AS v",
+    "SELECT 'a\\\\' AS v",
+    "SELECT 'tab\\there', 'q''q', E'e\\'e' AS v",
+    "SELECT 'x\\' , ' ; SELECT 2; -- ' AS v",
+    "SELECT N'n\\'n' AS v",
+    "SELECT int4'7', text'\\x41' AS v",
+    "SELECT 'first'\n'second\\'s' AS v",
+    "SELECT $$\\$$, $t$'\\'$t$ AS v",
+    "SELECT 1 AS \"id\\\" -- '\\ \n, 'after\\'' /* '\\ */ AS v",
+    "SELECT B'01', X'1F', '\\u0041\\101' AS v",
+    "SELECT 'é\\'é' AS v",
+  ];
+  const direct = async (sql: string, scs: "on" | "off") => {
+    const postgres = (await import("postgres")).default;
+    const c = postgres(db.url("postgres", "app"), { max: 1, onnotice: () => {} });
+    try {
+      await c.unsafe(`SET standard_conforming_strings = ${scs}; SET escape_string_warning = off`).simple();
+      const r = await c.unsafe(sql).simple();
+      return JSON.stringify(r);
+    } catch (e) {
+      return `error ${(e as { code?: string }).code}`;
+    } finally {
+      await c.end();
+    }
+  };
+
+  test("the rewrite means with the setting on what the text means with it off", async () => {
+    for (const text of texts) {
+      const rewritten = withEscapeStrings(text, scanSql);
+      expect({ text, result: await direct(rewritten, "on") }).toEqual({ text, result: await direct(text, "off") });
+    }
+  });
+
+  test("through agate: the statement is decided as the target reads it, and runs", async () => {
+    const s = await login();
+    s.send([Query("SET standard_conforming_strings = off"), Query("SELECT 'it\\'s' AS v")]);
+    const got = await s.untilReady(2);
+    s.close();
+    expect(errors(got)).toEqual([]);
+    expect(rows(got)).toEqual([["it's"]]);
   });
 });
 

@@ -33,10 +33,13 @@
  * PgSession closes a session whose target ran other statements than were
  * decided.
  *
- * With standard_conforming_strings off, a statement with a backslash is
- * refused (without one, both settings lex alike): agate's parser reads '…'
- * as the SQL standard does.
+ * With standard_conforming_strings off, a '…' string reads backslash escapes
+ * as an E'…' string does; agate's parser reads '…' as the SQL standard does.
+ * So such a statement is rewritten before it is parsed (`withEscapeStrings`),
+ * each plain string that holds a backslash becoming an E'…' string, with
+ * PostgreSQL's own scanner finding the strings.
  */
+import { AgateError } from "../../core/errors.ts";
 import type { SqlStatement } from "../../core/types.ts";
 import { decodeClientText, encodingName } from "./encoding.ts";
 
@@ -59,11 +62,187 @@ export class LexingState {
   /** Read a message's SQL bytes as the target will (throws AgateError SQL_ENCODING). */
   readonly decode = (bytes: Uint8Array): string => decodeClientText(bytes, this.encoding);
 
-  /** Why `text` cannot be read as the target reads it now, or undefined. */
-  hazard(text: string): string | undefined {
-    if (!this.scsOff || !text.includes("\\")) return undefined;
-    return "agate reads '…' strings as the SQL standard does, but in this session standard_conforming_strings is off, so a statement with a backslash is refused; use E'…' strings with standard_conforming_strings on (SET standard_conforming_strings = on)";
+  /**
+   * The text agate's parser must read to see what the target sees in `text`
+   * now (throws AgateError SQL_SETTINGS or SQL_PARSE, see withEscapeStrings).
+   */
+  standard(text: string, scan: Scan): string {
+    return this.scsOff && text.includes("\\") ? withEscapeStrings(text, scan) : text;
   }
+}
+
+/** PostgreSQL's scanner with standard_conforming_strings on (sql.ts scanSql). */
+export type Scan = (bytes: Uint8Array) => readonly { start: number; end: number; tokenName: string }[];
+const QUOTE = 0x27;
+const BACKSLASH = 0x5c;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/**
+ * What `text` means with standard_conforming_strings off, written so that it
+ * means the same with it on: every '…' string gets an E prefix (a continued
+ * string once, at its start), N'…' becomes NCHAR E'…', and a type name
+ * directly before the quote is kept apart (int4'1' becomes int4 E'1'). Other
+ * string forms read the same either way (E'…', $$…$$, B'…', X'…') or are
+ * refused by the target while the setting is off (U&'…').
+ *
+ * The strings are found by `scanOff`, a small scanner that reads as
+ * PostgreSQL's scan.l does with the setting off. It is not trusted: the
+ * rewritten text is scanned again by PostgreSQL's own scanner (with the
+ * setting on), and it must find every inserted E starting a string, and no
+ * plain '…' string holding a backslash. Then the rewritten text lexes the
+ * same with the setting on and off, and, since each E stands where a string
+ * starts, the same as the original does with it off.
+ *
+ * @throws AgateError SQL_PARSE when PostgreSQL's scanner rejects the
+ *   rewritten text, SQL_SETTINGS when it does not confirm the rewrite.
+ */
+export function withEscapeStrings(text: string, scan: Scan): string {
+  const bytes = encoder.encode(text);
+  const starts = scanOff(bytes);
+  const parts: Uint8Array[] = [];
+  const inserted: number[] = []; // offsets of the inserted Es in the result
+  let from = 0;
+  let length = 0;
+  for (const at of starts) {
+    let cut = at;
+    let insert = "E";
+    if (at > 0 && (bytes[at - 1]! | 0x20) === 0x6e && (at < 2 || !isIdentByte(bytes[at - 2]!))) {
+      cut = at - 1; // N'…' is the keyword NCHAR and a string
+      insert = "NCHAR E";
+    } else if (at > 0 && isIdentByte(bytes[at - 1]!)) {
+      insert = " E";
+    }
+    parts.push(bytes.subarray(from, cut), encoder.encode(insert));
+    length += cut - from + insert.length;
+    inserted.push(length - 1);
+    from = at;
+  }
+  parts.push(bytes.subarray(from));
+  const out = new Uint8Array(length + bytes.length - from);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  const tokens = scan(out);
+  const strings = new Set<number>();
+  for (const t of tokens) {
+    if (t.tokenName !== "SCONST") continue;
+    strings.add(t.start);
+    if (out[t.start] === QUOTE && out.subarray(t.start, t.end).includes(BACKSLASH)) throw unconfirmed();
+  }
+  for (const at of inserted) if (!strings.has(at)) throw unconfirmed();
+  return decoder.decode(out);
+}
+
+function unconfirmed(): AgateError {
+  return new AgateError("SQL_SETTINGS", "with standard_conforming_strings off, agate could not confirm where this statement's strings end; use E'…' strings, or SET standard_conforming_strings = on");
+}
+
+/**
+ * Where the '…' strings start (their opening quote) in `b`, read as
+ * PostgreSQL does with standard_conforming_strings off: comments, quoted
+ * identifiers, dollar quotes and the other string forms are skipped, and a
+ * '…' string reads backslash escapes as E'…' does.
+ */
+function scanOff(b: Uint8Array): number[] {
+  const starts: number[] = [];
+  const n = b.length;
+  let i = 0;
+  while (i < n) {
+    const c = b[i]!;
+    if (c === 0x2d && b[i + 1] === 0x2d) {
+      while (i < n && b[i] !== 0x0a && b[i] !== 0x0d) i++; // -- comment
+    } else if (c === 0x2f && b[i + 1] === 0x2a) {
+      let depth = 0; // /* nested comments */
+      do {
+        if (b[i] === 0x2f && b[i + 1] === 0x2a) (depth++, (i += 2));
+        else if (b[i] === 0x2a && b[i + 1] === 0x2f) (depth--, (i += 2));
+        else i++;
+      } while (depth > 0 && i < n);
+    } else if (c === 0x22) {
+      i = quoted(b, i + 1, 0x22, false); // "identifier"
+    } else if (c === QUOTE) {
+      starts.push(i);
+      i = quoted(b, i + 1, QUOTE, true);
+    } else if (c === 0x24 && (i === 0 || !isIdentByte(b[i - 1]!))) {
+      i = dollar(b, i);
+    } else if (isIdentStart(c)) {
+      let j = i + 1;
+      while (j < n && isIdentByte(b[j]!)) j++;
+      const single = j === i + 1 ? c | 0x20 : 0;
+      if (single && b[j] === QUOTE) {
+        // E'…' escapes, B'…' and X'…' do not; N'…' is NCHAR and a '…' string.
+        if (single === 0x6e) starts.push(j);
+        i = quoted(b, j + 1, QUOTE, single === 0x65 || single === 0x6e);
+      } else if (single === 0x75 && b[j] === 0x26 && (b[j + 1] === QUOTE || b[j + 1] === 0x22)) {
+        i = quoted(b, j + 2, b[j + 1]!, false); // U&'…' and U&"…"
+      } else {
+        i = j;
+      }
+    } else {
+      i++;
+    }
+  }
+  return starts;
+}
+
+/**
+ * The offset after a quoted run that began before `i`: a doubled quote
+ * stands for one, a backslash escapes the next byte when `escapes`, and a
+ * string continues across a newline (whitespace and -- comments between).
+ */
+function quoted(b: Uint8Array, i: number, q: number, escapes: boolean): number {
+  for (;;) {
+    while (i < b.length) {
+      const c = b[i]!;
+      if (escapes && c === BACKSLASH) i += 2;
+      else if (c === q && b[i + 1] === q) i += 2;
+      else if (c === q) break;
+      else i++;
+    }
+    if (i >= b.length) return b.length;
+    i++; // the closing quote
+    if (q !== QUOTE) return i;
+    let j = i;
+    let newline = false;
+    while (j < b.length) {
+      const c = b[j]!;
+      if (c === 0x0a || c === 0x0d) newline = true;
+      else if (c === 0x2d && b[j + 1] === 0x2d && newline) {
+        while (j < b.length && b[j] !== 0x0a && b[j] !== 0x0d) j++;
+        continue;
+      } else if (c !== 0x20 && c !== 0x09 && c !== 0x0c && c !== 0x0b) break;
+      j++;
+    }
+    if (!newline || b[j] !== QUOTE) return i;
+    i = j + 1; // the string goes on
+  }
+}
+
+/** After a dollar-quoted string starting at `i` ($tag$…$tag$), or after the lone $ (a parameter, $1). */
+function dollar(b: Uint8Array, i: number): number {
+  let j = i + 1;
+  if (j < b.length && isIdentStart(b[j]!)) {
+    j++;
+    while (j < b.length && isIdentByte(b[j]!) && b[j] !== 0x24) j++;
+  }
+  if (b[j] !== 0x24) return i + 1;
+  const tag = b.subarray(i, j + 1);
+  for (let k = j + 1; k + tag.length <= b.length; k++) {
+    if (b[k] === 0x24 && tag.every((x, t) => b[k + t] === x)) return k + tag.length;
+  }
+  return b.length;
+}
+
+function isIdentStart(b: number): boolean {
+  return (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b >= 0x80;
+}
+
+/** Bytes that continue an identifier or keyword (scan.l ident_cont, with high-bit bytes). */
+function isIdentByte(b: number): boolean {
+  return (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b === 0x24 || b >= 0x80;
 }
 
 /**

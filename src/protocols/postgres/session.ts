@@ -40,7 +40,7 @@ import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, type
 import { maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker } from "./rows.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
 import { tagAgrees, tagVerb } from "./tags.ts";
-import { analyzeSql } from "./sql.ts";
+import { analyzeSql, scanSql } from "./sql.ts";
 import type { Upstream } from "./upstream.ts";
 import { ProtocolViolation } from "./wire.ts";
 
@@ -490,12 +490,10 @@ export class PgSession {
       if (!(e instanceof AgateError) || e.code !== "SQL_ENCODING") throw e;
       return { seq, text: typeof read === "string" ? read : read(), invalid: { code: "SQL_ENCODING", message: e.message } };
     }
-    const hazard = this.lexing.hazard(text);
-    if (hazard) return { seq, text, invalid: { code: "SQL_SETTINGS", message: hazard } };
     try {
-      return { seq, text, sql: analyzeSql(text) };
+      return { seq, text, sql: analyzeSql(this.lexing.standard(text, scanSql)) };
     } catch (e) {
-      if (e instanceof AgateError && e.code === "SQL_PARSE") return { seq, text, invalid: { code: "SQL_PARSE", message: e.message } };
+      if (e instanceof AgateError && (e.code === "SQL_PARSE" || e.code === "SQL_SETTINGS")) return { seq, text, invalid: { code: e.code, message: e.message } };
       throw e;
     }
   }
