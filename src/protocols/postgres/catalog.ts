@@ -26,7 +26,7 @@
  */
 import postgres from "postgres";
 import { AgateError } from "../../core/errors.ts";
-import type { PgTarget } from "./upstream.ts";
+import { type PgTarget, targetSql } from "./upstream.ts";
 
 /** A named column of a table or view. */
 export interface ColumnName {
@@ -115,20 +115,7 @@ export class Catalog {
 
   /** The catalog connection (also used for catalog facts, facts.ts). */
   connection(): postgres.Sql {
-    const t = this.target;
-    this.sql ??= postgres({
-      host: t.host,
-      port: t.port,
-      database: t.database,
-      username: t.user,
-      ...(t.password !== undefined ? { password: t.password } : {}),
-      ssl: t.sslmode === "disable" ? false : t.sslmode === "require" ? "require" : "verify-full",
-      max: 1,
-      idle_timeout: 60,
-      connect_timeout: Math.ceil(t.connect_timeout_ms / 1000),
-      onnotice: () => {},
-      connection: { application_name: "agate catalog", search_path: "" },
-    });
+    this.sql ??= targetSql(this.target, { application_name: "agate catalog", search_path: "" }, { max: 1, idle_timeout: 60 });
     return this.sql;
   }
 
