@@ -19,7 +19,7 @@ import { join } from "node:path";
 import pg from "pg";
 import postgres from "postgres";
 import { resolveOpa } from "../src/policy/build.ts";
-import { CatalogFacts } from "../src/protocols/postgres/facts.ts";
+import { builtInCall, CatalogFacts } from "../src/protocols/postgres/facts.ts";
 import { analyzeSql, initSql } from "../src/protocols/postgres/sql.ts";
 import { psql, sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
@@ -420,6 +420,13 @@ describe("catalog facts", () => {
         ["app_fn", "public", true, false, "sql"],
       ]);
       expect(set!.settings[0]!.context).toBe("superuser");
+      // what the lexing barrier asks: built in or not (fail closed for user-defined candidates)
+      expect(builtInCall(select!, "app_fn")).toBe(false);
+      const now = { seq: 4, text: "", sql: analyzeSql("SELECT now(), nope_fn()") };
+      await facts.complete(now, "v1");
+      expect(builtInCall(now.sql.statements[0]!, "now")).toBe(true);
+      expect(builtInCall(now.sql.statements[0]!, "nope_fn")).toBe(false);
+      expect(builtInCall(analyzeSql("SELECT now()").statements[0]!, "now")).toBeUndefined();
       // cached: the same facts again need no lookup and give the same object
       const again = { seq: 2, text: "", sql: analyzeSql("UPDATE pg_class SET relname = 'x'; SELECT private_fn(), app_fn(1); SET log_statement = none") };
       expect(facts.complete(again, "v1")).toBeUndefined();

@@ -327,6 +327,22 @@ function split(name: string, lower = true): { key: string; schema: string | unde
   return { key: lower ? key.toLowerCase() : key, schema: lower ? schema?.toLowerCase() : schema };
 }
 
+/**
+ * Whether every function that `fn` (a name of `st.functions`) may resolve
+ * to is built in, by the statement's catalog facts; undefined when they do
+ * not say. For lexing.ts: a built-in function other than set_config cannot
+ * change how later text lexes.
+ */
+export function builtInCall(st: SqlStatement, fn: string): boolean | undefined {
+  let seen = false;
+  for (const c of st.calls ?? EMPTY) {
+    if (c.name !== fn) continue;
+    if (!c.found || c.builtin !== true) return false;
+    seen = true;
+  }
+  return seen ? true : undefined;
+}
+
 const perCatalog = new WeakMap<Catalog, CatalogFacts>();
 
 /** The facts cache of one target (one per Catalog, so per connection). */

@@ -35,7 +35,7 @@ import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.
 import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
 import { FIRST_USER_OID } from "./binary.ts";
 import type { Catalog } from "./catalog.ts";
-import { catalogFacts } from "./facts.ts";
+import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker } from "./rows.ts";
@@ -287,7 +287,7 @@ export class PgSession {
   private isBarrier(command: Command): boolean {
     const statements = command.sql?.statements ?? [];
     const behind = (st: SqlStatement) => (st.name === undefined ? undefined : st.node === "FetchStmt" ? this.cursors.get(st.name) : this.prepared.get(st.name));
-    const barrier = isLexingBarrier(statements, this.touchedSync > 0, behind);
+    const barrier = isLexingBarrier(statements, this.touchedSync > 0, behind, builtInCall);
     if (barrier) this.touchedSync = this.syncsSent + 1;
     return barrier;
   }
