@@ -15,7 +15,7 @@ import { analyzeSql, initSql, scanSql } from "../src/protocols/postgres/sql.ts";
 import { tagAgrees } from "../src/protocols/postgres/tags.ts";
 import { API_KEY, psql, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
-import { type BackendMessage, Bind, errorOf, Execute, Parse, Query, rawSession, rowOf, run, Sync } from "./helpers/wire.ts";
+import { type BackendMessage, Bind, errorOf, Execute, Flush, Parse, Query, rawSession, rowOf, run, Sync } from "./helpers/wire.ts";
 
 let db: TestPostgres;
 let gw: TestGateway;
@@ -83,6 +83,37 @@ describe("a setting that changes lexing is a barrier", () => {
     expect(got.filter((m) => m.type !== "S" && m.type !== "N").map((m) => m.type).join("")).toBe("12EZTDCZ");
     expect(errors(got).map((e) => e.code)).toEqual(["22P02"]);
     expect(rows(got)).toEqual([["c"]]);
+    s.close();
+  });
+
+  test("a batch that failed before agate would probe is not probed: the session never hangs", async () => {
+    const s = await login();
+    // The barrier itself fails; the client flushes, reads the error, then goes on in the same batch.
+    s.send([...run("SET statement_timeout = 'bogus'"), Flush]);
+    expect((await s.until("E")).at(-1)!.type).toBe("E");
+    s.send([...run("SELECT 1"), Sync]);
+    expect((await s.untilReady(1)).at(-1)!.type).toBe("Z");
+    // In one write, with the error racing agate's probe: always one ReadyForQuery, and the session goes on.
+    for (let i = 0; i < 10; i++) {
+      s.send([
+        ...run("SET statement_timeout = 'bogus'"), ...run("SELECT 1"), Sync,
+        // Bind fails (no value for $1) while agate still decides the Execute of the barrier behind it.
+        Parse("SELECT set_config('application_name', $1::text, false)"), Bind(), Execute(), ...run("SELECT 1"), Sync,
+        ...run("SELECT 1/0"), ...run("SELECT set_config('application_name', 'x', false)"), ...run("SELECT 1"), Sync,
+      ]);
+      const got = await s.untilReady(3);
+      expect(errors(got).map((e) => e.code)).toEqual(["22023", "08P01", "22012"]);
+    }
+    s.send([Query("SELECT 'alive' AS v")]);
+    expect(rows(await s.untilReady(1))).toEqual([["alive"]]);
+    s.close();
+  });
+
+  test("statement and portal names of agate's own are reserved", async () => {
+    const s = await login();
+    s.send([Parse("SELECT 1", "agate.lexing.0"), Sync, Parse("SELECT 1"), Bind("", "agate.lexing.0"), Sync]);
+    const got = await s.untilReady(2);
+    expect(errors(got).map((e) => e.code)).toEqual(["42939", "42939"]);
     s.close();
   });
 

@@ -16,6 +16,8 @@ export interface RawSession {
   send(bytes: Buffer | Buffer[]): void;
   /** Messages received until `count` ReadyForQuery messages have arrived (or the connection closed). */
   untilReady(count?: number): Promise<BackendMessage[]>;
+  /** Messages received up to and including the first of type `type` (or until the connection closed). */
+  until(type: string): Promise<BackendMessage[]>;
   /** Whether the server closed the connection. */
   readonly closed: boolean;
   close(): void;
@@ -49,19 +51,12 @@ export async function rawSession(port: number, opts: { user: string; password: s
     send(bytes) {
       s.write(Array.isArray(bytes) ? Buffer.concat(bytes) : bytes);
     },
-    async untilReady(count = 1) {
-      const out: BackendMessage[] = [];
+    untilReady(count = 1) {
       let seen = 0;
-      for (;;) {
-        while (queue.length > 0) {
-          const m = queue.shift()!;
-          out.push(m);
-          if (m.type === "Z" && ++seen === count) return out;
-          if (m.type === "R" && m.body.readInt32BE(0) === 3) s.write(message(0x70, (w) => w.cstr(opts.password)));
-        }
-        if (closed) return out;
-        await new Promise<void>((resolve) => (wake = resolve));
-      }
+      return read((m) => m.type === "Z" && ++seen === count);
+    },
+    until(type) {
+      return read((m) => m.type === type);
     },
     get closed() {
       return closed;
@@ -70,6 +65,19 @@ export async function rawSession(port: number, opts: { user: string; password: s
       s.destroy();
     },
   };
+  async function read(done: (m: BackendMessage) => boolean): Promise<BackendMessage[]> {
+    const out: BackendMessage[] = [];
+    for (;;) {
+      while (queue.length > 0) {
+        const m = queue.shift()!;
+        out.push(m);
+        if (done(m)) return out;
+        if (m.type === "R" && m.body.readInt32BE(0) === 3) s.write(message(0x70, (w) => w.cstr(opts.password)));
+      }
+      if (closed) return out;
+      await new Promise<void>((resolve) => (wake = resolve));
+    }
+  }
   s.write(startupPacket((w) => w.i32(196608).cstr("user").cstr(opts.user).cstr("database").cstr(opts.database ?? "app").u8(0)));
   const login = await session.untilReady();
   if (!login.some((m) => m.type === "Z")) throw new Error(`login failed: ${login.map((m) => m.body.toString()).join(" | ")}`);
@@ -83,6 +91,7 @@ export const Parse = (sql: string | Buffer, name = "") => message(0x50, (w) => w
 export const Bind = (statement = "", portal = "") => message(0x42, (w) => w.cstr(portal).cstr(statement).i16(0).i16(0).i16(0));
 export const Execute = (portal = "") => message(0x45, (w) => w.cstr(portal).i32(0));
 export const Sync = message(0x53);
+export const Flush = message(0x48);
 
 /** Parse, Bind and Execute of one unnamed statement (no Sync). */
 export const run = (sql: string | Buffer) => [Parse(sql), Bind(), Execute()];

@@ -116,6 +116,8 @@ export class PgSession {
   private readonly zWaiters: { z: number; resolve: () => void }[] = [];
   /** The batch (ReadyForQuery number) of the last barrier since the session was idle, 0 when none: ending the transaction may undo what it set. */
   private touchedSync = 0;
+  /** The last batch (ReadyForQuery number) the target answered with an error: it skips the rest of it. */
+  private failedBatch = 0;
   /** Parse, Bind and Close forwarded, in answer order: which answers are agate's own (swallowed). */
   private readonly acks: { sync: number; swallow: boolean }[] = [];
 
@@ -211,6 +213,7 @@ export class PgSession {
         return this.onParse(f);
       case T.Bind: {
         const b = readBind(f.body, this.lexing.decode);
+        if (b.portal.startsWith(RESERVED_PREFIX)) return this.refuseInBatch(reservedName("portal", b.portal));
         this.portals.set(b.portal, { statement: b.statement, params: b.params });
         this.described.delete(b.portal);
         return this.forward(f);
@@ -369,6 +372,7 @@ export class PgSession {
     let read: ParseMsg | undefined;
     const command = this.command((decode) => (read = readParse(f.body, decode)).text);
     const p = read!;
+    if (p.name.startsWith(RESERVED_PREFIX)) return this.refuseInBatch(reservedName("prepared statement", p.name));
     await this.enrich(command, { paramTypes: p.paramTypes });
     const verdict = await this.check(command, true, { recordDenialsOnly: true });
     if (!verdict) return;
@@ -440,7 +444,8 @@ export class PgSession {
     const b = this.lexBarrier!;
     if ("z" in b) {
       if (this.zReceived < b.z) await new Promise<void>((resolve) => this.zWaiters.push({ z: b.z, resolve }));
-    } else if (b.aborted) {
+    } else if (b.aborted || this.failedBatch === this.syncsSent + 1) {
+      b.aborted = true;
       return; // the target discards everything up to the Sync, whatever its text says
     } else if (!(await this.probeLexing())) {
       b.aborted = true;
@@ -689,7 +694,13 @@ export class PgSession {
         this.endRows(r);
         if (r && r.kind !== "query") while (this.replies[0] && this.replies[0].sync === r.sync && this.replies[0].kind !== "query") this.replies.shift()!.probe?.answered(false);
         const batch = this.zReceived + 1;
-        while (this.acks.length > 0 && this.acks.at(-1)!.sync === batch) this.acks.pop();
+        this.failedBatch = batch;
+        while (this.acks[0]?.sync === batch) this.acks.shift();
+        // agate's probes in this batch are skipped with the rest, wherever they stand in it.
+        for (let i = this.replies.length - 1; i >= 0; i--) {
+          const x = this.replies[i]!;
+          if (x.probe && x.sync === batch) this.replies.splice(i, 1)[0]!.probe!.answered(false);
+        }
         this.copyMask = undefined;
         out.add(masked);
         break;
@@ -906,6 +917,13 @@ export class PgSession {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** Names of agate's own statements and portals on a client's connection (the settings probe). */
+const RESERVED_PREFIX = "agate.";
+
+function reservedName(what: string, name: string): Buffer {
+  return ErrorResponse({ severity: "ERROR", code: "42939", message: `agate: ${what} names beginning with "${RESERVED_PREFIX}" are reserved for the gateway: "${name}"`, hint: "Choose another name." });
+}
 
 /** The target's answer does not match the statements decided for it. */
 class TargetDisagrees extends Error {
