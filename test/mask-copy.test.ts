@@ -176,3 +176,61 @@ describe("text and CSV COPY … TO under column rules", () => {
     expect(listed.stdout).toBe("1\t[REDACTED:email]\n");
   });
 });
+
+describe("binary values of types read through the catalog", () => {
+  const COLUMNS = "id, moods, dmoods, h, r, fr, mr, dr";
+  beforeAll(async () => {
+    await db.psql(`
+      CREATE EXTENSION hstore;
+      CREATE TYPE mood AS ENUM ('ok', 'meh', 'key ${TOKEN}');
+      CREATE DOMAIN moods AS mood[];
+      CREATE TYPE textrange AS RANGE (subtype = text);
+      CREATE TYPE floatrange AS RANGE (subtype = float8);
+      CREATE DOMAIN label AS text;
+      CREATE TABLE kinds (id int, moods mood[], dmoods moods, h hstore, r textrange, fr floatrange, mr textmultirange, dr label[]);
+      INSERT INTO kinds VALUES
+        (1, '{ok,meh,NULL}', '{meh}', 'a=>1, "b c"=>NULL', '[apple,"pear tree")', '[1.5,2.25)', '{[a,b),[x,z]}', '{one,two}'),
+        (2, ARRAY['ok', 'key ${TOKEN}']::mood[], ARRAY['key ${TOKEN}']::moods, hstore('k', 'token ${TOKEN}'), textrange('a', 'mail ${EMAIL}'), '[0,1)', textmultirange(textrange('${EMAIL}', NULL)), ARRAY['${EMAIL}']::label[]);
+      GRANT ALL ON kinds TO app_scram;
+    `);
+  });
+
+  /** The rows of `kinds` in binary through node-postgres: each value's raw bytes (null for NULL). */
+  async function binaryRows(url: string): Promise<(Buffer | null)[][]> {
+    const pg = (await import("pg")).default;
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      const r = await client.query({ text: `SELECT ${COLUMNS} FROM kinds ORDER BY id`, queryMode: "extended", binary: true, rowMode: "array", types: { getTypeParser: () => (v: unknown) => v } } as never);
+      expect(r.fields.every((f: { format: string }) => f.format === "binary")).toBe(true);
+      return r.rows.map((row: unknown[]) => row.map((v) => (v === null ? null : Buffer.from(v as Buffer))));
+    } finally {
+      await client.end();
+    }
+  }
+
+  test("enum arrays, domains over arrays, hstore, user-defined ranges and multiranges: clean values intact, planted secrets masked", async () => {
+    const direct = await binaryRows(db.url("app_scram"));
+    const through = await binaryRows(gw.url());
+    // every clean value is PostgreSQL's own bytes, not NULL
+    expect(direct[0]!.every((v) => v !== null)).toBe(true);
+    expect(through[0]).toEqual(direct[0]!);
+    // each value holding a secret is masked (NULL: a masked text cannot be written back into these types)
+    expect(through[1]![0]).toEqual(direct[1]![0]!);
+    expect(through[1]![5]).toEqual(direct[1]![5]!);
+    expect([1, 2, 3, 4, 6, 7].map((i) => through[1]![i])).toEqual([null, null, null, null, null, null]);
+    for (const v of through.flat()) if (v) noRaw(v);
+  });
+
+  test("the same in binary COPY, which loads back", async () => {
+    const direct = await copyOut(db.url("app_scram"), `(SELECT ${COLUMNS} FROM kinds WHERE id = 1)`, "format binary");
+    expect((await copyOut(gw.url(), `(SELECT ${COLUMNS} FROM kinds WHERE id = 1)`, "format binary")).equals(direct)).toBe(true);
+    const masked = await copyOut(gw.url(), "kinds", "format binary");
+    noRaw(masked);
+    await db.psql("CREATE TABLE kinds_copy (LIKE kinds)");
+    const file = join(dir, "kinds");
+    await Bun.write(file, masked);
+    expect((await psql(db.url(), `\\copy kinds_copy from '${file}' with (format binary)`)).stderr).toBe("");
+    expect(await db.psql("SELECT id, moods, h, fr, mr FROM kinds_copy ORDER BY id")).toBe('1|{ok,meh,NULL}|"a"=>"1", "b c"=>NULL|[1.5,2.25)|{[a,b),[x,z]}\n2|||[0,1)|\n');
+  });
+});

@@ -40,7 +40,7 @@ import { type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForCol
 import { triggers } from "../../mask/prefilter.ts";
 import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
-import { FIRST_USER_OID, fieldText, OPAQUE_SAFE, textBytesOffset } from "./binary.ts";
+import { FIRST_USER_OID, fieldText, OPAQUE_SAFE, textBytesOffset, type UserTypes } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
 import { ProtocolViolation } from "./wire.ts";
 
@@ -150,6 +150,8 @@ export class ResultMasker {
     private readonly tally: MaskTally,
     /** The built-in type a (user-defined) type is read as (catalog.ts cachedType). */
     typeAs: (oid: number) => number = (oid) => oid,
+    /** What user-defined types inside binary values are (catalog.ts userType). */
+    private readonly user?: UserTypes,
   ) {
     this.numeric = mask.detectors.some((d) => NUMERIC_DETECTORS.has(d));
     const computed = computedRule(mask, facts);
@@ -325,7 +327,7 @@ export class ResultMasker {
     }
     if (col.shape === "other" && col.binary) {
       const bytes = raw.subarray(a, b);
-      const text = fieldText(col.type, bytes);
+      const text = fieldText(col.type, bytes, this.user);
       if (text === undefined) {
         counts["(unreadable binary)"] = (counts["(unreadable binary)"] ?? 0) + 1;
         return null;

@@ -948,7 +948,7 @@ export class PgSession {
     };
     // A simple query answers its statements in order, each ending in CommandComplete: this result is statement `done`'s.
     const facts = reply.kind === "query" && reply.facts && reply.facts.statements[reply.done ?? 0] ? { multi: false, statements: [reply.facts.statements[reply.done ?? 0]!] } : reply.facts;
-    return new ResultMasker(fields, reply.mask, facts, origin, this.tally, (oid) => this.catalog.cachedType(oid) ?? oid);
+    return new ResultMasker(fields, reply.mask, facts, origin, this.tally, (oid) => this.catalog.cachedType(oid) ?? oid, (oid) => this.catalog.userType(oid));
   }
 
   /**
