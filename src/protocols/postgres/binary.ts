@@ -23,7 +23,7 @@
  * since 12) and money without locale symbols ("-12.34"). A malformed value
  * of a decoded type throws ProtocolViolation.
  */
-import type { Buffer } from "node:buffer";
+import { Buffer } from "node:buffer";
 import { ProtocolViolation, Reader } from "./wire.ts";
 
 const INT8 = 20, INT2 = 21, INT4 = 23, OID = 26, XID8 = 5069, FLOAT4 = 700, FLOAT8 = 701, NUMERIC = 1700, MONEY = 790;
@@ -84,8 +84,9 @@ export type UserType = { as: number } | { array: number } | { range: number } | 
 export type UserTypes = (oid: number) => UserType | undefined;
 
 /** Built-in range and multirange types → their subtype (pg_range). */
-const RANGE_OF: ReadonlyMap<number, number> = new Map([[3904, INT4], [3926, INT8], [3906, NUMERIC], [3908, 1114], [3910, 1184], [3912, 1082]]);
-const MULTIRANGE_OF: ReadonlyMap<number, number> = new Map([[4451, INT4], [4536, INT8], [4532, NUMERIC], [4533, 1114], [4534, 1184], [4535, 1082]]);
+/** Built-in range and multirange types of numbers → their subtype (pg_range; those of dates and times are OPAQUE_SAFE). */
+const RANGE_OF: ReadonlyMap<number, number> = new Map([[3904, INT4], [3926, INT8], [3906, NUMERIC]]);
+const MULTIRANGE_OF: ReadonlyMap<number, number> = new Map([[4451, INT4], [4536, INT8], [4532, NUMERIC]]);
 
 /** The text PostgreSQL would print for a binary-format value of type `oid`, or undefined when agate cannot decode that type. Throws ProtocolViolation on a malformed value of a type it does decode. */
 export function binaryAsText(oid: number, value: Buffer, user?: UserTypes): string | undefined {
@@ -570,4 +571,65 @@ const NEEDS_QUOTES = /[{}"\\ \t\n\r\v\f]/;
 function quoteElement(s: string, delim: string): string {
   if (s !== "" && !NEEDS_QUOTES.test(s) && !s.includes(delim) && !/^null$/i.test(s)) return s;
   return `"${s.replace(/["\\]/g, "\\$&")}"`;
+}
+
+// ---------------------------------------------------------------------------
+// masking inside a binary value
+
+/** Arrays whose elements are text in their binary form, and can hold any text: text[], varchar[], bpchar[]. */
+const TEXT_ARRAYS: ReadonlySet<number> = new Set([1009, 1015, 1014]);
+
+/**
+ * A binary value whose text leaves (the elements of a text array, the keys
+ * and values of an hstore) are each passed through `mask` and written back
+ * in the same binary format; the same buffer when nothing changed,
+ * undefined for a type whose values cannot be rewritten so (an enum label,
+ * a range bound, a number).
+ */
+export function maskInside(oid: number, value: Buffer, mask: (text: string) => string, user?: UserTypes): Buffer | undefined {
+  const hstore = oid >= FIRST_USER_OID && (user?.(oid) as { hstore?: true } | undefined)?.hstore === true;
+  if (!hstore && !TEXT_ARRAYS.has(oid)) return undefined;
+  const r = new Reader(value);
+  const parts: Buffer[] = [];
+  let changed = false;
+  const leaf = (nullable: boolean) => {
+    const len = r.i32();
+    if (len < (nullable ? -1 : 0)) throw new ProtocolViolation(`malformed binary ${hstore ? "hstore" : "array"}: length ${len}`);
+    if (len === -1) {
+      parts.push(Buffer.from([0xff, 0xff, 0xff, 0xff]));
+      return;
+    }
+    const bytes = r.bytes(len);
+    const text = bytes.toString("utf8");
+    const out = mask(text);
+    const b = out === text ? bytes : Buffer.from(out, "utf8");
+    changed ||= b !== bytes;
+    const head = Buffer.allocUnsafe(4);
+    head.writeInt32BE(b.length);
+    parts.push(head, b);
+  };
+  if (hstore) {
+    const n = r.i32();
+    if (n < 0 || n * 8 > r.remaining) throw new ProtocolViolation(`malformed binary hstore: ${n} pairs in ${r.remaining} bytes`);
+    parts.push(value.subarray(0, 4));
+    for (let i = 0; i < n; i++) {
+      leaf(false);
+      leaf(true);
+    }
+  } else {
+    const ndim = r.i32();
+    r.i32();
+    r.i32();
+    if (ndim < 0 || ndim > MAXDIM) throw new ProtocolViolation(`malformed binary array: ${ndim} dimensions`);
+    let count = ndim === 0 ? 0 : 1;
+    for (let i = 0; i < ndim; i++) {
+      count *= r.i32();
+      r.i32();
+    }
+    parts.push(value.subarray(0, 12 + 8 * ndim));
+    if (count < 0 || count * 4 > r.remaining) throw new ProtocolViolation(`malformed binary array: ${count} elements in ${r.remaining} bytes`);
+    for (let i = 0; i < count; i++) leaf(true);
+  }
+  ended(r, hstore ? "hstore" : "array");
+  return changed ? Buffer.concat(parts) : value;
 }

@@ -40,7 +40,7 @@ import { type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForCol
 import { triggers } from "../../mask/prefilter.ts";
 import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
-import { FIRST_USER_OID, fieldText, OPAQUE_SAFE, textBytesOffset, type UserTypes } from "./binary.ts";
+import { FIRST_USER_OID, fieldText, maskInside, OPAQUE_SAFE, textBytesOffset, type UserTypes } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
 import { ProtocolViolation } from "./wire.ts";
 
@@ -332,7 +332,15 @@ export class ResultMasker {
         counts["(unreadable binary)"] = (counts["(unreadable binary)"] ?? 0) + 1;
         return null;
       }
-      return maskWith(text, m, counts) === text ? undefined : null;
+      const found: MaskCounts = {};
+      if (maskWith(text, m, found) === text) return undefined;
+      // Text leaves (a text array's elements, an hstore's keys and values) are masked in place, if then nothing is found in the whole.
+      // (a value's detections are counted once, on its whole text)
+      const inside = maskInside(col.type, bytes, (t) => maskWith(t, m, {}), this.user);
+      const again = inside && fieldText(col.type, inside, this.user);
+      const masked = inside !== undefined && again !== undefined && maskWith(again, m, {}) === again;
+      for (const [k, v] of Object.entries(found)) counts[k] = (counts[k] ?? 0) + v;
+      return masked ? inside : null;
     }
     const masked = maskSpan(raw, a + col.offset, b, m, counts);
     if (masked === undefined) return undefined;
