@@ -144,6 +144,35 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
   });
 });
 
+describe("a COPY whose source cannot be described", () => {
+  test("fails as PostgreSQL fails it, in a simple query and in the extended protocol, and the session goes on; unknown origins mask whole", async () => {
+    const simple = await psql(gw.url(), "COPY missing TO STDOUT (FORMAT binary)");
+    expect(simple.stderr).toContain('relation "missing" does not exist');
+    const s = postgres(gw.url(), { max: 1 });
+    try {
+      await s.begin(async (tx) => {
+        await tx`CREATE TEMP TABLE t_in_tx (id int, note text)`;
+        await tx`INSERT INTO t_in_tx VALUES (1, ${"key " + TOKEN})`;
+        const stream = await tx.unsafe("COPY t_in_tx TO STDOUT (FORMAT binary)").readable();
+        const chunks: Buffer[] = [];
+        for await (const c of stream) chunks.push(Buffer.from(c));
+        const data = Buffer.concat(chunks);
+        noRaw(data);
+        // a table created in the open transaction is described, but agate's catalog cannot see its columns' origins yet: under column rules it is masked whole
+        expect(data.toString("latin1")).toContain("[REDACTED:note]");
+      });
+      const err = await s.unsafe("COPY missing TO STDOUT (FORMAT binary)").readable().then(
+        () => undefined,
+        (e: Error) => e,
+      );
+      expect(String(err)).toContain('relation "missing" does not exist');
+      expect(await s`SELECT 1 AS one`).toEqual([{ one: 1 }] as never);
+    } finally {
+      await s.end();
+    }
+  });
+});
+
 describe("text and CSV COPY … TO under column rules", () => {
   test("text format: covered columns masked by position, escapes kept, detectors on the rest", async () => {
     const out = await psql(gw.url(), "COPY people (id, email, card, note) TO STDOUT");
