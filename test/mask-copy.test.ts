@@ -115,12 +115,9 @@ describe("binary COPY … TO is masked, not refused", () => {
     expect(await loadBinary(masked)).toContain("1|Ada|[REDACTED:email]|");
   });
 
-  test("psycopg copies out in binary through agate", async () => {
-    const probe = await sh(["python3", "-c", "import psycopg"]);
-    if (probe.code !== 0) {
-      console.warn("psycopg is not installed here (pip install 'psycopg[binary]'): skipped");
-      return;
-    }
+  // psycopg is not a dependency of agate: the test runs where it is installed (pip install 'psycopg[binary]')
+  const psycopg = Bun.spawnSync(["python3", "-c", "import psycopg"], { stderr: "ignore" }).exitCode === 0;
+  test.skipIf(!psycopg)("psycopg copies out in binary through agate", async () => {
     const script = `
 import sys, psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
@@ -141,6 +138,31 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
     expect(out.stdout).toBe(
       ["(1, 'plain', datetime.date(2026, 2, 3))", "(2, 'key [REDACTED:github_token]', None)", "(1, '[REDACTED:email]')", "(2, '[REDACTED:email]')", ""].join("\n"),
     );
+  });
+
+  test.skipIf(!psycopg)("psycopg, in its usual way (a table made in the open transaction), under the default policy's detectors", async () => {
+    const plain = await startTestGateway(db);
+    try {
+      const script = `
+import sys, psycopg
+with psycopg.connect(sys.argv[1]) as conn:
+    cur = conn.cursor()
+    cur.execute("CREATE TEMP TABLE copy_tx (id int, data text, n numeric, at timestamptz)")
+    cur.execute("INSERT INTO copy_tx VALUES (1, 'hello', 1.5, '2026-01-01 00:00+00'), (2, 'ghp_x7Kq2mZ9pL4vR8sT1wY6uE3oI5aD0fGhJkLz', NULL, NULL)")
+    with cur.copy("COPY copy_tx TO STDOUT (FORMAT binary)") as copy:
+        copy.set_types(["int4", "text", "numeric", "timestamptz"])
+        for row in copy.rows():
+            print(repr(row))
+    conn.rollback()
+`;
+      const out = await sh(["python3", "-c", script, plain.url()]);
+      expect(out.stderr).toBe("");
+      expect(out.stdout).toBe(
+        ["(1, 'hello', Decimal('1.5'), datetime.datetime(2026, 1, 1, 0, 0, tzinfo=zoneinfo.ZoneInfo(key='Etc/UTC')))", "(2, '[REDACTED:github_token]', None, None)", ""].join("\n"),
+      );
+    } finally {
+      await plain.close();
+    }
   });
 });
 
