@@ -188,6 +188,10 @@ describe("a COPY whose source cannot be described", () => {
         (e: Error) => e,
       );
       expect(String(err)).toContain('relation "missing" does not exist');
+      // a COPY of what an earlier statement of the same query creates cannot be described first: refused, nothing of the query runs
+      const multi = await psql(gw.url(), "CREATE TEMP TABLE made_here (note text); COPY made_here TO STDOUT (FORMAT binary)");
+      expect(multi.stderr).toContain("could not describe before the query ran");
+      expect(multi.stdout).toBe("");
       expect(await s`SELECT 1 AS one`).toEqual([{ one: 1 }] as never);
     } finally {
       await s.end();

@@ -290,6 +290,19 @@ export class PgSession {
     const copies = this.copiesToDescribe(command, verdict.mask);
     const copyColumns = copies.length > 0 && this.batchForwarded === 0 ? await this.describeCopies(command, copies, true) : undefined;
     if (this.closed) return;
+    if (copies.some((i) => i > 0 && copyColumns?.get(i) === undefined)) {
+      // What the COPY reads may be made by the statements before it: it runs, and cannot be masked.
+      this.injectAfterReplies([
+        ErrorResponse({
+          severity: "ERROR",
+          code: "42501",
+          message: "agate: the COPY … TO in this query reads what agate could not describe before the query ran, and this statement's policy masks its output",
+          hint: "Send the COPY as a query of its own, after the statements that create what it reads.",
+        }),
+        "ReadyForQuery",
+      ]);
+      return;
+    }
     const barrier = this.isBarrier(command);
     this.sendQuery(f);
     if (barrier) this.lexBarrier = { z: this.syncsSent };
