@@ -113,6 +113,7 @@ describe("copySource", () => {
   test("the query of COPY (query), a SELECT of a table's listed columns, or of all", () => {
     expect(copySource(`COPY (SELECT ')' AS "x)" FROM t) TO STDOUT (FORMAT binary)`).describe).toBe(`SELECT ')' AS "x)" FROM t`);
     expect(copySource(`copy s."T" (a, "B") to stdout`).describe).toBe(`SELECT a, "B" FROM s."T"`);
+    expect(copySource(`COPY BINARY t TO STDOUT`).describe).toBe("SELECT * FROM t");
     expect(copySource(`COPY t TO STDOUT WITH CSV HEADER`)).toEqual({ describe: "SELECT * FROM t", plain: true, header: true });
     expect(copySource(`COPY t TO STDOUT (FORMAT csv, HEADER false)`).header).toBe(false);
     expect(copySource(`COPY t TO STDOUT (DELIMITER '|')`).plain).toBe(false);

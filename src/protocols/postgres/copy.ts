@@ -63,6 +63,8 @@ export function copySource(text: string): CopySource {
   const word = (t: SqlToken | undefined) => (t === undefined ? "" : bytes.toString("utf8", t.start, t.end));
   const lower = (t: SqlToken | undefined) => word(t).toLowerCase();
   if (lower(tokens[0]) !== "copy") return { plain: false, header: false };
+  // the old syntax COPY BINARY t (BINARY is no column or table name unquoted)
+  if (lower(tokens[1]) === "binary") tokens.splice(1, 1);
   let i = 1;
   let describe: string | undefined;
   if (word(tokens[1]) === "(") {
