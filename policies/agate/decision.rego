@@ -32,7 +32,9 @@
 #                                              query_to_xml*, ts_stat, crosstab*, connectby
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
 #            and held for approval (approvals.rego):
-#              agate.sql.approve_unbounded_write UPDATE or DELETE without WHERE
+#              agate.sql.approve_large_write       a write the planner estimates to touch
+#                                                  more than approvals.max_rows rows
+#              agate.sql.approve_unestimated_write a write whose estimate could not be made
 #   other    a missing or unknown stage is denied (agate.policy.deny_unknown_stage).
 #
 # Every deny reason starts with the rule's name, so operators can see which

@@ -30,10 +30,10 @@ denied_by(statements, rule) if {
 
 test_reads_and_writes_allowed if {
 	allowed([object.union(stmt("select", "SelectStmt", "SELECT"), {"reads": ["public.users"]})])
-	allowed([object.union(stmt("insert", "InsertStmt", "INSERT"), {"writes": ["users"]})])
-	allowed([object.union(stmt("update", "UpdateStmt", "UPDATE"), {"writes": ["users"], "has_where": true})])
-	allowed([object.union(stmt("delete", "DeleteStmt", "DELETE"), {"writes": ["users"], "has_where": true})])
-	allowed([stmt("merge", "MergeStmt", "MERGE")])
+	allowed([object.union(stmt("insert", "InsertStmt", "INSERT"), {"writes": ["users"], "estimated_rows": 1})])
+	allowed([object.union(stmt("update", "UpdateStmt", "UPDATE"), {"writes": ["users"], "has_where": true, "estimated_rows": 1})])
+	allowed([object.union(stmt("delete", "DeleteStmt", "DELETE"), {"writes": ["users"], "has_where": true, "estimated_rows": 1})])
+	allowed([object.union(stmt("merge", "MergeStmt", "MERGE"), {"estimated_rows": 1})])
 }
 
 test_utility_statements_allowed if {

@@ -35,6 +35,7 @@ import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.
 import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
 import { FIRST_USER_OID } from "./binary.ts";
 import type { Catalog } from "./catalog.ts";
+import { WriteEstimates } from "./estimate.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { DescribePortal, ErrorResponse, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker } from "./rows.ts";
@@ -360,7 +361,8 @@ export class PgSession {
         ? { ...this.command(`EXECUTE ${quoteIdent(portal.statement)}`), params: portal.params }
         : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
     await this.enrich(command, { params: portal?.params });
-    const verdict = await this.check(command, true, { prior: prepared?.verdict, onHold: this.onHold });
+    // Facts completed anew at Execute (the planner's estimate with the Bind values) are decided anew.
+    const verdict = await this.check(command, true, { prior: command.sql === prepared?.facts ? prepared?.verdict : undefined, onHold: this.onHold });
     if (!verdict) return;
     const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
     if (refused) {
@@ -415,9 +417,9 @@ export class PgSession {
    * shared through its cache: replace `command.sql`, never change it.
    */
   private async enrich(command: Command, bound: { paramTypes?: number[]; params?: (string | null)[] } = {}): Promise<void> {
-    void command;
-    void bound;
+    await this.estimates.enrich({ guard: this.guard, session: this.session, estimator: this.catalog.estimator, log: this.log, prepared: this.prepared }, command, bound);
   }
+  private readonly estimates = new WriteEstimates();
 
   /** Ask the guard; an audit failure refuses the command (fail closed) and returns undefined. */
   private async check(command: Command, extended: boolean, opts?: Parameters<Guard["check"]>[2]): Promise<Verdict | undefined> {
@@ -441,7 +443,7 @@ export class PgSession {
         severity: "NOTICE",
         code: "01000",
         message: `agate: this statement waits for approval by ${who}: request ${req.id}, until ${req.expires_at}`,
-        detail: link ? `Approve or deny at ${link}` : undefined,
+        detail: [req.estimate, link && `Approve or deny at ${link}`].filter(Boolean).join(". ") || undefined,
         hint: `An approver runs: agate approvals approve ${req.id} --reason "…"  (cancel with Ctrl-C to withdraw it)`,
       }),
     ]);
@@ -717,6 +719,7 @@ export class PgSession {
    */
   private onParameterStatus(body: Buffer): void {
     const [name, value] = body.toString("utf8").split("\0");
+    this.estimates.parameter(name, value);
     if (name === "standard_conforming_strings") this.hazards.scs = value === "off" ? "standard_conforming_strings is off" : undefined;
     else if (name === "client_encoding") this.hazards.encoding = SAFE_CLIENT_ENCODINGS.has(value?.toUpperCase() ?? "") ? undefined : `client_encoding is ${value}`;
     else return;
@@ -737,6 +740,7 @@ export class PgSession {
       rows = Math.max(rows, this.resultRows);
       const t = this.tally;
       const masked = t.rows > 0 || Object.keys(t.detectors).length > 0 ? { masked: { rows: t.rows, columns: t.columns, detectors: t.detectors } } : {};
+      this.estimates.answered(seqs, this.error !== undefined, this.txStatus);
       this.guard.outcome(this.session, seqs, { tags: this.tags, rows, bytes: this.resultBytes, ...(this.error ? { error: this.error } : {}), ...masked });
       this.resultBytes = 0;
       this.resultRows = 0;
