@@ -186,6 +186,22 @@ describe("writes that run at once, and writes that cannot be estimated", () => {
     expect(await count()).toBe(ROWS);
   });
 
+  test("binary Bind values (node-postgres sends a Buffer in binary format, type unspecified): a bytea one is estimated; one the server reads as text is not", async () => {
+    await db.psql(`CREATE TABLE IF NOT EXISTS blobs (id int, b bytea); TRUNCATE blobs; INSERT INTO blobs SELECT g, 'x'::bytea FROM generate_series(1, ${ROWS}) g; ANALYZE blobs; ALTER TABLE blobs OWNER TO app_scram;`);
+    const c = new pg.Client({ connectionString: gw.url() });
+    c.on("error", () => {});
+    await c.connect();
+    const req = await expectHeld((t) => c.query(t, [Buffer.from("y")]), "DELETE FROM blobs WHERE b <> $1", () => c.end());
+    expect(req.estimate).toBe("DELETE: estimated 5,000 rows (planner)");
+    const d = new pg.Client({ connectionString: gw.url() });
+    d.on("error", () => {});
+    await d.connect();
+    // As text, '\\x25' would match few rows where '%' matches all: such a value is never guessed at.
+    const text = await expectHeld((t) => d.query(t, [Buffer.from("%")]), "DELETE FROM big WHERE v LIKE $1", () => d.end());
+    expect(text.estimate).toBe("DELETE: no estimate could be made");
+    expect(await count()).toBe(ROWS);
+  });
+
   test("a plain SET search_path that committed is followed: the next write is estimated under it", async () => {
     await db.psql("CREATE SCHEMA IF NOT EXISTS other; CREATE TABLE IF NOT EXISTS other.big (id int PRIMARY KEY, v text); ALTER SCHEMA other OWNER TO app_scram; ALTER TABLE other.big OWNER TO app_scram;");
     const c = new pg.Client({ connectionString: gw.url() });

@@ -58,6 +58,8 @@ const BYTEA = 17;
 interface Job {
   setup: string[];
   target: string;
+  /** Parameters of agate's own PREPARE given as bytea without a declared type: the server must infer bytea for them, or the estimate is void. */
+  bytea?: number[];
 }
 
 /** The search_path the client session has: the role's default, a value as written after SET … TO, or unknown. */
@@ -88,12 +90,21 @@ export class Estimator {
       // The value as the client wrote it after SET search_path TO: one statement, through the extended protocol.
       if (path !== undefined) steps.push(c.unsafe(`SET LOCAL search_path TO ${path}`));
       for (const s of job.setup) steps.push(c.unsafe(s));
+      const inferred = job.bytea?.length
+        ? c.unsafe(`SELECT parameter_types::pg_catalog.text[] AS types FROM pg_catalog.pg_prepared_statements WHERE name = '${ESTIMATE_STATEMENT}'`)
+        : undefined;
+      if (inferred) steps.push(inferred);
       const plan = c.unsafe(`EXPLAIN (FORMAT JSON) ${job.target}`);
       steps.push(plan, c.unsafe("ROLLBACK"));
       if (job.setup.length > 0) steps.push(c.unsafe("DEALLOCATE ALL"));
       const settled = await Promise.allSettled(steps);
       const failed = settled.find((s) => s.status === "rejected");
       if (failed) throw asError((failed as PromiseRejectedResult).reason);
+      if (inferred) {
+        const [row] = (settled[steps.indexOf(inferred)] as PromiseFulfilledResult<{ types: string | string[] }[]>).value;
+        const types = typeof row?.types === "string" ? row.types.replace(/^\{|\}$/g, "").split(",") : (row?.types ?? []);
+        if (!job.bytea!.every((i) => types[i] === "bytea")) throw new AgateError("ESTIMATE_BINARY", "a binary parameter's type, as the target infers it, is not bytea; its value cannot be given to the planner");
+      }
       const rows = (settled[steps.indexOf(plan)] as PromiseFulfilledResult<{ "QUERY PLAN": unknown }[]>).value;
       const out = rows[0]?.["QUERY PLAN"];
       return modifiedRows(typeof out === "string" ? JSON.parse(out) : out);
@@ -110,7 +121,7 @@ export class Estimator {
       try {
         const rows = await c<{ oid: string; name: string }[]>`
           SELECT t.oid::pg_catalog.int8::text AS oid, pg_catalog.format_type(t.oid, NULL) AS name
-          FROM pg_catalog.pg_type t WHERE t.oid::pg_catalog.int8 = ANY(${missing}::pg_catalog.int8[])`;
+          FROM pg_catalog.pg_type t WHERE t.oid::pg_catalog.int8 = ANY(pg_catalog.string_to_array(${missing.join(",")}, ',')::pg_catalog.int8[])`;
         for (const r of rows) this.typeNames.set(Number(r.oid), r.name);
       } finally {
         this.release(c);
@@ -289,12 +300,14 @@ export class WriteEstimates {
   private async bind(estimator: Estimator, job: Job, params: (string | null)[] | undefined, types: number[] | undefined): Promise<Job> {
     if (!params || params.length === 0) return job;
     const literals = params.map((v, i) => literal(v, types?.[i] ?? 0)).join(", ");
+    const bytea = params.flatMap((v, i) => (v?.startsWith("base64:") && !types?.[i] ? [i] : []));
     if (/^EXECUTE\s/i.test(job.target) && job.setup.length > 0) {
-      // A portal bound to a SQL-PREPAREd statement: the Bind values are its arguments.
+      // A portal bound to a SQL-PREPAREd statement: the Bind values are its arguments (of types agate does not check).
+      if (bytea.length > 0) throw new AgateError("ESTIMATE_BINARY", "a binary parameter without a declared type cannot be given to the planner");
       return { setup: job.setup, target: `${job.target} (${literals})` };
     }
     const names = await estimator.typeList(params.map((_, i) => types?.[i] ?? 0));
-    return { setup: [...job.setup, `PREPARE ${ESTIMATE_STATEMENT} (${names.join(", ")}) AS ${job.target}`], target: `EXECUTE ${ESTIMATE_STATEMENT} (${literals})` };
+    return { setup: [...job.setup, `PREPARE ${ESTIMATE_STATEMENT} (${names.join(", ")}) AS ${job.target}`], target: `EXECUTE ${ESTIMATE_STATEMENT} (${literals})`, ...(bytea.length ? { bytea } : {}) };
   }
 }
 
@@ -326,16 +339,19 @@ function planOf(s: SqlStatement, prepared: ReadonlyMap<string, SqlStatement>, de
     }
     case "ExecuteStmt": {
       const p = s.name !== undefined ? prepared.get(s.name) : undefined;
-      // Prepared where agate did not see it: what it does is unknown.
-      if (!p) return { write: true };
+      // Not prepared by this session's SQL as agate saw it: the target answers that it does not
+      // exist (only server-side code that runs PREPARE could have made it; see the README).
+      if (!p) return undefined;
       const found = innerStatement(p);
       const judged = { ...(found?.statement ?? { ...p, kind: s.kind, node: s.node, tag: s.tag }), text: s.text };
       if (p.writes.length === 0) return { write: false, judged };
       return { write: true, job: { setup: [p.text], target: s.text }, judged };
     }
     case "CopyStmt":
+      // COPY (DELETE … RETURNING …) TO: a write inside; COPY … FROM writes only the rows the client sends.
+      return s.copy?.direction === "to" && (s.writes.length > 0 || s.has_where !== undefined) ? { write: true } : undefined;
     case "CreateTableAsStmt":
-      return s.writes.length > (s.node === "CopyStmt" ? 0 : 1) || s.has_where !== undefined ? { write: true } : undefined;
+      return s.writes.length > 1 || s.has_where !== undefined ? { write: true } : undefined;
     default:
       return undefined;
   }
@@ -406,12 +422,53 @@ function withEstimate(s: SqlStatement, rows: number | null | undefined): SqlStat
   return rows === undefined ? s : { ...s, estimated_rows: rows };
 }
 
-/** A Bind value as a literal for EXECUTE: text as a standard string; binary only for bytea. */
+/**
+ * A Bind value as a literal for EXECUTE: text as a standard string; binary
+ * ones of the common types decoded, and one without a declared type as bytea
+ * (checked against the type the server infers, Job.bytea).
+ */
 function literal(v: string | null, type: number): string {
   if (v === null) return "NULL";
-  if (v.startsWith("base64:")) {
-    if (type !== BYTEA) throw new AgateError("ESTIMATE_BINARY", "a binary parameter of a type other than bytea cannot be given to the planner");
-    return `'\\x${Buffer.from(v.slice(7), "base64").toString("hex")}'`;
+  if (!v.startsWith("base64:")) return quote(v);
+  const b = Buffer.from(v.slice(7), "base64");
+  const exact = (n: number) => {
+    if (b.length !== n) throw new AgateError("ESTIMATE_BINARY", `a binary parameter of type ${type} has ${b.length} bytes, not ${n}`);
+  };
+  switch (type) {
+    case 0:
+    case BYTEA:
+      return `'\\x${b.toString("hex")}'`;
+    case 16:
+      exact(1);
+      return b[0] ? "'t'" : "'f'";
+    case 21:
+      exact(2);
+      return quote(String(b.readInt16BE(0)));
+    case 23:
+      exact(4);
+      return quote(String(b.readInt32BE(0)));
+    case 20:
+      exact(8);
+      return quote(String(b.readBigInt64BE(0)));
+    case 700:
+      exact(4);
+      return quote(String(b.readFloatBE(0)));
+    case 701:
+      exact(8);
+      return quote(String(b.readDoubleBE(0)));
+    case 25:
+    case 1043:
+    case 19:
+      return quote(new TextDecoder("utf-8", { fatal: true }).decode(b));
+    case 2950:
+      exact(16);
+      return quote(b.toString("hex"));
+    default:
+      throw new AgateError("ESTIMATE_BINARY", `a binary parameter of type ${type} cannot be given to the planner`);
   }
+}
+
+function quote(v: string): string {
+  if (v.includes("\0")) throw new AgateError("ESTIMATE_BINARY", "a parameter holds a zero byte");
   return `'${v.replaceAll("'", "''")}'`;
 }
