@@ -168,6 +168,15 @@ describe("writes that run at once, and writes that cannot be estimated", () => {
     expect((await db.psql("SELECT v FROM big WHERE id IN (1, 2) ORDER BY id")).trim()).toBe("one\ntwo");
   });
 
+  test("INSERT … VALUES counts its rows, unless a rule on the table may do more: then the planner's plans (the rule's DELETE too) are summed", async () => {
+    await db.psql(`CREATE TABLE IF NOT EXISTS ruled (id int); ALTER TABLE ruled OWNER TO app_scram;
+      CREATE OR REPLACE RULE also_delete AS ON INSERT TO ruled DO ALSO DELETE FROM big WHERE id > 0;`);
+    const sql = postgres(gw.url(), { max: 1, onnotice: () => {} });
+    const req = await expectHeld(() => sql`INSERT INTO ruled VALUES (${1})`, "INSERT INTO ruled VALUES ($1)", () => sql.end({ timeout: 0 }));
+    expect(req.estimate).toBe("INSERT: estimated 5,001 rows (planner)");
+    expect(await count()).toBe(ROWS);
+  });
+
   test("a write whose estimate cannot be made is held: a temporary table only the session has, a search_path set in the same query", async () => {
     const c = new pg.Client({ connectionString: gw.url() });
     c.on("error", () => {});

@@ -53,6 +53,8 @@ const MAX_INNER_TRIES = 64;
 /** The name agate's own PREPARE uses for an extended-protocol statement, on its own connection. */
 const ESTIMATE_STATEMENT = "agate_estimate";
 const BYTEA = 17;
+/** How long "this relation has no rules" is trusted (as the catalog's cache). */
+const RULES_CACHE_MS = 60_000;
 
 /** What to ask the planner: setup statements (PREPAREs), then EXPLAIN of `target`. */
 interface Job {
@@ -112,6 +114,35 @@ export class Estimator {
       this.release(c);
     }
   }
+
+  /**
+   * Whether `relation` (as written, resolved under `path`) has rules, which
+   * could make an INSERT … VALUES do more than insert its rows. Cached for
+   * RULES_CACHE_MS. Throws when it does not resolve.
+   */
+  async hasRules(relation: string, path?: string): Promise<boolean> {
+    const key = `${path ?? ""}\0${relation}`;
+    const hit = this.rules.get(key);
+    if (hit && Date.now() - hit.at <= RULES_CACHE_MS) return hit.rules;
+    const c = await this.acquire();
+    try {
+      const steps: Promise<unknown>[] = [c.unsafe("BEGIN READ ONLY")];
+      if (path !== undefined) steps.push(c.unsafe(`SET LOCAL search_path TO ${path}`));
+      const name = relation.split(".").map((p) => `"${p.replaceAll('"', '""')}"`).join(".");
+      const found = c.unsafe("SELECT c.relhasrules AS rules FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)", [name]);
+      steps.push(found, c.unsafe("ROLLBACK"));
+      const settled = await Promise.allSettled(steps);
+      const failed = settled.find((s) => s.status === "rejected");
+      if (failed) throw asError((failed as PromiseRejectedResult).reason);
+      const [row] = (settled[steps.indexOf(found)] as PromiseFulfilledResult<{ rules: boolean }[]>).value;
+      if (!row) throw new AgateError("ESTIMATE_RELATION", `relation ${relation} is not visible to agate's connection`);
+      this.rules.set(key, { rules: row.rules, at: Date.now() });
+      return row.rules;
+    } finally {
+      this.release(c);
+    }
+  }
+  private readonly rules = new Map<string, { rules: boolean; at: number }>();
 
   /** PREPARE's name for each parameter type: "unknown" where the Parse left it to the server. */
   async typeList(oids: number[]): Promise<string[]> {
@@ -258,6 +289,10 @@ export class WriteEstimates {
         if (!p?.write) return unknown[i]!;
         if (!p.job || !p.path || path === undefined) return unknown[i]!;
         try {
+          // INSERT … VALUES: as many rows as it lists, unless a rule on the table may do more.
+          const listed = s.kind === "insert" ? s.estimated_rows : undefined;
+          const at = path.kind === "set" ? path.value : undefined;
+          if (typeof listed === "number" && !(await ctx.estimator.hasRules(s.writes[0]!, at).catch(() => true))) return withEstimate(unknown[i]!, listed);
           const job = await this.bind(ctx.estimator, p.job, bound.params, types);
           return withEstimate(unknown[i]!, await ctx.estimator.rows(job, path.kind === "set" ? path.value : undefined));
         } catch (e) {
