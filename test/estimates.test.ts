@@ -211,6 +211,19 @@ describe("writes that run at once, and writes that cannot be estimated", () => {
     expect(await count()).toBe(ROWS);
   });
 
+  test("the planner runs read-only: a function it folds cannot write (the estimate fails, the write is held)", async () => {
+    // IMMUTABLE, so the planner folds it; its SELECT of nextval() is a write only a read-only transaction stops.
+    await db.psql(`CREATE SEQUENCE IF NOT EXISTS side_effects; ALTER SEQUENCE side_effects OWNER TO app_scram;
+      CREATE OR REPLACE FUNCTION sneaky() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN PERFORM nextval('side_effects'); RETURN 1; END $$;`);
+    const c = new pg.Client({ connectionString: gw.url() });
+    c.on("error", () => {});
+    await c.connect();
+    const req = await expectHeld((t) => c.query(t), "DELETE FROM big WHERE id = sneaky()", () => c.end());
+    expect(req.estimate).toBe("DELETE: no estimate could be made");
+    expect((await db.psql("SELECT is_called FROM side_effects")).trim()).toBe("f");
+    expect(await serverLog()).toContain("cannot execute nextval() in a read-only transaction");
+  });
+
   test("a plain SET search_path that committed is followed: the next write is estimated under it", async () => {
     await db.psql("CREATE SCHEMA IF NOT EXISTS other; CREATE TABLE IF NOT EXISTS other.big (id int PRIMARY KEY, v text); ALTER SCHEMA other OWNER TO app_scram; ALTER TABLE other.big OWNER TO app_scram;");
     const c = new pg.Client({ connectionString: gw.url() });

@@ -46,7 +46,7 @@ import type { PgTarget } from "./upstream.ts";
 
 /** How long the planner may take for one estimate. */
 export const ESTIMATE_TIMEOUT_MS = 2000;
-/** Connections per target for estimates (each estimate holds one for a round trip). */
+/** Connections per target for estimates (estimates are pipelined on them, in turn). */
 const POOL_SIZE = 4;
 /** Suffixes tried when looking for the statement inside EXPLAIN or PREPARE. */
 const MAX_INNER_TRIES = 64;
@@ -69,10 +69,14 @@ type PathState = { kind: "default" } | { kind: "set"; value: string } | undefine
 
 /** The gateway's connections for estimates, one pool per target (beside the catalog's connection). */
 export class Estimator {
-  /** Single-connection clients (a max-1 client pipelines what is sent on it, in order): all made, and those free. */
+  /**
+   * Single-connection clients, taken in turn. One client sends what it is
+   * given in order, pipelined, each query with its own Sync, so several
+   * estimates share a connection: each sends all its statements (BEGIN …
+   * ROLLBACK) in one synchronous pass, which nothing else can interleave.
+   */
   private readonly all: postgres.Sql[] = [];
-  private readonly idle: postgres.Sql[] = [];
-  private readonly waiting: ((c: postgres.Sql) => void)[] = [];
+  private turn = 0;
   private readonly typeNames = new Map<number, string>();
 
   constructor(private readonly target: PgTarget) {}
@@ -83,12 +87,13 @@ export class Estimator {
    * which this pool's connections have).
    */
   async rows(job: Job, path?: string): Promise<number> {
-    const c = await this.acquire();
-    try {
-      const steps: Promise<unknown>[] = [
-        c.unsafe("BEGIN READ ONLY"),
-        c.unsafe("SELECT pg_catalog.set_config('statement_timeout', $1, true), pg_catalog.set_config('standard_conforming_strings', 'on', true)", [String(ESTIMATE_TIMEOUT_MS)]),
-      ];
+    const c = this.pick();
+    // Everything below is sent in this one synchronous pass (see `all`).
+    const block = path !== undefined || job.setup.length > 0;
+    {
+      // The connection's own settings make every transaction READ ONLY, with the timeout and standard strings; a
+      // lone EXPLAIN runs in its own implicit transaction, anything more in BEGIN … ROLLBACK.
+      const steps: Promise<unknown>[] = block ? [c.unsafe("BEGIN READ ONLY")] : [];
       // The value as the client wrote it after SET search_path TO: one statement, through the extended protocol.
       if (path !== undefined) steps.push(c.unsafe(`SET LOCAL search_path TO ${path}`));
       for (const s of job.setup) steps.push(c.unsafe(s));
@@ -97,7 +102,8 @@ export class Estimator {
         : undefined;
       if (inferred) steps.push(inferred);
       const plan = c.unsafe(`EXPLAIN (FORMAT JSON) ${job.target}`);
-      steps.push(plan, c.unsafe("ROLLBACK"));
+      steps.push(plan);
+      if (block) steps.push(c.unsafe("ROLLBACK"));
       if (job.setup.length > 0) steps.push(c.unsafe("DEALLOCATE ALL"));
       const settled = await Promise.allSettled(steps);
       const failed = settled.find((s) => s.status === "rejected");
@@ -110,8 +116,6 @@ export class Estimator {
       const rows = (settled[steps.indexOf(plan)] as PromiseFulfilledResult<{ "QUERY PLAN": unknown }[]>).value;
       const out = rows[0]?.["QUERY PLAN"];
       return modifiedRows(typeof out === "string" ? JSON.parse(out) : out);
-    } finally {
-      this.release(c);
     }
   }
 
@@ -124,8 +128,8 @@ export class Estimator {
     const key = `${path ?? ""}\0${relation}`;
     const hit = this.rules.get(key);
     if (hit && Date.now() - hit.at <= RULES_CACHE_MS) return hit.rules;
-    const c = await this.acquire();
-    try {
+    const c = this.pick();
+    {
       const steps: Promise<unknown>[] = [c.unsafe("BEGIN READ ONLY")];
       if (path !== undefined) steps.push(c.unsafe(`SET LOCAL search_path TO ${path}`));
       const name = relation.split(".").map((p) => `"${p.replaceAll('"', '""')}"`).join(".");
@@ -138,8 +142,6 @@ export class Estimator {
       if (!row) throw new AgateError("ESTIMATE_RELATION", `relation ${relation} is not visible to agate's connection`);
       this.rules.set(key, { rules: row.rules, at: Date.now() });
       return row.rules;
-    } finally {
-      this.release(c);
     }
   }
   private readonly rules = new Map<string, { rules: boolean; at: number }>();
@@ -148,15 +150,10 @@ export class Estimator {
   async typeList(oids: number[]): Promise<string[]> {
     const missing = [...new Set(oids.filter((o) => o !== 0 && !this.typeNames.has(o)))];
     if (missing.length > 0) {
-      const c = await this.acquire();
-      try {
-        const rows = await c<{ oid: string; name: string }[]>`
-          SELECT t.oid::pg_catalog.int8::text AS oid, pg_catalog.format_type(t.oid, NULL) AS name
-          FROM pg_catalog.pg_type t WHERE t.oid::pg_catalog.int8 = ANY(pg_catalog.string_to_array(${missing.join(",")}, ',')::pg_catalog.int8[])`;
-        for (const r of rows) this.typeNames.set(Number(r.oid), r.name);
-      } finally {
-        this.release(c);
-      }
+      const rows = await this.pick()<{ oid: string; name: string }[]>`
+        SELECT t.oid::pg_catalog.int8::text AS oid, pg_catalog.format_type(t.oid, NULL) AS name
+        FROM pg_catalog.pg_type t WHERE t.oid::pg_catalog.int8 = ANY(pg_catalog.string_to_array(${missing.join(",")}, ',')::pg_catalog.int8[])`;
+      for (const r of rows) this.typeNames.set(Number(r.oid), r.name);
     }
     return oids.map((o) => {
       if (o === 0) return "unknown";
@@ -167,27 +164,13 @@ export class Estimator {
   }
 
   async close(): Promise<void> {
-    const all = this.all.splice(0);
-    this.idle.length = 0;
-    await Promise.all(all.map((c) => c.end({ timeout: 1 })));
+    await Promise.all(this.all.splice(0).map((c) => c.end({ timeout: 1 })));
   }
 
-  private acquire(): Promise<postgres.Sql> {
-    const free = this.idle.pop();
-    if (free) return Promise.resolve(free);
-    if (this.all.length < POOL_SIZE) {
-      const c = this.client();
-      this.all.push(c);
-      return Promise.resolve(c);
-    }
-    return new Promise((resolve) => this.waiting.push(resolve));
-  }
-
-  private release(c: postgres.Sql): void {
-    if (!this.all.includes(c)) return;
-    const next = this.waiting.shift();
-    if (next) next(c);
-    else this.idle.push(c);
+  /** The next client in turn (made on first use, up to POOL_SIZE). */
+  private pick(): postgres.Sql {
+    if (this.all.length < POOL_SIZE) this.all.push(this.client());
+    return this.all[this.turn++ % this.all.length]!;
   }
 
   private client(): postgres.Sql {
@@ -206,7 +189,12 @@ export class Estimator {
       connect_timeout: Math.ceil(t.connect_timeout_ms / 1000),
       onnotice: () => {},
       // No search_path here: these sessions keep the role's default, as a client's session starts with it.
-      connection: { application_name: "agate estimates" },
+      connection: {
+        application_name: "agate estimates",
+        default_transaction_read_only: true,
+        statement_timeout: ESTIMATE_TIMEOUT_MS,
+        standard_conforming_strings: "on",
+      },
     });
   }
 }
