@@ -62,6 +62,14 @@ async function count(): Promise<number> {
   return Number((await db.psql("SELECT count(*) FROM big")).trim());
 }
 
+/** A node-postgres client through the gateway (simple protocol for queries without parameters); errors after end() are ignored. */
+async function client(): Promise<pg.Client> {
+  const c = new pg.Client({ connectionString: gw.url() });
+  c.on("error", () => {});
+  await c.connect();
+  return c;
+}
+
 const serverLog = () => Bun.file(`${db.dir}/server.log`).text();
 
 /** Run `text` with a fresh client; the statement must be held: returns the request, then the client is closed (withdrawing it). */
@@ -93,9 +101,7 @@ const DISGUISED = [
 describe("disguised writes on a table of 5000 rows are held with the planner's estimate", () => {
   for (const text of DISGUISED) {
     test(`simple protocol (node-postgres): ${text}`, async () => {
-      const c = new pg.Client({ connectionString: gw.url() });
-      await c.connect();
-      c.on("error", () => {});
+      const c = await client();
       const req = await expectHeld((t) => c.query(t), text, () => c.end());
       expect(req.reasons.join(" ")).toContain("agate.sql.approve_large_write");
       expect(req.estimate).toMatch(/estimated [\d,]+ rows \(planner\)/);
@@ -120,9 +126,7 @@ describe("disguised writes on a table of 5000 rows are held with the planner's e
   });
 
   test("EXECUTE of a statement PREPAREd earlier in the session is judged as that statement", async () => {
-    const c = new pg.Client({ connectionString: gw.url() });
-    c.on("error", () => {});
-    await c.connect();
+    const c = await client();
     await c.query("PREPARE del_all AS DELETE FROM big");
     const req = await expectHeld((t) => c.query(t), "EXECUTE del_all", () => c.end());
     expect(req.command.facts[0]).toMatchObject({ kind: "delete", tag: "DELETE", estimated_rows: 5000 });
@@ -155,8 +159,7 @@ describe("disguised writes on a table of 5000 rows are held with the planner's e
 
 describe("writes that run at once, and writes that cannot be estimated", () => {
   test("a small targeted write (WHERE id = 1, estimated 1 row) runs at once, in both protocols", async () => {
-    const c = new pg.Client({ connectionString: gw.url() });
-    await c.connect();
+    const c = await client();
     expect((await c.query("UPDATE big SET v = 'one' WHERE id = 1")).rowCount).toBe(1);
     await c.end();
     const sql = postgres(gw.url(), { max: 1 });
@@ -178,17 +181,13 @@ describe("writes that run at once, and writes that cannot be estimated", () => {
   });
 
   test("a write whose estimate cannot be made is held: a temporary table only the session has, a search_path set in the same query", async () => {
-    const c = new pg.Client({ connectionString: gw.url() });
-    c.on("error", () => {});
-    await c.connect();
+    const c = await client();
     await c.query("CREATE TEMP TABLE mine (id int)");
     const req = await expectHeld((t) => c.query(t), "DELETE FROM mine WHERE id = 1", () => c.end());
     expect(req.reasons).toEqual(["agate.sql.approve_unestimated_write: DELETE changes rows and its row estimate could not be made (statement 1: DELETE)"]);
     expect(req.estimate).toBe("DELETE: no estimate could be made");
 
-    const d = new pg.Client({ connectionString: gw.url() });
-    d.on("error", () => {});
-    await d.connect();
+    const d = await client();
     const text = "SET search_path TO public; DELETE FROM big WHERE id = 3";
     const held = await expectHeld((t) => d.query(t), text, () => d.end());
     expect(held.reasons.join(" ")).toContain("agate.sql.approve_unestimated_write");
@@ -197,14 +196,10 @@ describe("writes that run at once, and writes that cannot be estimated", () => {
 
   test("binary Bind values (node-postgres sends a Buffer in binary format, type unspecified): a bytea one is estimated; one the server reads as text is not", async () => {
     await db.psql(`CREATE TABLE IF NOT EXISTS blobs (id int, b bytea); TRUNCATE blobs; INSERT INTO blobs SELECT g, 'x'::bytea FROM generate_series(1, ${ROWS}) g; ANALYZE blobs; ALTER TABLE blobs OWNER TO app_scram;`);
-    const c = new pg.Client({ connectionString: gw.url() });
-    c.on("error", () => {});
-    await c.connect();
+    const c = await client();
     const req = await expectHeld((t) => c.query(t, [Buffer.from("y")]), "DELETE FROM blobs WHERE b <> $1", () => c.end());
     expect(req.estimate).toBe("DELETE: estimated 5,000 rows (planner)");
-    const d = new pg.Client({ connectionString: gw.url() });
-    d.on("error", () => {});
-    await d.connect();
+    const d = await client();
     // As text, '\\x25' would match few rows where '%' matches all: such a value is never guessed at.
     const text = await expectHeld((t) => d.query(t, [Buffer.from("%")]), "DELETE FROM big WHERE v LIKE $1", () => d.end());
     expect(text.estimate).toBe("DELETE: no estimate could be made");
@@ -215,9 +210,7 @@ describe("writes that run at once, and writes that cannot be estimated", () => {
     // IMMUTABLE, so the planner folds it; its SELECT of nextval() is a write only a read-only transaction stops.
     await db.psql(`CREATE SEQUENCE IF NOT EXISTS side_effects; ALTER SEQUENCE side_effects OWNER TO app_scram;
       CREATE OR REPLACE FUNCTION sneaky() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN PERFORM nextval('side_effects'); RETURN 1; END $$;`);
-    const c = new pg.Client({ connectionString: gw.url() });
-    c.on("error", () => {});
-    await c.connect();
+    const c = await client();
     const req = await expectHeld((t) => c.query(t), "DELETE FROM big WHERE id = sneaky()", () => c.end());
     expect(req.estimate).toBe("DELETE: no estimate could be made");
     expect((await db.psql("SELECT is_called FROM side_effects")).trim()).toBe("f");
@@ -226,9 +219,7 @@ describe("writes that run at once, and writes that cannot be estimated", () => {
 
   test("a plain SET search_path that committed is followed: the next write is estimated under it", async () => {
     await db.psql("CREATE SCHEMA IF NOT EXISTS other; CREATE TABLE IF NOT EXISTS other.big (id int PRIMARY KEY, v text); ALTER SCHEMA other OWNER TO app_scram; ALTER TABLE other.big OWNER TO app_scram;");
-    const c = new pg.Client({ connectionString: gw.url() });
-    c.on("error", () => {});
-    await c.connect();
+    const c = await client();
     await c.query("SET search_path TO other");
     // other.big is empty and never analysed: a point delete on its key is estimated at 1 row.
     expect((await c.query("DELETE FROM big WHERE id = 4")).rowCount).toBe(0);
@@ -239,8 +230,7 @@ describe("writes that run at once, and writes that cannot be estimated", () => {
 
   test("a statement the policy refuses never reaches the target's planner", async () => {
     const marker = "agate_refused_marker_7f3";
-    const c = new pg.Client({ connectionString: gw.url() });
-    await c.connect();
+    const c = await client();
     const err = await c.query(`DELETE FROM big WHERE v = pg_read_file('/etc/hostname') || '${marker}'`).catch((e: Error) => e);
     expect((err as Error).message).toContain("agate.sql.deny_server_function");
     await c.end();

@@ -71,8 +71,9 @@ export interface SqlStatement {
    * Statements that change rows when they run (INSERT/UPDATE/DELETE/MERGE,
    * a data-modifying WITH, EXPLAIN ANALYZE of one, EXECUTE of a prepared
    * one): the rows the target's planner estimates its ModifyTable nodes
-   * touch (EXPLAIN without ANALYZE, summed); null when the estimate could
-   * not be made. Absent on statements that write no rows, and on COPY FROM.
+   * touch (EXPLAIN without ANALYZE, summed; INSERT … VALUES: the rows it
+   * lists, unless the table has rules); null when the estimate could not be
+   * made. Absent on statements that write no rows, and on COPY FROM.
    */
   estimated_rows?: number | null;
   /** DECLARE/FETCH/MOVE/CLOSE: the cursor; PREPARE/EXECUTE/DEALLOCATE: the prepared statement (absent for CLOSE ALL, DEALLOCATE ALL). */

@@ -27,7 +27,7 @@
 import postgres from "postgres";
 import { AgateError } from "../../core/errors.ts";
 import { Estimator } from "./estimate.ts";
-import type { PgTarget } from "./upstream.ts";
+import { ownConnection, type PgTarget } from "./upstream.ts";
 
 /** A named column of a table or view. */
 export interface ColumnName {
@@ -119,20 +119,7 @@ export class Catalog {
   }
 
   private connection(): postgres.Sql {
-    const t = this.target;
-    this.sql ??= postgres({
-      host: t.host,
-      port: t.port,
-      database: t.database,
-      username: t.user,
-      ...(t.password !== undefined ? { password: t.password } : {}),
-      ssl: t.sslmode === "disable" ? false : t.sslmode === "require" ? "require" : "verify-full",
-      max: 1,
-      idle_timeout: 60,
-      connect_timeout: Math.ceil(t.connect_timeout_ms / 1000),
-      onnotice: () => {},
-      connection: { application_name: "agate catalog", search_path: "" },
-    });
+    this.sql ??= postgres({ ...ownConnection(this.target), connection: { application_name: "agate catalog", search_path: "" } });
     return this.sql;
   }
 

@@ -41,8 +41,9 @@ import { AgateError, asError } from "../../core/errors.ts";
 import type { Guard } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
+import { binaryAsText } from "./binary.ts";
 import { analyzeSql } from "./sql.ts";
-import type { PgTarget } from "./upstream.ts";
+import { ownConnection, type PgTarget } from "./upstream.ts";
 
 /** How long the planner may take for one estimate. */
 export const ESTIMATE_TIMEOUT_MS = 2000;
@@ -89,10 +90,10 @@ export class Estimator {
   async rows(job: Job, path?: string): Promise<number> {
     const c = this.pick();
     // Everything below is sent in this one synchronous pass (see `all`).
-    const block = path !== undefined || job.setup.length > 0;
+    const block = path !== undefined;
     {
-      // The connection's own settings make every transaction READ ONLY, with the timeout and standard strings; a
-      // lone EXPLAIN runs in its own implicit transaction, anything more in BEGIN … ROLLBACK.
+      // The connection's own settings make every transaction READ ONLY, with the timeout and standard strings:
+      // each statement runs in its own implicit one, unless SET LOCAL search_path needs BEGIN … ROLLBACK.
       const steps: Promise<unknown>[] = block ? [c.unsafe("BEGIN READ ONLY")] : [];
       // The value as the client wrote it after SET search_path TO: one statement, through the extended protocol.
       if (path !== undefined) steps.push(c.unsafe(`SET LOCAL search_path TO ${path}`));
@@ -174,20 +175,10 @@ export class Estimator {
   }
 
   private client(): postgres.Sql {
-    const t = this.target;
     return postgres({
-      host: t.host,
-      port: t.port,
-      database: t.database,
-      username: t.user,
-      ...(t.password !== undefined ? { password: t.password } : {}),
-      ssl: t.sslmode === "disable" ? false : t.sslmode === "require" ? "require" : "verify-full",
-      max: 1,
-      idle_timeout: 60,
+      ...ownConnection(this.target),
       prepare: false,
       fetch_types: false,
-      connect_timeout: Math.ceil(t.connect_timeout_ms / 1000),
-      onnotice: () => {},
       // No search_path here: these sessions keep the role's default, as a client's session starts with it.
       connection: {
         application_name: "agate estimates",
@@ -447,48 +438,22 @@ function withEstimate(s: SqlStatement, rows: number | null | undefined): SqlStat
 
 /**
  * A Bind value as a literal for EXECUTE: text as a standard string; binary
- * ones of the common types decoded, and one without a declared type as bytea
- * (checked against the type the server infers, Job.bytea).
+ * ones decoded to the text PostgreSQL would print (binary.ts), and one
+ * without a declared type as bytea (checked against the type the server
+ * infers, Job.bytea).
  */
 function literal(v: string | null, type: number): string {
   if (v === null) return "NULL";
   if (!v.startsWith("base64:")) return quote(v);
   const b = Buffer.from(v.slice(7), "base64");
-  const exact = (n: number) => {
-    if (b.length !== n) throw new AgateError("ESTIMATE_BINARY", `a binary parameter of type ${type} has ${b.length} bytes, not ${n}`);
-  };
-  switch (type) {
-    case 0:
-    case BYTEA:
-      return `'\\x${b.toString("hex")}'`;
-    case 16:
-      exact(1);
-      return b[0] ? "'t'" : "'f'";
-    case 21:
-      exact(2);
-      return quote(String(b.readInt16BE(0)));
-    case 23:
-      exact(4);
-      return quote(String(b.readInt32BE(0)));
-    case 20:
-      exact(8);
-      return quote(String(b.readBigInt64BE(0)));
-    case 700:
-      exact(4);
-      return quote(String(b.readFloatBE(0)));
-    case 701:
-      exact(8);
-      return quote(String(b.readDoubleBE(0)));
-    case 25:
-    case 1043:
-    case 19:
-      return quote(new TextDecoder("utf-8", { fatal: true }).decode(b));
-    case 2950:
-      exact(16);
-      return quote(b.toString("hex"));
-    default:
-      throw new AgateError("ESTIMATE_BINARY", `a binary parameter of type ${type} cannot be given to the planner`);
+  let text: string | undefined;
+  try {
+    text = binaryAsText(type === 0 ? BYTEA : type, b);
+  } catch (e) {
+    throw new AgateError("ESTIMATE_BINARY", `a binary parameter of type ${type} is malformed: ${asError(e).message}`);
   }
+  if (text === undefined) throw new AgateError("ESTIMATE_BINARY", `a binary parameter of type ${type} cannot be given to the planner`);
+  return quote(text);
 }
 
 function quote(v: string): string {

@@ -33,6 +33,22 @@ export interface Upstream {
   txStatus: number;
 }
 
+/** porsager options for one of the gateway's own connections to `target` (catalog lookups, estimates). */
+export function ownConnection(target: PgTarget) {
+  return {
+    host: target.host,
+    port: target.port,
+    database: target.database,
+    username: target.user,
+    ...(target.password !== undefined ? { password: target.password } : {}),
+    ssl: target.sslmode === "disable" ? false : target.sslmode === "require" ? ("require" as const) : ("verify-full" as const),
+    max: 1,
+    idle_timeout: 60,
+    connect_timeout: Math.ceil(target.connect_timeout_ms / 1000),
+    onnotice: () => {},
+  };
+}
+
 /** Largest message accepted from the target: PostgreSQL's own 1 GB field limit. */
 export const MAX_BACKEND_MESSAGE_BYTES = 1 << 30;
 
