@@ -315,8 +315,10 @@ export class WriteEstimates {
     if (!params || params.length === 0) return job;
     const literals = params.map((v, i) => literal(v, types?.[i] ?? 0)).join(", ");
     const bytea = params.flatMap((v, i) => (v?.startsWith("base64:") && !types?.[i] ? [i] : []));
-    if (/^EXECUTE\s/i.test(job.target) && job.setup.length > 0) {
-      // A portal bound to a SQL-PREPAREd statement: the Bind values are its arguments (of types agate does not check).
+    if (job.setup.length > 0) {
+      // A portal bound to a SQL-PREPAREd statement (`EXECUTE "p"`, made by agate): the Bind values are its
+      // arguments (of types agate does not check). An EXECUTE with $n arguments cannot be PREPAREd again.
+      if (!/^EXECUTE\s+"(?:[^"]|"")*"$/.test(job.target)) throw new AgateError("ESTIMATE_PARAMS", "an EXECUTE with bound parameters cannot be given to the planner");
       if (bytea.length > 0) throw new AgateError("ESTIMATE_BINARY", "a binary parameter without a declared type cannot be given to the planner");
       return { setup: job.setup, target: `${job.target} (${literals})` };
     }
