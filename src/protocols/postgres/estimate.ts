@@ -261,21 +261,30 @@ export class WriteEstimates {
     const unknown = facts.statements.map((s, i) => withEstimate(plans[i]?.judged ?? s, plans[i]?.write ? null : undefined));
     const preliminary: SqlFacts = { ...facts, statements: unknown };
     command.sql = preliminary;
-    if (writes === 0 || !ctx.guard.preview(ctx.session, command).allow) return;
+    if (writes === 0) return;
+    const at = path?.kind === "set" ? path.value : undefined;
+    const failed = (s: SqlStatement, e: unknown) => ctx.log("warn", "a write's row estimate could not be made; the policy sees null", { session: ctx.session.id, statement: s.tag, error: asError(e).message });
+    // INSERT … VALUES: as many rows as it lists, unless a rule on the table may do more (a catalog lookup, not the statement).
+    const listed = await Promise.all(
+      facts.statements.map(async (s, i) => {
+        const rows = s.kind === "insert" && plans[i]?.write && plans[i]!.path && path !== undefined ? s.estimated_rows : undefined;
+        return typeof rows === "number" && !(await ctx.estimator.hasRules(s.writes[0]!, at).catch(() => true)) ? rows : undefined;
+      }),
+    );
+    const planner = plans.some((p, i) => p?.write && p.job && p.path && path !== undefined && listed[i] === undefined);
+    // The planner sees nothing of a command the policy refuses.
+    if (planner && !ctx.guard.preview(ctx.session, command).allow) return;
     const estimated = await Promise.all(
       facts.statements.map(async (s, i) => {
         const p = plans[i];
         if (!p?.write) return unknown[i]!;
+        if (listed[i] !== undefined) return withEstimate(unknown[i]!, listed[i]!);
         if (!p.job || !p.path || path === undefined) return unknown[i]!;
         try {
-          // INSERT … VALUES: as many rows as it lists, unless a rule on the table may do more.
-          const listed = s.kind === "insert" ? s.estimated_rows : undefined;
-          const at = path.kind === "set" ? path.value : undefined;
-          if (typeof listed === "number" && !(await ctx.estimator.hasRules(s.writes[0]!, at).catch(() => true))) return withEstimate(unknown[i]!, listed);
           const job = await this.bind(ctx.estimator, p.job, bound.params, types);
-          return withEstimate(unknown[i]!, await ctx.estimator.rows(job, path.kind === "set" ? path.value : undefined));
+          return withEstimate(unknown[i]!, await ctx.estimator.rows(job, at));
         } catch (e) {
-          ctx.log("warn", "a write's row estimate could not be made; the policy sees null", { session: ctx.session.id, statement: s.tag, error: asError(e).message });
+          failed(s, e);
           return unknown[i]!;
         }
       }),
