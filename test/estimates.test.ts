@@ -217,6 +217,14 @@ describe("writes that run at once, and writes that cannot be estimated", () => {
     expect(await serverLog()).toContain("cannot execute nextval() in a read-only transaction");
   });
 
+  test("with standard_conforming_strings off in the session, the planner reads the texts with it off too", async () => {
+    const c = await client();
+    await c.query("SET standard_conforming_strings = off");
+    const req = await expectHeld((t) => c.query(t), "DELETE FROM big WHERE v <> 'x'", () => c.end());
+    expect(req.estimate).toMatch(/^DELETE: estimated [\d,]+ rows \(planner\)$/);
+    expect(await serverLog()).toContain("SET LOCAL standard_conforming_strings TO off");
+  });
+
   test("a plain SET search_path that committed is followed: the next write is estimated under it", async () => {
     await db.psql("CREATE SCHEMA IF NOT EXISTS other; CREATE TABLE IF NOT EXISTS other.big (id int PRIMARY KEY, v text); ALTER SCHEMA other OWNER TO app_scram; ALTER TABLE other.big OWNER TO app_scram;");
     const c = await client();

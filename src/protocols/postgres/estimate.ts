@@ -85,17 +85,20 @@ export class Estimator {
   /**
    * The rows `job` is planned to modify, or throws. `path`: the session's
    * search_path as written after SET … TO (undefined: the role's default,
-   * which this pool's connections have).
+   * which this pool's connections have); `scsOff`: the session has
+   * standard_conforming_strings off, and its texts are read so.
    */
-  async rows(job: Job, path?: string): Promise<number> {
+  async rows(job: Job, path?: string, scsOff = false): Promise<number> {
     const c = this.pick();
     // Everything below is sent in this one synchronous pass (see `all`).
-    const block = path !== undefined;
+    const block = path !== undefined || scsOff;
     {
       // The connection's own settings make every transaction READ ONLY, with the timeout and standard strings:
       // each statement runs in its own implicit one, unless SET LOCAL search_path needs BEGIN … ROLLBACK.
       const steps: Promise<unknown>[] = block ? [c.unsafe("BEGIN READ ONLY")] : [];
       // The value as the client wrote it after SET search_path TO: one statement, through the extended protocol.
+      // The session's quoting rules first: the texts below were written under them.
+      if (scsOff) steps.push(c.unsafe("SET LOCAL standard_conforming_strings TO off"));
       if (path !== undefined) steps.push(c.unsafe(`SET LOCAL search_path TO ${path}`));
       for (const s of job.setup) steps.push(c.unsafe(s));
       const inferred = job.bytea?.length
@@ -233,7 +236,7 @@ export class WriteEstimates {
     const facts = command.sql;
     if (!facts || command.invalid) return;
     const parse = bound.paramTypes !== undefined;
-    const path = this.scs ? this.path : undefined;
+    const path = this.path;
     const local = new Map(ctx.prepared);
     let pathKnown = this.path !== undefined;
     const plans: (Plan | undefined)[] = [];
@@ -282,7 +285,7 @@ export class WriteEstimates {
         if (!p.job || !p.path || path === undefined) return unknown[i]!;
         try {
           const job = await this.bind(ctx.estimator, p.job, bound.params, types);
-          return withEstimate(unknown[i]!, await ctx.estimator.rows(job, at));
+          return withEstimate(unknown[i]!, await ctx.estimator.rows(job, at, !this.scs));
         } catch (e) {
           failed(s, e);
           return unknown[i]!;
@@ -292,7 +295,7 @@ export class WriteEstimates {
     command.sql = { ...facts, statements: estimated };
   }
 
-  /** A ParameterStatus from the target: with standard_conforming_strings off, literals would read differently on agate's connection, so no estimate is made. */
+  /** A ParameterStatus from the target: with standard_conforming_strings off, the planner reads the session's texts with it off too. */
   parameter(name: string | undefined, value: string | undefined): void {
     if (name === "standard_conforming_strings") this.scs = value !== "off";
   }
@@ -467,7 +470,8 @@ function literal(v: string | null, type: number): string {
   return quote(text);
 }
 
+/** An escape string: read the same whatever standard_conforming_strings is. */
 function quote(v: string): string {
   if (v.includes("\0")) throw new AgateError("ESTIMATE_BINARY", "a parameter holds a zero byte");
-  return `'${v.replaceAll("'", "''")}'`;
+  return `E'${v.replaceAll("\\", "\\\\").replaceAll("'", "''")}'`;
 }
