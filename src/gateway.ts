@@ -17,6 +17,7 @@ import type { Logger } from "./core/log.ts";
 import { AccountStore } from "./identity/accounts.ts";
 import { Identities } from "./identity/index.ts";
 import { createPolicyEngine } from "./policy/index.ts";
+import { logPrivileges } from "./protocols/postgres/doctor.ts";
 import { listenPostgres, type PgListener } from "./protocols/postgres/server.ts";
 import { initSql } from "./protocols/postgres/sql.ts";
 
@@ -88,7 +89,10 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
   const listeners: PgListener[] = [];
   const described: Gateway["listeners"] = [];
   let admin: ReturnType<typeof Bun.serve> | null = null;
+  // What each target credential can do, logged in the background (never delaying or failing start-up).
+  const privilegeChecks = new AbortController();
   const shutdown = async () => {
+    privilegeChecks.abort();
     // Held commands end (recorded, "the gateway is shutting down") before their sessions close and before the log closes.
     await approvals.close();
     await Promise.all(listeners.map((l) => l.close({ sessions: true })));
@@ -129,6 +133,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     await shutdown();
     throw e;
   }
+  for (const c of config.connections) void logPrivileges(c.name, c.target, log, privilegeChecks.signal);
   return {
     listeners: described,
     ...(admin ? { admin: { host: config.admin!.host, port: admin.port! } } : {}),

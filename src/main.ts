@@ -21,6 +21,7 @@ import { AccountStore } from "./identity/accounts.ts";
 import { createApiKey } from "./identity/apikey.ts";
 import { login } from "./identity/login.ts";
 import { buildPolicies, checkFresh } from "./policy/build.ts";
+import { formatReport, inspectTarget } from "./protocols/postgres/doctor.ts";
 
 const HELP = `agate ${pkg.version}: an identity-aware gateway that decides every command by policy, masks what comes back and records it
 
@@ -28,6 +29,7 @@ Usage: agate <command> [options]
 
 Commands:
   serve --config FILE        run the gateway (listeners, policy, audit log) until SIGINT/SIGTERM
+  doctor --config FILE       report what each target's configured credential can do beyond an application's work
   verify --log DIR --key K   check the audit log: frames, chain, Merkle tree, signed checkpoints; exit 1 naming the first bad record or checkpoint
   proof ...                  prove a record is in the log, or that one checkpoint extends another
   policy build               compile policies/ into wasm/ with the OPA compiler (opa build -t wasm)
@@ -54,6 +56,34 @@ Options:
   -c, --config FILE   configuration file (required)
   -h, --help          this help`,
     run: serve,
+  },
+  doctor: {
+    help: `Usage: agate doctor --config FILE [--json]
+
+Connects to the target of every connection in FILE exactly as the gateway
+does (host, port, database, user, password, sslmode) and reports what that
+credential can do beyond an application's work: superuser, CREATEROLE,
+CREATEDB, REPLICATION, BYPASSRLS; membership, direct or inherited, in
+pg_execute_server_program, pg_write_server_files, pg_read_server_files,
+pg_signal_backend, pg_read_all_settings, pg_read_all_data, pg_write_all_data
+and pg_create_subscription (where the server has them); ownership of the
+database. A role the credential can SET ROLE to counts as its own. For each
+such credential it prints the SQL that creates a least-privilege role to
+use instead. 'agate serve' logs the same findings as warnings at start-up.
+
+Exit status:
+  0  every target's credential is least-privilege
+  1  a credential holds one of the privileges above
+  2  the configuration is invalid, or a target cannot be reached or refuses
+     the credential (2 wins over 1: the check is incomplete)
+
+Options:
+  -c, --config FILE   configuration file (required; checked as serve checks it,
+                      so password_env variables must be set)
+      --json          one JSON document on stdout:
+                      {status, connections: [{connection, target, status, findings, error, advice}]}
+  -h, --help          this help`,
+    run: doctorCommand,
   },
   verify: {
     help: `Usage: agate verify --log DIR --key KEY [--checkpoint FILE]...
@@ -243,6 +273,26 @@ async function serve(argv: string[]): Promise<number> {
     process.once("SIGTERM", () => stop("SIGTERM"));
   });
   return 0;
+}
+
+async function doctorCommand(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { config: { type: "string", short: "c" }, json: { type: "boolean" } } });
+  if (!values.config) throw new AgateError("USAGE", "doctor needs --config FILE");
+  let config;
+  try {
+    config = loadConfig(values.config);
+  } catch (e) {
+    if (!(e instanceof AgateError)) throw e;
+    process.stderr.write(`agate: ${e.message} [${e.code}]\n`);
+    if (values.json) console.log(JSON.stringify({ status: "invalid", error: { code: e.code, message: e.message }, connections: [] }));
+    return 2;
+  }
+  const reports = await Promise.all(config.connections.map((c) => inspectTarget(c.name, c.target)));
+  const status = reports.some((r) => r.status === "unreachable") ? "unreachable" : reports.some((r) => r.status === "risk") ? "risk" : "ok";
+  if (values.json) console.log(JSON.stringify({ status, connections: reports }));
+  else if (reports.length === 0) console.log(`${values.config} has no connections: nothing to check`);
+  else process.stdout.write(reports.map((r, i) => formatReport(r, i)).join("\n"));
+  return status === "unreachable" ? 2 : status === "risk" ? 1 : 0;
 }
 
 /** A verifier key given inline (name+id+key) or as a file holding one. */

@@ -178,6 +178,12 @@ connections:
       expect(denied.code).not.toBe(0);
       expect(denied.stderr).toContain("42501");
       expect(denied.stderr).toContain("agate.sql.deny_drop");
+
+      // The same config, checked by the executable alone: app_scram is least-privilege.
+      const doctor = await run(["./agate", "doctor", "--config", "agate.yaml"], { env: { ...env, AGATE_TEST_PG_PASSWORD: pg.password } });
+      expect(doctor.stderr).toBe("");
+      expect(doctor.stdout).toContain("ok  least privilege");
+      expect(doctor.code).toBe(0);
     } finally {
       gw.kill("SIGTERM");
     }

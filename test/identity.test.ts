@@ -408,6 +408,15 @@ describe("refused at login", () => {
         code: "AUTH_TOKEN_ISSUER",
       },
       { name: "user name not the token's", user: "atk-mallory", token: await iss.sign({ sub: "carol", groups: ["dba"] }), says: `"atk-mallory" does not match the token`, code: "AUTH_USER_MISMATCH" },
+      {
+        name: "a crit header naming an extension agate does not implement (RFC 7515 §4.1.11)",
+        user: "atk-crit",
+        token: await iss.sign({ sub: "atk-crit" }, { header: { crit: ["urn:example:must-understand"], "urn:example:must-understand": true }, crit: { "urn:example:must-understand": true } }),
+        says: `the token marks the header extension "urn:example:must-understand" critical`,
+        code: "AUTH_TOKEN_CRIT",
+      },
+      { name: "valid for longer than 24 h (exp - iat)", user: "atk-long", token: await iss.sign({ sub: "atk-long", iat: now - 60, exp: now + 86_400 }), says: "valid for 86460 s", code: "AUTH_TOKEN_LIFETIME" },
+      { name: "no iat and more than 24 h left", user: "atk-long-noiat", token: await iss.sign({ sub: "atk-long-noiat", iat: undefined, exp: now + 2 * 86_400 }), says: "has no iat), longer than the 86400 s", code: "AUTH_TOKEN_LIFETIME" },
     ];
     for (const a of attacks) await expectRefused(main, a);
     // None of them opened a session.
@@ -415,6 +424,45 @@ describe("refused at login", () => {
     expect((await records(main)).filter((x) => x.type === "session_start" && users.has(x.identity?.subject))).toEqual([]);
     // The real token whose payload was tampered with still works as issued.
     expect((await psqlAs(main.port, "atk-tampered", valid, "select 1")).stdout.trim()).toBe("1");
+  });
+
+  test("max_token_lifetime_s: 24 h by default, per issuer; a real provider's longer-lived tokens are refused, tokens inside the limit accepted", async () => {
+    const now = nowS();
+    // Inside the default limit, with iat (exactly 24 h) and without it.
+    for (const [user, claims] of [
+      ["svc-day", { iat: now, exp: now + 86_400 }],
+      ["svc-noiat", { iat: undefined, exp: now + 600 }],
+    ] as const) {
+      const r = await psqlAs(main.port, user, await iss.sign({ sub: user, ...claims }), "select 1");
+      expect(r.stderr, user).toBe("");
+      expect(r.stdout.trim(), user).toBe("1");
+    }
+    // A provider issuing 2 h tokens, trusted with a 1 h limit.
+    const long = await startIssuer({ audience: "agate", accessTokenTTL: 7200 });
+    const g = await startTestGateway(db, { config: { identity: { oidc: [{ issuer: long.issuer, audience: "agate", max_token_lifetime_s: 3600 }] } } });
+    try {
+      const token = await long.clientToken();
+      const c = decodeJwt(token);
+      expect(c.exp! - c.iat!).toBe(7200);
+      const r = await psqlAs(g.port, long.serviceClient.clientId, token, "select 1");
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain("the token is valid for 7200 s");
+      expect(r.stderr).toContain("longer than the 3600 s this issuer's max_token_lifetime_s allows");
+      const refused = await waitRecord(g, (x) => x.type === "session_refused" && x.code === "AUTH_TOKEN_LIFETIME", "session_refused AUTH_TOKEN_LIFETIME");
+      expect(refused.user).toBe(long.serviceClient.clientId);
+      // The same provider's key, a token inside the limit.
+      const ok = await psqlAs(g.port, "svc-hour", await long.sign({ sub: "svc-hour", iat: now, exp: now + 3600 }), "select 1");
+      expect(ok.stdout.trim()).toBe("1");
+    } finally {
+      await g.close();
+      await long.close();
+    }
+    const dir = mkdtempSync(join(tmp, "cfg-"));
+    writeFileSync(join(dir, "audit.key"), generateKey("agate.test/audit").signerKey, { mode: 0o600 });
+    const oidc = (max: unknown) => parseConfig({ audit: { signing_key: "./audit.key" }, identity: { oidc: [{ issuer: iss.issuer, audience: "agate", ...(max !== undefined ? { max_token_lifetime_s: max } : {}) }] } }, dir, {}).identity.oidc[0]!;
+    expect(oidc(undefined).max_token_lifetime_s).toBe(86_400);
+    expect(oidc(600).max_token_lifetime_s).toBe(600);
+    expect(() => oidc(0)).toThrow("identity.oidc[0].max_token_lifetime_s is 0; expected seconds from 1 to 2592000");
   });
 
   test("JWKS unreachable: cached keys serve until jwks_cache_s, then logins are refused; back when the provider is", async () => {

@@ -65,7 +65,7 @@ function writePolicies(name: string, files: Record<string, string>): string {
 }
 
 function stmt(over: Partial<SqlStatement> & Pick<SqlStatement, "kind" | "node" | "tag">): SqlStatement {
-  return { reads: [], writes: [], functions: [], columns: [], whole_row: false, text: over.tag, ...over };
+  return { reads: [], writes: [], functions: [], columns: [], whole_row: false, settings: [], text: over.tag, ...over };
 }
 
 const SELECT = stmt({ kind: "select", node: "SelectStmt", tag: "SELECT", reads: ["public.users"] });
@@ -88,7 +88,7 @@ function sqlInput(statements: SqlStatement[], connection = "prod-db"): object {
     identity: { subject: "alice@example.com", issuer: "https://idp.test", groups: ["dev"], kind: "agent" },
     connection: { name: connection, protocol: "postgres", target: "127.0.0.1:5432/app" },
     session: { id: "s-1", started_at: "2025-06-01T12:00:00Z" },
-    command: { text: statements.map((s) => s.text).join("; "), sql: { statements, multi: statements.length > 1 } },
+    command: { text: statements.map((s) => s.text).join("; "), sql: { statements, multi: statements.length > 1, catalog: { known: true } } },
   };
 }
 
@@ -158,7 +158,7 @@ describe("the committed bundle (wasm/policy.wasm)", () => {
       const d = engine.decide(sqlInput([{ ...SELECT, functions: ["now", fn] }]));
       expect(d.allow).toBe(false);
       expect(d.reasons).toEqual([
-        `agate.sql.deny_server_function: calling ${fn}() is not allowed: it reaches outside the database (statement 1: SELECT)`,
+        `agate.sql.deny_server_function: calling ${fn}() is not allowed: it reaches outside the database or acts on the server or other sessions (statement 1: SELECT)`,
       ]);
     }
   });

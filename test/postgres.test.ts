@@ -99,19 +99,21 @@ SELECT owner FROM accounts WHERE id = 2000;`;
     expect(r.stdout.trim().split("\n")).toEqual(["BEGIN", "INSERT 0 1", "1", "COMMIT", "tx"]);
   });
 
-  test("settings under which PostgreSQL would lex SQL differently from agate make agate refuse ambiguous statements", async () => {
-    // With standard_conforming_strings off, PostgreSQL reads backslashes in '…' as escapes; agate's parser does not.
+  test("agate reads SQL as the target does, whatever standard_conforming_strings and client_encoding say", async () => {
+    // With standard_conforming_strings off, PostgreSQL reads backslashes in '…' as escapes, and so does agate.
     const script = "SET standard_conforming_strings = off;\nSELECT 'a\\\\' AS x;\nSELECT 1 AS plain;\nSET standard_conforming_strings = on;\nSELECT 'a\\\\' AS x;\n";
     const r = await sh(["psql", "-X", "-At", gw.url(), "-f", "-"], { stdin: script });
-    expect(r.stderr).toContain("standard_conforming_strings is off");
-    expect(r.stdout.trim().split("\n")).toEqual(["SET", "1", "SET", "a\\\\"]);
+    expect(r.stderr).not.toContain("ERROR"); // PostgreSQL's own WARNING about the nonstandard backslash is relayed
+    expect(r.stdout.trim().split("\n")).toEqual(["SET", "a\\", "1", "SET", "a\\\\"]);
     const enc = await sh(["psql", "-X", "-At", gw.url(), "-f", "-"], { stdin: "SET client_encoding = 'SJIS';\nSELECT 'ü';\nSET client_encoding = 'UTF8';\nSELECT 'ü';" });
-    expect(enc.stderr).toContain("client_encoding is SJIS");
-    expect(enc.stdout.trim().split("\n")).toEqual(["SET", "SET", "ü"]);
+    // psql sends ü's UTF-8 bytes, which in SJIS are two half-width katakana: valid, and returned as sent.
+    expect(enc.stderr).toBe("");
+    expect(enc.stdout.trim().split("\n")).toEqual(["SET", "ü", "SET", "ü"]);
   });
 
   test("COPY FROM STDIN and COPY TO STDOUT stream through", async () => {
-    await psql(gw.url(), "CREATE TABLE copied (id int, note text)");
+    // CREATE TABLE waits for approval through agate (approve_ddl): made directly.
+    await db.psql("CREATE TABLE copied (id int, note text); ALTER TABLE copied OWNER TO app_scram");
     const rows = Array.from({ length: 5000 }, (_, i) => `${i}\tnote ${i}`).join("\n") + "\n";
     const load = await sh(["psql", "-X", gw.url(), "-c", "\\copy copied FROM STDIN"], { stdin: rows });
     expect(load.stderr).toBe("");
@@ -201,7 +203,7 @@ describe("porsager/postgres", () => {
   test("COPY through porsager's streams", async () => {
     const sql = postgres(gw.url(), { max: 1 });
     try {
-      await sql`CREATE TABLE IF NOT EXISTS streamed (n int)`;
+      await sql`CREATE TEMP TABLE IF NOT EXISTS streamed (n int)`;
       const writable = await sql`COPY streamed FROM STDIN`.writable();
       await new Promise<void>((done, fail) => {
         writable.on("error", fail);
@@ -245,8 +247,8 @@ describe("porsager/postgres", () => {
       await Bun.sleep(200);
       await sql`SELECT pg_notify('agate_test', 'hello')`;
       expect(await got).toBe("hello");
-      await sql`CREATE TABLE IF NOT EXISTS noticed (id int)`;
-      await sql`CREATE TABLE IF NOT EXISTS noticed (id int)`;
+      await sql`CREATE TEMP TABLE IF NOT EXISTS noticed (id int)`;
+      await sql`CREATE TEMP TABLE IF NOT EXISTS noticed (id int)`;
       expect(notices.some((m) => m.includes("already exists"))).toBe(true);
     } finally {
       await sql.end();
@@ -262,7 +264,7 @@ describe("node-postgres", () => {
       const named = { name: "by-id", text: "SELECT owner FROM accounts WHERE id = $1", values: [5] };
       expect((await client.query(named)).rows).toEqual([{ owner: "owner-5" }]);
       expect((await client.query({ ...named, values: [6] })).rows).toEqual([{ owner: "owner-6" }]);
-      const err = await client.query("ALTER TABLE accounts ADD COLUMN x int").then(() => null, (e) => e);
+      const err = await client.query("ALTER TABLE accounts DROP COLUMN owner").then(() => null, (e) => e);
       expect(err?.code).toBe("42501");
       expect(err?.message).toContain("agate.sql.deny_alter");
       const err2 = await client.query({ text: "SELECT pg_read_file($1)", values: ["/etc/hostname"] }).then(() => null, (e) => e);
@@ -306,21 +308,75 @@ describe("wire protocol robustness", () => {
     });
   }
 
-  test("an oversized startup packet is refused with 08P01", async () => {
+  /** The session_refused record of the client at local port `port`, polling (refusals are group-committed, not awaited). */
+  async function refusedFrom(port: number): Promise<Record<string, any>> {
+    for (let i = 0; i < 200; i++) {
+      const r = (await records()).find((x: Record<string, any>) => x.type === "session_refused" && x.client?.port === port);
+      if (r) return r;
+      await Bun.sleep(20);
+    }
+    throw new Error(`no session_refused record for client port ${port}`);
+  }
+
+  /** Connect, send `first`; on the password request send `then`; resolve with the reply and our local port once the server closes. */
+  function refusedExchange(first: Buffer, then?: Buffer): Promise<{ reply: Buffer; port: number }> {
+    return new Promise((resolve) => {
+      const chunks: Buffer[] = [];
+      let port = 0;
+      const s = net.connect(gw.port, "127.0.0.1", () => {
+        port = s.localPort!;
+        s.write(first);
+      });
+      s.on("data", (c: Buffer) => {
+        chunks.push(c);
+        if (then && c[0] === 0x52) s.write(then);
+      });
+      s.on("close", () => resolve({ reply: Buffer.concat(chunks), port }));
+      s.on("error", () => {});
+    });
+  }
+
+  test("an oversized startup packet is refused with 08P01 and recorded as session_refused with the client's address", async () => {
     const b = Buffer.alloc(8);
     b.writeInt32BE(1 << 20, 0);
     b.writeInt32BE(196608, 4);
-    const reply = await rawExchange(b);
+    const { reply, port } = await refusedExchange(b);
     expect(reply[0]).toBe(0x45); // ErrorResponse
     expect(reply.toString()).toContain("08P01");
+    const r = await refusedFrom(port);
+    expect(r.client).toEqual({ address: "127.0.0.1", port, tls: false });
+    expect(r.connection.name).toBe("app-db");
+    expect(r.code).toBe("PROTOCOL_VIOLATION");
+    expect(r.sqlstate).toBe("08P01");
+    expect(r.reason).toBe("the startup packet: message of 1048576 bytes exceeds the limit of 10000 bytes");
+    expect(r.user).toBeUndefined();
   });
 
-  test("an unknown protocol version is refused", async () => {
+  test("an oversized password message is refused with 08P01 and recorded, without the message's bytes", async () => {
+    const secret = "agk_secret_in_an_oversized_password_message";
+    const startup = startupPacket((w) => w.i32(196608).cstr("user").cstr("big-talker").cstr("database").cstr("app").cstr("application_name").cstr("wire-test").u8(0));
+    // Declares 100000 bytes and starts sending them: the gateway refuses at the length, before buffering the body.
+    const head = Buffer.alloc(5);
+    head[0] = 0x70;
+    head.writeInt32BE(100_000, 1);
+    const { reply, port } = await refusedExchange(startup, Buffer.concat([head, Buffer.from(`${secret}\0`)]));
+    expect(reply.toString()).toContain("08P01");
+    const r = await refusedFrom(port);
+    expect(r.client).toEqual({ address: "127.0.0.1", port, tls: false, application: "wire-test" });
+    expect(r.user).toBe("big-talker");
+    expect(r.code).toBe("PROTOCOL_VIOLATION");
+    expect(r.reason).toBe("the password message: message of 100000 bytes exceeds the limit of 65536 bytes");
+    expect(JSON.stringify(await records())).not.toContain(secret);
+  });
+
+  test("an unknown protocol version is refused, and recorded like every refusal before a credential", async () => {
     const b = Buffer.alloc(8);
     b.writeInt32BE(8, 0);
     b.writeInt32BE(2 << 16, 4);
-    const reply = await rawExchange(b);
+    const { reply, port } = await refusedExchange(b);
     expect(reply.toString()).toContain("0A000");
+    const r = await refusedFrom(port);
+    expect([r.code, r.sqlstate, r.reason]).toEqual(["PROTOCOL_UNSUPPORTED", "0A000", "unsupported frontend protocol 2.0: agate speaks 3.0"]);
   });
 
   test("GSSENCRequest is declined and SSLRequest answered N without TLS configured", async () => {

@@ -428,7 +428,7 @@ console.log(JSON.stringify({ notReady, wasm, facts: analyzeSql("select 1") }));
     expect(out.wasm.startsWith("/$bunfs/")).toBe(true); // served from inside the executable
     expect(out.facts).toEqual({
       statements: [
-        { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], columns: [], whole_row: false, text: "select 1" },
+        { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], columns: [], whole_row: false, settings: [], text: "select 1" },
       ],
       multi: false,
     });
@@ -472,6 +472,10 @@ describe("literal shapes: inlined values share one parse", () => {
       "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);",
       "SELECT pg_read_file('/etc/hostname')",
       "COPY t FROM '/tmp/x'",
+      // facts read from a literal: never shared by shape
+      "SELECT set_config('application_name', 'x', false)",
+      "SELECT current_setting('search_path')",
+      "COPY t TO STDOUT (FORMAT 'csv')",
     ];
     for (const text of texts) {
       const variant = text.replace(/\d+/g, (d) => String(Number(d) + 1)).replace(/'[^']*'/g, "'other'");
@@ -483,5 +487,39 @@ describe("literal shapes: inlined values share one parse", () => {
       expect(viaShape).toEqual(fresh);
       expect(viaShape.statements[0]!.text).toBe(fresh.statements[0]!.text);
     }
+  });
+});
+
+describe("settings, temporary objects, subcommands and inner statements", () => {
+  test("SET, RESET, SHOW, set_config() and current_setting() name their settings", () => {
+    const names = (text: string) => analyzeSql(text).statements.flatMap((s) => s.settings.map((x) => [x.name, x.action, x.local, x.call]));
+    expect(names("SET LOCAL log_statement = none")).toEqual([["log_statement", "set", true, false]]);
+    expect(names("SET ROLE postgres")).toEqual([["role", "set", false, false]]);
+    expect(names("SET SESSION AUTHORIZATION postgres")).toEqual([["session_authorization", "set", false, false]]);
+    expect(names("SET TIME ZONE 'UTC'")).toEqual([["timezone", "set", false, false]]);
+    expect(names("RESET ALL")).toEqual([["all", "reset", false, false]]);
+    expect(names("SHOW ALL")).toEqual([["all", "show", false, false]]);
+    expect(names("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY")).toEqual([
+      ["transaction_isolation", "set", false, false],
+      ["transaction_read_only", "set", false, false],
+    ]);
+    expect(names("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")).toEqual([["default_transaction_read_only", "set", false, false]]);
+    expect(names("SELECT set_config('Log_Statement', 'none', true)")).toEqual([["log_statement", "set", true, true]]);
+    expect(names("SELECT pg_catalog.set_config(setting_name => 'log_statement'::text, new_value => 'none', is_local => false)")).toEqual([["log_statement", "set", false, true]]);
+    expect(names("SELECT set_config(n, 'none', false) FROM (VALUES ('log_statement')) v(n)")).toEqual([[null, "set", false, true]]);
+    expect(names("SELECT current_setting('data_directory')")).toEqual([["data_directory", "show", false, true]]);
+    expect(names("SELECT 1")).toEqual([]);
+  });
+
+  test("temporary objects, ALTER TABLE subcommands, statements inside others", () => {
+    expect(one("CREATE TEMP TABLE t (a int)").temp).toBe(true);
+    expect(one("CREATE TABLE pg_temp.t AS SELECT 1").temp).toBe(true);
+    expect(one("SELECT 1 INTO TEMP t").temp).toBe(true);
+    expect(one("CREATE TABLE t (a int)").temp).toBe(false);
+    expect(one("ALTER TABLE t ADD COLUMN b int, DROP COLUMN c").subcommands).toEqual(["AT_AddColumn", "AT_DropColumn"]);
+    expect(one("EXPLAIN ANALYZE DELETE FROM t").inner).toEqual([{ kind: "delete", node: "DeleteStmt", tag: "DELETE" }]);
+    expect(one("PREPARE p AS UPDATE t SET a = 1").inner?.map((s) => s.node)).toEqual(["UpdateStmt"]);
+    expect(one("CREATE SCHEMA s CREATE TABLE t (a int) GRANT SELECT ON t TO PUBLIC").inner?.map((s) => s.tag)).toEqual(["CREATE TABLE", "GRANT"]);
+    expect(one("SELECT 1").inner).toBeUndefined();
   });
 });

@@ -13,28 +13,46 @@
 # What the default policy does:
 #
 #   session  allowed for any verified identity (identity.subject non-empty).
-#   command  allowed, unless a rule below denies ANY statement in it:
-#              agate.sql.deny_drop             DROP of anything
+#   command  an allowlist (sql.rego): ordinary application work is allowed
+#            (queries, data changes, transactions, cursors, PREPARE/EXECUTE,
+#            EXPLAIN, COPY STDIN/STDOUT, LISTEN/NOTIFY, SHOW, allowed SETs,
+#            LOCK, temporary tables, …), unless a rule denies ANY statement in it.
+#            Statements off the allowlist, by what they are:
+#              agate.sql.deny_statement        anything not allowed, held or named below
+#                                              (CREATE ROLE, GRANT, CREATE RULE, ALTER SYSTEM, …)
+#              agate.sql.deny_drop             DROP of schema objects
 #              agate.sql.deny_truncate         TRUNCATE
-#              agate.sql.deny_alter            ALTER of anything, and RENAME
-#              agate.sql.deny_server_function  functions that reach outside the
-#                                              database: pg_read_file, pg_ls_dir,
-#                                              lo_import, lo_export, dblink*, ...
+#              agate.sql.deny_alter            ALTER of relations and types beyond additions
+#              agate.sql.deny_opaque_code      DO blocks, CREATE/ALTER FUNCTION/PROCEDURE, LOAD:
+#                                              code whose effects no rule can see
+#              agate.sql.deny_function_binding CREATE OPERATOR/AGGREGATE/CAST/TRIGGER/EVENT TRIGGER,
+#                                              base types: later statements would call functions unseen
+#              agate.sql.deny_external_access  extensions, foreign data wrappers, servers, tables,
+#                                              user mappings, subscriptions, tablespaces
+#            On the facts (the target's catalog's included), in any statement:
+#              agate.sql.deny_catalog_write    writes to pg_catalog, information_schema, pg_toast
+#              agate.sql.deny_privileged_function  functions PUBLIC may not execute
+#              agate.sql.deny_security_definer SECURITY DEFINER functions
+#              agate.sql.deny_untrusted_function   user functions in untrusted languages, not from an extension
+#              agate.sql.deny_unknown_function functions the catalog does not have
+#              agate.sql.deny_server_function  functions that reach outside the database or act on
+#                                              the server or other sessions: pg_read_file, lo_export,
+#                                              dblink*, pg_terminate_backend, pg_reload_conf, ...
+#              agate.sql.deny_dynamic_sql      functions that run SQL given as a string or read tables
+#                                              by name: query_to_xml*, table_to_xml*, ts_rewrite, ts_stat, ...
+#              agate.sql.deny_server_config    pg_settings, pg_hba_file_rules, pg_authid, pg_stat_activity,
+#                                              pg_stats, ..., SHOW ALL, superuser-only settings
+#              agate.sql.deny_setting          SET/set_config of settings outside the allowlist
+#                                              (data.agate.config.allow_settings extends it)
 #              agate.sql.deny_copy_program     COPY ... PROGRAM
 #              agate.sql.deny_copy_file        COPY to or from a server file
-#              agate.sql.deny_opaque_code      DO blocks, CREATE FUNCTION/PROCEDURE, LOAD:
-#                                              code whose effects no rule can see
-#              agate.sql.deny_function_binding CREATE OPERATOR/AGGREGATE/CAST/EVENT TRIGGER, base
-#                                              types: later statements would call functions unseen
-#              agate.sql.deny_external_access  CREATE EXTENSION, foreign data wrappers, servers,
-#                                              foreign tables, IMPORT FOREIGN SCHEMA, CREATE TABLESPACE
-#              agate.sql.deny_dynamic_sql      functions that run SQL given as a string:
-#                                              query_to_xml*, ts_stat, crosstab*, connectby
+#              agate.sql.deny_catalog_unknown  the target's catalog could not be asked
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
-#            and held for approval (approvals.rego):
-#              agate.sql.approve_large_write       a write the planner estimates to touch
-#                                                  more than approvals.max_rows rows
-#              agate.sql.approve_unestimated_write a write whose estimate could not be made
+#            and held for approval:
+#              agate.sql.approve_ddl           CREATE TABLE/INDEX/VIEW/..., ALTER TABLE ... ADD COLUMN (ddl.rego)
+#              agate.sql.approve_large_write   a write the planner estimates to touch more than
+#                                              approvals.max_rows rows (approvals.rego)
+#              agate.sql.approve_unestimated_write a write whose estimate could not be made (approvals.rego)
 #   other    a missing or unknown stage is denied (agate.policy.deny_unknown_stage).
 #
 # Every deny reason starts with the rule's name, so operators can see which
@@ -42,8 +60,9 @@
 #
 # Escape hatch: switching rules off with data
 #
-#   The agate.sql.* rules can be allowed, everywhere or per connection, by
-#   naming them (short "deny_drop" or full "agate.sql.deny_drop") in data:
+#   Every agate.sql.* rule (deny and approve) can be switched off, everywhere
+#   or per connection, by naming it (short "deny_drop" or full
+#   "agate.sql.deny_drop") in data:
 #
 #     {"agate": {"config": {
 #        "allow_rules": ["deny_truncate"],

@@ -18,7 +18,7 @@ sql_command(connection, statements) := {
 	"now": "2025-01-01T00:00:00Z",
 	"identity": {"subject": "alice@example.com", "issuer": "https://idp.example.com", "groups": [], "kind": "agent"},
 	"connection": {"name": connection, "protocol": "postgres", "target": "127.0.0.1:5432/app"},
-	"command": {"text": "", "sql": {"statements": statements, "multi": count(statements) > 1}},
+	"command": {"text": "", "sql": {"statements": statements, "multi": count(statements) > 1, "catalog": {"known": true}}},
 }
 
 drop_table := {

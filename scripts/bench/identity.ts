@@ -69,7 +69,7 @@ async function rate<T>(inputs: T[], f: (x: T) => Promise<unknown>): Promise<numb
 }
 
 const verifier = new OidcVerifier([
-  { issuer, audience: ["agate"], algorithms: ["RS256", "ES256"], clock_skew_s: 60, groups_claim: "groups", actor_claim: "act", kind: "human", jwks_cache_s: 600, jwks_cooldown_s: 30 },
+  { issuer, audience: ["agate"], algorithms: ["RS256", "ES256"], clock_skew_s: 60, groups_claim: "groups", actor_claim: "act", kind: "human", jwks_cache_s: 600, jwks_cooldown_s: 30, max_token_lifetime_s: 86_400 },
 ]);
 const fmt = (x: number) => Math.round(x).toLocaleString("en-US");
 try {

@@ -34,6 +34,7 @@
  *   oidc:                         # optional: OIDC issuers whose tokens are accepted
  *     - issuer: https://idp.example.com
  *       audience: agate
+ *       max_token_lifetime_s: 86400   # refuse tokens valid longer (exp - iat)
  * connections:
  *   - name: app-db
  *     protocol: postgres
@@ -272,7 +273,7 @@ function parseShip(o: Record<string, unknown>, env: Record<string, string | unde
 const DEFAULT_ALGORITHMS = ["RS256", "PS256", "ES256", "EdDSA"];
 
 function parseOidc(o: Record<string, unknown>, at: string): OidcIssuerConfig {
-  only(o, at, ["issuer", "audience", "algorithms", "clock_skew_s", "groups_claim", "actor_claim", "kind", "jwks_uri", "jwks_cache_s", "jwks_cooldown_s", "user_claims"]);
+  only(o, at, ["issuer", "audience", "algorithms", "clock_skew_s", "groups_claim", "actor_claim", "kind", "jwks_uri", "jwks_cache_s", "jwks_cooldown_s", "user_claims", "max_token_lifetime_s"]);
   const issuer = str(o.issuer, `${at}.issuer`);
   let url: URL;
   try {
@@ -295,6 +296,9 @@ function parseOidc(o: Record<string, unknown>, at: string): OidcIssuerConfig {
     if (v < 0 || v > max) throw invalid(`${at}.${name}`, v, `seconds from 0 to ${max}`);
     return v;
   };
+  // A day by default; up to 30 days for providers that issue long-lived tokens (0 would refuse every token).
+  const lifetime = seconds("max_token_lifetime_s", 86_400, 2_592_000);
+  if (lifetime < 1) throw invalid(`${at}.max_token_lifetime_s`, lifetime, "seconds from 1 to 2592000");
   return {
     issuer,
     audience,
@@ -306,6 +310,7 @@ function parseOidc(o: Record<string, unknown>, at: string): OidcIssuerConfig {
     ...(o.jwks_uri !== undefined ? { jwks_uri: str(o.jwks_uri, `${at}.jwks_uri`) } : {}),
     jwks_cache_s: seconds("jwks_cache_s", 600, 86_400),
     jwks_cooldown_s: seconds("jwks_cooldown_s", 30, 3600),
+    max_token_lifetime_s: lifetime,
     user_claims: o.user_claims === undefined ? ["sub", "preferred_username", "email"] : list(o.user_claims, "user_claims"),
   };
 }

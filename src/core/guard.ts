@@ -145,6 +145,11 @@ export class Guard {
     this.pipeline = compose([this.identityStep(), this.decideStep(), this.maskStep(), this.approvalStep(), this.recordStep()]);
   }
 
+  /** The version of the policy that decides now (caches of policy input facts are kept per version). */
+  get policyVersion(): string {
+    return this.deps.policy.version;
+  }
+
   /**
    * Verify the credential, ask the policy (stage "session"), and record the
    * session start durably. Throws AgateError: AUTH_FAILED, SESSION_DENIED,
@@ -152,7 +157,7 @@ export class Guard {
    */
   async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential): Promise<Session> {
     const refuse = (e: AgateError) => {
-      this.later({ type: "session_refused", connection, client, user: credential.user, code: e.code, reason: e.message, ...(identity ? { identity } : {}) });
+      this.sessionRefused(connection, client, e, { user: credential.user, ...(identity ? { identity } : {}) });
       return e;
     };
     let identity: Identity | undefined;
@@ -169,6 +174,17 @@ export class Guard {
     }
     await this.deps.audit.append({ type: "session_start", session: session.id, identity, connection, client, policy: this.deps.policy.version });
     return session;
+  }
+
+  /**
+   * Record a session refused: by openSession, or by a protocol before any
+   * credential was verified (a malformed or oversized startup or password
+   * message, a client without TLS, a login timeout). `user` is the name the
+   * client gave, if it got that far. The reason must carry no secret: never
+   * the client's password message.
+   */
+  sessionRefused(connection: ConnectionRef, client: ClientInfo, error: AgateError, facts: { user?: string; identity?: Identity; sqlstate?: string } = {}): void {
+    this.later({ type: "session_refused", connection, client, ...facts, code: error.code, reason: error.message });
   }
 
   /**

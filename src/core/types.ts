@@ -80,14 +80,96 @@ export interface SqlStatement {
   name?: string;
   /** COPY: direction, whether it reads or writes a server file or program, and its format ("text", "csv", "binary"). */
   copy?: { direction: "from" | "to"; program: boolean; file: boolean; stdio: boolean; format: string };
+  /**
+   * Settings the statement sets, resets or reads: SET/RESET/SET LOCAL/SHOW
+   * (SET ROLE is "role", SET SESSION AUTHORIZATION "session_authorization",
+   * RESET ALL and SHOW ALL "all") and set_config()/current_setting() calls
+   * (`call`), names lower-case; null when a call's name is not a constant.
+   * `context` is the catalog's (see SqlSetting).
+   */
+  settings: SqlSetting[];
+  /** CREATE TABLE/VIEW/SEQUENCE/TABLE AS, SELECT INTO: whether the relation is temporary (TEMP, or schema pg_temp). */
+  temp?: boolean;
+  /** ALTER TABLE: its subcommands, as libpg-query names them ("AT_AddColumn", "AT_DropColumn", …). */
+  subcommands?: string[];
+  /** Statements run as part of this one: the body of EXPLAIN, PREPARE and DECLARE, the elements of CREATE SCHEMA. */
+  inner?: SqlInner[];
+  /** From the target's catalog (src/protocols/postgres/facts.ts): every candidate of every function called. */
+  calls?: SqlCall[];
+  /** From the target's catalog: every candidate of every relation read or written. */
+  relations?: SqlRelation[];
   /** The statement's own text (one statement of a multi-statement query). */
   text: string;
+}
+
+/** A statement nested in another (SqlStatement.inner). */
+export interface SqlInner {
+  kind: string;
+  node: string;
+  tag: string;
+  temp?: boolean;
+  subcommands?: string[];
+}
+
+export interface SqlSetting {
+  name: string | null;
+  action: "set" | "reset" | "show";
+  /** SET LOCAL, or set_config(…, true). */
+  local: boolean;
+  /** Through set_config() or current_setting() rather than SET/RESET/SHOW. */
+  call: boolean;
+  /**
+   * pg_settings.context (internal, postmaster, sighup, superuser-backend,
+   * backend, superuser, user); "placeholder" for a dotted name the server
+   * does not define, "unknown" when it cannot be known (not a constant, not
+   * a setting, catalog unavailable). Added by the catalog lookup.
+   */
+  context?: string;
+}
+
+/** One function a call may resolve to (an unqualified name stands for every schema's function of that name). */
+export interface SqlCall {
+  /** As written, lower-case ("ts_rewrite", "pg_catalog.ts_rewrite"). */
+  name: string;
+  /** False: no function of that name in the catalog (`type`: the name is a type, so the call is a cast). */
+  found: boolean;
+  type?: boolean;
+  schema: string | null;
+  /** function | procedure | aggregate | window */
+  kind: string | null;
+  /** PUBLIC may execute it (proacl NULL, or an EXECUTE grant to PUBLIC). */
+  public: boolean | null;
+  /** immutable | stable | volatile */
+  volatility: string | null;
+  language: string | null;
+  /** The language is trusted (pg_language.lanpltrusted); internal and c are not. */
+  trusted: boolean | null;
+  security_definer: boolean | null;
+  /** Built in (OID below 16384) rather than user-defined. */
+  builtin: boolean | null;
+  /** The extension it belongs to, if any. */
+  extension: string | null;
+}
+
+/** One relation a name read or written may resolve to. */
+export interface SqlRelation {
+  /** As written ("pg_class", "public.users"). */
+  name: string;
+  access: "read" | "write";
+  found: boolean;
+  schema: string | null;
+  /** table | partitioned table | view | materialized view | foreign table | sequence | index | partitioned index | composite type | toast table; null when not found */
+  kind: string | null;
+  /** In a catalog schema: pg_catalog, information_schema, pg_toast*. */
+  catalog: boolean;
 }
 
 export interface SqlFacts {
   statements: SqlStatement[];
   /** True when the query string held more than one statement. */
   multi: boolean;
+  /** Whether the catalog facts (calls, relations, settings' context) could be looked up; absent before the lookup. */
+  catalog?: { known: boolean; error?: string };
 }
 
 /** One thing asked of the target. */

@@ -12,7 +12,11 @@
  * A token is checked for: a configured issuer (its `iss` picks which), a
  * signature by one of that issuer's keys with an algorithm from the
  * allow-list (never `none`, never HMAC: the keys are public), `aud`, `exp`,
- * `nbf` and `iat` within the configured clock skew. Errors say what failed
+ * `nbf` and `iat` within the configured clock skew, a lifetime (`exp - iat`,
+ * or `exp - now` for a token without `iat`) of at most
+ * `max_token_lifetime_s`, and no `crit` header: agate implements no JWS
+ * extension, so a token that marks one critical is refused (RFC 7515
+ * §4.1.11). Errors say what failed
  * ("token expired", "audience mismatch", "unknown signing key") and never
  * carry key material.
  */
@@ -42,6 +46,8 @@ export interface OidcIssuerConfig {
   jwks_uri?: string;
   jwks_cache_s: number;
   jwks_cooldown_s: number;
+  /** Longest accepted lifetime, `exp - iat` (or `exp - now` without `iat`), in seconds. */
+  max_token_lifetime_s: number;
 }
 
 /** Algorithms that can be on the allow-list: asymmetric signatures only. */
@@ -79,10 +85,10 @@ export class OidcVerifier {
    */
   async verify(token: string, user?: string): Promise<Identity> {
     let claims: JWTPayload;
-    let alg: string | undefined;
+    let header: ReturnType<typeof decodeProtectedHeader>;
     try {
       claims = decodeJwt(token);
-      alg = decodeProtectedHeader(token).alg;
+      header = decodeProtectedHeader(token);
     } catch {
       throw new AgateError("AUTH_TOKEN_MALFORMED", "the token is not a well-formed JWT");
     }
@@ -91,9 +97,11 @@ export class OidcVerifier {
       throw new AgateError("AUTH_TOKEN_ISSUER", `the token's issuer ${typeof claims.iss === "string" ? JSON.stringify(claims.iss.slice(0, 200)) : "(none)"} is not configured`);
     }
     const { cfg } = issuer;
+    const alg = header.alg;
     if (!alg || !cfg.algorithms.includes(alg)) {
       throw new AgateError("AUTH_TOKEN_ALGORITHM", `the token's algorithm ${JSON.stringify(String(alg).slice(0, 20))} is not allowed (allowed: ${cfg.algorithms.join(", ")})`);
     }
+    if (header.crit !== undefined) throw critical(header.crit);
     const keys = await this.#keys(issuer);
     let payload: JWTPayload;
     try {
@@ -110,6 +118,15 @@ export class OidcVerifier {
     const now = Date.now() / 1000;
     if (typeof payload.iat === "number" && payload.iat > now + cfg.clock_skew_s) {
       throw new AgateError("AUTH_TOKEN_NOT_YET_VALID", "the token was issued in the future (check the clocks)");
+    }
+    // exp is required above. Without iat the lifetime left is judged: a token that claims no issue time gets no benefit of the doubt.
+    const lifetime = typeof payload.iat === "number" ? payload.exp! - payload.iat : payload.exp! - now;
+    if (lifetime > cfg.max_token_lifetime_s) {
+      const span = typeof payload.iat === "number" ? `from ${iso(payload.iat)} to ${iso(payload.exp!)}` : `until ${iso(payload.exp!)} and has no iat`;
+      throw new AgateError(
+        "AUTH_TOKEN_LIFETIME",
+        `the token is valid for ${Math.round(lifetime)} s (${span}), longer than the ${cfg.max_token_lifetime_s} s this issuer's max_token_lifetime_s allows; ask the provider for shorter-lived tokens`,
+      );
     }
     if (user !== undefined) {
       const claims = cfg.user_claims ?? ["sub"];
@@ -190,6 +207,24 @@ async function jwksUri(issuer: string): Promise<string> {
   }
   if (typeof doc.jwks_uri !== "string") throw new AgateError("AUTH_ISSUER_UNREACHABLE", `the identity provider ${issuer} publishes no jwks_uri; refusing`);
   return doc.jwks_uri;
+}
+
+/** A Unix time as RFC 3339 (an absurd one as the number). */
+function iso(t: number): string {
+  const d = new Date(t * 1000);
+  return Number.isNaN(d.getTime()) ? String(t) : d.toISOString();
+}
+
+/** A token with a crit header: name what it marks critical, which agate does not implement. */
+function critical(crit: unknown): AgateError {
+  if (!Array.isArray(crit) || crit.length === 0 || crit.some((c) => typeof c !== "string" || c === "")) {
+    return new AgateError("AUTH_TOKEN_CRIT", "the token's crit header is not a list of extension names (RFC 7515 §4.1.11)");
+  }
+  const names = crit.slice(0, 5).map((c: string) => JSON.stringify(c.slice(0, 40))).join(", ");
+  return new AgateError(
+    "AUTH_TOKEN_CRIT",
+    `the token marks the header extension ${names}${crit.length > 5 ? " …" : ""} critical (crit); agate implements no JWS extension, so it must refuse the token: ask the provider for tokens without crit`,
+  );
 }
 
 /** A jose failure as a specific, safe sentence. */

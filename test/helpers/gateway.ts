@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateKey } from "../../src/audit/note.ts";
 import { parseConfig } from "../../src/config/index.ts";
-import { createLogger } from "../../src/core/log.ts";
+import { createLogger, type Logger } from "../../src/core/log.ts";
 import { startGateway, type Gateway } from "../../src/gateway.ts";
 import { hashApiKey } from "../../src/identity/apikey.ts";
 import type { TestPostgres } from "./postgres.ts";
@@ -28,7 +28,7 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
-export async function startTestGateway(pg: TestPostgres, opts: { connection?: Record<string, unknown>; config?: Record<string, unknown>; audit?: Record<string, unknown>; targetUser?: string; env?: Record<string, string | undefined> } = {}): Promise<TestGateway> {
+export async function startTestGateway(pg: TestPostgres, opts: { connection?: Record<string, unknown>; config?: Record<string, unknown>; audit?: Record<string, unknown>; targetUser?: string; env?: Record<string, string | undefined>; log?: Logger } = {}): Promise<TestGateway> {
   const dir = mkdtempSync(join(tmpdir(), "agate-gw-"));
   const auditDir = join(dir, "audit");
   const { signerKey, verifierKey } = generateKey("agate.test/audit");
@@ -53,7 +53,7 @@ export async function startTestGateway(pg: TestPostgres, opts: { connection?: Re
     dir,
     { ...process.env, ...opts.env },
   );
-  const gateway = await startGateway(config, createLogger(config.log_level));
+  const gateway = await startGateway(config, opts.log ?? createLogger(config.log_level));
   const port = gateway.listeners[0]!.port;
   return {
     gateway,

@@ -67,9 +67,10 @@ export interface TestIssuer {
    * them, and a claim given as `undefined` is removed. Header defaults:
    * `{alg: "RS256", kid: <current>, typ: "at+jwt"}`. `alg: "ES256"` uses the
    * published P-256 key. `key` overrides the signing key (e.g. HS256 with the
-   * public key bytes: the alg-confusion attack).
+   * public key bytes: the alg-confusion attack). `crit` names the header
+   * extensions the signer lets a `crit` header mark critical.
    */
-  sign(claims: Record<string, unknown>, opts?: { kid?: string | null; alg?: string; header?: Record<string, unknown>; key?: CryptoKey | Uint8Array }): Promise<string>;
+  sign(claims: Record<string, unknown>, opts?: { kid?: string | null; alg?: string; header?: Record<string, unknown>; key?: CryptoKey | Uint8Array; crit?: Record<string, boolean> }): Promise<string>;
   /** A new RSA signing key (new kid) becomes current; the old one stays published unless dropOld. */
   rotateKey(opts?: { dropOld?: boolean }): Promise<void>;
   /** Current RSA public key as JWK (with kid, alg, use). */
@@ -493,7 +494,7 @@ export async function startIssuer(opts: {
       const payload: Record<string, unknown> = { iss: self.issuer, aud: audience, iat: now, exp: now + 300, jti: randomBytes(8).toString("hex"), ...claims };
       for (const k of Object.keys(payload)) if (payload[k] === undefined) delete payload[k];
       const header: Record<string, unknown> = { alg, typ: "at+jwt", ...(o.kid === null ? {} : { kid: o.kid ?? signer.kid }), ...o.header };
-      return new SignJWT(payload).setProtectedHeader(header as { alg: string }).sign(o.key ?? signer.privateKey);
+      return new SignJWT(payload).setProtectedHeader(header as { alg: string }).sign(o.key ?? signer.privateKey, o.crit ? { crit: o.crit } : undefined);
     },
 
     async rotateKey(o = {}) {

@@ -27,7 +27,7 @@
 import postgres from "postgres";
 import { AgateError } from "../../core/errors.ts";
 import { Estimator } from "./estimate.ts";
-import { ownConnection, type PgTarget } from "./upstream.ts";
+import { type PgTarget, targetSql } from "./upstream.ts";
 
 /** A named column of a table or view. */
 export interface ColumnName {
@@ -118,8 +118,9 @@ export class Catalog {
     this.sql = undefined;
   }
 
-  private connection(): postgres.Sql {
-    this.sql ??= postgres({ ...ownConnection(this.target), connection: { application_name: "agate catalog", search_path: "" } });
+  /** The catalog connection (also used for catalog facts, facts.ts). */
+  connection(): postgres.Sql {
+    this.sql ??= targetSql(this.target, { application_name: "agate catalog", search_path: "" }, { max: 1, idle_timeout: 60 });
     return this.sql;
   }
 

@@ -36,14 +36,14 @@
  * The session's search_path is followed (SearchPath below); where agate
  * cannot know it, the estimate is not made (null: held).
  */
-import postgres from "postgres";
+import type postgres from "postgres";
 import { AgateError, asError } from "../../core/errors.ts";
 import type { Guard } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
 import { binaryAsText } from "./binary.ts";
 import { analyzeSql } from "./sql.ts";
-import { ownConnection, type PgTarget } from "./upstream.ts";
+import { type PgTarget, targetSql } from "./upstream.ts";
 
 /** How long the planner may take for one estimate. */
 export const ESTIMATE_TIMEOUT_MS = 2000;
@@ -85,20 +85,18 @@ export class Estimator {
   /**
    * The rows `job` is planned to modify, or throws. `path`: the session's
    * search_path as written after SET … TO (undefined: the role's default,
-   * which this pool's connections have); `scsOff`: the session has
-   * standard_conforming_strings off, and its texts are read so.
+   * which this pool's connections have). The texts are the facts' (read
+   * with standard_conforming_strings on, as lexing.ts writes them).
    */
-  async rows(job: Job, path?: string, scsOff = false): Promise<number> {
+  async rows(job: Job, path?: string): Promise<number> {
     const c = this.pick();
     // Everything below is sent in this one synchronous pass (see `all`).
-    const block = path !== undefined || scsOff;
+    const block = path !== undefined;
     {
       // The connection's own settings make every transaction READ ONLY, with the timeout and standard strings:
       // each statement runs in its own implicit one, unless SET LOCAL search_path needs BEGIN … ROLLBACK.
       const steps: Promise<unknown>[] = block ? [c.unsafe("BEGIN READ ONLY")] : [];
       // The value as the client wrote it after SET search_path TO: one statement, through the extended protocol.
-      // The session's quoting rules first: the texts below were written under them.
-      if (scsOff) steps.push(c.unsafe("SET LOCAL standard_conforming_strings TO off"));
       if (path !== undefined) steps.push(c.unsafe(`SET LOCAL search_path TO ${path}`));
       for (const s of job.setup) steps.push(c.unsafe(s));
       const inferred = job.bytea?.length
@@ -178,18 +176,9 @@ export class Estimator {
   }
 
   private client(): postgres.Sql {
-    return postgres({
-      ...ownConnection(this.target),
-      prepare: false,
-      fetch_types: false,
-      // No search_path here: these sessions keep the role's default, as a client's session starts with it.
-      connection: {
-        application_name: "agate estimates",
-        default_transaction_read_only: true,
-        statement_timeout: ESTIMATE_TIMEOUT_MS,
-        standard_conforming_strings: "on",
-      },
-    });
+    // No search_path here: these sessions keep the role's default, as a client's session starts with it.
+    const settings = { application_name: "agate estimates", default_transaction_read_only: "on", statement_timeout: String(ESTIMATE_TIMEOUT_MS), standard_conforming_strings: "on" };
+    return targetSql(this.target, settings, { max: 1, idle_timeout: 60, prepare: false, fetch_types: false });
   }
 }
 
@@ -219,23 +208,23 @@ export class WriteEstimates {
   private path: PathState = { kind: "default" };
   /** A SET/RESET of search_path that ran alone: it takes effect once its outcome says it committed. */
   private pending: { seq: number; path: PathState } | undefined;
-  /** Parameter types of Parses, by the facts object agate keeps for the statement. */
-  private readonly paramTypes = new WeakMap<SqlFacts, number[]>();
 
   /**
    * Give `command` its writes' estimates (replacing command.sql; the
    * parser's facts are frozen), and an EXECUTE of a SQL-PREPAREd statement
-   * that statement's facts. `bound.paramTypes`: a Parse (not estimated: its
-   * values come at Execute); `bound.params`: an Execute's Bind values.
+   * that statement's facts. `bound.paramTypes` alone: a Parse (not
+   * estimated: its values come at Execute); `bound.params`: an Execute's
+   * Bind values, with its Parse's types. Returns whether writes were
+   * estimated (an Execute is then decided anew, not by its Parse's decision).
    */
   async enrich(
     ctx: { guard: Guard; session: Session; estimator: Estimator; log: Logger; prepared: ReadonlyMap<string, SqlStatement> },
     command: Command,
     bound: { paramTypes?: number[]; params?: (string | null)[] },
-  ): Promise<void> {
+  ): Promise<boolean> {
     const facts = command.sql;
-    if (!facts || command.invalid) return;
-    const parse = bound.paramTypes !== undefined;
+    if (!facts || command.invalid) return false;
+    const parse = bound.params === undefined && bound.paramTypes !== undefined;
     const path = this.path;
     const local = new Map(ctx.prepared);
     let pathKnown = this.path !== undefined;
@@ -253,18 +242,15 @@ export class WriteEstimates {
     const writes = plans.filter((p) => p?.write).length;
     if (parse) {
       // Decided again at Execute with the Bind values; keep the types for then.
-      if (writes > 0 || changed) {
-        command.sql = { ...facts, statements: facts.statements.map((s, i) => plans[i]?.judged ?? s) };
-        this.paramTypes.set(command.sql, bound.paramTypes!);
-      }
-      return;
+      if (changed) command.sql = { ...facts, statements: facts.statements.map((s, i) => plans[i]?.judged ?? s) };
+      return false;
     }
-    if (writes === 0 && !changed) return;
-    const types = this.paramTypes.get(facts);
+    if (writes === 0 && !changed) return false;
+    const types = bound.paramTypes;
     const unknown = facts.statements.map((s, i) => withEstimate(plans[i]?.judged ?? s, plans[i]?.write ? null : undefined));
     const preliminary: SqlFacts = { ...facts, statements: unknown };
     command.sql = preliminary;
-    if (writes === 0) return;
+    if (writes === 0) return false;
     const at = path?.kind === "set" ? path.value : undefined;
     const failed = (s: SqlStatement, e: unknown) => ctx.log("warn", "a write's row estimate could not be made; the policy sees null", { session: ctx.session.id, statement: s.tag, error: asError(e).message });
     // INSERT … VALUES: as many rows as it lists, unless a rule on the table may do more (a catalog lookup, not the statement).
@@ -276,7 +262,7 @@ export class WriteEstimates {
     );
     const planner = plans.some((p, i) => p?.write && p.job && p.path && path !== undefined && listed[i] === undefined);
     // The planner sees nothing of a command the policy refuses.
-    if (planner && !ctx.guard.preview(ctx.session, command).allow) return;
+    if (planner && !ctx.guard.preview(ctx.session, command).allow) return true;
     const estimated = await Promise.all(
       facts.statements.map(async (s, i) => {
         const p = plans[i];
@@ -285,7 +271,7 @@ export class WriteEstimates {
         if (!p.job || !p.path || path === undefined) return unknown[i]!;
         try {
           const job = await this.bind(ctx.estimator, p.job, bound.params, types);
-          return withEstimate(unknown[i]!, await ctx.estimator.rows(job, at, !this.scs));
+          return withEstimate(unknown[i]!, await ctx.estimator.rows(job, at));
         } catch (e) {
           failed(s, e);
           return unknown[i]!;
@@ -293,13 +279,8 @@ export class WriteEstimates {
       }),
     );
     command.sql = { ...facts, statements: estimated };
+    return true;
   }
-
-  /** A ParameterStatus from the target: with standard_conforming_strings off, the planner reads the session's texts with it off too. */
-  parameter(name: string | undefined, value: string | undefined): void {
-    if (name === "standard_conforming_strings") this.scs = value !== "off";
-  }
-  private scs = true;
 
   /** Commands `seqs` were answered (ReadyForQuery): a pending search_path takes effect if its command ran alone, committed and failed nowhere. */
   answered(seqs: number[], failed: boolean, txStatus: number): void {

@@ -36,6 +36,9 @@ export const T = {
   ReadyForQuery: 0x5a, // Z
   RowDescription: 0x54, // T
   NoData: 0x6e, // n
+  ParseComplete: 0x31, // 1
+  BindComplete: 0x32, // 2
+  CloseComplete: 0x33, // 3
   PortalSuspended: 0x73, // s
   EmptyQueryResponse: 0x49, // I
 } as const;
@@ -52,6 +55,30 @@ export function ReadyForQuery(status: number): Buffer {
   return message(T.ReadyForQuery, (w) => w.u8(status));
 }
 
+
+/**
+ * Frontend messages agate sends on a client's connection for itself (a
+ * settings probe; session.ts keeps their answers from the client).
+ */
+export function Parse(statement: string, text: string): Buffer {
+  return message(T.Parse, (w) => w.cstr(statement).cstr(text).i16(0));
+}
+
+/** Bind with no parameters and text results. */
+export function Bind(portal: string, statement: string): Buffer {
+  return message(T.Bind, (w) => w.cstr(portal).cstr(statement).i16(0).i16(0).i16(0));
+}
+
+export function Execute(portal: string): Buffer {
+  return message(T.Execute, (w) => w.cstr(portal).i32(0));
+}
+
+/** Close of a statement ('S') or a portal ('P'). */
+export function Close(kind: "S" | "P", name: string): Buffer {
+  return message(T.Close, (w) => w.u8(kind.charCodeAt(0)).cstr(name));
+}
+
+export const Flush = message(T.Flush);
 
 /** Describe of a portal: agate asks for a portal's columns itself when the client did not. */
 export function DescribePortal(name: string): Buffer {
@@ -107,14 +134,18 @@ export function readErrorFields(body: Buffer): { code: string; message: string; 
 
 export interface ParseMsg {
   name: string;
+  /** The SQL text, read by `decode` (the session's client encoding). */
   text: string;
   paramTypes: number[];
 }
 
-export function readParse(body: Buffer): ParseMsg {
+/** Reads a message's SQL text as the target will: in the session's client encoding. */
+export type TextDecode = (bytes: Uint8Array) => string;
+
+export function readParse(body: Buffer, decode?: TextDecode): ParseMsg {
   const r = new Reader(body);
   const name = r.cstr();
-  const text = r.cstr();
+  const text = r.cstr(decode);
   const n = r.i16();
   const paramTypes: number[] = [];
   for (let i = 0; i < n; i++) paramTypes.push(r.i32());
@@ -130,7 +161,17 @@ export interface BindMsg {
 
 const textDecoder = new TextDecoder("utf-8", { fatal: false });
 
-export function readBind(body: Buffer): BindMsg {
+function readValue(bytes: Uint8Array, decode: TextDecode | undefined): string {
+  if (decode === undefined) return textDecoder.decode(bytes);
+  try {
+    return decode(bytes);
+  } catch {
+    return textDecoder.decode(bytes);
+  }
+}
+
+/** `decode` reads text-format values (the session's client encoding); a value it refuses is read as UTF-8, for the record. */
+export function readBind(body: Buffer, decode?: TextDecode): BindMsg {
   const r = new Reader(body);
   const portal = r.cstr();
   const statement = r.cstr();
@@ -147,7 +188,7 @@ export function readBind(body: Buffer): BindMsg {
     }
     const bytes = r.bytes(len);
     const format = nFormats === 0 ? 0 : nFormats === 1 ? formats[0] : formats[i];
-    params.push(format === 1 ? `base64:${bytes.toString("base64")}` : textDecoder.decode(bytes));
+    params.push(format === 1 ? `base64:${bytes.toString("base64")}` : readValue(bytes, decode));
   }
   return { portal, statement, params };
 }
@@ -163,9 +204,9 @@ export function readTarget(body: Buffer): { kind: number; name: string } {
   return { kind: r.u8(), name: r.cstr() };
 }
 
-/** Query: the SQL text. */
-export function readQuery(body: Buffer): string {
-  return new Reader(body).cstr();
+/** Query: the SQL text, read by `decode` (the session's client encoding). */
+export function readQuery(body: Buffer, decode?: TextDecode): string {
+  return new Reader(body).cstr(decode);
 }
 
 /** StartupMessage parameters (after the protocol version). */

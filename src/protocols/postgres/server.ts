@@ -8,7 +8,7 @@ import { randomInt } from "node:crypto";
 import net from "node:net";
 import tls from "node:tls";
 import { AgateError } from "../../core/errors.ts";
-import type { Guard } from "../../core/guard.ts";
+import type { ClientInfo, Guard } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { ConnectionRef, Session } from "../../core/types.ts";
 import { Framer } from "./framer.ts";
@@ -117,7 +117,8 @@ class Startup {
 
   start(): void {
     this.timer = setTimeout(() => {
-      if (this.stage !== "done") this.refuse("08006", "agate: authentication timed out");
+      if (this.stage === "startup" || this.stage === "password") this.reject("08006", "AUTH_TIMEOUT", "agate: authentication timed out");
+      else if (this.stage !== "done") this.refuse("08006", "agate: authentication timed out");
     }, this.opts.startupTimeoutMs);
     this.sock.on("data", this.onData);
     this.sock.on("error", () => this.sock.destroy());
@@ -138,7 +139,10 @@ class Startup {
         } else throw new ProtocolViolation(`expected a password message, got '${String.fromCharCode(f.type)}'`);
       }
     } catch (e) {
-      this.refuse(e instanceof ProtocolViolation ? "08P01" : "XX000", `agate: ${(e as Error).message}`);
+      // The reason names the message and the broken rule, never the message's bytes (a password message carries the credential).
+      const what = this.stage === "password" ? "the password message" : "the startup packet";
+      const violation = e instanceof ProtocolViolation;
+      this.reject(violation ? "08P01" : "XX000", violation ? "PROTOCOL_VIOLATION" : "STARTUP_FAILED", `agate: ${(e as Error).message}`, what);
     }
   }
 
@@ -172,7 +176,7 @@ class Startup {
       const key = cancelKeys.get(pid);
       // As PostgreSQL does: no answer either way, and a wrong secret is silently ignored.
       if (key && key.secret === secret) {
-        key.guard.cancelRequested(key.session, { address: this.sock.remoteAddress ?? "unknown", port: this.sock.remotePort, tls: this.isTls });
+        key.guard.cancelRequested(key.session, this.client());
         void cancelUpstream(key.target, key.upstreamPid, key.upstreamSecret).catch(() => {});
       }
       this.sock.destroy();
@@ -180,20 +184,20 @@ class Startup {
       return;
     }
     if (code >> 16 !== 3) {
-      this.refuse("0A000", `unsupported frontend protocol ${code >> 16}.${code & 0xffff}: agate speaks 3.0`);
+      this.reject("0A000", "PROTOCOL_UNSUPPORTED", `unsupported frontend protocol ${code >> 16}.${code & 0xffff}: agate speaks 3.0`);
       return;
     }
     this.params = readStartupParams(r);
     if (this.params.replication && this.params.replication !== "false" && this.params.replication !== "0") {
-      this.refuse("42501", "agate: replication connections are not allowed through the gateway");
+      this.reject("42501", "REPLICATION_REFUSED", "agate: replication connections are not allowed through the gateway");
       return;
     }
     if (!this.isTls && (this.opts.tls?.required || !this.opts.allowPlaintextAuth)) {
-      this.refuse("28000", `agate: connection "${this.opts.connection.name}" requires TLS: credentials are never sent in the clear (use sslmode=require)`);
+      this.reject("28000", "TLS_REQUIRED", `agate: connection "${this.opts.connection.name}" requires TLS: credentials are never sent in the clear (use sslmode=require)`);
       return;
     }
     if (!this.params.user) {
-      this.refuse("28000", "agate: no user name in the startup packet");
+      this.reject("28000", "AUTH_NO_USER", "agate: no user name in the startup packet");
       return;
     }
     const minor = code & 0xffff;
@@ -216,11 +220,7 @@ class Startup {
     const remote = this.sock.remoteAddress ?? "unknown";
     let session: Session;
     try {
-      session = await opts.guard.openSession(
-        opts.connection,
-        { address: remote, port: this.sock.remotePort, tls: this.isTls, application: this.params.application_name },
-        { user: this.params.user!, secret: password },
-      );
+      session = await opts.guard.openSession(opts.connection, this.client(), { user: this.params.user!, secret: password });
     } catch (e) {
       const err = e instanceof AgateError ? e : new AgateError("AUTH_FAILED", "authentication failed");
       opts.log("info", "session refused", { connection: opts.connection.name, client: remote, user: this.params.user, code: err.code });
@@ -271,6 +271,24 @@ class Startup {
       opts.guard.closeSession(session, end.reason, end.commands);
       opts.log("info", "session ended", { connection: opts.connection.name, session: session.id, reason: end.reason, commands: end.commands });
     });
+  }
+
+  private client(): ClientInfo {
+    return { address: this.sock.remoteAddress ?? "unknown", port: this.sock.remotePort, tls: this.isTls, ...(this.params.application_name !== undefined ? { application: this.params.application_name } : {}) };
+  }
+
+  /**
+   * Refuse a client before it presented a credential, and record it as
+   * session_refused (refusals after that are the guard's to record).
+   * `text` is what the client reads; the record's reason is the same
+   * sentence, prefixed with `what` was refused when given.
+   */
+  private reject(sqlstate: string, code: string, text: string, what?: string): void {
+    const reason = text.replace(/^agate: /, "");
+    const client = this.client();
+    this.opts.guard.sessionRefused(this.opts.connection, client, new AgateError(code, what ? `${what}: ${reason}` : reason), { ...(this.params.user !== undefined ? { user: this.params.user } : {}), sqlstate });
+    this.opts.log("info", "session refused", { connection: this.opts.connection.name, client: client.address, code });
+    this.refuse(sqlstate, text);
   }
 
   private refuse(code: string, text: string): void {

@@ -36,10 +36,13 @@ import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
 import { FIRST_USER_OID } from "./binary.ts";
 import type { Catalog } from "./catalog.ts";
 import { WriteEstimates } from "./estimate.ts";
+import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
-import { DescribePortal, ErrorResponse, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker } from "./rows.ts";
-import { analyzeSql } from "./sql.ts";
+import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
+import { tagAgrees, tagVerb } from "./tags.ts";
+import { analyzeSql, scanSql } from "./sql.ts";
 import type { Upstream } from "./upstream.ts";
 import { ProtocolViolation } from "./wire.ts";
 
@@ -48,6 +51,8 @@ interface Prepared {
   facts?: SqlFacts;
   invalid?: Command["invalid"];
   verdict: Verdict;
+  /** The Parse's parameter types (0: left to the server), for the planner's estimate at Execute. */
+  paramTypes: number[];
 }
 
 /** A forwarded message the target will answer with rows or columns, in answer order. */
@@ -65,13 +70,14 @@ interface Reply {
   rows?: ResultMasker;
   /** A simple query: its statements answered so far (CommandComplete). */
   done?: number;
+  /** The statements as decided (before FETCH/EXECUTE stand for what is behind them): what its command tags must agree with. */
+  decided?: readonly SqlStatement[];
+  /** agate's own SHOW of a lexing setting (probeLexing): its row is the value. */
+  probe?: { setting: string; answered: (ok: boolean) => void };
 }
 
 /** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
 type Injected = Buffer | "ReadyForQuery";
-
-/** Client encodings agate's UTF-8 reading agrees with (the server validates SQL_ASCII bytes as its own encoding). */
-const SAFE_CLIENT_ENCODINGS = new Set(["UTF8", "UTF-8", "UNICODE", "SQL_ASCII"]);
 
 /** Pause reading from the client when this many bytes wait to be framed. */
 const CLIENT_BUFFER_HIGH_WATER = 8 << 20;
@@ -101,11 +107,20 @@ export class PgSession {
   private readonly statements = new Map<string, Prepared>();
   private readonly portals = new Map<string, { statement: string; params: (string | null)[] }>();
 
+  /** How the target lexes the next statement (lexing.ts). */
+  private readonly lexing = new LexingState();
   /**
-   * Set while the target session has a setting under which PostgreSQL would
-   * lex SQL differently from agate's parser; every statement is refused then.
+   * A forwarded statement may have changed how later text lexes: before the
+   * next Query or Parse is read, wait for the ReadyForQuery #z that ends it,
+   * or (still inside its extended batch) probe the target. `aborted`: the
+   * probe found the batch failed, so the target discards the rest of it.
    */
-  private lexingHazard: string | undefined;
+  private lexBarrier: { z: number } | { batch: true; aborted?: boolean } | undefined;
+  private readonly zWaiters: { z: number; resolve: () => void }[] = [];
+  /** The batch (ReadyForQuery number) of the last barrier since the session was idle, 0 when none: ending the transaction may undo what it set. */
+  private touchedSync = 0;
+  /** Parse, Bind and Close forwarded, in answer order: which answers are agate's own (swallowed). */
+  private readonly acks: { sync: number; swallow: boolean }[] = [];
 
   // Outcomes: command seqs completed by ReadyForQuery #n, and what the target said since the last one.
   private readonly outcomeAt = new Map<number, number[]>();
@@ -140,7 +155,10 @@ export class PgSession {
     private readonly onEnd: (end: SessionEnd) => void,
   ) {
     this.txStatus = upstream.txStatus;
-    for (const raw of upstream.parameterStatus) this.onParameterStatus(raw.subarray(5));
+    for (const raw of upstream.parameterStatus) {
+      const [name, value] = raw.toString("utf8", 5).split("\0");
+      this.lexing.report(name ?? "", value ?? "");
+    }
     client.on("data", (chunk: Buffer) => {
       this.clientFramer.push(chunk);
       if (this.clientFramer.buffered > CLIENT_BUFFER_HIGH_WATER) client.pause();
@@ -166,6 +184,11 @@ export class PgSession {
     this.pumping = true;
     try {
       for (let f = this.clientFramer.next(); f && !this.closed; f = this.clientFramer.next()) {
+        if (this.lexBarrier && (f.type === T.Query || f.type === T.Parse) && !this.discarding) {
+          this.flushUpstream();
+          await this.settleLexing();
+          if (this.closed) break;
+        }
         const pending = this.onClientMessage(f);
         if (pending) {
           this.flushUpstream();
@@ -190,7 +213,7 @@ export class PgSession {
       case T.Parse:
         return this.onParse(f);
       case T.Bind: {
-        const b = readBind(f.body);
+        const b = readBind(f.body, this.lexing.decode);
         this.portals.set(b.portal, { statement: b.statement, params: b.params });
         this.described.delete(b.portal);
         return this.forward(f);
@@ -237,11 +260,11 @@ export class PgSession {
   private forward(f: Frame): void {
     this.toUpstream.add(f.raw);
     this.batchForwarded++;
+    if (f.type === T.Parse || f.type === T.Bind || f.type === T.Close) this.acks.push({ sync: this.syncsSent + 1, swallow: false });
   }
 
   private async onQuery(f: Frame): Promise<void> {
-    const text = readQuery(f.body);
-    const command = this.command(text);
+    const command = this.command((decode) => readQuery(f.body, decode));
     if (command.sql && command.sql.statements.length === 0) {
       // Only whitespace or comments: the target answers EmptyQueryResponse; nothing runs.
       this.sendQuery(f);
@@ -255,10 +278,21 @@ export class PgSession {
       this.injectAfterReplies([refused, "ReadyForQuery"]);
       return;
     }
+    const barrier = this.isBarrier(command);
     this.sendQuery(f);
+    if (barrier) this.lexBarrier = { z: this.syncsSent };
     this.outcomeAt.set(this.syncsSent, [command.seq]);
-    this.replies.push({ kind: "query", sync: this.syncsSent, mask: verdict.mask, ...(command.sql ? { facts: this.throughNames(command.sql) } : {}) });
+    this.replies.push({ kind: "query", sync: this.syncsSent, mask: verdict.mask, ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
     this.lastMask = verdict.mask;
+  }
+
+  /** Whether `command` can change how later text lexes (lexing.ts); judged before throughNames() updates the session's names. */
+  private isBarrier(command: Command): boolean {
+    const statements = command.sql?.statements ?? [];
+    const behind = (st: SqlStatement) => (st.name === undefined ? undefined : st.node === "FetchStmt" ? this.cursors.get(st.name) : this.prepared.get(st.name));
+    const barrier = isLexingBarrier(statements, this.touchedSync > 0, behind, builtInCall);
+    if (barrier) this.touchedSync = this.syncsSent + 1;
+    return barrier;
   }
 
   /**
@@ -335,8 +369,9 @@ export class PgSession {
   }
 
   private async onParse(f: Frame): Promise<void> {
-    const p = readParse(f.body);
-    const command = this.command(p.text);
+    let read: ParseMsg | undefined;
+    const command = this.command((decode) => (read = readParse(f.body, decode)).text);
+    const p = read!;
     await this.enrich(command, { paramTypes: p.paramTypes });
     const verdict = await this.check(command, true, { recordDenialsOnly: true });
     if (!verdict) return;
@@ -344,7 +379,7 @@ export class PgSession {
       this.refuseInBatch(this.refusal(command, verdict));
       return;
     }
-    this.statements.set(p.name, { text: p.text, facts: command.sql, invalid: command.invalid, verdict });
+    this.statements.set(p.name, { text: p.text, facts: command.sql, invalid: command.invalid, verdict, paramTypes: p.paramTypes });
     this.forward(f);
   }
 
@@ -360,9 +395,9 @@ export class PgSession {
       : portal && portal.statement !== ""
         ? { ...this.command(`EXECUTE ${quoteIdent(portal.statement)}`), params: portal.params }
         : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
-    await this.enrich(command, { params: portal?.params });
-    // Facts completed anew at Execute (the planner's estimate with the Bind values) are decided anew.
-    const verdict = await this.check(command, true, { prior: command.sql === prepared?.facts ? prepared?.verdict : undefined, onHold: this.onHold });
+    const estimated = await this.enrich(command, { params: portal?.params, paramTypes: prepared?.paramTypes });
+    // A write's facts completed at Execute (the planner's estimate with the Bind values) are decided anew.
+    const verdict = await this.check(command, true, { prior: estimated ? undefined : prepared?.verdict, onHold: this.onHold });
     if (!verdict) return;
     const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
     if (refused) {
@@ -376,8 +411,9 @@ export class PgSession {
       this.described.add(portalName);
       this.replies.push({ kind: "describe", sync, portal: portalName, swallow: true, mask: NO_MASK });
     }
+    if (this.isBarrier(command)) this.lexBarrier = { batch: true };
     this.forward(f);
-    this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(command.sql ? { facts: this.throughNames(command.sql) } : {}) });
+    this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
     this.lastMask = verdict.mask;
     const at = this.syncsSent + 1;
     const seqs = this.outcomeAt.get(at);
@@ -392,20 +428,77 @@ export class PgSession {
     } else {
       this.toUpstream.add(f.raw);
       this.syncsSent++;
+      // The batch's settings are reported before this Sync's ReadyForQuery.
+      if (this.lexBarrier && "batch" in this.lexBarrier) this.lexBarrier = { z: this.syncsSent };
     }
     this.discarding = false;
     this.batchForwarded = 0;
   }
 
-  /** Parse the SQL; a syntax error makes the command invalid (refused, never forwarded). */
-  private command(text: string): Command {
+  /**
+   * Wait until the settings the last barrier left are known (lexing.ts):
+   * for its ReadyForQuery, whose ParameterStatus reports come before it, or,
+   * inside an unfinished extended batch, for the answer to agate's probe.
+   */
+  private async settleLexing(): Promise<void> {
+    const b = this.lexBarrier!;
+    if ("z" in b) {
+      if (this.zReceived < b.z) await new Promise<void>((resolve) => this.zWaiters.push({ z: b.z, resolve }));
+    } else if (b.aborted) {
+      return; // the target discards everything up to the Sync, whatever its text says
+    } else if (!(await this.probeLexing())) {
+      b.aborted = true;
+      return;
+    }
+    if (this.lexBarrier === b) this.lexBarrier = undefined;
+  }
+
+  /**
+   * Ask the target for the lexing settings in the middle of an extended
+   * batch: SHOW each one through named statements and portals of agate's own,
+   * closed again, then Flush. The answers never reach the client. Resolves
+   * false when the batch had already failed (the target then skips the probe
+   * with everything else up to the Sync).
+   */
+  private probeLexing(): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const sync = this.syncsSent + 1;
+      let left = PROBE.length;
+      let failed = false;
+      const answered = (ok: boolean) => {
+        failed ||= !ok;
+        if (--left === 0) resolve(!failed);
+      };
+      PROBE.forEach((setting, i) => {
+        const name = `agate.lexing.${i}`;
+        for (const m of [Parse(name, `SHOW ${setting}`), Bind(name, name), Execute(name), Close("P", name), Close("S", name)]) this.toUpstream.add(m);
+        for (let n = 0; n < 4; n++) this.acks.push({ sync, swallow: true }); // ParseComplete, BindComplete, CloseComplete × 2
+        this.replies.push({ kind: "execute", sync, swallow: true, mask: NO_MASK, probe: { setting, answered } });
+      });
+      this.toUpstream.add(Flush);
+      this.flushUpstream();
+    });
+  }
+
+  /**
+   * Parse the SQL, read from its message as the target will read it (the
+   * session's client encoding); text agate cannot read so, or a syntax error,
+   * makes the command invalid (refused, never forwarded). `read` may be
+   * called twice: without a decoder it reads UTF-8, for the record.
+   */
+  private command(read: string | ((decode?: TextDecode) => string)): Command {
     const seq = ++this.seq;
-    // Plain ASCII without backslashes lexes the same under every such setting.
-    if (this.lexingHazard && !/^[\x01-\x5b\x5d-\x7f]*$/.test(text)) return { seq, text, invalid: { code: "SQL_SETTINGS", message: this.lexingHazard } };
+    let text: string;
     try {
-      return { seq, text, sql: analyzeSql(text) };
+      text = typeof read === "string" ? read : read(this.lexing.decode);
     } catch (e) {
-      if (e instanceof AgateError && e.code === "SQL_PARSE") return { seq, text, invalid: { code: "SQL_PARSE", message: e.message } };
+      if (!(e instanceof AgateError) || e.code !== "SQL_ENCODING") throw e;
+      return { seq, text: typeof read === "string" ? read : read(), invalid: { code: "SQL_ENCODING", message: e.message } };
+    }
+    try {
+      return { seq, text, sql: analyzeSql(this.lexing.standard(text, scanSql)) };
+    } catch (e) {
+      if (e instanceof AgateError && (e.code === "SQL_PARSE" || e.code === "SQL_SETTINGS")) return { seq, text, invalid: { code: e.code, message: e.message } };
       throw e;
     }
   }
@@ -416,8 +509,10 @@ export class PgSession {
    * before the policy sees them. The facts from the parser are frozen and
    * shared through its cache: replace `command.sql`, never change it.
    */
-  private async enrich(command: Command, bound: { paramTypes?: number[]; params?: (string | null)[] } = {}): Promise<void> {
-    await this.estimates.enrich({ guard: this.guard, session: this.session, estimator: this.catalog.estimator, log: this.log, prepared: this.prepared }, command, bound);
+  private async enrich(command: Command, bound: { paramTypes?: number[]; params?: (string | null)[] } = {}): Promise<boolean> {
+    const lookup = catalogFacts(this.catalog).complete(command, this.guard.policyVersion);
+    if (lookup) await lookup;
+    return this.estimates.enrich({ guard: this.guard, session: this.session, estimator: this.catalog.estimator, log: this.log, prepared: this.prepared }, command, bound);
   }
   private readonly estimates = new WriteEstimates();
 
@@ -452,6 +547,9 @@ export class PgSession {
   private refusal(command: Command, verdict: Verdict): Buffer {
     if (command.invalid?.code === "SQL_PARSE") {
       return ErrorResponse({ severity: "ERROR", code: "42601", message: command.invalid.message });
+    }
+    if (command.invalid?.code === "SQL_ENCODING") {
+      return ErrorResponse({ severity: "ERROR", code: "22021", message: `agate: ${command.invalid.message}`, detail: `session ${this.session.id}, audit record ${verdict.record}` });
     }
     const reasons = verdict.decision.reasons.length ? verdict.decision.reasons.join("; ") : "no policy rule allowed it";
     return ErrorResponse({
@@ -546,8 +644,12 @@ export class PgSession {
   private onUpstreamMessage(f: Frame, out: Outbox): Promise<void> | undefined {
     switch (f.type) {
       case T.DataRow: {
-        this.resultRows++;
         const r = this.currentReply();
+        if (r?.probe) {
+          this.lexing.report(r.probe.setting, readProbeValue(f.body));
+          break;
+        }
+        this.resultRows++;
         if (r?.rows) this.relayRow(r.rows.row(f.raw), out);
         else if (r?.kind === "execute" && !r.mask.empty) return this.executeRows(f, out);
         else if (!(r && r.kind !== "describe" ? r.mask : this.lastMask).empty) throw new Error("the target sent rows agate cannot match with their columns, so they cannot be masked");
@@ -565,8 +667,17 @@ export class PgSession {
       case T.CommandComplete:
       case T.PortalSuspended:
       case T.EmptyQueryResponse: {
-        if (f.type === T.CommandComplete) this.tags.push(f.body.toString("utf8", 0, f.body.length - 1));
         const r = this.currentReply();
+        if (r?.probe) {
+          this.replies.shift();
+          r.probe.answered(true);
+          break;
+        }
+        if (f.type === T.CommandComplete) {
+          const tag = f.body.toString("utf8", 0, f.body.length - 1);
+          this.checkTag(r, tag);
+          this.tags.push(tag);
+        }
         this.endRows(r);
         if (r?.kind === "execute") this.replies.shift();
         else if (r && f.type !== T.PortalSuspended) r.done = (r.done ?? 0) + 1;
@@ -576,11 +687,14 @@ export class PgSession {
       }
       case T.ErrorResponse: {
         const r = this.currentReply();
+        if (r?.kind === "query") this.checkStatementCount(r);
         const masked = maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors);
         this.error ??= readErrorFields(masked.subarray(5));
         // The target skips the rest of an extended-protocol batch; so do its replies.
         this.endRows(r);
-        if (r && r.kind !== "query") while (this.replies[0] && this.replies[0].sync === r.sync && this.replies[0].kind !== "query") this.replies.shift();
+        if (r && r.kind !== "query") while (this.replies[0] && this.replies[0].sync === r.sync && this.replies[0].kind !== "query") this.replies.shift()!.probe?.answered(false);
+        const batch = this.zReceived + 1;
+        while (this.acks.length > 0 && this.acks.at(-1)!.sync === batch) this.acks.pop();
         this.copyMask = undefined;
         out.add(masked);
         break;
@@ -601,13 +715,24 @@ export class PgSession {
       case T.CopyData:
         this.relayRow(this.copyMask ? maskCopyData(f.raw, this.copyMask, this.tally.detectors) : f.raw, out);
         break;
-      case T.ParameterStatus:
-        this.onParameterStatus(f.body);
+      case T.ParameterStatus: {
+        const [name, value] = f.body.toString("utf8").split("\0");
+        this.lexing.report(name ?? "", value ?? "");
         out.add(f.raw);
+        break;
+      }
+      case T.ParseComplete:
+      case T.BindComplete:
+      case T.CloseComplete:
+        if (!this.acks.shift()?.swallow) out.add(f.raw);
         break;
       case T.ReadyForQuery: {
         const n = ++this.zReceived;
         this.txStatus = f.body[0] ?? this.txStatus;
+        // Idle: every SET LOCAL and every rollback has been applied, and reported before this message.
+        if (this.txStatus === 0x49 && this.touchedSync <= n) this.touchedSync = 0;
+        while (this.acks.length > 0 && this.acks[0]!.sync <= n) this.acks.shift();
+        for (let i = this.zWaiters.length - 1; i >= 0; i--) if (this.zWaiters[i]!.z <= n) this.zWaiters.splice(i, 1)[0]!.resolve();
         // Outside a transaction block, cursors without HOLD are gone; one WITH HOLD is then unknown (masked whole).
         if (this.txStatus === 0x49) this.cursors.clear();
         const before = this.injectBefore.get(n);
@@ -661,6 +786,27 @@ export class PgSession {
     return undefined;
   }
 
+  /**
+   * The target's command tag must agree with the statement it answers
+   * (tags.ts): otherwise the target ran something other than what was decided
+   * and recorded, and the session is closed.
+   */
+  private checkTag(r: Reply | undefined, tag: string): void {
+    const decided = r?.decided;
+    if (decided === undefined || r === undefined) return;
+    const st = r.kind === "query" ? decided[r.done ?? 0] : decided[0];
+    if (st === undefined || !tagAgrees(st, tag)) {
+      throw new TargetDisagrees(`the target reported "${tagVerb(tag)}" where agate decided ${st ? `"${st.tag}"` : "no further statement"} (decided: ${decided.map((s) => s.tag).join("; ")}); it may have read the statement differently, so the session is closed`);
+    }
+  }
+
+  /** An error answers the statement after the last CommandComplete: there must be one. */
+  private checkStatementCount(r: Reply): void {
+    if (r.decided !== undefined && (r.done ?? 0) >= r.decided.length) {
+      throw new TargetDisagrees(`the target answered a statement after the ${r.decided.length} agate decided (${r.decided.map((s) => s.tag).join("; ")}); it may have read the statement differently, so the session is closed`);
+    }
+  }
+
   /** A result ended: what its masker did goes into the tally for the outcome record. */
   private endRows(r: Reply | undefined): void {
     r?.rows?.settle();
@@ -709,27 +855,6 @@ export class PgSession {
     return undefined;
   }
 
-  /**
-   * agate parses SQL as UTF-8 with standard_conforming_strings on. If the
-   * target would read the same bytes differently (backslash escapes in '…',
-   * or a client encoding whose multi-byte characters contain ASCII quote and
-   * backslash bytes), a string agate sees as harmless could run as something
-   * else: refuse statements with non-ASCII bytes or backslashes until the
-   * setting is back.
-   */
-  private onParameterStatus(body: Buffer): void {
-    const [name, value] = body.toString("utf8").split("\0");
-    this.estimates.parameter(name, value);
-    if (name === "standard_conforming_strings") this.hazards.scs = value === "off" ? "standard_conforming_strings is off" : undefined;
-    else if (name === "client_encoding") this.hazards.encoding = SAFE_CLIENT_ENCODINGS.has(value?.toUpperCase() ?? "") ? undefined : `client_encoding is ${value}`;
-    else return;
-    const found = [this.hazards.scs, this.hazards.encoding].filter(Boolean);
-    this.lexingHazard = found.length
-      ? `agate reads SQL as UTF-8 with standard_conforming_strings on, but in this session ${found.join(" and ")}; statements with non-ASCII characters or backslashes are refused until it is set back (SET client_encoding = 'UTF8'; SET standard_conforming_strings = on)`
-      : undefined;
-  }
-  private readonly hazards: { scs?: string; encoding?: string } = {};
-
   private completeOutcome(n: number): void {
     const seqs = this.outcomeAt.get(n);
     if (seqs) {
@@ -767,7 +892,7 @@ export class PgSession {
   /** A protocol violation or internal fault: tell the client (08P01) and close both sides. */
   private fatal(e: unknown): void {
     const violation = e instanceof ProtocolViolation;
-    const message = violation ? `agate: protocol violation: ${(e as Error).message}` : `agate: internal error: ${(e as Error)?.message ?? String(e)}`;
+    const message = violation ? `agate: protocol violation: ${(e as Error).message}` : e instanceof TargetDisagrees ? `agate: ${e.message}` : `agate: internal error: ${(e as Error)?.message ?? String(e)}`;
     this.log(violation ? "warn" : "error", "session closed", { session: this.session.id, error: message });
     if (!this.closed) this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
     this.end(message);
@@ -777,6 +902,8 @@ export class PgSession {
   private end(reason: string, graceful = false): void {
     if (this.closed) return;
     this.closed = true;
+    for (const w of this.zWaiters.splice(0)) w.resolve();
+    for (const r of this.replies) r.probe?.answered(false);
     if (graceful) this.upstream.socket.end();
     else this.upstream.socket.destroy();
     if (!this.client.destroyed) this.client.end();
@@ -785,6 +912,19 @@ export class PgSession {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** The target's answer does not match the statements decided for it. */
+class TargetDisagrees extends Error {
+  override readonly name = "TargetDisagrees";
+}
+
+/** The one text value of a probe's DataRow (Int16 count, Int32 length, bytes). */
+function readProbeValue(body: Buffer): string {
+  if (body.length < 6 || body.readInt16BE(0) !== 1) throw new ProtocolViolation("the target answered agate's settings probe with an unexpected row");
+  const len = body.readInt32BE(2);
+  if (len < 0 || 6 + len > body.length) throw new ProtocolViolation("the target answered agate's settings probe with an unexpected row");
+  return body.toString("utf8", 6, 6 + len);
+}
 
 /** Bytes relayed to clients (all sessions) since the last collection was asked for. */
 let relayed = 0;

@@ -18,12 +18,12 @@
  * and field names never do (checked against @pgsql/types 18), which is how
  * the walk tells the two apart.
  */
-import type { SqlStatement } from "../../core/types.ts";
+import type { SqlInner, SqlSetting, SqlStatement } from "../../core/types.ts";
 
 type Obj = Record<string, unknown>;
 
-/** Everything `SqlStatement` holds except `text`, which the caller slices. */
-export type StatementFacts = Omit<SqlStatement, "text">;
+/** Everything `SqlStatement` holds from the parser (not `text`, which the caller slices, nor the catalog's facts). */
+export type StatementFacts = Omit<SqlStatement, "text" | "calls" | "relations">;
 
 /**
  * Facts for one top-level statement.
@@ -46,7 +46,11 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
     functions: [...walk.functions],
     columns: [...walk.columns],
     whole_row: walk.wholeRow(),
+    settings: walk.settings,
   };
+  Object.assign(facts, shapeFacts(type, node));
+  const inner = innerStatements(type, node);
+  if (inner.length > 0) facts.inner = inner;
   // Every UPDATE and DELETE anywhere in the tree counts, so that a
   // data-modifying CTE, EXPLAIN ANALYZE DELETE or PREPARE … AS UPDATE
   // without WHERE reports false too (fail closed).
@@ -69,6 +73,132 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
     };
   }
   return facts;
+}
+
+/**
+ * Facts that depend on the statement's own shape: `temp` for a CREATE of a
+ * temporary table, view or sequence (TEMP, or in schema pg_temp), and
+ * `subcommands` for ALTER TABLE (AlterTableCmd subtypes, e.g. "AT_AddColumn").
+ */
+function shapeFacts(type: string, node: Obj): { temp?: boolean; subcommands?: string[] } {
+  const out: { temp?: boolean; subcommands?: string[] } = {};
+  const created = CREATED[type]?.(node);
+  if (isRangeVar(created)) out.temp = created.relpersistence === "t" || created.schemaname === "pg_temp";
+  if (type === "AlterTableStmt" && Array.isArray(node.cmds)) {
+    out.subcommands = node.cmds.map((c) => String(((c as Obj | null)?.AlterTableCmd as Obj | undefined)?.subtype ?? "unknown"));
+  }
+  return out;
+}
+
+/** The RangeVar a CREATE of a relation creates. */
+const CREATED: Record<string, (n: Obj) => unknown> = {
+  CreateStmt: (n) => n.relation,
+  CreateTableAsStmt: (n) => (n.into as Obj | undefined)?.rel,
+  SelectStmt: (n) => (n.intoClause as Obj | undefined)?.rel,
+  ViewStmt: (n) => n.view,
+  CreateSeqStmt: (n) => n.sequence,
+};
+
+/**
+ * Statements nested in this one that PostgreSQL runs as statements in their
+ * own right: the body of EXPLAIN, PREPARE and DECLARE, and the elements of
+ * CREATE SCHEMA. The policy judges each by its kind, so that EXPLAIN ANALYZE
+ * or CREATE SCHEMA … GRANT cannot carry a statement past the allowlist.
+ */
+function innerStatements(type: string, node: Obj): SqlInner[] {
+  const bodies: unknown[] = [];
+  if (type === "ExplainStmt" || type === "PrepareStmt" || type === "DeclareCursorStmt") bodies.push(node.query);
+  else if (type === "CreateSchemaStmt" && Array.isArray(node.schemaElts)) bodies.push(...node.schemaElts);
+  const inner: SqlInner[] = [];
+  for (const b of bodies) {
+    if (b === null || typeof b !== "object") continue;
+    const t = Object.keys(b)[0];
+    const n = t === undefined ? undefined : (b as Obj)[t];
+    if (t === undefined || n === null || typeof n !== "object") continue;
+    const row = NODES[t];
+    const kind = t === "SelectStmt" && (n as Obj).intoClause ? "ddl" : (row?.kind ?? "utility");
+    inner.push({ kind, node: t, tag: tagOf(t, n as Obj, row), ...shapeFacts(t, n as Obj) });
+  }
+  return inner;
+}
+
+// ---------------------------------------------------------------------------
+// Settings: SET, RESET, SHOW, set_config() and current_setting()
+
+/** SET TRANSACTION …, SET SESSION CHARACTERISTICS AS TRANSACTION …: the settings they change, by DefElem name. */
+const SESSION_CHARACTERISTICS: Record<string, string> = {
+  transaction_isolation: "default_transaction_isolation",
+  transaction_read_only: "default_transaction_read_only",
+  transaction_deferrable: "default_transaction_deferrable",
+};
+
+/**
+ * The settings a VariableSetStmt changes, names lower-case: SET ROLE is
+ * "role", SET SESSION AUTHORIZATION "session_authorization", SET TIME ZONE
+ * "timezone", SET NAMES "client_encoding", RESET ALL "all", SET TRANSACTION
+ * … the transaction_* settings it names, SET TRANSACTION SNAPSHOT
+ * "transaction_snapshot".
+ */
+function variableSet(n: Obj): SqlSetting[] {
+  const local = n.is_local === true;
+  const action = n.kind === "VAR_RESET" || n.kind === "VAR_RESET_ALL" ? "reset" : "set";
+  if (n.kind === "VAR_RESET_ALL") return [{ name: "all", action, local, call: false }];
+  const name = typeof n.name === "string" ? n.name : null;
+  if (n.kind !== "VAR_SET_MULTI" || name === null) return [{ name: name?.toLowerCase() ?? null, action, local, call: false }];
+  if (name === "TRANSACTION SNAPSHOT") return [{ name: "transaction_snapshot", action, local, call: false }];
+  const names: SqlSetting[] = [];
+  for (const a of (n.args as Obj[] | undefined) ?? []) {
+    const def = (a.DefElem as Obj | undefined)?.defname;
+    const set = typeof def === "string" ? (name === "SESSION CHARACTERISTICS" ? SESSION_CHARACTERISTICS[def] : def) : undefined;
+    names.push({ name: set ?? null, action, local, call: false });
+  }
+  return names.length > 0 ? names : [{ name: null, action, local, call: false }];
+}
+
+/** Functions that set or read a setting named by their first argument. */
+const SETTING_FUNCTIONS: Record<string, "set" | "show"> = {
+  set_config: "set",
+  "pg_catalog.set_config": "set",
+  current_setting: "show",
+  "pg_catalog.current_setting": "show",
+};
+
+/**
+ * set_config(name, value, is_local) or current_setting(name [, missing_ok]):
+ * the setting when its name is a constant (also cast, or passed by name),
+ * null when it is computed, so the policy can refuse what it cannot know.
+ */
+function settingCall(action: "set" | "show", args: unknown[]): SqlSetting {
+  const arg = (position: number, name: string): unknown => {
+    for (const a of args) {
+      const named = (a as Obj | null)?.NamedArgExpr as Obj | undefined;
+      if (named?.name === name) return named.arg;
+    }
+    const a = args[position] as Obj | undefined;
+    return a?.NamedArgExpr ? undefined : a;
+  };
+  const name = constantText(arg(0, "setting_name"));
+  const local = action === "set" ? constantBool(arg(2, "is_local")) : false;
+  return { name: name?.toLowerCase() ?? null, action, local: local ?? false, call: true };
+}
+
+/** A string constant, possibly cast (`'x'::text`). */
+function constantText(v: unknown): string | undefined {
+  let n = v as Obj | undefined;
+  while (n?.TypeCast) n = (n.TypeCast as Obj).arg as Obj | undefined;
+  const s = ((n?.A_Const as Obj | undefined)?.sval as Obj | undefined)?.sval;
+  return typeof s === "string" ? s : undefined;
+}
+
+/** A boolean constant (`true`, `false`, `'on'`…): undefined when computed. */
+function constantBool(v: unknown): boolean | undefined {
+  let n = v as Obj | undefined;
+  while (n?.TypeCast) n = (n.TypeCast as Obj).arg as Obj | undefined;
+  const c = n?.A_Const as Obj | undefined;
+  if (c?.boolval !== undefined) return (c.boolval as Obj).boolval === true;
+  const s = (c?.sval as Obj | undefined)?.sval;
+  if (typeof s === "string") return ["t", "true", "on", "yes", "1"].includes(s.toLowerCase());
+  return undefined;
 }
 
 /** COPY's FORMAT option (also written BINARY or CSV), lower-case; "text" when not given. */
@@ -145,6 +275,7 @@ class Walk {
   readonly writes = new Set<string>();
   readonly functions = new Set<string>();
   readonly columns = new Set<string>();
+  readonly settings: SqlSetting[] = [];
   updateOrDelete = 0;
   updateOrDeleteWithWhere = 0;
   /** A whole row is made into a value (apart from single-field names, see `rowNames`). */
@@ -182,6 +313,8 @@ class Walk {
     if (type === "ColumnRef") return this.columnRef(n);
     if (type === "ResTarget") return this.resTarget(n);
     if (type === "FuncCall") this.funcCall(n);
+    else if (type === "VariableSetStmt") this.settings.push(...variableSet(n));
+    else if (type === "VariableShowStmt") this.settings.push({ name: typeof n.name === "string" ? n.name.toLowerCase() : null, action: "show", local: false, call: false });
     else if (type === "UpdateStmt" || type === "DeleteStmt") {
       this.updateOrDelete++;
       if (n.whereClause) this.updateOrDeleteWithWhere++;
@@ -324,7 +457,11 @@ class Walk {
 
   private funcCall(n: Obj): void {
     const name = nameList(n.funcname);
-    if (name !== undefined) this.functions.add(name.toLowerCase());
+    if (name === undefined) return;
+    const lower = name.toLowerCase();
+    this.functions.add(lower);
+    const fn = SETTING_FUNCTIONS[lower];
+    if (fn) this.settings.push(settingCall(fn, (n.args as unknown[] | undefined) ?? []));
   }
 
   private markTargets(v: unknown): void {

@@ -31,6 +31,9 @@ interface PgQueryModule {
   /** Returns a PgQueryParseResult*: { char* parse_tree; char* stderr_buffer; PgQueryError* error }. */
   _wasm_parse_query_raw(query: number): number;
   _wasm_free_parse_result(result: number): void;
+  /** Returns a char* of JSON: { tokens: [{ start, end, tokenName, … }] } (byte offsets), or an error text. */
+  _wasm_scan(query: number): number;
+  _wasm_free_string(s: number): void;
   getValue(ptr: number, type: "i32"): number;
   UTF8ToString(ptr: number): string;
 }
@@ -228,11 +231,20 @@ export function analyzeSql(text: string): SqlFacts {
     throw e;
   }
   if (cacheable) cache.set(text, facts);
-  if (shape !== undefined && facts.statements.length === 1) shapes.set(shape, facts);
+  if (shape !== undefined && facts.statements.length === 1 && !literalFacts(facts.statements[0]!)) shapes.set(shape, facts);
   return facts;
 }
 
 const CACHED_ERRORS = new Set(["SQL_PARSE", "SQL_TOO_DEEP"]);
+
+/**
+ * Facts read from a literal, which another text of the same shape would not
+ * share: the setting named in set_config('…')/current_setting('…') and COPY's
+ * FORMAT '…'. Such statements are never cached by shape.
+ */
+function literalFacts(st: SqlStatement): boolean {
+  return st.node === "CopyStmt" || st.settings.some((s) => s.call);
+}
 
 /** Empty the result cache (tests and benchmarks measure the uncached path with it). */
 export function clearSqlCache(): void {
@@ -285,6 +297,46 @@ function analyze(m: PgQueryModule, text: string): SqlFacts {
     statements.push({ ...facts, text: slice.trim() });
   }
   return { statements, multi: statements.length > 1 };
+}
+
+/** One token of PostgreSQL's own scanner (scan.l), with `standard_conforming_strings` on; offsets in bytes. */
+export interface SqlToken {
+  start: number;
+  end: number;
+  /** "SCONST" for a '…', E'…' or $$…$$ string; "IDENT", "SQL_COMMENT", "UNKNOWN" (keywords, B'…', U&'…'), … */
+  tokenName: string;
+}
+
+/**
+ * Split UTF-8 SQL into tokens with PostgreSQL's scanner. Requires initSql().
+ *
+ * @throws AgateError SQL_PARSE when the scanner rejects the text (an unterminated string or comment).
+ */
+export function scanSql(bytes: Uint8Array): SqlToken[] {
+  const m = active;
+  if (m === undefined) throw new AgateError("SQL_NOT_READY", "The SQL parser is not loaded or is restarting; retry the statement.");
+  let query = 0;
+  let result = 0;
+  let json: string;
+  try {
+    query = m._malloc(bytes.length + 1);
+    if (!query) throw new AgateError("SQL_PARSE", "The SQL parser is out of memory; the query is too large.", {});
+    const heap = m.HEAPU8;
+    heap.set(bytes, query);
+    heap[query + bytes.length] = 0;
+    result = m._wasm_scan(query);
+    json = m.UTF8ToString(result);
+  } catch (e) {
+    if (e instanceof AgateError) throw e;
+    query = result = 0;
+    retire(m);
+    throw new AgateError("SQL_PARSER_FAULT", `The SQL scanner failed: ${asError(e).message}.`, {});
+  } finally {
+    if (query) m._free(query);
+    if (result) m._wasm_free_string(result);
+  }
+  if (!json.startsWith("{")) throw new AgateError("SQL_PARSE", json || "syntax error", {});
+  return (JSON.parse(json) as { tokens?: SqlToken[] }).tokens ?? [];
 }
 
 /** Run the parser on NUL-terminated UTF-8 and return the `stmts` of its JSON tree. */

@@ -5,6 +5,7 @@
  */
 import net from "node:net";
 import tls from "node:tls";
+import postgres from "postgres";
 import { AgateError } from "../../core/errors.ts";
 import { Framer } from "./framer.ts";
 import { Auth, readErrorFields, T } from "./messages.ts";
@@ -33,20 +34,29 @@ export interface Upstream {
   txStatus: number;
 }
 
-/** porsager options for one of the gateway's own connections to `target` (catalog lookups, estimates). */
-export function ownConnection(target: PgTarget) {
-  return {
-    host: target.host,
-    port: target.port,
-    database: target.database,
-    username: target.user,
-    ...(target.password !== undefined ? { password: target.password } : {}),
-    ssl: target.sslmode === "disable" ? false : target.sslmode === "require" ? ("require" as const) : ("verify-full" as const),
-    max: 1,
-    idle_timeout: 60,
-    connect_timeout: Math.ceil(target.connect_timeout_ms / 1000),
+/**
+ * A porsager client for the gateway's own queries on the target (the
+ * catalog, `agate doctor`): the same host, port, database, credentials and
+ * sslmode the sessions' connections use. `connection` are startup
+ * parameters (application_name, search_path, …).
+ */
+export function targetSql(target: PgTarget, connection: Record<string, string>, opts: { max?: number; idle_timeout?: number; prepare?: boolean; fetch_types?: boolean } = {}): postgres.Sql {
+  const t = target;
+  return postgres({
+    host: t.host,
+    port: t.port,
+    database: t.database,
+    username: t.user,
+    ...(t.password !== undefined ? { password: t.password } : {}),
+    ssl: t.sslmode === "disable" ? false : t.sslmode === "require" ? "require" : "verify-full",
+    max: opts.max ?? 1,
+    ...(opts.idle_timeout !== undefined ? { idle_timeout: opts.idle_timeout } : {}),
+    ...(opts.prepare !== undefined ? { prepare: opts.prepare } : {}),
+    ...(opts.fetch_types !== undefined ? { fetch_types: opts.fetch_types } : {}),
+    connect_timeout: Math.ceil(t.connect_timeout_ms / 1000),
     onnotice: () => {},
-  };
+    connection,
+  });
 }
 
 /** Largest message accepted from the target: PostgreSQL's own 1 GB field limit. */

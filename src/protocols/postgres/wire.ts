@@ -128,10 +128,12 @@ export class Reader {
     return v;
   }
 
-  cstr(): string {
+  /** A zero-terminated string, read as UTF-8 or by `decode`. */
+  cstr(decode?: (bytes: Uint8Array) => string): string {
     const end = this.buf.indexOf(0, this.pos);
     if (end < 0) throw new ProtocolViolation(`unterminated string at offset ${this.pos}`);
-    const s = decoder.decode(this.buf.subarray(this.pos, end));
+    const bytes = this.buf.subarray(this.pos, end);
+    const s = decode ? decode(bytes) : decoder.decode(bytes);
     this.pos = end + 1;
     return s;
   }

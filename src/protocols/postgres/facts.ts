@@ -1,0 +1,357 @@
+/**
+ * Catalog facts: what the target's own catalog says about the functions,
+ * relations and settings a statement names, added to its SQL facts before
+ * the policy decides (SqlStatement.calls, .relations, .settings[].context;
+ * SqlFacts.catalog).
+ *
+ * Names are resolved the way that fails closed. The session's search_path
+ * is the client's to change (SET search_path is allowed), so an unqualified
+ * name stands for every candidate of that name in any schema: `UPDATE
+ * pg_class` is a write to pg_catalog.pg_class (and to any other pg_class),
+ * `now()` is every function called now, and a rule that denies any
+ * candidate denies the call. Function names are matched without regard to
+ * case (the parser's facts are lower-case), which also only adds
+ * candidates.
+ *
+ * Lookups go through the gateway's own catalog connection (catalog.ts,
+ * search_path ''), one round trip for everything a statement names that is
+ * not cached. The cache holds answers, found or not, until the policy
+ * version changes or CACHE_MS passes. A statement whose names are all
+ * cached is completed synchronously; facts already completed in this cache
+ * generation are returned as they are (no allocation), which is the path of
+ * repeated statements. A lookup that fails completes the facts with
+ * `catalog: {known: false, error}`; the policy refuses what needs them.
+ */
+import type postgres from "postgres";
+import type { Command, SqlCall, SqlFacts, SqlRelation, SqlSetting, SqlStatement } from "../../core/types.ts";
+import type { Catalog } from "./catalog.ts";
+
+const CACHE_MS = 60_000;
+/** A lookup that takes longer than this counts as failed (the facts are then unknown). */
+const LOOKUP_TIMEOUT_MS = 10_000;
+/** Names held at most (all kinds together); beyond, the cache starts afresh (names invented by a client cannot grow it without bound). */
+const MAX_CACHED = 50_000;
+/** Names per kind looked up in one round trip at most; a statement naming more is looked up in several. */
+const MAX_NAMES = 1000;
+
+const FUNCTION_KINDS: Record<string, string> = { f: "function", p: "procedure", a: "aggregate", w: "window" };
+const VOLATILITY: Record<string, string> = { i: "immutable", s: "stable", v: "volatile" };
+const RELATION_KINDS: Record<string, string> = {
+  r: "table",
+  p: "partitioned table",
+  v: "view",
+  m: "materialized view",
+  f: "foreign table",
+  S: "sequence",
+  i: "index",
+  I: "partitioned index",
+  c: "composite type",
+  t: "toast table",
+};
+/** Names in SqlSetting that are not in pg_settings but change only what any user may change. */
+const PSEUDO_SETTINGS: Record<string, string> = { all: "user", transaction_snapshot: "user" };
+
+/**
+ * Shared empty list. Lists here are never frozen (Bun's JSON.stringify is
+ * slow on frozen arrays, see sql.ts freezeFacts) and MUST be treated as
+ * read-only: they are shared through the cache. Their objects are frozen.
+ */
+const EMPTY: never[] = [];
+
+/** The schema catalogs live in: pg_catalog, information_schema, pg_toast (and its per-session pg_toast_temp_N). */
+export function isCatalogSchema(schema: string): boolean {
+  return schema === "pg_catalog" || schema === "information_schema" || schema.startsWith("pg_toast");
+}
+
+interface ProcRow {
+  key: string;
+  schema: string;
+  kind: string;
+  volatility: string;
+  language: string;
+  trusted: boolean;
+  security_definer: boolean;
+  builtin: boolean;
+  public: boolean;
+  extension: string | null;
+}
+
+/** One generation of answers, by name as written. */
+interface Cache {
+  gen: string;
+  calls: Map<string, readonly SqlCall[]>;
+  reads: Map<string, readonly SqlRelation[]>;
+  writes: Map<string, readonly SqlRelation[]>;
+  settings: Map<string, string>;
+}
+
+/** What a statement list names that the cache does not answer yet. */
+interface Missing {
+  functions: Set<string>;
+  relations: Set<string>;
+  settings: Set<string>;
+}
+
+type Query = <T extends readonly object[]>(text: string, params: unknown[]) => Promise<T>;
+
+export class CatalogFacts {
+  private cache: Cache = newCache("");
+  private readonly completed = new WeakMap<SqlFacts, { gen: string; out: SqlFacts }>();
+
+  /** `query` runs one statement on the catalog connection; `now` is for tests. */
+  constructor(
+    private readonly query: Query,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /**
+   * Replace `command.sql` with its facts completed from the catalog:
+   * synchronously when every name is cached (returns undefined), else the
+   * returned promise does it after one lookup. Never rejects: a failed
+   * lookup completes the facts as unknown.
+   */
+  complete(command: Command, policyVersion: string): Promise<void> | undefined {
+    const facts = command.sql;
+    if (facts === undefined || facts.statements.length === 0) return undefined;
+    const cache = this.generation(policyVersion);
+    const done = this.completed.get(facts);
+    if (done !== undefined && done.gen === cache.gen) {
+      command.sql = done.out;
+      return undefined;
+    }
+    const missing = this.missing(facts, cache);
+    if (missing === undefined) {
+      command.sql = this.build(facts, cache);
+      return undefined;
+    }
+    return this.lookup(missing, cache).then(
+      () => {
+        command.sql = this.build(facts, cache);
+      },
+      (e: unknown) => {
+        command.sql = unknown(facts, e instanceof Error ? e.message : String(e));
+      },
+    );
+  }
+
+  private generation(version: string): Cache {
+    const gen = `${version}\0${Math.floor(this.now() / CACHE_MS)}`;
+    const c = this.cache;
+    if (c.gen !== gen || c.calls.size + c.reads.size + c.settings.size > MAX_CACHED) this.cache = newCache(gen);
+    return this.cache;
+  }
+
+  private missing(facts: SqlFacts, cache: Cache): Missing | undefined {
+    let m: Missing | undefined;
+    const need = () => (m ??= { functions: new Set(), relations: new Set(), settings: new Set() });
+    for (const st of facts.statements) {
+      for (const f of st.functions) if (!cache.calls.has(f)) need().functions.add(f);
+      for (const r of st.reads) if (!cache.reads.has(r)) need().relations.add(r);
+      for (const r of st.writes) if (!cache.writes.has(r)) need().relations.add(r);
+      for (const s of st.settings) if (s.name !== null && !cache.settings.has(s.name)) need().settings.add(s.name);
+    }
+    return m;
+  }
+
+  private async lookup(m: Missing, cache: Cache): Promise<void> {
+    const functions = [...m.functions];
+    const relations = [...m.relations];
+    const settings = [...m.settings];
+    for (let at = 0; at < Math.max(functions.length, relations.length, settings.length); at += MAX_NAMES) {
+      const f = functions.slice(at, at + MAX_NAMES);
+      const r = relations.slice(at, at + MAX_NAMES);
+      const s = settings.slice(at, at + MAX_NAMES);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`the catalog lookup took longer than ${LOOKUP_TIMEOUT_MS / 1000} s`)), LOOKUP_TIMEOUT_MS);
+      });
+      try {
+        await Promise.race([Promise.all([this.functions(f, cache), this.relations(r, cache), this.settings(s, cache)]), timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+  }
+
+  private async functions(names: string[], cache: Cache): Promise<void> {
+    if (names.length === 0) return;
+    const keys = [...new Set(names.map((n) => lastPart(n)))];
+    const [procs, types] = await Promise.all([
+      this.query<ProcRow[]>(
+        `SELECT pg_catalog.lower(p.proname) AS key, n.nspname AS schema, p.prokind::pg_catalog.text AS kind,
+                p.provolatile::pg_catalog.text AS volatility, l.lanname AS language, l.lanpltrusted AS trusted,
+                p.prosecdef AS security_definer, p.oid::pg_catalog.int8 < 16384 AS builtin,
+                (p.proacl IS NULL OR EXISTS (SELECT FROM pg_catalog.aclexplode(p.proacl) a
+                                             WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')) AS public,
+                (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+                 WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                   AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e' LIMIT 1) AS extension
+         FROM pg_catalog.pg_proc p
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+         JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+         WHERE pg_catalog.lower(p.proname) = ANY($1::pg_catalog.text[])`,
+        [keys],
+      ),
+      this.query<{ key: string; schema: string }[]>(
+        `SELECT pg_catalog.lower(t.typname) AS key, n.nspname AS schema
+         FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+         WHERE pg_catalog.lower(t.typname) = ANY($1::pg_catalog.text[])`,
+        [keys],
+      ),
+    ]);
+    for (const name of names) {
+      const { key, schema } = split(name);
+      const inSchema = (s: string) => schema === undefined || s.toLowerCase() === schema || (schema === "pg_temp" && s.startsWith("pg_temp"));
+      const found: SqlCall[] = [];
+      for (const p of procs) {
+        if (p.key !== key || !inSchema(p.schema)) continue;
+        found.push(
+          Object.freeze({
+            name,
+            found: true,
+            schema: p.schema,
+            kind: FUNCTION_KINDS[p.kind] ?? p.kind,
+            public: p.public,
+            volatility: VOLATILITY[p.volatility] ?? p.volatility,
+            language: p.language,
+            trusted: p.trusted,
+            security_definer: p.security_definer,
+            builtin: p.builtin,
+            extension: p.extension,
+          }),
+        );
+      }
+      if (found.length === 0) {
+        const type = types.some((t) => t.key === key && inSchema(t.schema));
+        found.push(Object.freeze({ name, found: false, type, schema: schema ?? null, kind: null, public: null, volatility: null, language: null, trusted: null, security_definer: null, builtin: null, extension: null }));
+      }
+      cache.calls.set(name, found);
+    }
+  }
+
+  private async relations(names: string[], cache: Cache): Promise<void> {
+    if (names.length === 0) return;
+    const keys = [...new Set(names.map((n) => lastPart(n)))];
+    const rows = await this.query<{ key: string; schema: string; kind: string }[]>(
+      `SELECT c.relname AS key, n.nspname AS schema, c.relkind::pg_catalog.text AS kind
+       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       WHERE c.relname = ANY($1::pg_catalog.text[])`,
+      [keys],
+    );
+    for (const name of names) {
+      const { schema } = split(name, false);
+      const key = lastPart(name);
+      const inSchema = (s: string) => schema === undefined || s === schema || (schema === "pg_temp" && s.startsWith("pg_temp"));
+      const candidates = rows.filter((r) => r.key === key && inSchema(r.schema));
+      for (const access of ["read", "write"] as const) {
+        const list: SqlRelation[] = candidates.map((r) =>
+          Object.freeze({ name, access, found: true, schema: r.schema, kind: RELATION_KINDS[r.kind] ?? r.kind, catalog: isCatalogSchema(r.schema) }),
+        );
+        if (list.length === 0) list.push(Object.freeze({ name, access, found: false, schema: schema ?? null, kind: null, catalog: schema !== undefined && isCatalogSchema(schema) }));
+        (access === "read" ? cache.reads : cache.writes).set(name, list);
+      }
+    }
+  }
+
+  private async settings(names: string[], cache: Cache): Promise<void> {
+    if (names.length === 0) return;
+    const rows = await this.query<{ key: string; context: string }[]>(
+      `SELECT pg_catalog.lower(s.name) AS key, s.context FROM pg_catalog.pg_settings s
+       WHERE pg_catalog.lower(s.name) = ANY($1::pg_catalog.text[])`,
+      [names],
+    );
+    const context = new Map(rows.map((r) => [r.key, r.context]));
+    for (const name of names) cache.settings.set(name, context.get(name) ?? PSEUDO_SETTINGS[name] ?? (name.includes(".") ? "placeholder" : "unknown"));
+  }
+
+  /** The facts completed from `cache`, which answers every name in them. */
+  private build(facts: SqlFacts, cache: Cache): SqlFacts {
+    const statements = facts.statements.map((st) => {
+      const out: SqlStatement = {
+        ...st,
+        calls: gather(st.functions, cache.calls),
+        relations: gatherRelations(st, cache),
+        settings: st.settings.length === 0 ? st.settings : st.settings.map((s) => withContext(s, s.name === null ? "unknown" : (cache.settings.get(s.name) ?? "unknown"))),
+      };
+      return Object.freeze(out);
+    });
+    const out: SqlFacts = Object.freeze({ statements, multi: facts.multi, catalog: KNOWN });
+    this.completed.set(facts, { gen: cache.gen, out });
+    this.completed.set(out, { gen: cache.gen, out });
+    return out;
+  }
+}
+
+const KNOWN = Object.freeze({ known: true });
+
+function newCache(gen: string): Cache {
+  return { gen, calls: new Map(), reads: new Map(), writes: new Map(), settings: new Map() };
+}
+
+/** Facts when the catalog could not be asked: no calls or relations, every setting's context unknown. */
+function unknown(facts: SqlFacts, error: string): SqlFacts {
+  const statements = facts.statements.map((st) =>
+    Object.freeze({ ...st, calls: EMPTY, relations: EMPTY, settings: st.settings.map((s) => withContext(s, "unknown")) }),
+  );
+  return Object.freeze({ statements, multi: facts.multi, catalog: Object.freeze({ known: false, error }) });
+}
+
+function withContext(s: SqlSetting, context: string): SqlSetting {
+  return Object.freeze({ name: s.name, action: s.action, local: s.local, call: s.call, context });
+}
+
+function gather<T>(names: readonly string[], from: Map<string, readonly T[]>): T[] {
+  if (names.length === 0) return EMPTY;
+  if (names.length === 1) return from.get(names[0]!) as T[];
+  const out: T[] = [];
+  for (const n of names) out.push(...from.get(n)!);
+  return out;
+}
+
+function gatherRelations(st: SqlStatement, cache: Cache): SqlRelation[] {
+  if (st.writes.length === 0) return gather(st.reads, cache.reads);
+  if (st.reads.length === 0) return gather(st.writes, cache.writes);
+  return [...gather(st.reads, cache.reads), ...gather(st.writes, cache.writes)];
+}
+
+function lastPart(name: string): string {
+  const dot = name.lastIndexOf(".");
+  return dot < 0 ? name : name.slice(dot + 1);
+}
+
+/** "db.schema.name" → {key: "name", schema: "schema"}; `lower`: function names are compared lower-case. */
+function split(name: string, lower = true): { key: string; schema: string | undefined } {
+  const parts = name.split(".");
+  const key = parts[parts.length - 1]!;
+  const schema = parts.length >= 2 ? parts[parts.length - 2] : undefined;
+  return { key: lower ? key.toLowerCase() : key, schema: lower ? schema?.toLowerCase() : schema };
+}
+
+/**
+ * Whether every function that `fn` (a name of `st.functions`) may resolve
+ * to is built in, by the statement's catalog facts; undefined when they do
+ * not say. For lexing.ts: a built-in function other than set_config cannot
+ * change how later text lexes.
+ */
+export function builtInCall(st: SqlStatement, fn: string): boolean | undefined {
+  let seen = false;
+  for (const c of st.calls ?? EMPTY) {
+    if (c.name !== fn) continue;
+    if (!c.found || c.builtin !== true) return false;
+    seen = true;
+  }
+  return seen ? true : undefined;
+}
+
+const perCatalog = new WeakMap<Catalog, CatalogFacts>();
+
+/** The facts cache of one target (one per Catalog, so per connection). */
+export function catalogFacts(catalog: Catalog): CatalogFacts {
+  let f = perCatalog.get(catalog);
+  if (f === undefined) {
+    const sql = (): postgres.Sql => catalog.connection();
+    f = new CatalogFacts((text, params) => sql().unsafe(text, params as postgres.ParameterOrJSON<never>[]) as unknown as Promise<never>);
+    perCatalog.set(catalog, f);
+  }
+  return f;
+}
