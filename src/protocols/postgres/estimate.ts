@@ -65,8 +65,13 @@ interface Job {
   bytea?: number[];
 }
 
-/** The search_path the client session has: the role's default, a value as written after SET … TO, or unknown. */
-type PathState = { kind: "default" } | { kind: "set"; value: string } | undefined;
+/**
+ * The search_path the client session has: the role's default, a value as
+ * written after SET … TO, one given to set_config(), or unknown.
+ */
+type PathState = { kind: "default" } | { kind: "set"; value: string } | { kind: "config"; value: string } | undefined;
+/** How the estimator sets a search_path: SET … TO syntax as written, or set_config()'s value. */
+export type SearchPath = { to: string } | { config: string };
 
 /** The gateway's connections for estimates, one pool per target (beside the catalog's connection). */
 export class Estimator {
@@ -88,7 +93,7 @@ export class Estimator {
    * which this pool's connections have). The texts are the facts' (read
    * with standard_conforming_strings on, as lexing.ts writes them).
    */
-  async rows(job: Job, path?: string): Promise<number> {
+  async rows(job: Job, path?: SearchPath): Promise<number> {
     const c = this.pick();
     // Everything below is sent in this one synchronous pass (see `all`).
     const block = path !== undefined;
@@ -97,7 +102,7 @@ export class Estimator {
       // each statement runs in its own implicit one, unless SET LOCAL search_path needs BEGIN … ROLLBACK.
       const steps: Promise<unknown>[] = block ? [c.unsafe("BEGIN READ ONLY")] : [];
       // The value as the client wrote it after SET search_path TO: one statement, through the extended protocol.
-      if (path !== undefined) steps.push(c.unsafe(`SET LOCAL search_path TO ${path}`));
+      if (path !== undefined) steps.push(setPath(c, path));
       for (const s of job.setup) steps.push(c.unsafe(s));
       const inferred = job.bytea?.length
         ? c.unsafe(`SELECT parameter_types::pg_catalog.text[] AS types FROM pg_catalog.pg_prepared_statements WHERE name = '${ESTIMATE_STATEMENT}'`)
@@ -122,18 +127,19 @@ export class Estimator {
   }
 
   /**
-   * Whether `relation` (as written, resolved under `path`) has rules, which
-   * could make an INSERT … VALUES do more than insert its rows. Cached for
-   * RULES_CACHE_MS. Throws when it does not resolve.
+   * What agate's connection sees of `relation` (as written, resolved under
+   * `path`): whether it has rules, which could make an INSERT … VALUES do
+   * more than insert its rows (cached for RULES_CACHE_MS), or null when it
+   * does not resolve (not cached: it may be committed later).
    */
-  async hasRules(relation: string, path?: string): Promise<boolean> {
-    const key = `${path ?? ""}\0${relation}`;
+  async relation(relation: string, path?: SearchPath): Promise<{ rules: boolean } | null> {
+    const key = `${JSON.stringify(path ?? null)}\0${relation}`;
     const hit = this.rules.get(key);
-    if (hit && Date.now() - hit.at <= RULES_CACHE_MS) return hit.rules;
+    if (hit && Date.now() - hit.at <= RULES_CACHE_MS) return { rules: hit.rules };
     const c = this.pick();
     {
       const steps: Promise<unknown>[] = [c.unsafe("BEGIN READ ONLY")];
-      if (path !== undefined) steps.push(c.unsafe(`SET LOCAL search_path TO ${path}`));
+      if (path !== undefined) steps.push(setPath(c, path));
       const name = relation.split(".").map((p) => `"${p.replaceAll('"', '""')}"`).join(".");
       const found = c.unsafe("SELECT c.relhasrules AS rules FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)", [name]);
       steps.push(found, c.unsafe("ROLLBACK"));
@@ -141,9 +147,9 @@ export class Estimator {
       const failed = settled.find((s) => s.status === "rejected");
       if (failed) throw asError((failed as PromiseRejectedResult).reason);
       const [row] = (settled[steps.indexOf(found)] as PromiseFulfilledResult<{ rules: boolean }[]>).value;
-      if (!row) throw new AgateError("ESTIMATE_RELATION", `relation ${relation} is not visible to agate's connection`);
+      if (!row) return null;
       this.rules.set(key, { rules: row.rules, at: Date.now() });
-      return row.rules;
+      return { rules: row.rules };
     }
   }
   private readonly rules = new Map<string, { rules: boolean; at: number }>();
@@ -180,6 +186,11 @@ export class Estimator {
     const settings = { application_name: "agate estimates", default_transaction_read_only: "on", statement_timeout: String(ESTIMATE_TIMEOUT_MS), standard_conforming_strings: "on" };
     return targetSql(this.target, settings, { max: 1, idle_timeout: 60, prepare: false, fetch_types: false });
   }
+}
+
+/** The session's search_path for this transaction: as the client wrote it after SET … TO (one statement, extended protocol), or set_config()'s value as a parameter. */
+function setPath(c: postgres.Sql, path: SearchPath): Promise<unknown> {
+  return "to" in path ? c.unsafe(`SET LOCAL search_path TO ${path.to}`) : c.unsafe("SELECT pg_catalog.set_config('search_path', $1, true)", [path.config]);
 }
 
 /**
@@ -231,6 +242,7 @@ export class WriteEstimates {
     const plans: (Plan | undefined)[] = [];
     let changed = false;
     for (const s of facts.statements) {
+      this.made(s);
       if (s.node === "PrepareStmt" && s.name !== undefined) local.set(s.name, s);
       if (s.node === "DeallocateStmt") s.name === undefined ? local.clear() : local.delete(s.name);
       const plan = planOf(s, local);
@@ -251,13 +263,23 @@ export class WriteEstimates {
     const preliminary: SqlFacts = { ...facts, statements: unknown };
     command.sql = preliminary;
     if (writes === 0) return false;
-    const at = path?.kind === "set" ? path.value : undefined;
+    const at: SearchPath | undefined = path?.kind === "set" ? { to: path.value } : path?.kind === "config" ? { config: path.value } : undefined;
     const failed = (s: SqlStatement, e: unknown) => ctx.log("warn", "a write's row estimate could not be made; the policy sees null", { session: ctx.session.id, statement: s.tag, error: asError(e).message });
-    // INSERT … VALUES: as many rows as it lists, unless a rule on the table may do more (a catalog lookup, not the statement).
+    // Estimates that need no planner, only catalog lookups (never the statement): INSERT … VALUES lists its rows,
+    // unless a rule on the table may do more; a write only to tables this session made, which agate's connection
+    // cannot see (temporary, or created in the open transaction), changes no row outside the session.
+    const lookup = (name: string) => ctx.estimator.relation(name, at).catch(() => ({ rules: true }));
     const listed = await Promise.all(
       facts.statements.map(async (s, i) => {
-        const rows = s.kind === "insert" && plans[i]?.write && plans[i]!.path && path !== undefined ? s.estimated_rows : undefined;
-        return typeof rows === "number" && !(await ctx.estimator.hasRules(s.writes[0]!, at).catch(() => true)) ? rows : undefined;
+        if (!plans[i]?.write || !plans[i]!.path || path === undefined) return undefined;
+        if (s.writes.length > 0 && s.writes.every((w) => this.madeTables.has(w))) {
+          const seen = await Promise.all(s.writes.map(lookup));
+          if (seen.every((r) => r === null)) return 0;
+        }
+        const rows = s.kind === "insert" ? s.estimated_rows : undefined;
+        if (typeof rows !== "number") return undefined;
+        const table = await lookup(s.writes[0]!);
+        return table !== null && !table.rules ? rows : undefined;
       }),
     );
     const planner = plans.some((p, i) => p?.write && p.job && p.path && path !== undefined && listed[i] === undefined);
@@ -280,6 +302,21 @@ export class WriteEstimates {
     );
     command.sql = { ...facts, statements: estimated };
     return true;
+  }
+
+  /**
+   * Tables this session created (CREATE TABLE, CREATE TABLE AS, SELECT INTO), as written,
+   * until a DDL statement names them again (a rule, a trigger, a rename, a
+   * DROP, an INHERIT) or DISCARD: writes to them alone count 0 rows when agate's
+   * connection cannot see them. A CREATE that failed leaves a name that
+   * either resolves for agate (and is estimated as usual) or for no one.
+   */
+  private readonly madeTables = new Set<string>();
+  private made(s: SqlStatement): void {
+    if (s.node === "DiscardStmt" && (s.tag === "DISCARD ALL" || s.tag === "DISCARD TEMP")) this.madeTables.clear();
+    else if ((s.node === "CreateStmt" || s.tag === "CREATE TABLE AS" || s.tag === "SELECT INTO") && s.writes.length === 1) this.madeTables.add(s.writes[0]!);
+    // Any other DDL naming one (ALTER TABLE big INHERIT it names it as read) ends it.
+    else if (s.kind === "ddl") for (const w of [...s.writes, ...s.reads]) this.madeTables.delete(w);
   }
 
   /** Commands `seqs` were answered (ReadyForQuery): a pending search_path takes effect if its command ran alone, committed and failed nowhere. */
@@ -419,6 +456,9 @@ const PATH_SETTINGS = new Set(["search_path", "role", "authorization", "all", "s
 /** The search_path a plain SET/RESET of it leaves: undefined when agate does not follow it (SET LOCAL, SET ROLE …). */
 function plainPath(s: SqlStatement): PathState {
   if (s.node === "DiscardStmt") return { kind: "default" };
+  // SELECT set_config('search_path', '…', false), as ORMs send it.
+  const config = /^\s*select\s+(?:pg_catalog\.)?set_config\s*\(\s*'search_path'\s*,\s*'((?:[^'\\]|'')*)'\s*,\s*false\s*\)\s*$/i.exec(s.text);
+  if (config && s.node === "SelectStmt") return { kind: "config", value: config[1]!.replaceAll("''", "'") };
   if (s.node !== "VariableSetStmt") return undefined;
   if (/^\s*reset\s+(search_path|all)\s*$/i.test(s.text)) return { kind: "default" };
   const set = /^\s*set\s+(?:session\s+)?search_path\s*(?:to|=)\s*([\s\S]+)$/i.exec(s.text);
