@@ -69,6 +69,13 @@ async function loadBinary(data: Buffer): Promise<string> {
   return db.psql("SELECT id, name, email, card, note, total, tags, profile FROM people_copy ORDER BY id");
 }
 
+/** A COPY … TO STDOUT read through porsager's .readable(): its bytes. */
+async function readCopy(s: postgres.Sql | postgres.TransactionSql, text: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of await s.unsafe(text).readable()) chunks.push(Buffer.from(c));
+  return Buffer.concat(chunks);
+}
+
 describe("binary COPY … TO is masked, not refused", () => {
   test("psql \\copy in binary with nothing to mask is byte for byte PostgreSQL's", async () => {
     const direct = await copyOut(db.url("app_scram"), "clean", "format binary");
@@ -100,10 +107,7 @@ describe("binary COPY … TO is masked, not refused", () => {
     const read = async (url: string, text: string) => {
       const s = postgres(url, { max: 1 });
       try {
-        const stream = await s.unsafe(text).readable();
-        const chunks: Buffer[] = [];
-        for await (const c of stream) chunks.push(Buffer.from(c));
-        return Buffer.concat(chunks);
+        return await readCopy(s, text);
       } finally {
         await s.end();
       }
@@ -175,10 +179,7 @@ describe("a COPY whose source cannot be described", () => {
       await s.begin(async (tx) => {
         await tx`CREATE TEMP TABLE t_in_tx (id int, note text)`;
         await tx`INSERT INTO t_in_tx VALUES (1, ${"key " + TOKEN})`;
-        const stream = await tx.unsafe("COPY t_in_tx TO STDOUT (FORMAT binary)").readable();
-        const chunks: Buffer[] = [];
-        for await (const c of stream) chunks.push(Buffer.from(c));
-        const data = Buffer.concat(chunks);
+        const data = await readCopy(tx, "COPY t_in_tx TO STDOUT (FORMAT binary)");
         noRaw(data);
         // a table created in the open transaction is described, but agate's catalog cannot see its columns' origins yet: under column rules it is masked whole
         expect(data.toString("latin1")).toContain("[REDACTED:note]");
