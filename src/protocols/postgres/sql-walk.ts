@@ -46,6 +46,8 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
     functions: [...walk.functions],
     columns: [...walk.columns],
     whole_row: walk.wholeRow(),
+    outputs: [...walk.flowing],
+    opaque: walk.renamed || walk.outputStar || walk.wholeRowOutside(),
     settings: walk.settings,
   };
   Object.assign(facts, shapeFacts(type, node));
@@ -266,8 +268,41 @@ const ROW_FUNCTIONS = new Set([
 /** Subqueries whose result is a boolean: a star in their select list carries nothing out. */
 const BOOLEAN_SUBLINKS = new Set(["EXISTS_SUBLINK", "ANY_SUBLINK", "ALL_SUBLINK", "ROWCOMPARE_SUBLINK"]);
 
+/**
+ * Fields whose expressions decide which rows a statement touches or in what
+ * order, not what values leave it: a covered column named only there does not
+ * taint the statement (the WHERE-clause oracle is inherent, see README).
+ */
+const CONDITION_FIELDS = new Set([
+  "whereClause",
+  "havingClause",
+  "groupClause",
+  "sortClause",
+  "quals", // JoinExpr ON
+  "joinCondition", // MERGE ON
+  "usingClause", // JoinExpr USING (a list of names); DeleteStmt USING is a FROM list of relations
+  "limitCount",
+  "limitOffset",
+  "distinctClause",
+  "partitionClause", // WindowDef
+  "orderClause", // WindowDef
+  "aggorder", // FuncCall ORDER BY
+  "aggfilter", // FuncCall FILTER (WHERE …)
+]);
+
 class Walk {
   readonly reads = new Set<string>();
+  /** Column names used where their value can flow into an output (outside CONDITION_FIELDS). */
+  readonly flowing = new Set<string>();
+  /** A FROM item or CTE renames its columns (`t(a, b)`, `WITH c(a) AS …`) outside a condition. */
+  renamed = false;
+  /** A star outside a condition: every column of the FROM items flows out. */
+  outputStar = false;
+  /** Whole rows made into values outside conditions. */
+  private rowOutside = false;
+  private readonly bareOutside = new Set<string>();
+  /** Depth of CONDITION_FIELDS around the current node. */
+  private condition = 0;
   readonly writes = new Set<string>();
   readonly functions = new Set<string>();
   readonly columns = new Set<string>();
@@ -295,6 +330,12 @@ class Walk {
     } else if (v !== null && typeof v === "object") {
       this.fields(v as Obj);
     }
+  }
+
+  wholeRowOutside(): boolean {
+    if (this.rowOutside) return true;
+    for (const name of this.bareOutside) if (this.rowNames.has(name)) return true;
+    return false;
   }
 
   wholeRow(): boolean {
@@ -383,6 +424,16 @@ class Walk {
       if (key === skip) continue;
       const v = o[key];
       if (v === null || typeof v !== "object") continue;
+      if (CONDITION_FIELDS.has(key)) {
+        this.condition++;
+        try {
+          this.value(v);
+        } finally {
+          this.condition--;
+        }
+        continue;
+      }
+      if (key === "aliascolnames" && Array.isArray(v) && v.length > 0 && this.condition === 0) this.renamed = true;
       const first = key.charCodeAt(0);
       if (first >= 65 && first <= 90 /* A-Z: a node wrapper */) {
         this.node(key, v as Obj);
@@ -395,6 +446,7 @@ class Walk {
         // SelectStmt.larg/rarg hold bare SelectStmts (JoinExpr's hold wrappers).
         this.node("SelectStmt", v as Obj);
       } else if (key === "alias" || key === "join_using_alias") {
+        this.aliasColumns(v as Obj);
         const name = (v as Obj).aliasname;
         if (typeof name === "string") this.rowNames.add(name);
       } else {
@@ -403,12 +455,18 @@ class Walk {
     }
   }
 
+  /** `AS s(a, b)`: the columns get new names, which agate does not follow (the statement is then opaque). */
+  private aliasColumns(alias: Obj): void {
+    if (Array.isArray(alias.colnames) && alias.colnames.length > 0 && this.condition === 0) this.renamed = true;
+  }
+
   private rangeVar(rv: Obj): void {
     const name = qualifiedName(rv);
     if (name === undefined) return;
     this.rowNames.add(rv.relname as string);
     const alias = (rv.alias as Obj | undefined)?.aliasname;
     if (typeof alias === "string") this.rowNames.add(alias);
+    if (rv.alias) this.aliasColumns(rv.alias as Obj);
     if (this.targets.has(rv)) {
       this.writes.add(name);
     } else if (rv.schemaname === undefined && rv.catalogname === undefined && this.isCte(rv.relname as string)) {
@@ -426,20 +484,33 @@ class Walk {
   private columnRef(n: Obj): void {
     const fields = (n.fields as Obj[] | undefined) ?? [];
     const last = (fields.at(-1)?.String as Obj | undefined)?.sval;
+    const outside = this.condition === 0;
     if (typeof last !== "string") {
       this.anyRow = true;
+      if (outside) this.rowOutside = true;
       return;
     }
     this.columns.add(last);
-    if (fields.length === 1) this.bareNames.add(last);
-    else if (ROW_FUNCTIONS.has(last)) this.anyRow = true;
+    // EXCLUDED.c in ON CONFLICT DO UPDATE is the row the statement itself proposed, not stored data.
+    const first = (fields[0]?.String as Obj | undefined)?.sval;
+    if (outside && !(fields.length > 1 && typeof first === "string" && first.toLowerCase() === "excluded")) this.flowing.add(last);
+    if (fields.length === 1) {
+      this.bareNames.add(last);
+      if (outside) this.bareOutside.add(last);
+    } else if (ROW_FUNCTIONS.has(last)) {
+      this.anyRow = true;
+      if (outside) this.rowOutside = true;
+    }
   }
 
   private resTarget(n: Obj): void {
     const keepsOrigin = this.outputs.get(n);
     // Outside select lists and RETURNING the name is a column: INSERT (a, b), UPDATE SET a = ….
     if (keepsOrigin === undefined && typeof n.name === "string") this.columns.add(n.name);
-    if (keepsOrigin === true && isStar(n.val)) return;
+    if (keepsOrigin === true && isStar(n.val)) {
+      if (this.condition === 0) this.outputStar = true;
+      return;
+    }
     this.fields(n);
   }
 
