@@ -454,9 +454,9 @@ function computeTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined 
   return undefined;
 }
 
+/** Whether a statement writes (its RETURNING columns take the written table as origin). Without facts only the origins are known: computed columns are masked, columns with an origin follow it. */
 function writesSomething(facts: SqlFacts | undefined): boolean {
-  if (!facts) return true;
-  return facts.statements.some((s) => s.writes.length > 0);
+  return facts !== undefined && facts.statements.some((s) => s.writes.length > 0);
 }
 
 /**
