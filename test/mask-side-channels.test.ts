@@ -169,7 +169,7 @@ async function run(g: TestGateway, client: Client, statements: string[]): Promis
     const r = await sh(["psql", "-X", "-At", url], { stdin: statements.map((st) => `${st};\n`).join("") });
     outcomes.push(r.stdout + r.stderr);
   } else if (client === "porsager") {
-    const sql = postgres(url, { max: 1, onnotice: (n) => outcomes.push(JSON.stringify(n)), onnotify: undefined });
+    const sql = postgres(url, { max: 1, onnotice: (n) => outcomes.push(JSON.stringify(n)) });
     for (const st of statements) {
       try {
         outcomes.push(JSON.stringify(await sql.unsafe(st)));
@@ -279,6 +279,10 @@ describe("side channels: a covered value leaves only masked", () => {
     // an uncovered column copies
     const { outcomes } = await run(gw, "porsager", ["INSERT INTO sink(t, n) SELECT name, 1 FROM people WHERE id = 1 ON CONFLICT DO NOTHING RETURNING t"]);
     expect(outcomes[0]).not.toContain("deny_covered_copy");
+    // RETURNING goes to the client (masked), not into the write: no copy
+    const { outcomes: ret } = await run(gw, "porsager", ["UPDATE people SET name = 'Zed' WHERE id = 1 RETURNING *", "INSERT INTO people(id, name) VALUES (9, 'Nine') ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name RETURNING id, code", "DELETE FROM people WHERE id = 9"]);
+    expect(JSON.parse(ret[0]!)).toEqual([{ id: 1, name: "Zed", email: "[REDACTED:email]", code: "[REDACTED:code]", pin: null }]);
+    expect(JSON.parse(ret[1]!)).toEqual([{ id: 9, code: null }]);
   });
 
   test("statistics of covered tables are refused whatever the allow_rules", async () => {

@@ -428,7 +428,7 @@ console.log(JSON.stringify({ notReady, wasm, facts: analyzeSql("select 1") }));
     expect(out.wasm.startsWith("/$bunfs/")).toBe(true); // served from inside the executable
     expect(out.facts).toEqual({
       statements: [
-        { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], columns: [], whole_row: false, outputs: [], opaque: false, settings: [], text: "select 1" },
+        { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], columns: [], whole_row: false, outputs: [], opaque: false, written_from: [], written_opaque: false, settings: [], text: "select 1" },
       ],
       multi: false,
     });

@@ -44,9 +44,10 @@ mask_columns := array.concat(
 mask := {"columns": mask_columns, "detectors": mask_detectors}
 
 # ---------------------------------------------------------------------------
-# Moving covered data is a decision. A statement whose sources (the base
-# columns whose values may flow into what it writes, resolved through views
-# and partitions by the catalog facts: SqlStatement.sources) include a
+# Moving covered data is a decision. A statement whose copies (the base
+# columns whose values may flow into what it writes, RETURNING apart,
+# resolved through views and partitions by the catalog facts:
+# SqlStatement.copies) include a
 # column a mask rule covers, and that writes them somewhere else, is refused:
 # INSERT, UPDATE, MERGE, CREATE TABLE AS, SELECT INTO, and calls that keep a
 # value in session or server state (set_config, pg_notify, large objects,
@@ -87,7 +88,7 @@ state_functions := {
 
 covered_what(st) := concat(", ", sort(covered)) if {
 	covered := {concat(".", [s.schema, s.table, s.column]) |
-		some s in object.get(st, "sources", [])
+		some s in object.get(st, "copies", [])
 		covered_source(s)
 	}
 	count(covered) > 0

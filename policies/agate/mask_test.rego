@@ -50,7 +50,7 @@ covered_copy_input(st) := {
 covered_copy_stmt := {
 	"kind": "insert", "node": "InsertStmt", "tag": "INSERT", "reads": ["users"], "writes": ["sink"],
 	"functions": [], "columns": ["email"], "whole_row": false, "settings": [],
-	"sources": [{"schema": "public", "table": "users", "column": "email"}, {"schema": "public", "table": "sink", "column": "t"}],
+	"copies": [{"schema": "public", "table": "users", "column": "email"}, {"schema": "public", "table": "sink", "column": "t"}],
 }
 
 test_copying_a_covered_column_is_refused if {
@@ -62,7 +62,7 @@ test_copying_a_covered_column_is_refused if {
 }
 
 test_copying_uncovered_columns_passes if {
-	d := agate.decision with input as covered_copy_input(object.union(covered_copy_stmt, {"sources": [{"schema": "public", "table": "users", "column": "name"}]}))
+	d := agate.decision with input as covered_copy_input(object.union(covered_copy_stmt, {"copies": [{"schema": "public", "table": "users", "column": "name"}]}))
 		with data.agate.config.mask as {"columns": ["users.email", "*secret*"]}
 	not any_reason_starts(d, "agate.mask.deny_covered_copy")
 }
@@ -86,7 +86,7 @@ test_deny_covered_copy_can_be_switched_off if {
 }
 
 test_opaque_sources_count_under_any_column_rule if {
-	st := object.union(covered_copy_stmt, {"sources": [], "sources_opaque": true})
+	st := object.union(covered_copy_stmt, {"copies": [], "sources_opaque": true})
 	d := agate.decision with input as covered_copy_input(st) with data.agate.config.mask as {"columns": ["email"]}
 	any_reason_starts(d, "agate.mask.deny_covered_copy")
 	d2 := agate.decision with input as covered_copy_input(st)
@@ -94,7 +94,7 @@ test_opaque_sources_count_under_any_column_rule if {
 }
 
 test_statistics_are_refused_under_column_rules_whatever_the_allow_rules if {
-	st := object.union(covered_copy_stmt, {"kind": "select", "node": "SelectStmt", "tag": "SELECT", "writes": [], "reads": ["pg_catalog.pg_stats"], "sources": []})
+	st := object.union(covered_copy_stmt, {"kind": "select", "node": "SelectStmt", "tag": "SELECT", "writes": [], "reads": ["pg_catalog.pg_stats"], "copies": []})
 	d := agate.decision with input as covered_copy_input(st)
 		with data.agate.config as {"mask": {"columns": ["email"]}, "allow_rules": ["deny_covered_statistics", "agate.mask.deny_covered_statistics"]}
 	any_reason_starts(d, "agate.mask.deny_covered_statistics")

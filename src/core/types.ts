@@ -78,6 +78,9 @@ export interface SqlStatement {
    * column of the relations read may then flow out.
    */
   opaque?: boolean;
+  /** `outputs` and `opaque` without RETURNING lists: what may flow into what the statement writes or keeps. */
+  written_from?: string[];
+  written_opaque?: boolean;
   /**
    * Catalog facts: the base columns whose values may flow into the outputs,
    * resolved through views (their rewrite rules' dependencies) and
@@ -87,6 +90,8 @@ export interface SqlStatement {
    */
   sources?: SqlColumnRef[];
   sources_opaque?: boolean;
+  /** Catalog facts: `sources` of what the statement writes or keeps (written_from), for agate.mask.deny_covered_copy. */
+  copies?: SqlColumnRef[];
   /** UPDATE/DELETE: whether a WHERE clause is present. */
   has_where?: boolean;
   /** DECLARE/FETCH/MOVE/CLOSE: the cursor; PREPARE/EXECUTE/DEALLOCATE: the prepared statement (absent for CLOSE ALL, DEALLOCATE ALL). */

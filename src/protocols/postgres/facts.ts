@@ -350,7 +350,8 @@ export class CatalogFacts {
         settings: st.settings.length === 0 ? st.settings : st.settings.map((s) => withContext(s, s.name === null ? "unknown" : (cache.settings.get(s.name) ?? "unknown"))),
       };
       const calls = out.calls ?? EMPTY;
-      out.sources = sourcesOf(st, cache);
+      out.sources = sourcesOf(st.outputs, st.opaque, st, cache);
+      out.copies = sourcesOf(st.written_from, st.written_opaque, st, cache);
       out.sources_opaque = calls.some((c) => QUERY_FUNCTIONS.has(lastPart(c.name)) || (c.found && c.builtin !== true));
       return Object.freeze(out);
     });
@@ -370,7 +371,7 @@ function newCache(gen: string): Cache {
 /** Facts when the catalog could not be asked: no calls or relations, every setting's context unknown. */
 function unknown(facts: SqlFacts, error: string): SqlFacts {
   const statements = facts.statements.map((st) =>
-    Object.freeze({ ...st, calls: EMPTY, relations: EMPTY, settings: st.settings.map((s) => withContext(s, "unknown")), sources: EMPTY, sources_opaque: true }),
+    Object.freeze({ ...st, calls: EMPTY, relations: EMPTY, settings: st.settings.map((s) => withContext(s, "unknown")), sources: EMPTY, sources_opaque: true, copies: EMPTY }),
   );
   return Object.freeze({ statements, multi: facts.multi, catalog: Object.freeze({ known: false, error }) });
 }
@@ -388,15 +389,14 @@ function gather<T>(names: readonly string[], from: Map<string, readonly T[]>): T
 }
 
 /**
- * The base columns whose values may flow into a statement's outputs: of
- * every relation it reads or writes, those named outside conditions
- * (`outputs`; a view's base columns when any of the view's columns is), or
- * all of them when the statement is opaque (renamed columns, a star, a
- * whole row).
+ * The base columns whose values may flow into a statement's outputs
+ * (`outputs`, `opaque`) or into what it writes (`written_from`,
+ * `written_opaque`): of every relation it reads or writes, those named
+ * (a view's base columns when any of the view's columns is), or all of them
+ * when opaque (renamed columns, a star, a whole row).
  */
-function sourcesOf(st: SqlStatement, cache: Cache): SqlColumnRef[] {
-  const outputs = st.outputs ?? EMPTY;
-  if (outputs.length === 0 && st.opaque !== true) return EMPTY;
+function sourcesOf(outputs: readonly string[] = EMPTY, opaque: boolean | undefined, st: SqlStatement, cache: Cache): SqlColumnRef[] {
+  if (outputs.length === 0 && opaque !== true) return EMPTY;
   const names = new Set(outputs.map((n) => n.toLowerCase()));
   const out: SqlColumnRef[] = [];
   const seen = new Set<string>();
@@ -404,7 +404,7 @@ function sourcesOf(st: SqlStatement, cache: Cache): SqlColumnRef[] {
     for (const r of cache.columns.get(rel) ?? EMPTY) {
       let viaView: boolean | undefined;
       for (const b of r.bases) {
-        const flows = st.opaque === true || (b.named !== null ? names.has(b.named) : (viaView ??= [...r.own].some((n) => names.has(n))));
+        const flows = opaque === true || (b.named !== null ? names.has(b.named) : (viaView ??= [...r.own].some((n) => names.has(n))));
         if (!flows) continue;
         const k = `${b.ref.schema}\0${b.ref.table}\0${b.ref.column}`;
         if (seen.has(k)) continue;

@@ -37,7 +37,7 @@
  * star or a whole row; anything when it calls a function that runs a query).
  * In a tainted statement every computed result column (no origin:
  * `upper(e)`, `row_to_json(u)`) is masked whole under that rule, and so is
- * every column of a tainted statement that writes (RETURNING: its origin is
+ * every column of one that writes covered values (RETURNING: its origin is
  * the written table). Errors and notices of a tainted statement lose their
  * echoed values (maskNotice). An untainted statement's computed columns get
  * only their own name's rule and the detectors: `count(*)`, `length(name)`
@@ -150,7 +150,7 @@ export class ResultMasker {
   private readonly columns: Column[];
   /** Some detector in force can match text of digits and punctuation alone. */
   private readonly numeric: boolean;
-  /** A tainted statement that writes: its RETURNING columns carry the written table as origin, and are masked too. */
+  /** A tainted statement that writes covered values: its RETURNING columns carry the written table as origin, and are masked too. */
   private readonly writes: boolean;
 
   constructor(
@@ -164,7 +164,7 @@ export class ResultMasker {
   ) {
     this.numeric = mask.detectors.some((d) => NUMERIC_DETECTORS.has(d));
     const computed = taintRule(mask, facts);
-    this.writes = computed !== undefined && writesSomething(facts);
+    this.writes = computed !== undefined && writesCovered(mask, facts);
     this.columns = fields.map((f) => this.plan(f.type >= FIRST_USER_OID ? { ...f, type: typeAs(f.type) } : f, origin, computed));
     this.ruleCounts = new Float64Array(fields.length);
   }
@@ -454,9 +454,18 @@ function computeTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined 
   return undefined;
 }
 
-/** Whether a statement writes (its RETURNING columns take the written table as origin). Without facts only the origins are known: computed columns are masked, columns with an origin follow it. */
-function writesSomething(facts: SqlFacts | undefined): boolean {
-  return facts !== undefined && facts.statements.some((s) => s.writes.length > 0);
+/**
+ * Whether a statement writes covered values (its `copies`; opaque sources;
+ * or facts the catalog did not complete): its RETURNING columns take the
+ * written table as origin, so they cannot be trusted. Without facts only the
+ * origins are known: computed columns are masked, columns with an origin
+ * follow it.
+ */
+function writesCovered(m: CompiledMask, facts: SqlFacts | undefined): boolean {
+  if (facts === undefined) return false;
+  return facts.statements.some(
+    (s) => s.writes.length > 0 && (s.copies === undefined || s.sources_opaque === true || s.copies.some((c) => ruleForColumn(m, c.schema, c.table, c.column) !== undefined)),
+  );
 }
 
 /**

@@ -47,7 +47,9 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
     columns: [...walk.columns],
     whole_row: walk.wholeRow(),
     outputs: [...walk.flowing],
-    opaque: walk.renamed || walk.outputStar || walk.wholeRowOutside(),
+    opaque: walk.renamed || walk.outputStar || walk.returnStar || walk.wholeRowOutside(),
+    written_from: [...walk.flowingWrite],
+    written_opaque: walk.renamed || walk.outputStar || walk.wholeRowOutside(),
     settings: walk.settings,
   };
   Object.assign(facts, shapeFacts(type, node));
@@ -296,8 +298,13 @@ class Walk {
   readonly flowing = new Set<string>();
   /** A FROM item or CTE renames its columns (`t(a, b)`, `WITH c(a) AS …`) outside a condition. */
   renamed = false;
-  /** A star outside a condition: every column of the FROM items flows out. */
+  /** `flowing` but for RETURNING lists: what may flow into what the statement writes (or keeps, set_config …). */
+  readonly flowingWrite = new Set<string>();
+  /** A star outside a condition (outside RETURNING; there, returnStar): every column of the FROM items flows out. */
   outputStar = false;
+  returnStar = false;
+  /** Depth of RETURNING lists around the current node. */
+  private returning = 0;
   /** Whole rows made into values outside conditions. */
   private rowOutside = false;
   private readonly bareOutside = new Set<string>();
@@ -424,6 +431,15 @@ class Walk {
       if (key === skip) continue;
       const v = o[key];
       if (v === null || typeof v !== "object") continue;
+      if (key === "returningClause") {
+        this.returning++;
+        try {
+          this.value(v);
+        } finally {
+          this.returning--;
+        }
+        continue;
+      }
       if (CONDITION_FIELDS.has(key)) {
         this.condition++;
         try {
@@ -493,7 +509,10 @@ class Walk {
     this.columns.add(last);
     // EXCLUDED.c in ON CONFLICT DO UPDATE is the row the statement itself proposed, not stored data.
     const first = (fields[0]?.String as Obj | undefined)?.sval;
-    if (outside && !(fields.length > 1 && typeof first === "string" && first.toLowerCase() === "excluded")) this.flowing.add(last);
+    if (outside && !(fields.length > 1 && typeof first === "string" && first.toLowerCase() === "excluded")) {
+      this.flowing.add(last);
+      if (this.returning === 0) this.flowingWrite.add(last);
+    }
     if (fields.length === 1) {
       this.bareNames.add(last);
       if (outside) this.bareOutside.add(last);
@@ -508,7 +527,8 @@ class Walk {
     // Outside select lists and RETURNING the name is a column: INSERT (a, b), UPDATE SET a = ….
     if (keepsOrigin === undefined && typeof n.name === "string") this.columns.add(n.name);
     if (keepsOrigin === true && isStar(n.val)) {
-      if (this.condition === 0) this.outputStar = true;
+      if (this.condition === 0 && this.returning > 0) this.returnStar = true;
+      else if (this.condition === 0) this.outputStar = true;
       return;
     }
     this.fields(n);
