@@ -288,8 +288,8 @@ const CONDITION_FIELDS = new Set([
   "distinctClause",
   "partitionClause", // WindowDef
   "orderClause", // WindowDef
-  "aggorder", // FuncCall ORDER BY
-  "aggfilter", // FuncCall FILTER (WHERE …)
+  "agg_order", // FuncCall ORDER BY
+  "agg_filter", // FuncCall FILTER (WHERE …)
 ]);
 
 class Walk {
