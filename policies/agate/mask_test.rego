@@ -106,3 +106,12 @@ any_reason_starts(d, prefix) if {
 	some r in d.reasons
 	startswith(r, prefix)
 }
+
+test_a_materialized_view_keeps_its_lineage_and_is_no_copy if {
+	mv := object.union(covered_copy_stmt, {"kind": "ddl", "node": "CreateTableAsStmt", "tag": "CREATE MATERIALIZED VIEW", "writes": ["mv"]})
+	d := agate.decision with input as covered_copy_input(mv) with data.agate.config.mask as {"columns": ["email"]}
+	not any_reason_starts(d, "agate.mask.deny_covered_copy")
+	ctas := object.union(mv, {"tag": "CREATE TABLE AS"})
+	d2 := agate.decision with input as covered_copy_input(ctas) with data.agate.config.mask as {"columns": ["email"]}
+	any_reason_starts(d2, "agate.mask.deny_covered_copy")
+}
