@@ -283,6 +283,10 @@ describe("side channels: a covered value leaves only masked", () => {
     const { outcomes: ret } = await run(gw, "porsager", ["UPDATE people SET name = 'Zed' WHERE id = 1 RETURNING *", "INSERT INTO people(id, name) VALUES (9, 'Nine') ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name RETURNING id, code", "DELETE FROM people WHERE id = 9"]);
     expect(JSON.parse(ret[0]!)).toEqual([{ id: 1, name: "Zed", email: "[REDACTED:email]", code: "[REDACTED:code]", pin: null }]);
     expect(JSON.parse(ret[1]!)).toEqual([{ id: 9, code: null }]);
+    // a covered column transformed in place stays covered: no copy
+    const { outcomes: inPlace } = await run(gw, "porsager", ["UPDATE people SET code = lower(code) WHERE id = 2 RETURNING code", "UPDATE people SET name = code WHERE id = 2"]);
+    expect(JSON.parse(inPlace[0]!)).toEqual([{ code: "[REDACTED:code]" }]);
+    expect(inPlace[1]).toContain("agate.mask.deny_covered_copy");
   });
 
   test("statistics of covered tables are refused whatever the allow_rules", async () => {

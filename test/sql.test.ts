@@ -304,6 +304,13 @@ describe("analyzeSql: what flows out (taint by reference)", () => {
     expect(flow("insert into sink select email from users returning t")).toEqual([["email", "t"], false, ["email"], false]);
     expect(flow("insert into users (id, email) values (1, 'a') on conflict (id) do update set email = excluded.email")).toEqual([[], false, [], false]);
   });
+
+  test("UPDATE SET c = f(c) transforms in place: no copy; from another column or a subquery it is one", () => {
+    expect(flow("update users u set email = lower(trim(u.email)), name = 'x' where id = 1")).toEqual([["email"], false, [], false]);
+    expect(flow("update users set name = email where id = 1")[2]).toEqual(["email"]);
+    expect(flow("update users set email = (select email from other) where id = 1")[2]).toEqual(["email"]);
+    expect(flow("update users set email = o.email from other o where o.id = users.id")[2]).toEqual(["email"]);
+  });
 });
 
 describe("analyzeSql: statements and their text", () => {

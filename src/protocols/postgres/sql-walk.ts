@@ -362,6 +362,7 @@ class Walk {
     else if (type === "UpdateStmt" || type === "DeleteStmt") {
       this.updateOrDelete++;
       if (n.whereClause) this.updateOrDeleteWithWhere++;
+      if (type === "UpdateStmt") this.selfAssignments(n);
     } else if (type === "SelectStmt") {
       // PostgreSQL expands a star in a select list into plain columns, which
       // keep their origin unless the result is a set operation's or a subquery's.
@@ -522,7 +523,37 @@ class Walk {
     }
   }
 
+  /**
+   * `UPDATE t SET c = lower(c)`: a SET item whose value is computed from the
+   * same column of the same row alone (no subquery, no other column) keeps
+   * the value where it was; it is no copy (written_from leaves it out).
+   */
+  private selfAssignments(n: Obj): void {
+    const rel = n.relation as Obj | undefined;
+    const names = new Set<string>();
+    if (typeof rel?.relname === "string") names.add(rel.relname);
+    const alias = (rel?.alias as Obj | undefined)?.aliasname;
+    if (typeof alias === "string") names.add(alias);
+    for (const item of (n.targetList as Obj[] | undefined) ?? []) {
+      const t = item.ResTarget as Obj | undefined;
+      if (t && typeof t.name === "string" && t.indirection === undefined && onlyColumn(t.val, t.name, names)) this.inPlace.add(t);
+    }
+  }
+
+  /** UPDATE SET items that transform a column in place (selfAssignments). */
+  private readonly inPlace = new Set<object>();
+
   private resTarget(n: Obj): void {
+    if (this.inPlace.has(n)) {
+      // what flows into the write stays in the column it came from
+      this.returning++;
+      try {
+        this.inPlace.delete(n);
+        return this.resTarget(n);
+      } finally {
+        this.returning--;
+      }
+    }
     const keepsOrigin = this.outputs.get(n);
     // Outside select lists and RETURNING the name is a column: INSERT (a, b), UPDATE SET a = ….
     if (keepsOrigin === undefined && typeof n.name === "string") this.columns.add(n.name);
@@ -566,6 +597,23 @@ class Walk {
     for (const scope of this.ctes) if (scope.includes(name)) return true;
     return false;
   }
+}
+
+/** Whether expression `v` reads no column but `column` (bare, or qualified by one of `names`), and runs no subquery. */
+function onlyColumn(v: unknown, column: string, names: ReadonlySet<string>): boolean {
+  if (Array.isArray(v)) return v.every((x) => onlyColumn(x, column, names));
+  if (v === null || typeof v !== "object") return true;
+  const o = v as Obj;
+  if (o.SubLink !== undefined || o.A_Star !== undefined) return false;
+  const ref = o.ColumnRef as Obj | undefined;
+  if (ref) {
+    const parts = ((ref.fields as Obj[] | undefined) ?? []).map((f) => (f.String as Obj | undefined)?.sval);
+    if (parts.some((p) => typeof p !== "string")) return false;
+    if (parts.length === 1) return parts[0] === column;
+    return parts.length === 2 && names.has(parts[0] as string) && parts[1] === column;
+  }
+  for (const key in o) if (!onlyColumn(o[key], column, names)) return false;
+  return true;
 }
 
 function isRangeVar(v: unknown): v is Obj {
