@@ -427,27 +427,23 @@ class Walk {
     return names;
   }
 
+  /** Run `walk` one level deeper in RETURNING lists or in conditions. */
+  private within(depth: "returning" | "condition", walk: () => void): void {
+    this[depth]++;
+    try {
+      walk();
+    } finally {
+      this[depth]--;
+    }
+  }
+
   private fields(o: Obj, skip?: string): void {
     for (const key in o) {
       if (key === skip) continue;
       const v = o[key];
       if (v === null || typeof v !== "object") continue;
-      if (key === "returningClause") {
-        this.returning++;
-        try {
-          this.value(v);
-        } finally {
-          this.returning--;
-        }
-        continue;
-      }
-      if (CONDITION_FIELDS.has(key)) {
-        this.condition++;
-        try {
-          this.value(v);
-        } finally {
-          this.condition--;
-        }
+      if (key === "returningClause" || CONDITION_FIELDS.has(key)) {
+        this.within(key === "returningClause" ? "returning" : "condition", () => this.value(v));
         continue;
       }
       if (key === "aliascolnames" && Array.isArray(v) && v.length > 0 && this.condition === 0) this.renamed = true;
@@ -546,13 +542,8 @@ class Walk {
   private resTarget(n: Obj): void {
     if (this.inPlace.has(n)) {
       // what flows into the write stays in the column it came from
-      this.returning++;
-      try {
-        this.inPlace.delete(n);
-        return this.resTarget(n);
-      } finally {
-        this.returning--;
-      }
+      this.inPlace.delete(n);
+      return this.within("returning", () => this.resTarget(n));
     }
     const keepsOrigin = this.outputs.get(n);
     // Outside select lists and RETURNING the name is a column: INSERT (a, b), UPDATE SET a = ….
