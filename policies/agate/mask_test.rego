@@ -115,3 +115,13 @@ test_a_materialized_view_keeps_its_lineage_and_is_no_copy if {
 	d2 := agate.decision with input as covered_copy_input(ctas) with data.agate.config.mask as {"columns": ["email"]}
 	any_reason_starts(d2, "agate.mask.deny_covered_copy")
 }
+
+test_star_patterns_match_like_the_masker if {
+	agate.star_match("*secret*", "api_secret")
+	agate.star_match("users", "users")
+	agate.star_match("pass*", "password")
+	agate.star_match("*", "anything")
+	not agate.star_match("pass*", "bypass")
+	not agate.star_match("ab*ba", "aba")
+	not agate.star_match("users", "users2")
+}
