@@ -152,6 +152,16 @@ export class Catalog {
     }
   }
 
+  /**
+   * Forget every cached origin and type: a DDL statement ran through agate
+   * (CREATE OR REPLACE VIEW, ALTER TABLE …), so lineage must be read anew at
+   * once. Changes made elsewhere are seen after CACHE_MS.
+   */
+  invalidate(): void {
+    this.relations.clear();
+    this.types.clear();
+  }
+
   async close(): Promise<void> {
     await Promise.all([this.sql?.end({ timeout: 1 }), this.estimator.close()]);
     this.sql = undefined;

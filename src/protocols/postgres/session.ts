@@ -39,7 +39,7 @@ import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
-import { type Field, maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker } from "./rows.ts";
+import { type Field, maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
 import { tagAgrees, tagVerb } from "./tags.ts";
@@ -747,6 +747,7 @@ export class PgSession {
           const tag = f.body.toString("utf8", 0, f.body.length - 1);
           this.checkTag(r, tag);
           this.tags.push(tag);
+          if (this.answering(r)?.kind === "ddl") this.lineageChanged();
         }
         this.endRows(r);
         if (r?.kind === "execute") this.replies.shift();
@@ -765,7 +766,7 @@ export class PgSession {
           break;
         }
         if (r?.kind === "query") this.checkStatementCount(r);
-        const masked = maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors);
+        const masked = maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
         this.error ??= readErrorFields(masked.subarray(5));
         // The target skips the rest of an extended-protocol batch; so do its replies.
         this.endRows(r);
@@ -790,7 +791,7 @@ export class PgSession {
         break;
       }
       case T.NoticeResponse:
-        out.add(maskNotice(f.raw, this.currentReply()?.mask ?? this.lastMask, this.tally.detectors));
+        out.add(maskNotice(f.raw, this.currentReply()?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(this.currentReply())));
         break;
       case T.NotificationResponse:
         out.add(maskNotification(f.raw, this.lastMask, this.tally.detectors));
@@ -906,6 +907,26 @@ export class PgSession {
     }
   }
 
+  /** The statement (its facts, through cursors and prepared statements) a reply's next message answers. */
+  private answering(r: Reply | undefined): SqlStatement | undefined {
+    const st = r?.facts?.statements;
+    return st === undefined || r === undefined ? undefined : r.kind === "query" ? st[r.done ?? 0] : st[0];
+  }
+
+  /** The column rule that taints the statement a reply answers (rows.ts statementTaint); errors and notices lose echoed values. */
+  private taintOf(r: Reply | undefined): ReturnType<typeof statementTaint> {
+    if (r === undefined || r.mask.columns.length === 0) return undefined;
+    const st = this.answering(r);
+    // A reply agate cannot match with a statement: tainted under the first rule (fail closed).
+    return st === undefined ? r.mask.columns[0] : statementTaint(r.mask, st);
+  }
+
+  /** A DDL statement completed: column origins and catalog facts may have changed, so both caches start afresh. */
+  private lineageChanged(): void {
+    this.catalog.invalidate();
+    catalogFacts(this.catalog).invalidate();
+  }
+
   /** An error answers the statement after the last CommandComplete: there must be one. */
   private checkStatementCount(r: Reply): void {
     if (r.decided !== undefined && (r.done ?? 0) >= r.decided.length) {
@@ -1007,12 +1028,12 @@ export class PgSession {
       // A portal read in pieces (PortalSuspended) has no tag for the rows it sent
       rows = Math.max(rows, this.resultRows);
       const t = this.tally;
-      const masked = t.rows > 0 || Object.keys(t.detectors).length > 0 ? { masked: { rows: t.rows, columns: t.columns, detectors: t.detectors } } : {};
+      const masked = t.rows > 0 || Object.keys(t.detectors).length > 0 || Object.keys(t.columns).length > 0 ? { masked: { rows: t.rows, columns: t.columns, detectors: t.detectors } } : {};
       this.estimates.answered(seqs, this.error !== undefined, this.txStatus);
       this.guard.outcome(this.session, seqs, { tags: this.tags, rows, bytes: this.resultBytes, ...(this.error ? { error: this.error } : {}), ...masked });
       this.resultBytes = 0;
       this.resultRows = 0;
-      if (t.rows > 0 || Object.keys(t.detectors).length > 0) this.tally = newTally();
+      if (t.rows > 0 || Object.keys(t.detectors).length > 0 || Object.keys(t.columns).length > 0) this.tally = newTally();
     }
     this.tags = [];
     this.error = undefined;
