@@ -69,9 +69,10 @@ describe("a setting that changes lexing is a barrier", () => {
     // The probe's own answers never reach the client: one ParseComplete, BindComplete, CommandComplete for the SET, then the refusal.
     expect(got.filter((m) => m.type !== "S").map((m) => m.type).join("")).toBe("12CEZ");
     expect(errors(got)[0]!.message).toContain("pg_read_file");
-    // The session goes on, in order, with the setting known.
+    // The session goes on, in order. The refusal failed the batch on the target too, so its implicit
+    // transaction rolled back, SET included, as after any error in PostgreSQL.
     s.send([Query("SHOW standard_conforming_strings")]);
-    expect(rows(await s.untilReady(1))).toEqual([["off"]]);
+    expect(rows(await s.untilReady(1))).toEqual([["on"]]);
     s.close();
   });
 

@@ -15,6 +15,7 @@ import { buildPolicies } from "../src/policy/build.ts";
 import { message, startupPacket } from "../src/protocols/postgres/wire.ts";
 import { API_KEY, startTestGateway, psql, sh, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
+import { errorOf, Query, rawSession, rowOf, run, Sync } from "./helpers/wire.ts";
 
 let db: TestPostgres;
 let gw: TestGateway;
@@ -87,16 +88,31 @@ describe("psql", () => {
     expect(r.stderr).toContain("syntax error");
   });
 
-  test("the session stays usable after a refusal, inside and outside a transaction", async () => {
+  test("a refusal inside a transaction aborts it, as any error does in PostgreSQL; the session stays usable", async () => {
     const script = `BEGIN;
 INSERT INTO accounts VALUES (2000, 'tx', 5);
 DROP TABLE accounts;
 SELECT count(*) FROM accounts WHERE id = 2000;
 COMMIT;
-SELECT owner FROM accounts WHERE id = 2000;`;
+SELECT count(*) FROM accounts WHERE id = 2000;
+DROP TABLE accounts;
+SELECT 'usable';`;
     const r = await sh(["psql", "-X", "-At", gw.url(), "-f", "-"], { stdin: script });
     expect(r.stderr).toContain("agate.sql.deny_drop");
-    expect(r.stdout.trim().split("\n")).toEqual(["BEGIN", "INSERT 0 1", "1", "COMMIT", "tx"]);
+    expect(r.stderr).toContain("current transaction is aborted");
+    // The COMMIT rolls back: the INSERT before the refusal is gone, as it would be after any error.
+    expect(r.stdout.trim().split("\n")).toEqual(["BEGIN", "INSERT 0 1", "ROLLBACK", "0", "usable"]);
+  });
+
+  test("a refusal in an extended batch rolls back what the batch did before it, at its Sync", async () => {
+    const s = await rawSession(gw.port, { user: USER, password: API_KEY });
+    s.send([...run("INSERT INTO accounts VALUES (2001, 'batch', 5)"), ...run("DROP TABLE accounts"), Sync, Query("SELECT count(*) FROM accounts WHERE id = 2001")]);
+    const got = await s.untilReady(2);
+    s.close();
+    const errs = got.filter((m) => m.type === "E").map(errorOf);
+    expect(errs.map((e) => e.code)).toEqual(["42501"]);
+    expect(errs[0]!.message).toContain("deny_drop");
+    expect(got.filter((m) => m.type === "D").map((m) => rowOf(m)[0]!.toString())).toEqual(["0"]);
   });
 
   test("agate reads SQL as the target does, whatever standard_conforming_strings and client_encoding say", async () => {

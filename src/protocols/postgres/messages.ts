@@ -69,6 +69,10 @@ export function Bind(portal: string, statement: string): Buffer {
   return message(T.Bind, (w) => w.cstr(portal).cstr(statement).i16(0).i16(0).i16(0));
 }
 
+export function Query(text: string): Buffer {
+  return message(T.Query, (w) => w.cstr(text));
+}
+
 export function Execute(portal: string): Buffer {
   return message(T.Execute, (w) => w.cstr(portal).i32(0));
 }

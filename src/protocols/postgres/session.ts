@@ -38,7 +38,7 @@ import type { Catalog } from "./catalog.ts";
 import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
-import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { type Field, maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
@@ -73,6 +73,8 @@ interface Reply {
   done?: number;
   /** The statements as decided (before FETCH/EXECUTE stand for what is behind them): what its command tags must agree with. */
   decided?: readonly SqlStatement[];
+  /** agate's failing statement for a refusal (refuseQuery, refuseInBatch): the target's error is replaced by this one. */
+  refusal?: Buffer;
   /** agate's own SHOW of a lexing setting (probeLexing): its row is the value. */
   probe?: { setting: string; answered: (ok: boolean) => void };
   /** agate's own Describe of what a COPY … TO reads (describeCopy): its RowDescription body, undefined when it failed. */
@@ -287,7 +289,7 @@ export class PgSession {
     if (!verdict) return;
     const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
     if (refused) {
-      this.injectAfterReplies([refused, "ReadyForQuery"]);
+      this.refuseQuery(refused);
       return;
     }
     const copies = this.copiesToDescribe(command, verdict.mask);
@@ -295,15 +297,14 @@ export class PgSession {
     if (this.closed) return;
     if (copies.some((i) => i > 0 && copyColumns?.get(i) === undefined)) {
       // What the COPY reads may be made by the statements before it: it runs, and cannot be masked.
-      this.injectAfterReplies([
+      this.refuseQuery(
         ErrorResponse({
           severity: "ERROR",
           code: "42501",
           message: "agate: the COPY … TO in this query reads what agate could not describe before the query ran, and this statement's policy masks its output",
           hint: "Send the COPY as a query of its own, after the statements that create what it reads.",
         }),
-        "ReadyForQuery",
-      ]);
+      );
       return;
     }
     const barrier = this.isBarrier(command);
@@ -594,7 +595,7 @@ export class PgSession {
       this.log("error", "command refused: the guard failed", { session: this.session.id, code: err.code, error: err.message });
       const reply = ErrorResponse({ severity: "ERROR", code: "58000", message: `agate could not record the statement, so it was not run: ${err.message}`, hint: "The gateway's audit log is unavailable; ask its operator." });
       if (extended) this.refuseInBatch(reply);
-      else this.injectAfterReplies([reply, "ReadyForQuery"]);
+      else this.refuseQuery(reply);
       return undefined;
     }
   }
@@ -631,13 +632,41 @@ export class PgSession {
 
   private async refuseSimple(command: Command): Promise<void> {
     const verdict = await this.check(command, false);
-    if (verdict) this.injectAfterReplies([this.refusal(command, verdict), "ReadyForQuery"]);
+    if (verdict) this.refuseQuery(this.refusal(command, verdict));
+  }
+
+  /**
+   * Whether a refusal must be an error on the target too. PostgreSQL aborts
+   * a transaction block on any error (its COMMIT then rolls back), and rolls
+   * back an extended batch's implicit transaction at the Sync: a refusal that
+   * only agate answered would leave both usable. So unless the session is
+   * idle with nothing in flight, agate sends the target a statement that
+   * fails in parse analysis (REFUSED_SQL: nothing runs) and writes its own
+   * error in place of the target's; the ReadyForQuery is the target's.
+   */
+  private targetMustFail(): boolean {
+    return this.txStatus !== 0x49 || this.syncsSent !== this.zReceived || this.batchForwarded > 0;
+  }
+
+  /** A Query was refused: its error and ReadyForQuery go where the target's would. */
+  private refuseQuery(error: Buffer): void {
+    if (!this.targetMustFail()) return this.injectAfterReplies([error, "ReadyForQuery"]);
+    this.toUpstream.add(Query(REFUSED_SQL));
+    this.syncsSent++;
+    this.replies.push({ kind: "query", sync: this.syncsSent, mask: NO_MASK, refusal: error });
   }
 
   /** An extended-protocol message was refused: its error goes where the target's would, then discard until Sync. */
   private refuseInBatch(error: Buffer): void {
-    if (this.batchForwarded > 0) push(this.injectBefore, this.syncsSent + 1, error);
-    else this.injectAfterReplies([error]);
+    if (this.targetMustFail()) {
+      // The target fails the batch here too, and skips the rest of it, as it would after its own error.
+      this.toUpstream.add(Parse(`${RESERVED_PREFIX}refused`, REFUSED_SQL));
+      this.toUpstream.add(Flush); // a client that waits on its own Flush gets the error now, as from PostgreSQL
+      this.batchForwarded++;
+      this.replies.push({ kind: "execute", sync: this.syncsSent + 1, mask: NO_MASK, refusal: error });
+    } else {
+      this.injectAfterReplies([error]);
+    }
     this.discarding = true;
   }
 
@@ -766,8 +795,9 @@ export class PgSession {
           break;
         }
         if (r?.kind === "query") this.checkStatementCount(r);
-        const masked = maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
-        this.error ??= readErrorFields(masked.subarray(5));
+        // agate's failing statement for a refusal: the client gets agate's error in its place.
+        const masked = r?.refusal ?? maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
+        if (!r?.refusal) this.error ??= readErrorFields(masked.subarray(5));
         // The target skips the rest of an extended-protocol batch; so do its replies.
         this.endRows(r);
         if (r && r.kind !== "query") {
@@ -1077,8 +1107,11 @@ export class PgSession {
 
 const EMPTY = Buffer.alloc(0);
 
-/** Names of agate's own statements and portals on a client's connection (the settings probe). */
+/** Names of agate's own statements and portals on a client's connection (the settings probe, COPY descriptions, refusals). */
 const RESERVED_PREFIX = "agate.";
+
+/** Fails in parse analysis, so nothing runs: what agate sends the target in place of a refused statement (targetMustFail). */
+const REFUSED_SQL = "SELECT 'agate: statement refused'::pg_catalog.int4";
 
 function reservedName(what: string, name: string): Buffer {
   return ErrorResponse({ severity: "ERROR", code: "42939", message: `agate: ${what} names beginning with "${RESERVED_PREFIX}" are reserved for the gateway: "${name}"`, hint: "Choose another name." });
