@@ -1096,7 +1096,10 @@ const scanAwsAccess: ScanFn = (text, scan, out) => {
   if (scan.triggers() & T_AWS) scanAwsAccessBody(text, scan, out);
 };
 
-/** "secret" (aws_secret_access_key, SecretAccessKey, --aws-secret-key, secret: …; found by KEYWORDS) then, on the same line within 64 characters, exactly 40 base64 characters. */
+/**
+ * "secret" (aws_secret_access_key, SecretAccessKey, --aws-secret-key, secret: …; found by KEYWORDS) then, on the
+ * same line within 64 characters, exactly 40 base64 characters; or, with no keyword, a bare 40 that reads as random.
+ */
 const AWS_SECRET_VAL = /[^\n]{0,64}?(?:(?<![A-Za-z0-9/+])|(?<=\x1b\[[0-9;]{0,16}m))([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])/y;
 
 function awsSecretShape(v: string): boolean {
@@ -1115,17 +1118,70 @@ function awsSecretShape(v: string): boolean {
 }
 
 const scanAwsSecret: ScanFn = (text, scan, out) => {
-  if (text.length < 46 || (!scan.keywordsDone && !SECRET_WORD.test(text))) return;
-  let done = 0;
-  for (const h of scan.keywords().secret) {
-    if (h < done) continue;
-    AWS_SECRET_VAL.lastIndex = h + 6;
-    const v = AWS_SECRET_VAL.exec(text);
-    if (v === null || !awsSecretShape(v[1]!)) continue;
-    done = AWS_SECRET_VAL.lastIndex;
-    out.push({ start: done - 40, end: done, detector: "aws_secret_key" });
+  if (text.length < 40) return;
+  const keyed: Match[] = [];
+  if (text.length >= 46 && (scan.keywordsDone || SECRET_WORD.test(text))) {
+    let done = 0;
+    for (const h of scan.keywords().secret) {
+      if (h < done) continue;
+      AWS_SECRET_VAL.lastIndex = h + 6;
+      const v = AWS_SECRET_VAL.exec(text);
+      if (v === null || !awsSecretShape(v[1]!)) continue;
+      done = AWS_SECRET_VAL.lastIndex;
+      keyed.push({ start: done - 40, end: done, detector: "aws_secret_key" });
+    }
   }
+  // A bare key, no keyword near: a run of exactly 40 that reads as random (bareAwsSecret). A keyed match is such a run too.
+  let k = 0;
+  AWS_BARE_RUN.lastIndex = 0;
+  for (let m = AWS_BARE_RUN.exec(text); m !== null; m = AWS_BARE_RUN.exec(text)) {
+    const s = m.index;
+    while (k < keyed.length && keyed[k]!.end <= s) out.push(keyed[k++]!);
+    if (k < keyed.length && keyed[k]!.start < s + m[0].length) continue;
+    // A longer run may be an escape's last letters and the key: "\nKEY" (COPY text, JSON), "ESC[1;31mKEY" (a terminal colour).
+    const a = s + m[0].length - 40;
+    if (a > s ? !endsEscape(text, a - 1) : !bareEdge(text.charCodeAt(s - 1), false)) continue;
+    if (!bareEdge(text.charCodeAt(a + 40), true) || !bareAwsSecret(a > s ? m[0].slice(a - s) : m[0])) continue;
+    out.push({ start: a, end: a + 40, detector: "aws_secret_key" });
+  }
+  while (k < keyed.length) out.push(keyed[k++]!);
 };
+
+/** Maximal runs of the characters of an AWS secret key (base64 without padding). */
+const AWS_BARE_RUN = /[A-Za-z0-9/+]{40,}/g;
+
+/** What may stand next to a bare key: not a character that continues a token (base64url, a path, a name, padding after it); NaN is the text's edge. */
+function bareEdge(c: number, after: boolean): boolean {
+  return !(c === 95 || c === 45 || c === 46 || c === 126 || c === 37 || (after && c === 61));
+}
+
+/**
+ * 40 characters that read as a random key: upper, lower and another class
+ * (awsSecretShape), at least 4.2 bits of entropy per character (random keys
+ * fall below that about once in 10^4), not mostly words (camel-case
+ * identifiers, paths: runs of letters with a vowel covering 3/4 of it, which
+ * random keys reach about once in 10^4), not base64 of printable text, and
+ * not one of AWS's documentation examples (…EXAMPLE…).
+ */
+function bareAwsSecret(v: string): boolean {
+  if (!awsSecretShape(v) || v.includes("EXAMPLE")) return false;
+  const freq = new Map<number, number>();
+  for (let i = 0; i < 40; i++) freq.set(v.charCodeAt(i), (freq.get(v.charCodeAt(i)) ?? 0) + 1);
+  let bits = 0;
+  for (const n of freq.values()) bits -= (n / 40) * Math.log2(n / 40);
+  if (bits < 4.2) return false;
+  let words = 0;
+  for (const w of v.matchAll(WORDISH)) if (VOWEL.test(w[0])) words += w[0].length;
+  if (words >= 30) return false;
+  const bytes = Buffer.from(v, "base64");
+  for (let i = 0; i < bytes.length; i++) {
+    const c = bytes[i]!;
+    if ((c < 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) || c > 0x7e) return true;
+  }
+  return false;
+}
+const WORDISH = /[A-Z]?[a-z]{3,}|[A-Z]{2,}(?![a-z])/g;
+const VOWEL = /[aeiouyAEIOUY]/;
 
 /** Classic (36) and fine-grained (github_pat_, 82) tokens; GitHub may lengthen them, so longer bodies are accepted. */
 const GITHUB_RE = /gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{82,244}/g;
@@ -1581,7 +1637,7 @@ const defs: Array<[name: string, maxLength: number, scan: ScanFn]> = [
   ["gitlab_token", 400, scanGitlab],
   ["slack_token", 300, scanSlack],
   ["aws_access_key", 20, scanAwsAccess],
-  // keyword + up to 64 characters + the 40-character value
+  // keyword + up to 64 characters + the 40-character value (a bare key: the 40 alone)
   ["aws_secret_key", 120, scanAwsSecret],
   // scheme (32) + "://" + authority (512); libpq: 300 characters of context either side of a 1 KiB value
   ["url_password", 1700, scanUrlPassword],
