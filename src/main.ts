@@ -566,12 +566,13 @@ async function approvalsCommand(argv: string[]): Promise<number> {
     if (!res.ok) throw new AgateError(json.error?.code ?? "API_ERROR", json.error?.message ?? `HTTP ${res.status}`);
     return json;
   };
-  type Req = { id: string; status: string; requester: { subject: string }; connection: { name: string }; command: { text: string }; created_at: string; expires_at: string; approvers: string[]; min_approvers: number; votes: { by: { subject: string }; decision: string; reason: string }[]; decided_reason?: string; reasons: string[] };
+  type Req = { id: string; status: string; requester: { subject: string }; connection: { name: string }; command: { text: string }; created_at: string; expires_at: string; approvers: string[]; min_approvers: number; votes: { by: { subject: string }; decision: string; reason: string }[]; decided_reason?: string; reasons: string[]; estimate?: string };
   const show = (r: Req) => {
     console.log(`${r.id}  ${r.status}${r.decided_reason ? ` (${r.decided_reason})` : ""}`);
     console.log(`  requester  ${r.requester.subject} on ${r.connection.name}, ${r.created_at}, expires ${r.expires_at}`);
     console.log(`  command    ${r.command.text}`);
     console.log(`  why        ${r.reasons.join("; ")}`);
+    if (r.estimate) console.log(`  estimate   ${r.estimate}`);
     console.log(`  approvers  ${r.approvers.join(", ")} (${r.min_approvers} needed)`);
     for (const v of r.votes) console.log(`  vote       ${v.by.subject}: ${v.decision}, "${v.reason}"`);
   };
@@ -581,7 +582,7 @@ async function approvalsCommand(argv: string[]): Promise<number> {
     const { requests } = (await call("GET", `/v1/approvals${q}`)) as { requests: Req[] };
     if (values.json) console.log(JSON.stringify(requests));
     else if (requests.length === 0) console.log("no requests");
-    else for (const r of requests) console.log(`${r.id}  ${r.status.padEnd(9)}  ${r.requester.subject} on ${r.connection.name}: ${r.command.text.slice(0, 80)}`);
+    else for (const r of requests) console.log(`${r.id}  ${r.status.padEnd(9)}  ${r.requester.subject} on ${r.connection.name}: ${r.command.text.slice(0, 80)}${r.estimate ? `  [${r.estimate}]` : ""}`);
     return 0;
   }
   if (!id) throw new AgateError("USAGE", `approvals ${sub} needs the request id`);

@@ -50,7 +50,9 @@
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
 #            and held for approval:
 #              agate.sql.approve_ddl           CREATE TABLE/INDEX/VIEW/..., ALTER TABLE ... ADD COLUMN (ddl.rego)
-#              agate.sql.approve_unbounded_write UPDATE or DELETE without WHERE (approvals.rego)
+#              agate.sql.approve_large_write   a write the planner estimates to touch more than
+#                                              approvals.max_rows rows (approvals.rego)
+#              agate.sql.approve_unestimated_write a write whose estimate could not be made (approvals.rego)
 #   other    a missing or unknown stage is denied (agate.policy.deny_unknown_stage).
 #
 # Every deny reason starts with the rule's name, so operators can see which

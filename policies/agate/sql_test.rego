@@ -63,10 +63,10 @@ held_by(statements, rule) if {
 
 test_reads_and_writes_allowed if {
 	allowed([object.union(sel, {"reads": ["public.users"], "relations": [rel("public.users", "read", "public")]})])
-	allowed([object.union(stmt("insert", "InsertStmt", "INSERT"), {"writes": ["users"], "relations": [rel("users", "write", "public")]})])
-	allowed([object.union(stmt("update", "UpdateStmt", "UPDATE"), {"writes": ["users"], "has_where": true})])
-	allowed([object.union(stmt("delete", "DeleteStmt", "DELETE"), {"writes": ["users"], "has_where": true})])
-	allowed([stmt("merge", "MergeStmt", "MERGE")])
+	allowed([object.union(stmt("insert", "InsertStmt", "INSERT"), {"writes": ["users"], "relations": [rel("users", "write", "public")], "estimated_rows": 1})])
+	allowed([object.union(stmt("update", "UpdateStmt", "UPDATE"), {"writes": ["users"], "has_where": true, "estimated_rows": 1})])
+	allowed([object.union(stmt("delete", "DeleteStmt", "DELETE"), {"writes": ["users"], "has_where": true, "estimated_rows": 1})])
+	allowed([object.union(stmt("merge", "MergeStmt", "MERGE"), {"estimated_rows": 1})])
 }
 
 test_catalog_reads_allowed if {
@@ -256,7 +256,7 @@ test_catalog_write_denied if {
 }
 
 test_catalog_write_reason if {
-	upd := object.union(stmt("update", "UpdateStmt", "UPDATE"), {"writes": ["pg_class"], "has_where": true, "relations": [rel("pg_class", "write", "pg_catalog")]})
+	upd := object.union(stmt("update", "UpdateStmt", "UPDATE"), {"writes": ["pg_class"], "has_where": true, "estimated_rows": 1, "relations": [rel("pg_class", "write", "pg_catalog")]})
 	d := agate.decision with input as sql_command("prod-db", [upd])
 	d.reasons == ["agate.sql.deny_catalog_write: writing to the system catalog (pg_catalog.pg_class) is not allowed (statement 1: UPDATE)"]
 }

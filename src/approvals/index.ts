@@ -14,7 +14,7 @@ import { AgateError } from "../core/errors.ts";
 import type { Logger } from "../core/log.ts";
 import { maskText, SECRET_DETECTORS } from "../mask/index.ts";
 import type { ApprovalGate, InputApproval } from "../core/guard.ts";
-import type { Command, Decision, Identity, Session } from "../core/types.ts";
+import type { Command, Decision, Identity, Session, SqlStatement } from "../core/types.ts";
 import type { ApprovalRequest, ApprovalStore, Approver, Grant, Vote } from "./types.ts";
 
 export type { ApprovalRequest, ApprovalStore, Grant, Vote } from "./types.ts";
@@ -48,6 +48,23 @@ const WEBHOOK_TIMEOUT_MS = 5000;
  * to approvers or posted to a webhook (a chat channel is no place for a
  * password in an ALTER ROLE). Personal data is the policy's to mask (issue 5).
  */
+
+/**
+ * The planner's estimates of a command's writes, for people: "DELETE:
+ * estimated 52,000 rows (planner)", one part per write statement ("statement
+ * 2, UPDATE: …" when there are several statements); undefined when nothing
+ * was estimated.
+ */
+export function describeEstimates(statements: readonly SqlStatement[]): string | undefined {
+  const parts: string[] = [];
+  statements.forEach((s, i) => {
+    if (s.estimated_rows === undefined) return;
+    const which = statements.length > 1 ? `statement ${i + 1}, ${s.tag}` : s.tag;
+    const rows = s.estimated_rows;
+    parts.push(`${which}: ${rows === null ? "no estimate could be made" : `estimated ${rows.toLocaleString("en-US")} ${rows === 1 ? "row" : "rows"} (planner)`}`);
+  });
+  return parts.length > 0 ? parts.join("; ") : undefined;
+}
 
 export class Approvals implements ApprovalGate {
   readonly #o: ApprovalsOptions;
@@ -112,8 +129,9 @@ export class Approvals implements ApprovalGate {
       session: session.id,
       requester: session.identity,
       connection: session.connection,
-      command: { text: maskText(command.text, SECRET_DETECTORS, { kind: "redact" }).text, ...(command.sql ? { facts: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag, writes: s.writes, has_where: s.has_where })) } : {}) },
+      command: { text: maskText(command.text, SECRET_DETECTORS, { kind: "redact" }).text, ...(command.sql ? { facts: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag, writes: s.writes, has_where: s.has_where, ...(s.estimated_rows !== undefined ? { estimated_rows: s.estimated_rows } : {}) })) } : {}) },
       reasons: decision.reasons,
+      ...(command.sql && describeEstimates(command.sql.statements) ? { estimate: describeEstimates(command.sql.statements) } : {}),
       approvers: decision.approval.approvers,
       min_approvers: Math.max(1, decision.approval.min_approvers ?? 1),
       votes: [],
@@ -137,6 +155,7 @@ export class Approvals implements ApprovalGate {
           seq: command.seq,
           text: req.command.text,
           reasons: req.reasons,
+          ...(req.estimate ? { estimate: req.estimate } : {}),
           approvers: req.approvers,
           min_approvers: req.min_approvers,
           expires_at: req.expires_at,
@@ -229,7 +248,7 @@ export class Approvals implements ApprovalGate {
           ? {
               text:
                 `*${r.requester.subject}* asks to run on *${r.connection.name}*:\n\`\`\`${r.command.text.slice(0, 2000)}\`\`\`\n` +
-                `Why: ${r.reasons.join("; ") || "policy"}\nApprovers: ${r.approvers.join(", ")} (${r.min_approvers} needed), until ${r.expires_at}\n` +
+                `Why: ${r.reasons.join("; ") || "policy"}\n${r.estimate ? `Estimate: ${r.estimate}\n` : ""}Approvers: ${r.approvers.join(", ")} (${r.min_approvers} needed), until ${r.expires_at}\n` +
                 (link ? `<${link}|Review request ${r.id}>` : `Request ${r.id}: agate approvals approve ${r.id} --reason …`),
             }
           : { event: `approval.${event}`, request: r, ...(link ? { link, approve: `${link}/approve`, deny: `${link}/deny` } : {}) };

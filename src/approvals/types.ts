@@ -39,6 +39,8 @@ export interface ApprovalRequest {
   command: { text: string; facts?: unknown };
   /** The policy's reasons for asking. */
   reasons: string[];
+  /** For people: what the target's planner estimated the command's writes touch, e.g. "DELETE: estimated 52,000 rows (planner)". */
+  estimate?: string;
   /** Groups whose members may decide. */
   approvers: string[];
   /** Distinct approvals needed. */

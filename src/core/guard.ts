@@ -37,6 +37,8 @@ export interface HeldRequest {
   expires_at: string;
   approvers: string[];
   min_approvers: number;
+  /** What the planner estimated the command's writes touch, for people (see ApprovalRequest.estimate). */
+  estimate?: string;
 }
 
 /** The approval that released a command: what the policy sees as input.approval and the record keeps. */
@@ -195,6 +197,19 @@ export class Guard {
     if (pending) await pending;
     if (!ctx.decision || ctx.record === undefined) throw new AgateError("GUARD_INCOMPLETE", "the guard did not reach a decision");
     return { allow: ctx.decision.allow, decision: ctx.decision, record: ctx.record, policy: ctx.policyVersion ?? this.deps.policy.version, mask: ctx.mask! };
+  }
+
+  /**
+   * What the policy would decide for `command` now, with nothing recorded or
+   * held: a protocol asks before it sends anything of a command to the
+   * target for facts (the planner's row estimates), so that a command the
+   * policy refuses never reaches the target at all.
+   */
+  preview(session: Session, command: Command): Decision {
+    const why = this.deps.identity.revalidate?.(session.identity);
+    if (why) return denied(`agate.identity: ${why.message}`);
+    if (command.invalid) return denied(`agate.${command.invalid.code.toLowerCase()}: ${command.invalid.message}`);
+    return this.deps.policy.decide(this.input(session, "command", command));
   }
 
   /**

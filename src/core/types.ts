@@ -67,6 +67,15 @@ export interface SqlStatement {
   whole_row: boolean;
   /** UPDATE/DELETE: whether a WHERE clause is present. */
   has_where?: boolean;
+  /**
+   * Statements that change rows when they run (INSERT/UPDATE/DELETE/MERGE,
+   * a data-modifying WITH, EXPLAIN ANALYZE of one, EXECUTE of a prepared
+   * one): the rows the target's planner estimates its ModifyTable nodes
+   * touch (EXPLAIN without ANALYZE, summed; INSERT … VALUES: the rows it
+   * lists, unless the table has rules); null when the estimate could not be
+   * made. Absent on statements that write no rows, and on COPY FROM.
+   */
+  estimated_rows?: number | null;
   /** DECLARE/FETCH/MOVE/CLOSE: the cursor; PREPARE/EXECUTE/DEALLOCATE: the prepared statement (absent for CLOSE ALL, DEALLOCATE ALL). */
   name?: string;
   /** COPY: direction, whether it reads or writes a server file or program, and its format ("text", "csv", "binary"). */

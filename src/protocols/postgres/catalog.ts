@@ -26,6 +26,7 @@
  */
 import postgres from "postgres";
 import { AgateError } from "../../core/errors.ts";
+import { Estimator } from "./estimate.ts";
 import { type PgTarget, targetSql } from "./upstream.ts";
 
 /** A named column of a table or view. */
@@ -61,8 +62,12 @@ export class Catalog {
   private readonly relations = new Map<number, Relation>();
   private readonly inflight = new Map<number, Promise<Relation>>();
   private readonly types = new Map<number, { as: number; at: number }>();
+  /** The planner's row estimates for writes (estimate.ts), on a small pool beside this connection. */
+  readonly estimator: Estimator;
 
-  constructor(private readonly target: PgTarget) {}
+  constructor(private readonly target: PgTarget) {
+    this.estimator = new Estimator(target);
+  }
 
   /**
    * The origin of column `attnum` of relation `oid`: null when it must be
@@ -109,7 +114,7 @@ export class Catalog {
   }
 
   async close(): Promise<void> {
-    await this.sql?.end({ timeout: 1 });
+    await Promise.all([this.sql?.end({ timeout: 1 }), this.estimator.close()]);
     this.sql = undefined;
   }
 

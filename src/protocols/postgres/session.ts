@@ -35,6 +35,7 @@ import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.
 import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
 import { FIRST_USER_OID } from "./binary.ts";
 import type { Catalog } from "./catalog.ts";
+import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
@@ -52,7 +53,7 @@ interface Prepared {
   facts?: SqlFacts;
   invalid?: Command["invalid"];
   verdict: Verdict;
-  /** The parameter types the Parse declared (0: unspecified), by which binary parameters are read for the record. */
+  /** The Parse's parameter types (0: left to the server): for the planner's estimate at Execute, and to read binary parameters for the record. */
   paramTypes: number[];
 }
 
@@ -404,8 +405,9 @@ export class PgSession {
       : portal && portal.statement !== ""
         ? { ...this.command(`EXECUTE ${quoteIdent(portal.statement)}`), params: portal.params }
         : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
-    await this.enrich(command, { params: portal?.params });
-    const verdict = await this.check(command, true, { prior: prepared?.verdict, onHold: this.onHold });
+    const estimated = await this.enrich(command, { params: portal?.params, paramTypes: prepared?.paramTypes });
+    // A write's facts completed at Execute (the planner's estimate with the Bind values) are decided anew.
+    const verdict = await this.check(command, true, { prior: estimated ? undefined : prepared?.verdict, onHold: this.onHold });
     if (!verdict) return;
     const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
     if (refused) {
@@ -518,11 +520,12 @@ export class PgSession {
    * before the policy sees them. The facts from the parser are frozen and
    * shared through its cache: replace `command.sql`, never change it.
    */
-  private async enrich(command: Command, bound: { paramTypes?: number[]; params?: (string | null)[] } = {}): Promise<void> {
-    void bound;
+  private async enrich(command: Command, bound: { paramTypes?: number[]; params?: (string | null)[] } = {}): Promise<boolean> {
     const lookup = catalogFacts(this.catalog).complete(command, this.guard.policyVersion);
     if (lookup) await lookup;
+    return this.estimates.enrich({ guard: this.guard, session: this.session, estimator: this.catalog.estimator, log: this.log, prepared: this.prepared }, command, bound);
   }
+  private readonly estimates = new WriteEstimates();
 
   /** Ask the guard; an audit failure refuses the command (fail closed) and returns undefined. */
   private async check(command: Command, extended: boolean, opts?: Parameters<Guard["check"]>[2]): Promise<Verdict | undefined> {
@@ -546,7 +549,7 @@ export class PgSession {
         severity: "NOTICE",
         code: "01000",
         message: `agate: this statement waits for approval by ${who}: request ${req.id}, until ${req.expires_at}`,
-        detail: link ? `Approve or deny at ${link}` : undefined,
+        detail: [req.estimate, link && `Approve or deny at ${link}`].filter(Boolean).join(". ") || undefined,
         hint: `An approver runs: agate approvals approve ${req.id} --reason "…"  (cancel with Ctrl-C to withdraw it)`,
       }),
     ]);
@@ -893,6 +896,7 @@ export class PgSession {
       rows = Math.max(rows, this.resultRows);
       const t = this.tally;
       const masked = t.rows > 0 || Object.keys(t.detectors).length > 0 ? { masked: { rows: t.rows, columns: t.columns, detectors: t.detectors } } : {};
+      this.estimates.answered(seqs, this.error !== undefined, this.txStatus);
       this.guard.outcome(this.session, seqs, { tags: this.tags, rows, bytes: this.resultBytes, ...(this.error ? { error: this.error } : {}), ...masked }, this.error ? this.errorMask : undefined);
       this.resultBytes = 0;
       this.resultRows = 0;

@@ -55,6 +55,10 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
   // data-modifying CTE, EXPLAIN ANALYZE DELETE or PREPARE … AS UPDATE
   // without WHERE reports false too (fail closed).
   if (walk.updateOrDelete > 0) facts.has_where = walk.updateOrDeleteWithWhere === walk.updateOrDelete;
+  // INSERT … VALUES of literal rows inserts as many rows as it lists (a rule on the table
+  // may do more: estimate.ts asks the planner then).
+  const values = type === "InsertStmt" && !node.withClause ? ((node.selectStmt as Obj | undefined)?.SelectStmt as Obj | undefined) : undefined;
+  if (values && Array.isArray(values.valuesLists) && !values.withClause) facts.estimated_rows = values.valuesLists.length;
   const name = NAMED[type] ? node[NAMED[type]] : undefined;
   if (typeof name === "string") facts.name = name;
   if (type === "CopyStmt") {

@@ -40,7 +40,7 @@ export interface Upstream {
  * sslmode the sessions' connections use. `connection` are startup
  * parameters (application_name, search_path, …).
  */
-export function targetSql(target: PgTarget, connection: Record<string, string>, opts: { max?: number; idle_timeout?: number } = {}): postgres.Sql {
+export function targetSql(target: PgTarget, connection: Record<string, string>, opts: { max?: number; idle_timeout?: number; prepare?: boolean; fetch_types?: boolean } = {}): postgres.Sql {
   const t = target;
   return postgres({
     host: t.host,
@@ -51,6 +51,8 @@ export function targetSql(target: PgTarget, connection: Record<string, string>, 
     ssl: t.sslmode === "disable" ? false : t.sslmode === "require" ? "require" : "verify-full",
     max: opts.max ?? 1,
     ...(opts.idle_timeout !== undefined ? { idle_timeout: opts.idle_timeout } : {}),
+    ...(opts.prepare !== undefined ? { prepare: opts.prepare } : {}),
+    ...(opts.fetch_types !== undefined ? { fetch_types: opts.fetch_types } : {}),
     connect_timeout: Math.ceil(t.connect_timeout_ms / 1000),
     onnotice: () => {},
     connection,
