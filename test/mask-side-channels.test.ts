@@ -28,7 +28,7 @@ import { createLogger } from "../src/core/log.ts";
 import { message } from "../src/protocols/postgres/wire.ts";
 import { API_KEY, psql, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
-import { rawSession, Sync } from "./helpers/wire.ts";
+import { Query, rawSession, Sync } from "./helpers/wire.ts";
 
 let db: TestPostgres;
 let gw: TestGateway;
@@ -297,6 +297,21 @@ describe("session state relayed to the client", () => {
     expect(payloads.filter((p) => p.includes("@"))).toEqual([]);
     expect(everywhere([EMAIL, "grace.hopper@example.com"])).toEqual([]);
   });
+});
+
+test("a notification this session sends itself, from a covered column, in one simple query", async () => {
+  const s = await rawSession(proxyPort, { user: USER, password: API_KEY });
+  s.send(Query("LISTEN own"));
+  await s.untilReady();
+  s.send(Query("SELECT pg_notify('own', email) IS NULL FROM vault WHERE id = 1"));
+  const got = await s.untilReady();
+  s.close();
+  const notes = got.filter((m) => m.type === "A").map((m) => m.body.toString("latin1"));
+  const errors = got.filter((m) => m.type === "E");
+  // Refused (moving a covered value is a decision) or delivered: never raw
+  expect(notes.length + errors.length).toBeGreaterThan(0);
+  for (const n of notes) expect(n).toContain("own\0[REDACTED:payload]\0");
+  expect(everywhere([EMAIL])).toEqual([]);
 });
 
 describe("binary data is never rewritten", () => {

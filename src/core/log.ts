@@ -3,10 +3,10 @@
  *
  * Facts can quote what a client or a target sent (a refused user name, a
  * target's error about a startup parameter, why a session ended): every
- * string fact passes the masker with every detector before it is written,
- * except the gateway's own names and addresses (GATEWAY_FACTS), which an
- * address detector would otherwise blank out. Messages are the gateway's
- * own constant sentences.
+ * string fact passes the masker with every detector but the address ones
+ * (ipv4, ipv6: the log is where an operator finds the gateway's clients and
+ * targets) before it is written, except the gateway's own names
+ * (GATEWAY_FACTS). Messages are the gateway's own constant sentences.
  */
 import { ALL_DETECTORS } from "../mask/detectors.ts";
 import { compileMask, maskWith } from "../mask/rules.ts";
@@ -22,7 +22,7 @@ const order: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 
 /** Facts that name what the gateway itself configured, verified or made: not masked. */
 const GATEWAY_FACTS = new Set(["connection", "session", "client", "address", "target", "subject", "dir", "key", "version", "previous", "bundle", "file", "segment", "request", "code", "type", "protocol", "signal"]);
 
-const EVERY = compileMask({ columns: [], detectors: ALL_DETECTORS });
+const EVERY = compileMask({ columns: [], detectors: ALL_DETECTORS.filter((d) => d !== "ipv4" && d !== "ipv6") });
 
 /** A fact as the log writes it: strings (also inside lists and objects) masked unless the gateway's own. */
 function maskFact(v: unknown): unknown {
