@@ -1165,14 +1165,11 @@ function bareEdge(c: number, after: boolean): boolean {
  */
 function bareAwsSecret(v: string): boolean {
   if (!awsSecretShape(v) || v.includes("EXAMPLE")) return false;
-  const freq = new Map<number, number>();
-  for (let i = 0; i < 40; i++) freq.set(v.charCodeAt(i), (freq.get(v.charCodeAt(i)) ?? 0) + 1);
+  const freq = FREQ.fill(0);
+  for (let i = 0; i < 40; i++) freq[v.charCodeAt(i)]!++;
   let bits = 0;
-  for (const n of freq.values()) bits -= (n / 40) * Math.log2(n / 40);
-  if (bits < 4.2) return false;
-  let words = 0;
-  for (const w of v.matchAll(WORDISH)) if (VOWEL.test(w[0])) words += w[0].length;
-  if (words >= 30) return false;
+  for (let c = 0; c < 128; c++) if (freq[c]! > 0) bits -= (freq[c]! / 40) * Math.log2(freq[c]! / 40);
+  if (bits < 4.2 || wordCover(v) >= 30) return false;
   const bytes = Buffer.from(v, "base64");
   for (let i = 0; i < bytes.length; i++) {
     const c = bytes[i]!;
@@ -1180,8 +1177,53 @@ function bareAwsSecret(v: string): boolean {
   }
   return false;
 }
-const WORDISH = /[A-Z]?[a-z]{3,}|[A-Z]{2,}(?![a-z])/g;
-const VOWEL = /[aeiouyAEIOUY]/;
+const FREQ = new Uint8Array(128);
+
+/** Characters of `v` in word-like runs that hold a vowel: "Word" or "word" (3+ lower letters, one capital before), or 2+ capitals not starting a word. */
+function wordCover(v: string): number {
+  let cover = 0;
+  let i = 0;
+  const n = v.length;
+  while (i < n) {
+    const c = v.charCodeAt(i);
+    if (!isAlpha(c)) {
+      i++;
+      continue;
+    }
+    let j = i;
+    let vowel = false;
+    if (isUpper(c)) {
+      // capitals: a run of them (an acronym), or one before lower letters (a capitalised word)
+      while (j < n && isUpper(v.charCodeAt(j))) vowel = isVowel(v.charCodeAt(j++)) || vowel;
+      if (j < n && isLower(v.charCodeAt(j))) {
+        if (j - i >= 3) {
+          // the last capital starts the next word: the acronym ends before it
+          if (vowelIn(v, i, j - 1)) cover += j - 1 - i;
+        }
+        i = j - 1;
+      } else {
+        if (j - i >= 2 && vowel) cover += j - i;
+        i = j;
+      }
+      if (i === j) continue;
+    }
+    // an optional capital at i, then lower letters
+    let k = isUpper(v.charCodeAt(i)) ? i + 1 : i;
+    const lowStart = k;
+    while (k < n && isLower(v.charCodeAt(k))) k++;
+    if (k - lowStart >= 3 && vowelIn(v, i, k)) cover += k - i;
+    i = k > i ? k : i + 1;
+  }
+  return cover;
+}
+function isVowel(c: number): boolean {
+  const l = c | 32;
+  return l === 97 || l === 101 || l === 105 || l === 111 || l === 117 || l === 121;
+}
+function vowelIn(v: string, a: number, b: number): boolean {
+  for (let i = a; i < b; i++) if (isVowel(v.charCodeAt(i))) return true;
+  return false;
+}
 
 /** Classic (36) and fine-grained (github_pat_, 82) tokens; GitHub may lengthen them, so longer bodies are accepted. */
 const GITHUB_RE = /gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{82,244}/g;
