@@ -1,355 +1,364 @@
 /**
- * What the gateway stores and relays besides result rows, end to end: a
- * real PostgreSQL, the gateway in process with every detector on and column
- * rules on vault.email and vault.card, real clients (psql, porsager,
- * psycopg in binary mode, a raw wire client). Every byte the gateway sends
- * to its clients (through a capturing proxy), every file of the audit
- * directory and every line of the gateway's log are searched for the
- * planted values, raw, as hex and as base64:
+ * Masking without side channels, end to end: real PostgreSQL, a gateway
+ * whose policy data puts column rules on the secret columns
+ * (public.people.code, people.email, people.pin) and runs every detector,
+ * and psql (simple protocol), porsager (extended, text) and node-postgres
+ * (extended, binary) reading through it. Between each client and the
+ * gateway sits a proxy that records every byte the gateway sends.
  *
- *   records    decision reasons of a statement that fails to parse, error
- *              texts copied into outcomes (the command's, and a Bind's),
- *              startup parameters (application_name, DateStyle), the user
- *              name of a refused session, binary Bind parameters (int8,
- *              numeric, float8, text, bytea) read by their declared type
- *   relayed    ParameterStatus after set_config, notification payloads
- *   binary     a large object with secret-looking text inside binary data
- *              comes back byte for byte (checksum), counted as unscanned;
- *              text kept as bytea is still masked
+ * Each path that used to carry a covered value out without its column's
+ * origin is tried by every client: names that hide the column (alias lists
+ * in FROM, over a subquery, TABLE, a CTE's column list; through cursors and
+ * PREPARE/EXECUTE), RETURNING, errors and notices that echo values,
+ * functions that run queries, laundering through state in two statements
+ * (a copy in a table, set_config, large objects, pg_notify, setval,
+ * statistics) and stale lineage (CREATE OR REPLACE VIEW). Whatever the
+ * outcome (refused or masked), no recorded byte and no file of the audit
+ * directory may hold a covered value: raw, reversed, base64, hex, or any
+ * run of 5 of its characters.
+ *
+ * A second gateway switches deny_covered_copy off: then the statements
+ * that copy run, and what they return (RETURNING) and the errors they cause
+ * (unique and check violations) are masked.
+ *
+ * Not claimed: a WHERE clause is an oracle (`count(*) … WHERE
+ * substr(email, 1, 1) = 'z'` answers a question about a covered value one
+ * bit at a time). It is inherent to letting a client filter on a column; a
+ * test below documents it.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { createHash, randomBytes } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
+import pg from "pg";
 import postgres from "postgres";
-import { readRecords } from "../src/audit/index.ts";
-import { createLogger } from "../src/core/log.ts";
-import { message } from "../src/protocols/postgres/wire.ts";
-import { API_KEY, psql, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
+import { sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
-import { Query, rawSession, Sync } from "./helpers/wire.ts";
+
+const CODE = "QX7VAULTRHOMBUS93817";
+const EMAIL = "zelda.quartzmoor@example.org";
+const PIN = "73829164";
 
 let db: TestPostgres;
 let gw: TestGateway;
-let proxy: net.Server;
-let proxyPort: number;
-const sent: Buffer[] = [];
-const logLines: string[] = [];
+let open: TestGateway;
+const proxies: Recorder[] = [];
 
-const EMAIL = "ada.lovelace@example.org";
-const CARD = "4111111111111111";
-/** A bare AWS secret key (generated, so no credential sits in the source). */
-const AWS = (() => {
-  const abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-  for (;;) {
-    const k = Array.from(randomBytes(40), (b) => abc[b % abc.length]).join("");
-    if (/[A-Z]/.test(k) && /[a-z]/.test(k) && /\d/.test(k)) return k;
+const COLUMNS = ["public.people.code", "people.email", "people.pin"];
+
+/** Records what the gateway sends to clients that connect to it through `port`. */
+interface Recorder {
+  port: number;
+  sent: Buffer[];
+  close(): Promise<void>;
+}
+
+async function recorder(target: number): Promise<Recorder> {
+  const sent: Buffer[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const up = net.connect(target, "127.0.0.1");
+    sockets.add(client).add(up);
+    up.on("data", (d: Buffer) => {
+      sent.push(Buffer.from(d));
+      client.write(d);
+    });
+    client.on("data", (d) => up.write(d));
+    const end = () => {
+      client.destroy();
+      up.destroy();
+    };
+    up.on("close", end).on("error", end);
+    client.on("close", end).on("error", end);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as net.AddressInfo).port;
+  const r: Recorder = {
+    port,
+    sent,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+  proxies.push(r);
+  return r;
+}
+
+/** The forms a covered value must not take in anything agate sends or stores. */
+function forbidden(value: string, windows: boolean): string[] {
+  const out = new Set<string>();
+  const rev = [...value].reverse().join("");
+  for (const v of [value, rev]) {
+    out.add(v);
+    out.add(Buffer.from(v).toString("base64").replace(/=+$/, ""));
+    out.add(Buffer.from(v).toString("hex"));
+    if (windows) for (let i = 0; i + 5 <= v.length; i++) out.add(v.slice(i, i + 5));
   }
-})();
-const KV_SECRET = "Zx8Kq2LmP9vR4tW7yB1n";
-const PLANTED = [EMAIL, CARD, AWS, KV_SECRET];
+  return [...out];
+}
+// The PIN's digits are checked whole only: runs of 5 digits occur in any protocol's numbers.
+// The e-mail's domain is shared with uncovered text: the windows are of its local part.
+const NEEDLES = [...forbidden(CODE, true), ...forbidden(EMAIL, false), ...forbidden(EMAIL.split("@")[0]!, true), ...forbidden(PIN, false)].map((n) => n.toLowerCase());
 
-/** A planted value in each form it could be stored or sent in. */
-function forms(v: string): string[] {
-  const b = Buffer.from(v);
-  return [v, b.toString("hex"), b.toString("base64"), b.toString("base64").replace(/=+$/, "")];
+function leaksIn(text: string): string[] {
+  const found: string[] = [];
+  const lower = text.toLowerCase();
+  for (const n of NEEDLES) {
+    const at = lower.indexOf(n);
+    if (at >= 0) found.push(`${JSON.stringify(n)} in …${JSON.stringify(text.slice(Math.max(0, at - 60), at + n.length + 30))}…`);
+    if (found.length >= 10) break;
+  }
+  return found;
 }
 
-/** Every planted value, in every form, found in `text`: what leaked, with some context. */
-function leaks(where: string, text: string, values: readonly string[] = PLANTED): string[] {
-  const out: string[] = [];
-  for (const v of values)
-    for (const f of forms(v)) {
-      const at = text.indexOf(f);
-      if (at >= 0) out.push(`${where}: ${JSON.stringify(f)} in …${JSON.stringify(text.slice(Math.max(0, at - 80), at + f.length + 20))}…`);
-    }
-  return out;
-}
-
-function auditFiles(): string {
-  let all = "";
-  const walk = (dir: string) => {
-    for (const f of readdirSync(dir)) {
-      const p = join(dir, f);
+function auditText(dir: string): string {
+  let text = "";
+  const walk = (d: string) => {
+    for (const name of readdirSync(d)) {
+      const p = join(d, name);
       if (statSync(p).isDirectory()) walk(p);
-      else all += readFileSync(p).toString("latin1");
+      else text += readFileSync(p).toString("latin1");
     }
   };
-  walk(gw.auditDir);
-  return all;
-}
-
-async function records(): Promise<Record<string, any>[]> {
-  const out: Record<string, any>[] = [];
-  for await (const r of readRecords(gw.auditDir)) out.push(r);
-  return out;
-}
-
-/** Everything the gateway sent to clients, stored and logged, searched for the planted values. */
-function everywhere(values: readonly string[] = PLANTED): string[] {
-  return [...leaks("to clients", Buffer.concat(sent).toString("latin1"), values), ...leaks("audit directory", auditFiles(), values), ...leaks("log", logLines.join(""), values)];
-}
-
-/** Wait until the audit log's records include one matching `pred` (outcomes and ends are appended later). */
-async function eventually(pred: (r: Record<string, any>) => boolean): Promise<Record<string, any>[]> {
-  for (let i = 0; i < 200; i++) {
-    const rs = await records();
-    if (rs.some(pred)) return rs;
-    await Bun.sleep(25);
-  }
-  throw new Error("the expected record never arrived");
-}
-
-function url(opts: { user?: string; key?: string; params?: string } = {}): string {
-  const { user = USER, key = API_KEY, params = "" } = opts;
-  return `postgres://${encodeURIComponent(user)}:${encodeURIComponent(key)}@127.0.0.1:${proxyPort}/app${params ? `?${params}` : ""}`;
+  walk(dir);
+  return text;
 }
 
 beforeAll(async () => {
   db = await startPostgres();
   await db.psql(`
-    CREATE TABLE vault (id int PRIMARY KEY, email text, card text, note text);
-    INSERT INTO vault VALUES (1, '${EMAIL}', '${CARD}', 'backup ${AWS}');
+    CREATE TABLE people (id int PRIMARY KEY, name text, email text, code text, pin int);
+    INSERT INTO people VALUES (1, 'Zed', '${EMAIL}', '${CODE}', ${PIN}), (2, 'Amy', 'amy@example.net', 'other-code-1', 1234);
+    CREATE TABLE sink (t text UNIQUE, n int CHECK (n > 0));
+    CREATE TABLE kids (extra int) INHERITS (people);
+    INSERT INTO kids VALUES (3, 'Kid', 'kid@example.net', '${CODE}', ${PIN}, 1);
+    CREATE VIEW labels AS SELECT id, name AS label FROM people;
+    CREATE VIEW mixed AS SELECT id, name || code AS bothcols FROM people;
+    CREATE SEQUENCE sq;
     GRANT ALL ON ALL TABLES IN SCHEMA public TO app_scram;
-    GRANT EXECUTE ON FUNCTION lo_from_bytea(oid, bytea), lo_get(oid), lo_unlink(oid) TO app_scram;
+    GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app_scram;
+    GRANT CREATE ON SCHEMA public TO app_scram;
+    ALTER VIEW labels OWNER TO app_scram;
+    ALTER VIEW mixed OWNER TO app_scram;
+    ALTER TABLE people OWNER TO app_scram;
   `);
-  gw = await startTestGateway(db, {
-    config: { policy: { data: { agate: { config: { mask: { columns: ["public.vault.email", "vault.card"], detectors: ["*"] } } } } } },
-    log: createLogger("info", (l) => logLines.push(l)),
-  });
-  // A proxy in front of the gateway that keeps every byte the gateway sends.
-  proxy = net.createServer((client) => {
-    const up = net.connect(gw.port, "127.0.0.1");
-    client.on("data", (c) => up.write(c));
-    up.on("data", (c) => {
-      sent.push(Buffer.from(c));
-      client.write(c);
-    });
-    client.on("close", () => up.destroy());
-    up.on("close", () => client.destroy());
-    client.on("error", () => up.destroy());
-    up.on("error", () => client.destroy());
-  });
-  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", () => r()));
-  proxyPort = (proxy.address() as net.AddressInfo).port;
+  const mask = { columns: COLUMNS, detectors: ["*"] };
+  gw = await startTestGateway(db, { config: { policy: { data: { agate: { config: { mask, allow_rules: ["approve_ddl"] } } } } } });
+  open = await startTestGateway(db, { config: { policy: { data: { agate: { config: { mask, allow_rules: ["approve_ddl", "deny_covered_copy"] } } } } } });
 }, 120_000);
 
-// Each test judges the bytes sent to clients during it.
-beforeEach(() => {
-  sent.length = 0;
-});
-
 afterAll(async () => {
-  proxy?.close();
+  for (const p of proxies) await p.close();
   await gw?.close();
+  await open?.close();
   await db?.stop();
 });
 
-describe("what the log stores passes the masker", () => {
-  test("a statement that fails to parse: its reasons (the parser quotes the text) are masked like its text", async () => {
-    for (const bad of [`SELECT 1 AS x ${CARD}`, `SELECT 1 AS x ${AWS}`, `SELECT 1 AS x '${EMAIL} password=${KV_SECRET}'`]) {
-      const r = await psql(url(), bad);
-      expect(r.code).not.toBe(0);
+type Client = "psql" | "porsager" | "node-postgres";
+const CLIENTS: Client[] = ["psql", "porsager", "node-postgres"];
+
+/** Run `statements` in one session of `client` through a recorder in front of `g`; returns what came back as text, and the recorder. */
+async function run(g: TestGateway, client: Client, statements: string[]): Promise<{ text: string; rec: Recorder; outcomes: string[] }> {
+  const rec = await recorder(g.port);
+  const url = g.url().replace(`:${g.port}/`, `:${rec.port}/`);
+  const outcomes: string[] = [];
+  if (client === "psql") {
+    // one session, reading the statements from stdin (it goes on after an error)
+    const r = await sh(["psql", "-X", "-At", url], { stdin: statements.map((st) => `${st};\n`).join("") });
+    outcomes.push(r.stdout + r.stderr);
+  } else if (client === "porsager") {
+    const sql = postgres(url, { max: 1, onnotice: (n) => outcomes.push(JSON.stringify(n)) });
+    for (const st of statements) {
+      try {
+        outcomes.push(JSON.stringify(await sql.unsafe(st)));
+      } catch (e) {
+        outcomes.push(JSON.stringify({ ...(e as object), message: (e as Error).message }));
+      }
     }
-    const rs = await records();
-    const refused = rs.filter((r) => r.type === "command" && r.decision?.allow === false && /sql_parse/.test(r.decision.reasons.join(" ")));
-    expect(refused.length).toBe(3);
-    expect(refused.some((r) => /\[REDACTED:card\]/.test(r.decision.reasons.join(" ")))).toBe(true);
-    expect(refused.some((r) => /\[REDACTED:aws_secret_key\]/.test(r.decision.reasons.join(" ")))).toBe(true);
-    expect(everywhere([CARD, AWS]).filter((l) => !l.startsWith("to clients"))).toEqual([]);
-  });
-
-  test("error texts copied into outcomes: the command's, and a Bind's (recorded with every detector)", async () => {
-    const sql = postgres(url(), { max: 1, onnotice: () => {} });
-    try {
-      // the target echoes the value in its error: masked for the client and the record by the command's detectors
-      await expect(sql.unsafe(`SELECT '${EMAIL}'::int`)).rejects.toThrow(/\[REDACTED:email\]/);
-      // a Bind error (the parameter does not parse as int4) answers no command agate decided
-      await expect(sql`SELECT ${`card ${CARD}`}::int4 AS n`).rejects.toThrow();
-      await expect(sql`SELECT ${AWS}::int4 AS n`).rejects.toThrow();
-    } finally {
-      await sql.end();
+    await sql.end();
+  } else {
+    const c = new pg.Client({ connectionString: url, binary: true } as pg.ClientConfig);
+    c.on("notice", (n) => outcomes.push(JSON.stringify({ ...n, message: n.message })));
+    await c.connect();
+    for (const st of statements) {
+      try {
+        // a values array sends the extended protocol (binary results); a multi-statement text the simple one
+        const r = st.includes(";") ? await c.query(st) : await c.query(st, []);
+        outcomes.push(JSON.stringify((Array.isArray(r) ? r : [r]).map((x) => x.rows), (_, v) => (v instanceof Buffer ? v.toString("latin1") : typeof v === "bigint" ? String(v) : v)));
+      } catch (e) {
+        outcomes.push(JSON.stringify({ ...(e as object), message: (e as Error).message }));
+      }
     }
-    const rs = await eventually((r) => r.type === "outcome" && r.error && /aws_secret_key/.test(r.error.message));
-    const errors = rs.filter((r) => r.type === "outcome" && r.error).map((r) => r.error.message);
-    expect(errors.some((m) => m.includes("[REDACTED:email]"))).toBe(true);
-    expect(errors.some((m) => m.includes("[REDACTED:card]"))).toBe(true);
-    expect(leaks("audit directory", auditFiles(), [EMAIL, CARD, AWS])).toEqual([]);
-    expect(leaks("log", logLines.join(""), [EMAIL, CARD, AWS])).toEqual([]);
+    await c.end();
+  }
+  await Bun.sleep(20);
+  return { text: outcomes.join("\n"), rec, outcomes };
+}
+
+function expectClean(what: string, rec: Recorder, text: string, g: TestGateway): void {
+  const bytes = Buffer.concat(rec.sent).toString("latin1");
+  expect({ what, sent: leaksIn(bytes), received: leaksIn(text), audit: leaksIn(auditText(g.auditDir)) }).toEqual({ what, sent: [], received: [], audit: [] });
+}
+
+/** Each class, as statements run in one session; `ok` checks that something came back (so the test is not vacuous). */
+const CLASSES: Record<string, string[]> = {
+  "alias list in FROM": ["SELECT upper(c), reverse(c), encode(convert_to(c, 'UTF8'), 'base64') FROM people p(i, n, e, c, x)", "SELECT e || '', x + 0 FROM people AS p(i, n, e, c, x)"],
+  "alias list over a subquery and TABLE": ["SELECT lower(x) FROM (SELECT * FROM people) s(a, b, c, x)", "SELECT s.c || '!' FROM (TABLE people) s(i, n, e, c)"],
+  "a CTE's column list": ["WITH w(a, b) AS (SELECT id, code FROM people) SELECT b || '' FROM w", "WITH w(a, b) AS (SELECT id, code FROM people) SELECT substr(b, 1, 4), substr(b, 5, 4), substr(b, 9) FROM w"],
+  "inheritance: a child's copy of the column": ["SELECT lower(c) FROM kids k(i, n, e, c)", "SELECT code || '' FROM kids"],
+  "views with computed columns": ["SELECT bothcols || '' FROM mixed", "SELECT upper(bothcols) FROM mixed"],
+  "cursors and PREPARE/EXECUTE": [
+    "BEGIN; DECLARE k CURSOR FOR SELECT lower(c) FROM people p(i, n, e, c); FETCH ALL FROM k; COMMIT",
+    "PREPARE q1 AS SELECT reverse(c) FROM people p(i, n, e, c); EXECUTE q1; DEALLOCATE q1",
+  ],
+  "errors that echo values": [
+    "SELECT code::int FROM people",
+    "SELECT c::int FROM people p(i, n, e, c)",
+    "SELECT code::json FROM people",
+    "SELECT xmlparse(content '<a>' || code || '</b') FROM people",
+    "SELECT to_date(code, 'YYYY-MM-DD') FROM people",
+    "SELECT email::inet FROM people",
+  ],
+  "functions that run queries": ["SELECT table_to_xml('people', true, false, '')", "SELECT query_to_xml('SELECT code FROM people', true, false, '')"],
+  "laundering through state": [
+    "CREATE TEMP TABLE cp AS SELECT code FROM people",
+    "SELECT * FROM cp",
+    "INSERT INTO sink(t) SELECT code FROM people",
+    "SELECT t FROM sink",
+    "SELECT set_config('my.x', c, false) FROM people p(i, n, e, c) WHERE i = 1",
+    "SELECT current_setting('my.x', true)",
+    "SELECT lo_from_bytea(0, convert_to(code, 'UTF8')) FROM people WHERE id = 1",
+    "SELECT pg_notify('ch', code) FROM people",
+    "SELECT setval('sq', pin) FROM people WHERE id = 1",
+    "SELECT last_value FROM sq",
+    "ANALYZE people",
+    "SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'people'",
+    "SELECT * FROM pg_stats_ext",
+  ],
+  RETURNING: [
+    "INSERT INTO sink(t) SELECT code FROM people RETURNING t",
+    "UPDATE sink SET t = (SELECT code FROM people LIMIT 1) WHERE t = 'seed' RETURNING t",
+    "WITH x AS (INSERT INTO sink(t) SELECT code FROM people RETURNING t) SELECT t || '' FROM x",
+  ],
+};
+
+describe("side channels: a covered value leaves only masked", () => {
+  for (const [name, statements] of Object.entries(CLASSES)) {
+    for (const client of CLIENTS) {
+      test(`${name} (${client})`, async () => {
+        const { text, rec, outcomes } = await run(gw, client, statements);
+        if (process.env.PEEK) console.log(name, client, outcomes.map((o) => o.slice(0, 300)));
+        expect(outcomes.length).toBeGreaterThanOrEqual(client === "psql" ? 1 : statements.length);
+        expect(Buffer.concat(rec.sent).length).toBeGreaterThan(0);
+        expectClean(`${name} via ${client}`, rec, text, gw);
+      });
+    }
+  }
+
+  test("names that hide the column: the computed results are masked, not refused", async () => {
+    const { outcomes } = await run(gw, "porsager", ["SELECT upper(c) AS u FROM people p(i, n, e, c, x) ORDER BY i"]);
+    // a computed column's replacement carries its own name
+    expect(JSON.parse(outcomes[0]!)).toEqual([{ u: "[REDACTED:u]" }, { u: "[REDACTED:u]" }, { u: "[REDACTED:u]" }]);
   });
 
-  test("startup parameters: application_name and DateStyle in session_start, session_end and the gateway's log", async () => {
-    const ok = await psql(url({ params: `application_name=${encodeURIComponent(`app ${EMAIL}`)}` }), "SELECT 1");
-    expect(ok.stdout.trim()).toBe("1");
-    // the target refuses the DateStyle, quoting it: that lands in session_end and in the log
-    const sql = postgres(url(), { max: 1, onnotice: () => {}, connection: { DateStyle: `ISO password=${KV_SECRET} ${EMAIL}`, application_name: `x api_key=${KV_SECRET}` } });
-    await expect(sql`SELECT 1`).rejects.toThrow();
-    await sql.end().catch(() => {});
-    const rs = await eventually((r) => r.type === "session_end" && /DateStyle/i.test(r.reason));
-    const start = rs.find((r) => r.type === "session_start" && r.client.application?.includes("[REDACTED:email]"));
-    expect(start).toBeDefined();
-    const end = rs.find((r) => r.type === "session_end" && /DateStyle/i.test(r.reason))!;
-    expect(end.reason).toContain("[REDACTED:email]");
-    expect(logLines.some((l) => /target connection failed/.test(l) && l.includes("[REDACTED:email]"))).toBe(true);
-    expect(leaks("audit directory", auditFiles(), [EMAIL, KV_SECRET])).toEqual([]);
-    expect(leaks("log", logLines.join(""), [EMAIL, KV_SECRET])).toEqual([]);
+  test("errors keep their SQLSTATE and object names, and lose the values they echo", async () => {
+    const { outcomes } = await run(gw, "porsager", ["SELECT code::int FROM people"]);
+    const e = JSON.parse(outcomes[0]!);
+    expect(e.code).toBe("22P02");
+    expect(e.message).toContain("invalid input syntax for type integer");
+    expect(e.message).toContain("[masked: public.people.code]");
   });
 
-  test("the user name of a refused session, in its record, its reason and the log", async () => {
-    const r = await psql(url({ user: EMAIL, key: `not-a-key-${CARD}` }), "SELECT 1");
-    expect(r.code).not.toBe(0);
-    const rs = await eventually((x) => x.type === "session_refused" && x.user === "[REDACTED:email]");
-    const refused = rs.find((x) => x.type === "session_refused" && x.user === "[REDACTED:email]")!;
-    expect(refused.reason).toContain("[REDACTED:email]");
-    expect(logLines.some((l) => /session refused/.test(l) && l.includes("[REDACTED:email]"))).toBe(true);
-    expect(everywhere([EMAIL, CARD]).filter((l) => !l.startsWith("to clients"))).toEqual([]);
+  test("copying a covered column is refused by agate.mask.deny_covered_copy", async () => {
+    for (const st of ["INSERT INTO sink(t) SELECT code FROM people", "CREATE TEMP TABLE cp2 AS SELECT x FROM people p(i, n, e, x)", "SELECT set_config('my.y', code, false) FROM people"]) {
+      const { outcomes } = await run(gw, "porsager", [st]);
+      expect(outcomes[0]).toContain("agate.mask.deny_covered_copy");
+    }
+    // an uncovered column copies
+    const { outcomes } = await run(gw, "porsager", ["INSERT INTO sink(t, n) SELECT name, 1 FROM people WHERE id = 1 ON CONFLICT DO NOTHING RETURNING t"]);
+    expect(outcomes[0]).not.toContain("deny_covered_copy");
+    // RETURNING goes to the client (masked), not into the write: no copy
+    const { outcomes: ret } = await run(gw, "porsager", ["UPDATE people SET name = 'Zed' WHERE id = 1 RETURNING *", "INSERT INTO people(id, name) VALUES (9, 'Nine') ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name RETURNING id, code", "DELETE FROM people WHERE id = 9"]);
+    expect(JSON.parse(ret[0]!)).toEqual([{ id: 1, name: "Zed", email: "[REDACTED:email]", code: "[REDACTED:code]", pin: null }]);
+    expect(JSON.parse(ret[1]!)).toEqual([{ id: 9, code: null }]);
+    // a covered column transformed in place stays covered: no copy
+    const { outcomes: inPlace } = await run(gw, "porsager", ["UPDATE people SET code = lower(code) WHERE id = 2 RETURNING code", "UPDATE people SET name = code WHERE id = 2"]);
+    expect(JSON.parse(inPlace[0]!)).toEqual([{ code: "[REDACTED:code]" }]);
+    expect(inPlace[1]).toContain("agate.mask.deny_covered_copy");
   });
 
-  test("binary Bind parameters are read by their declared type before the detectors run", async () => {
-    // a raw client: Parse declares int8, numeric, float8, text and bytea; Bind sends each in binary
-    const s = await rawSession(proxyPort, { user: USER, password: API_KEY });
-    const types = [20, 1700, 701, 25, 17];
-    const int8 = Buffer.alloc(8);
-    int8.writeBigInt64BE(BigInt(CARD));
-    // numeric 4111111111111111: digits base 10000 → 4111 1111 1111 1111, weight 3
-    const numeric = message(0, (w) => w.i16(4).i16(3).i16(0).i16(0).i16(4111).i16(1111).i16(1111).i16(1111)).subarray(5);
-    const float8 = Buffer.alloc(8);
-    float8.writeDoubleBE(Number(CARD));
-    const values = [int8, numeric, float8, Buffer.from(`mail ${EMAIL}`), Buffer.concat([Buffer.from(`password=${KV_SECRET}\n`), Buffer.from(AWS)])];
-    const parse = message(0x50, (w) => {
-      w.cstr("").cstr("SELECT $1::text, $2::text, $3::text, $4, length($5)").i16(types.length);
-      for (const t of types) w.i32(t);
+  test("statistics of covered tables are refused whatever the allow_rules", async () => {
+    const { outcomes } = await run(open, "porsager", ["SELECT * FROM pg_stats WHERE tablename = 'people'"]);
+    expect(outcomes[0]).toContain("agate.mask.deny_covered_statistics");
+  });
+
+  test("lineage is never stale: CREATE OR REPLACE VIEW through agate is seen at once", async () => {
+    const first = await run(gw, "porsager", ["SELECT label FROM labels ORDER BY id", "CREATE OR REPLACE VIEW labels AS SELECT id, code AS label FROM people", "SELECT label FROM labels ORDER BY id", "SELECT label || '' AS l FROM labels ORDER BY id"]);
+    // (people's rows and its child's)
+    expect(JSON.parse(first.outcomes[0]!)).toEqual([{ label: "Zed" }, { label: "Amy" }, { label: "Kid" }]);
+    expect(JSON.parse(first.outcomes[2]!)).toEqual([{ label: "[REDACTED:code]" }, { label: "[REDACTED:code]" }, { label: "[REDACTED:code]" }]);
+    expect(JSON.parse(first.outcomes[3]!)).toEqual([{ l: "[REDACTED:l]" }, { l: "[REDACTED:l]" }, { l: "[REDACTED:l]" }]);
+    expectClean("stale lineage", first.rec, first.text, gw);
+  });
+});
+
+describe("with deny_covered_copy switched off, what a copy returns is masked", () => {
+  const statements = [
+    "BEGIN",
+    "INSERT INTO sink(t) SELECT code FROM people WHERE id = 1 RETURNING t, upper(t)",
+    "INSERT INTO sink(t) SELECT code FROM people WHERE id = 1",
+    "ROLLBACK",
+    "INSERT INTO sink(t, n) SELECT code || 'x', -1 FROM people WHERE id = 1",
+    "BEGIN",
+    "INSERT INTO sink(t) VALUES ('seed') RETURNING t",
+    "UPDATE sink SET t = (SELECT code FROM people LIMIT 1) WHERE t = 'seed' RETURNING t",
+    "WITH x AS (INSERT INTO sink(t) SELECT email FROM people WHERE id = 1 RETURNING t) SELECT t || '' FROM x",
+    "ROLLBACK",
+  ];
+  for (const client of CLIENTS) {
+    test(`RETURNING, unique and check violations (${client})`, async () => {
+      await db.psql("DELETE FROM sink");
+      const { text, rec } = await run(open, client, statements);
+      expect(text).toContain("[REDACTED:t]");
+      expect(text).toContain("[masked: public.people.code]");
+      expectClean(`RETURNING via ${client}`, rec, text, open);
     });
-    const bind = message(0x42, (w) => {
-      w.cstr("").cstr("").i16(1).i16(1).i16(values.length);
-      for (const v of values) w.i32(v.length).bytes(v);
-      w.i16(0);
-    });
-    const execute = message(0x45, (w) => w.cstr("").i32(0));
-    s.send([parse, bind, execute, Sync]);
-    const got = await s.untilReady();
-    s.close();
-    expect(got.map((m) => m.type)).toContain("C");
-    const rs = await eventually((r) => r.type === "command" && Array.isArray(r.params) && r.params.length === 5);
-    const cmd = rs.findLast((r) => r.type === "command" && Array.isArray(r.params) && r.params.length === 5)!;
-    expect(cmd.params.slice(0, 2)).toEqual(["[REDACTED:card]", "[REDACTED:card]"]);
-    // PostgreSQL's own text for that float8 (what the detectors read): not the card's digits in a row
-    expect(cmd.params[2]).toBe("4.111111111111111e+15");
-    expect(cmd.params[3]).toBe("mail [REDACTED:email]");
-    expect(cmd.params[4]).toStartWith("\\x");
-    const secrets = [CARD, EMAIL, KV_SECRET, AWS];
-    const binaryForms = values.map((v) => v.toString("base64"));
-    expect([...leaks("audit directory", auditFiles(), secrets), ...binaryForms.filter((b) => auditFiles().includes(b))]).toEqual([]);
-  });
+  }
 
-  test("psycopg in binary mode: int and Decimal parameters", async () => {
-    const py = `
-import psycopg, sys
-from decimal import Decimal
-with psycopg.connect(sys.argv[1]) as c:
-    cur = c.cursor(binary=True)
-    cur.execute("SELECT %b::text, %b::text", (${CARD}, Decimal("${CARD}")))
-    print(cur.fetchone())
-`;
-    const r = await sh(["python3", "-c", py, url()]);
-    expect(r.code).toBe(0);
-    const rs = await records();
-    const cmd = rs.findLast((x) => x.type === "command" && x.text === "SELECT $1::text, $2::text")!;
-    expect(cmd.params).toEqual(["[REDACTED:card]", "[REDACTED:card]"]);
-    expect(everywhere([CARD])).toEqual([]);
+  test("a unique violation keeps its key's column and constraint, not the value", async () => {
+    await db.psql("DELETE FROM sink");
+    const { outcomes } = await run(open, "porsager", ["BEGIN", "INSERT INTO sink(t) SELECT code FROM people WHERE id = 1", "INSERT INTO sink(t) SELECT code FROM people WHERE id = 1", "ROLLBACK"]);
+    const e = JSON.parse(outcomes[2]!);
+    expect(e.code).toBe("23505");
+    expect(e.constraint_name).toBe("sink_t_key");
+    expect(e.detail).toBe("Key (t)=[masked: public.people.code]");
+    const { outcomes: check } = await run(open, "porsager", ["INSERT INTO sink(t, n) SELECT code, -1 FROM people WHERE id = 1"]);
+    const c = JSON.parse(check[0]!);
+    expect(c.code).toBe("23514");
+    expect(c.constraint_name).toBe("sink_n_check");
+    expect(c.detail).toBe("[masked: public.people.code]");
   });
 });
 
-describe("session state relayed to the client", () => {
-  test("ParameterStatus after set_config of a covered column is replaced whole; of other text, masked by the detectors", async () => {
-    const sql = postgres(url(), { max: 1, onnotice: () => {} });
-    try {
-      await sql`SELECT set_config('application_name', email, false) FROM vault WHERE id = 1`;
-      await sql`SELECT set_config('application_name', note, false) FROM vault WHERE id = 1`;
-      await sql.unsafe(`SET application_name = 'to ${EMAIL}'`);
-      await sql`SELECT set_config('application_name', 'plain', false)`;
-      // the client was told the masked values; ordinary settings pass
-      expect(sql.parameters.application_name).toBe("plain");
-      expect(sql.parameters.client_encoding).toBe("UTF8");
-    } finally {
-      await sql.end();
-    }
-    const wire = Buffer.concat(sent).toString("latin1");
-    expect(wire).toContain("application_name\0[REDACTED:application_name]\0");
-    expect(wire).toContain("application_name\0backup [REDACTED:aws_secret_key]\0");
-    expect(wire).toContain("application_name\0to [REDACTED:email]\0");
-    expect(everywhere([EMAIL, AWS])).toEqual([]);
+describe("fewer false positives: a statement that merely filters on a covered column", () => {
+  test("count(*), length(<uncovered>), generate_series and EXPLAIN pass unmasked", async () => {
+    const { outcomes } = await run(gw, "porsager", [
+      "SELECT count(*)::int AS n, length(name) AS l FROM people WHERE code = 'nothing' OR id = 1 GROUP BY name",
+      "SELECT generate_series(1, 2) AS g FROM people WHERE email LIKE 'z%'",
+      "EXPLAIN SELECT name FROM people WHERE code = 'x' ORDER BY email",
+    ]);
+    expect(JSON.parse(outcomes[0]!)).toEqual([{ n: 1, l: 3 }]);
+    expect(JSON.parse(outcomes[1]!)).toEqual([{ g: 1 }, { g: 2 }]);
+    expect(outcomes[2]).toContain("Seq Scan on people");
+    expect(outcomes[2]).not.toContain("REDACTED");
   });
 
-  test("a notification's payload: replaced whole when its statement reads a covered column", async () => {
-    const sql = postgres(url(), { max: 1, onnotice: () => {} });
-    const payloads: string[] = [];
-    try {
-      await sql.listen("side", (p) => payloads.push(p));
-      await sql`SELECT pg_notify('side', email) FROM vault WHERE id = 1`.catch(() => {});
-      await sql`SELECT pg_notify('side', 'hi ' || ${"grace.hopper@example.com"})`.catch(() => {});
-      for (let i = 0; i < 100 && payloads.length < 2; i++) await Bun.sleep(20);
-    } finally {
-      await sql.end();
-    }
-    expect(payloads).toContain("hi [REDACTED:email]");
-    expect(payloads.filter((p) => p.includes("@"))).toEqual([]);
-    expect(everywhere([EMAIL, "grace.hopper@example.com"])).toEqual([]);
-  });
-});
-
-test("a notification this session sends itself, from a covered column, in one simple query", async () => {
-  const s = await rawSession(proxyPort, { user: USER, password: API_KEY });
-  s.send(Query("LISTEN own"));
-  await s.untilReady();
-  s.send(Query("SELECT pg_notify('own', email) IS NULL FROM vault WHERE id = 1"));
-  const got = await s.untilReady();
-  s.close();
-  const notes = got.filter((m) => m.type === "A").map((m) => m.body.toString("latin1"));
-  const errors = got.filter((m) => m.type === "E");
-  // Refused (moving a covered value is a decision) or delivered: never raw
-  expect(notes.length + errors.length).toBeGreaterThan(0);
-  for (const n of notes) expect(n).toContain("own\0[REDACTED:payload]\0");
-  expect(everywhere([EMAIL])).toEqual([]);
-});
-
-describe("binary data is never rewritten", () => {
-  // Random bytes (never valid UTF-8 text) with secret-looking text inside
-  const blob = Buffer.concat([Buffer.from([0xff, 0x00, 0xfe]), randomBytes(4000), Buffer.from(` password=${KV_SECRET} token: ${AWS} `), randomBytes(4000), Buffer.from([0x00, 0xc3])]);
-  const md5 = (b: Buffer) => createHash("md5").update(b).digest("hex");
-
-  test("a large object round trip through porsager's largeObject: same checksum, counted as unscanned binary", async () => {
-    const sql = postgres(url(), { max: 1, onnotice: () => {} });
-    try {
-      const lo = await sql.largeObject();
-      await lo.write(blob);
-      await lo.seek(0);
-      const [{ data }] = (await lo.read(blob.length)) as unknown as [{ data: Buffer }];
-      await lo.close();
-      expect(md5(data as Buffer)).toBe(md5(blob));
-      // lo_from_bytea / lo_get, text format, and bytea read back
-      const [{ oid }] = (await sql`SELECT lo_from_bytea(0, ${blob}) AS oid`) as unknown as [{ oid: number }];
-      const [{ b }] = (await sql`SELECT lo_get(${oid}) AS b`) as unknown as [{ b: Buffer }];
-      expect(md5(b as Buffer)).toBe(md5(blob));
-      await sql`SELECT lo_unlink(${oid})`;
-      // text kept as bytea is still read by the detectors
-      const [{ t }] = (await sql`SELECT convert_to(${`password=${KV_SECRET}`}, 'UTF8') AS t`) as unknown as [{ t: Buffer }];
-      expect((t as Buffer).toString()).not.toContain(KV_SECRET);
-    } finally {
-      await sql.end();
-    }
-    const rs = await eventually((r) => r.type === "outcome" && r.masked?.detectors?.["(unscanned binary)"] > 0);
-    expect(rs.some((r) => r.type === "outcome" && r.masked?.detectors?.["(unscanned binary)"] > 0)).toBe(true);
-  });
-
-  test("psql reads the same bytes back as hex", async () => {
-    const hex = blob.toString("hex");
-    const made = await psql(url(), `SELECT lo_from_bytea(0, '\\x${hex}'::bytea)`);
-    expect(made.stderr).toBe("");
-    const oid = made.stdout.trim();
-    const back = await psql(url(), `SELECT lo_get(${oid})`);
-    expect(back.stdout.trim()).toBe(`\\x${hex}`);
-    await psql(url(), `SELECT lo_unlink(${oid})`);
+  test("the WHERE-clause oracle is inherent and not claimed: a filter on a covered column answers one bit", async () => {
+    // Documented in README (Masking): filtering is allowed, so a client can ask yes/no questions about a covered value.
+    const { outcomes } = await run(gw, "porsager", ["SELECT count(*)::int AS n FROM people WHERE substr(email, 1, 1) = 'z'", "SELECT count(*)::int AS n FROM people WHERE substr(email, 1, 1) = 'q'"]);
+    expect(JSON.parse(outcomes[0]!)).toEqual([{ n: 1 }]);
+    expect(JSON.parse(outcomes[1]!)).toEqual([{ n: 0 }]);
   });
 });

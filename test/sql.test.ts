@@ -275,6 +275,44 @@ describe("analyzeSql: columns named and whole rows", () => {
   });
 });
 
+describe("analyzeSql: what flows out (taint by reference)", () => {
+  /** [outputs, opaque, written_from, written_opaque] of the one statement of `text`. */
+  const flow = (text: string) => {
+    const st = one(text);
+    return [st.outputs, st.opaque, st.written_from, st.written_opaque];
+  };
+
+  test("names in conditions do not flow; names elsewhere do", () => {
+    expect(flow("select count(*) from users where substr(email, 1, 1) = 'a'")).toEqual([[], false, [], false]);
+    expect(flow("select length(name) from users u join t on t.id = u.id where email > 'a' group by name having max(card) > '1' order by email limit (select count(ssn) from u)")).toEqual([["name"], false, ["name"], false]);
+    expect(flow("select string_agg(name, ',' order by email) filter (where card is null), row_number() over (partition by ssn order by email) from users")).toEqual([["name"], false, ["name"], false]);
+    expect(flow("select case when email like 'a%' then 1 end from users")[0]).toEqual(["email"]);
+  });
+
+  test("alias column lists, CTE column lists, stars and whole rows make a statement opaque", () => {
+    expect(flow("select upper(e) from users u(i, e)")[1]).toBe(true);
+    expect(flow("select x from (select email from users) s(x)")[1]).toBe(true);
+    expect(flow("with c(a) as (select email from users) select a from c")[1]).toBe(true);
+    expect(flow("table users")[1]).toBe(true);
+    expect(flow("select u from users u")[1]).toBe(true);
+    // … but not inside a condition
+    expect(flow("select 1 from t where exists (select * from users u(i, e) where e = 'x')")[1]).toBe(false);
+  });
+
+  test("RETURNING flows to the client, not into the write; EXCLUDED is the statement's own row", () => {
+    expect(flow("update users set name = 'x' where id = 1 returning *")).toEqual([[], true, [], false]);
+    expect(flow("insert into sink select email from users returning t")).toEqual([["email", "t"], false, ["email"], false]);
+    expect(flow("insert into users (id, email) values (1, 'a') on conflict (id) do update set email = excluded.email")).toEqual([[], false, [], false]);
+  });
+
+  test("UPDATE SET c = f(c) transforms in place: no copy; from another column or a subquery it is one", () => {
+    expect(flow("update users u set email = lower(trim(u.email)), name = 'x' where id = 1")).toEqual([["email"], false, [], false]);
+    expect(flow("update users set name = email where id = 1")[2]).toEqual(["email"]);
+    expect(flow("update users set email = (select email from other) where id = 1")[2]).toEqual(["email"]);
+    expect(flow("update users set email = o.email from other o where o.id = users.id")[2]).toEqual(["email"]);
+  });
+});
+
 describe("analyzeSql: statements and their text", () => {
   test("several statements: one entry each, with its own text", () => {
     const facts = analyzeSql("select 1; drop table x");
@@ -428,7 +466,7 @@ console.log(JSON.stringify({ notReady, wasm, facts: analyzeSql("select 1") }));
     expect(out.wasm.startsWith("/$bunfs/")).toBe(true); // served from inside the executable
     expect(out.facts).toEqual({
       statements: [
-        { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], columns: [], whole_row: false, settings: [], text: "select 1" },
+        { kind: "select", node: "SelectStmt", tag: "SELECT", reads: [], writes: [], functions: [], columns: [], whole_row: false, outputs: [], opaque: false, written_from: [], written_opaque: false, settings: [], text: "select 1" },
       ],
       multi: false,
     });

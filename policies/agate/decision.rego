@@ -48,6 +48,8 @@
 #              agate.sql.deny_copy_file        COPY to or from a server file
 #              agate.sql.deny_catalog_unknown  the target's catalog could not be asked
 #              agate.sql.deny_unanalysed       a PostgreSQL command without SQL facts
+#              agate.mask.deny_covered_copy    writing a covered column's values elsewhere (mask.rego)
+#              agate.mask.deny_covered_statistics  pg_stats & co. under column rules (not switchable)
 #            and held for approval:
 #              agate.sql.approve_ddl           CREATE TABLE/INDEX/VIEW/..., ALTER TABLE ... ADD COLUMN (ddl.rego)
 #              agate.sql.approve_large_write   a write the planner estimates to touch more than
@@ -60,7 +62,7 @@
 #
 # Escape hatch: switching rules off with data
 #
-#   Every agate.sql.* rule (deny and approve) can be switched off, everywhere
+#   Every agate.sql.* rule (deny and approve), and agate.mask.deny_covered_copy, can be switched off, everywhere
 #   or per connection, by naming it (short "deny_drop" or full
 #   "agate.sql.deny_drop") in data:
 #

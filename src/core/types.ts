@@ -65,6 +65,33 @@ export interface SqlStatement {
    * (`SELECT *`, `SELECT t.*`, `RETURNING *`) does not count.
    */
   whole_row: boolean;
+  /**
+   * Column names used where their value can flow into the statement's
+   * outputs (result columns, RETURNING, written values, function arguments):
+   * every use outside WHERE, JOIN ON/USING, GROUP BY, HAVING, ORDER BY,
+   * LIMIT, DISTINCT ON and window/aggregate ordering. Last part only.
+   */
+  outputs?: string[];
+  /**
+   * agate cannot follow names to columns here: a FROM item or CTE renames
+   * its columns (`t(a, b)`), a star or a whole row outside a condition. Every
+   * column of the relations read may then flow out.
+   */
+  opaque?: boolean;
+  /** `outputs` and `opaque` without RETURNING lists: what may flow into what the statement writes or keeps. */
+  written_from?: string[];
+  written_opaque?: boolean;
+  /**
+   * Catalog facts: the base columns whose values may flow into the outputs,
+   * resolved through views (their rewrite rules' dependencies) and
+   * partitions/inheritance (ancestors); `sources_opaque` when the statement
+   * calls something that may read any relation (a function that runs a
+   * query, a function that is not built in) or the catalog was unavailable.
+   */
+  sources?: SqlColumnRef[];
+  sources_opaque?: boolean;
+  /** Catalog facts: `sources` of what the statement writes or keeps (written_from), for agate.mask.deny_covered_copy. */
+  copies?: SqlColumnRef[];
   /** UPDATE/DELETE: whether a WHERE clause is present. */
   has_where?: boolean;
   /**
@@ -100,6 +127,13 @@ export interface SqlStatement {
   relations?: SqlRelation[];
   /** The statement's own text (one statement of a multi-statement query). */
   text: string;
+}
+
+/** A base column (SqlStatement.sources). */
+export interface SqlColumnRef {
+  schema: string;
+  table: string;
+  column: string;
 }
 
 /** A statement nested in another (SqlStatement.inner). */

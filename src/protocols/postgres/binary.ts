@@ -23,7 +23,7 @@
  * since 12) and money without locale symbols ("-12.34"). A malformed value
  * of a decoded type throws ProtocolViolation.
  */
-import type { Buffer } from "node:buffer";
+import { Buffer } from "node:buffer";
 import { ProtocolViolation, Reader } from "./wire.ts";
 
 const INT8 = 20, INT2 = 21, INT4 = 23, OID = 26, XID8 = 5069, FLOAT4 = 700, FLOAT8 = 701, NUMERIC = 1700, MONEY = 790;
@@ -73,8 +73,23 @@ export function textBytesOffset(oid: number): number | undefined {
   return oid === JSONB ? 1 : undefined;
 }
 
+/**
+ * What a user-defined type is, as the target's catalog says (catalog.ts
+ * loadTypes): read as another type (an enum or citext as text, a composite
+ * as record, a domain as its base type), an array, range or multirange of
+ * an element or subtype, or hstore.
+ */
+export type UserType = { as: number } | { array: number } | { range: number } | { multirange: number } | { hstore: true };
+/** The catalog's answer for a user-defined type; undefined when it is not known. */
+export type UserTypes = (oid: number) => UserType | undefined;
+
+/** Built-in range and multirange types → their subtype (pg_range). */
+/** Built-in range and multirange types of numbers → their subtype (pg_range; those of dates and times are OPAQUE_SAFE). */
+const RANGE_OF: ReadonlyMap<number, number> = new Map([[3904, INT4], [3926, INT8], [3906, NUMERIC]]);
+const MULTIRANGE_OF: ReadonlyMap<number, number> = new Map([[4451, INT4], [4536, INT8], [4532, NUMERIC]]);
+
 /** The text PostgreSQL would print for a binary-format value of type `oid`, or undefined when agate cannot decode that type. Throws ProtocolViolation on a malformed value of a type it does decode. */
-export function binaryAsText(oid: number, value: Buffer): string | undefined {
+export function binaryAsText(oid: number, value: Buffer, user?: UserTypes): string | undefined {
   if (TEXT_LIKE.has(oid)) return value.toString("utf8");
   switch (oid) {
     case INT2:
@@ -113,11 +128,15 @@ export function binaryAsText(oid: number, value: Buffer): string | undefined {
       return value.toString("utf8", 1);
   }
   if (GEOMETRIC.has(oid)) return geometricText(oid, value);
-  if (oid === RECORD) return recordText(value);
+  if (oid === RECORD) return recordText(value, user);
   if (oid === BYTEA) return `\\x${value.toString("hex")}`;
   if (oid === TSVECTOR) return tsvectorText(value);
+  const sub = RANGE_OF.get(oid);
+  if (sub !== undefined) return rangeText(value, sub, user);
+  const msub = MULTIRANGE_OF.get(oid);
+  if (msub !== undefined) return multirangeText(value, msub, user);
   const elem = ARRAY_OF.get(oid);
-  return elem === undefined ? undefined : arrayText(value, elem);
+  return elem === undefined ? undefined : arrayText(value, elem, user);
 }
 
 /** User-defined types start here (FirstNormalObjectId). */
@@ -130,8 +149,8 @@ export const FIRST_USER_OID = 16384;
  * record, or of an array, when the bytes parse exactly as one whose every
  * field or element agate can read; otherwise undefined.
  */
-export function shapeAsText(value: Buffer): string | undefined {
-  for (const read of [recordText, arrayText]) {
+export function shapeAsText(value: Buffer, user?: UserTypes): string | undefined {
+  for (const read of [(v: Buffer) => recordText(v, user), (v: Buffer) => arrayText(v, undefined, user)]) {
     try {
       const text = read(value);
       if (text !== undefined) return text;
@@ -142,12 +161,23 @@ export function shapeAsText(value: Buffer): string | undefined {
   return undefined;
 }
 
-/** A value of type `oid`: decoded, a place holder for a type that cannot hold a detector's find, or read by its shape (a user-defined type); undefined when unreadable. */
-export function fieldText(oid: number, value: Buffer): string | undefined {
-  const text = binaryAsText(oid, value);
+/**
+ * A value of type `oid`: decoded, a place holder for a type that cannot
+ * hold a detector's find, a user-defined type as the catalog describes it
+ * (`user`), or read by its shape; undefined when unreadable.
+ */
+export function fieldText(oid: number, value: Buffer, user?: UserTypes): string | undefined {
+  const text = binaryAsText(oid, value, user);
   if (text !== undefined) return text;
   if (OPAQUE_SAFE.has(oid)) return "?";
-  return oid >= FIRST_USER_OID ? shapeAsText(value) : undefined;
+  if (oid < FIRST_USER_OID) return undefined;
+  const u = user?.(oid);
+  if (u === undefined) return shapeAsText(value, user);
+  if ("as" in u) return u.as === oid ? undefined : fieldText(u.as, value, user);
+  if ("array" in u) return arrayText(value, u.array, user);
+  if ("range" in u) return rangeText(value, u.range, user);
+  if ("multirange" in u) return multirangeText(value, u.multirange, user);
+  return hstoreText(value);
 }
 
 function sized(value: Buffer, n: number, type: string): Buffer {
@@ -364,7 +394,7 @@ const MAXDIM = 6;
  * braces, elements quoted when empty, "NULL"-like or holding a delimiter,
  * brace, quote, backslash or space.
  */
-function arrayText(value: Buffer, elem?: number): string | undefined {
+function arrayText(value: Buffer, elem?: number, user?: UserTypes): string | undefined {
   const r = new Reader(value);
   const ndim = r.i32();
   const flags = r.i32();
@@ -393,7 +423,7 @@ function arrayText(value: Buffer, elem?: number): string | undefined {
       items.push("NULL");
       continue;
     }
-    const text = elem === undefined ? fieldText(elemOid, r.bytes(len)) : binaryAsText(elem, r.bytes(len));
+    const text = elem === undefined || elem >= FIRST_USER_OID ? fieldText(elemOid, r.bytes(len), user) : binaryAsText(elem, r.bytes(len), user);
     if (text === undefined) return undefined;
     items.push(quoteElement(text, delim));
   }
@@ -417,7 +447,7 @@ function arrayText(value: Buffer, elem?: number): string | undefined {
  * that cannot hold what a detector finds prints as its type's place holder
  * ("?"); one of a type agate cannot read makes the whole record unreadable.
  */
-function recordText(value: Buffer): string | undefined {
+function recordText(value: Buffer, user?: UserTypes): string | undefined {
   const r = new Reader(value);
   const n = r.i32();
   if (n < 0 || n * 8 > r.remaining) throw new ProtocolViolation(`malformed binary record: ${n} fields in ${r.remaining} bytes`);
@@ -430,7 +460,7 @@ function recordText(value: Buffer): string | undefined {
       fields.push("");
       continue;
     }
-    const t = fieldText(oid, r.bytes(len));
+    const t = fieldText(oid, r.bytes(len), user);
     if (t === undefined) return undefined;
     fields.push(t !== "" && !RECORD_QUOTES.test(t) ? t : `"${t.replace(/["\\]/g, "$&$&")}"`);
   }
@@ -464,6 +494,76 @@ function tsvectorText(value: Buffer): string {
   return out.join(" ");
 }
 
+/**
+ * range_send: a flags byte (empty 0x01, lower inclusive 0x02, upper
+ * inclusive 0x04, lower infinite 0x08, upper infinite 0x10), then each
+ * finite bound as int32 length and bytes of the subtype. Printed as
+ * range_out: "empty", or "[lo,hi)" with an infinite bound left empty and a
+ * bound quoted as a record field is.
+ */
+function rangeText(value: Buffer, sub: number, user?: UserTypes): string | undefined {
+  const r = new Reader(value);
+  const flags = r.u8();
+  if (flags & 0x01) {
+    ended(r, "range");
+    return "empty";
+  }
+  const bound = (infinite: boolean): string | undefined => {
+    if (infinite) return "";
+    const len = r.i32();
+    if (len < 0) throw new ProtocolViolation(`malformed binary range: bound length ${len}`);
+    const t = fieldText(sub, r.bytes(len), user);
+    return t === undefined || (t !== "" && !RANGE_QUOTES.test(t)) ? t : `"${t.replace(/["\\]/g, "$&$&")}"`;
+  };
+  const lo = bound((flags & 0x08) !== 0);
+  const hi = bound((flags & 0x10) !== 0);
+  ended(r, "range");
+  if (lo === undefined || hi === undefined) return undefined;
+  return `${flags & 0x02 ? "[" : "("}${lo},${hi}${flags & 0x04 ? "]" : ")"}`;
+}
+
+/** multirange_send: the range count, then each range as int32 length and range_send bytes. Printed as "{[1,2),[5,6)}". */
+function multirangeText(value: Buffer, sub: number, user?: UserTypes): string | undefined {
+  const r = new Reader(value);
+  const n = r.i32();
+  if (n < 0 || n * 5 > r.remaining) throw new ProtocolViolation(`malformed binary multirange: ${n} ranges in ${r.remaining} bytes`);
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const len = r.i32();
+    if (len < 1) throw new ProtocolViolation(`malformed binary multirange: range length ${len}`);
+    const t = rangeText(r.bytes(len), sub, user);
+    if (t === undefined) return undefined;
+    out.push(t);
+  }
+  ended(r, "multirange");
+  return `{${out.join(",")}}`;
+}
+
+/**
+ * hstore_send (contrib/hstore): the pair count, then each key as int32
+ * length and text, each value as int32 length (-1: NULL) and text. Printed
+ * as hstore_out: "k"=>"v", "n"=>NULL, with " and \ backslash-escaped.
+ */
+function hstoreText(value: Buffer): string {
+  const r = new Reader(value);
+  const n = r.i32();
+  if (n < 0 || n * 8 > r.remaining) throw new ProtocolViolation(`malformed binary hstore: ${n} pairs in ${r.remaining} bytes`);
+  const quote = (b: Buffer) => `"${b.toString("utf8").replace(/["\\]/g, "\\$&")}"`;
+  const pairs: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const klen = r.i32();
+    if (klen < 0) throw new ProtocolViolation(`malformed binary hstore: key length ${klen}`);
+    const key = quote(r.bytes(klen));
+    const vlen = r.i32();
+    if (vlen < -1) throw new ProtocolViolation(`malformed binary hstore: value length ${vlen}`);
+    pairs.push(`${key}=>${vlen === -1 ? "NULL" : quote(r.bytes(vlen))}`);
+  }
+  ended(r, "hstore");
+  return pairs.join(", ");
+}
+
+const RANGE_QUOTES = /[()[\],"\\ \t\n\r\v\f]/;
+
 const RECORD_QUOTES = /[(),"\\ \t\n\r\v\f]/;
 
 const NEEDS_QUOTES = /[{}"\\ \t\n\r\v\f]/;
@@ -471,4 +571,65 @@ const NEEDS_QUOTES = /[{}"\\ \t\n\r\v\f]/;
 function quoteElement(s: string, delim: string): string {
   if (s !== "" && !NEEDS_QUOTES.test(s) && !s.includes(delim) && !/^null$/i.test(s)) return s;
   return `"${s.replace(/["\\]/g, "\\$&")}"`;
+}
+
+// ---------------------------------------------------------------------------
+// masking inside a binary value
+
+/** Arrays whose elements are text in their binary form, and can hold any text: text[], varchar[], bpchar[]. */
+const TEXT_ARRAYS: ReadonlySet<number> = new Set([1009, 1015, 1014]);
+
+/**
+ * A binary value whose text leaves (the elements of a text array, the keys
+ * and values of an hstore) are each passed through `mask` and written back
+ * in the same binary format; the same buffer when nothing changed,
+ * undefined for a type whose values cannot be rewritten so (an enum label,
+ * a range bound, a number).
+ */
+export function maskInside(oid: number, value: Buffer, mask: (text: string) => string, user?: UserTypes): Buffer | undefined {
+  const hstore = oid >= FIRST_USER_OID && (user?.(oid) as { hstore?: true } | undefined)?.hstore === true;
+  if (!hstore && !TEXT_ARRAYS.has(oid)) return undefined;
+  const r = new Reader(value);
+  const parts: Buffer[] = [];
+  let changed = false;
+  const leaf = (nullable: boolean) => {
+    const len = r.i32();
+    if (len < (nullable ? -1 : 0)) throw new ProtocolViolation(`malformed binary ${hstore ? "hstore" : "array"}: length ${len}`);
+    if (len === -1) {
+      parts.push(Buffer.from([0xff, 0xff, 0xff, 0xff]));
+      return;
+    }
+    const bytes = r.bytes(len);
+    const text = bytes.toString("utf8");
+    const out = mask(text);
+    const b = out === text ? bytes : Buffer.from(out, "utf8");
+    changed ||= b !== bytes;
+    const head = Buffer.allocUnsafe(4);
+    head.writeInt32BE(b.length);
+    parts.push(head, b);
+  };
+  if (hstore) {
+    const n = r.i32();
+    if (n < 0 || n * 8 > r.remaining) throw new ProtocolViolation(`malformed binary hstore: ${n} pairs in ${r.remaining} bytes`);
+    parts.push(value.subarray(0, 4));
+    for (let i = 0; i < n; i++) {
+      leaf(false);
+      leaf(true);
+    }
+  } else {
+    const ndim = r.i32();
+    r.i32();
+    r.i32();
+    if (ndim < 0 || ndim > MAXDIM) throw new ProtocolViolation(`malformed binary array: ${ndim} dimensions`);
+    let count = ndim === 0 ? 0 : 1;
+    for (let i = 0; i < ndim; i++) {
+      count *= r.i32();
+      r.i32();
+    }
+    parts.push(value.subarray(0, 12 + 8 * ndim));
+    if (count < 0 || count * 4 > r.remaining) throw new ProtocolViolation(`malformed binary array: ${count} elements in ${r.remaining} bytes`);
+    for (let i = 0; i < count; i++) leaf(true);
+  }
+  ended(r, hstore ? "hstore" : "array");
+  return changed ? Buffer.concat(parts) : value;
 }

@@ -26,6 +26,7 @@
  */
 import postgres from "postgres";
 import { AgateError } from "../../core/errors.ts";
+import { FIRST_USER_OID, type UserType } from "./binary.ts";
 import { Estimator } from "./estimate.ts";
 import { type PgTarget, targetSql } from "./upstream.ts";
 
@@ -61,7 +62,7 @@ export class Catalog {
   private sql: postgres.Sql | undefined;
   private readonly relations = new Map<number, Relation>();
   private readonly inflight = new Map<number, Promise<Relation>>();
-  private readonly types = new Map<number, { as: number; at: number }>();
+  private readonly types = new Map<number, { as: number; user?: UserType; at: number }>();
   /** The planner's row estimates for writes (estimate.ts), on a small pool beside this connection. */
   readonly estimator: Estimator;
 
@@ -99,18 +100,66 @@ export class Catalog {
     return t === undefined || Date.now() - t.at > CACHE_MS ? null : t.as;
   }
 
-  /** Look the types `oids` up, into the cache. */
+  /**
+   * What a user-defined type is, for reading its binary values (binary.ts
+   * fieldText): an array of its element, a range or multirange of its
+   * subtype, hstore, or read as another type. undefined when not looked up.
+   */
+  userType(oid: number): UserType | undefined {
+    const t = this.types.get(oid);
+    return t === undefined || Date.now() - t.at > CACHE_MS ? undefined : t.user;
+  }
+
+  /**
+   * Look the types `oids` up, into the cache, and the user-defined types
+   * they are made of (element, base type, subtype, a composite's fields),
+   * a few levels deep.
+   */
   async loadTypes(oids: Iterable<number>): Promise<void> {
-    const want = [...new Set(oids)];
-    const rows = await this.connection()<{ oid: string; send: string }[]>`
-      SELECT t.oid::pg_catalog.int8::text AS oid, t.typsend::text AS send
-      FROM pg_catalog.pg_type t WHERE t.oid::pg_catalog.int8 = ANY(${want}::pg_catalog.int8[])`;
-    const send = new Map(rows.map((r) => [Number(r.oid), r.send]));
-    const at = Date.now();
-    for (const oid of want) {
-      const fn = send.get(oid) ?? "";
-      this.types.set(oid, { as: TEXT_SENDS.has(fn) ? TEXT : fn === "record_send" ? RECORD : oid, at });
+    let want = [...new Set(oids)];
+    for (let depth = 0; want.length > 0 && depth < 8; depth++) {
+      const rows = await this.connection()<{ oid: string; typtype: string; send: string; elem: string; base: string; sub: string | null; msub: string | null; fields: string[] | null }[]>`
+        SELECT t.oid::pg_catalog.int8::text AS oid, t.typtype::text AS typtype, t.typsend::text AS send, t.typelem::pg_catalog.int8::text AS elem,
+          t.typbasetype::pg_catalog.int8::text AS base, r.rngsubtype::pg_catalog.int8::text AS sub, m.rngsubtype::pg_catalog.int8::text AS msub,
+          (SELECT pg_catalog.array_agg(a.atttypid::pg_catalog.int8::text) FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS fields
+        FROM pg_catalog.pg_type t
+        LEFT JOIN pg_catalog.pg_range r ON r.rngtypid = t.oid
+        LEFT JOIN pg_catalog.pg_range m ON m.rngmultitypid = t.oid
+        WHERE t.oid::pg_catalog.int8 = ANY(${want}::pg_catalog.int8[])`;
+      const found = new Map(rows.map((r) => [Number(r.oid), r]));
+      const at = Date.now();
+      const next = new Set<number>();
+      for (const oid of want) {
+        const r = found.get(oid);
+        const fn = r?.send ?? "";
+        const as = TEXT_SENDS.has(fn) ? TEXT : fn === "record_send" ? RECORD : r?.typtype === "d" && Number(r.base) < FIRST_USER_OID ? Number(r.base) : oid;
+        let user: UserType | undefined;
+        if (!r) user = undefined;
+        else if (r.typtype === "d") user = { as: Number(r.base) };
+        else if (as !== oid) user = { as };
+        else if (r.typtype === "r" && r.sub) user = { range: Number(r.sub) };
+        else if (r.typtype === "m" && r.msub) user = { multirange: Number(r.msub) };
+        else if (fn === "array_send" && r.elem !== "0") user = { array: Number(r.elem) };
+        else if (fn === "hstore_send") user = { hstore: true };
+        this.types.set(oid, { as, ...(user ? { user } : {}), at });
+        for (const o of [r?.elem, r?.base, r?.sub, r?.msub, ...(r?.fields ?? [])]) {
+          const n = Number(o ?? 0);
+          if (n >= FIRST_USER_OID && this.cachedType(n) === null) next.add(n);
+        }
+      }
+      want = [...next];
     }
+  }
+
+  /**
+   * Forget every cached origin and type: a DDL statement ran through agate
+   * (CREATE OR REPLACE VIEW, ALTER TABLE …), so lineage must be read anew at
+   * once. Changes made elsewhere are seen after CACHE_MS.
+   */
+  invalidate(): void {
+    this.relations.clear();
+    this.types.clear();
   }
 
   async close(): Promise<void> {

@@ -23,7 +23,7 @@
  * `catalog: {known: false, error}`; the policy refuses what needs them.
  */
 import type postgres from "postgres";
-import type { Command, SqlCall, SqlFacts, SqlRelation, SqlSetting, SqlStatement } from "../../core/types.ts";
+import type { Command, SqlCall, SqlColumnRef, SqlFacts, SqlRelation, SqlSetting, SqlStatement } from "../../core/types.ts";
 import type { Catalog } from "./catalog.ts";
 
 const CACHE_MS = 60_000;
@@ -83,7 +83,63 @@ interface Cache {
   reads: Map<string, readonly SqlRelation[]>;
   writes: Map<string, readonly SqlRelation[]>;
   settings: Map<string, string>;
+  /** Per relation name as written: the columns of every candidate (for SqlStatement.sources). */
+  columns: Map<string, readonly RelationColumns[]>;
 }
+
+/**
+ * The columns of one relation: its own (`own`, lower-case names), and every
+ * base column whose value reading it may give: its own columns, its
+ * ancestors' (partitions, inheritance: same names) and, for a view, every
+ * base column its rewrite rule depends on (recursively). `named` is the
+ * name a base column is read under, null for one behind a view (any of the
+ * view's columns may carry it).
+ */
+interface RelationColumns {
+  own: ReadonlySet<string>;
+  bases: readonly { ref: SqlColumnRef; named: string | null }[];
+}
+
+/**
+ * Functions that run a query given as text or name a relation by a string
+ * (their reads are invisible to the parser): a statement calling one may
+ * return any relation's values.
+ */
+const QUERY_FUNCTIONS = new Set([
+  "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema",
+  "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema",
+  "cursor_to_xml", "cursor_to_xmlschema",
+  "schema_to_xml", "schema_to_xmlschema", "schema_to_xml_and_xmlschema",
+  "database_to_xml", "database_to_xmlschema", "database_to_xml_and_xmlschema",
+  "dblink", "dblink_exec", "dblink_send_query", "dblink_get_result", "dblink_fetch",
+]);
+
+/**
+ * For relations named $1: every base column reading each may give (see
+ * RelationColumns), following views' rewrite-rule dependencies and
+ * ancestors, at most 32 levels deep.
+ */
+const RELATION_COLUMNS = `
+  WITH RECURSIVE up(root, relid, attnum, via_view, depth) AS (
+    SELECT c.oid, c.oid, NULL::pg_catalog.int4, false, 0 FROM pg_catalog.pg_class c WHERE c.relname = ANY($1::pg_catalog.text[])
+    UNION
+    SELECT up.root, COALESCE(d.refobjid, i.inhparent), CASE WHEN d.refobjid IS NOT NULL THEN d.refobjsubid END,
+           up.via_view OR d.refobjid IS NOT NULL, up.depth + 1
+    FROM up
+    LEFT JOIN (pg_catalog.pg_rewrite rw JOIN pg_catalog.pg_depend d
+               ON d.objid = rw.oid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+              AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> rw.ev_class AND d.refobjsubid > 0)
+      ON rw.ev_class = up.relid
+    LEFT JOIN pg_catalog.pg_inherits i ON i.inhrelid = up.relid
+    WHERE up.depth < 32 AND (d.refobjid IS NOT NULL OR i.inhparent IS NOT NULL)
+  )
+  SELECT DISTINCT r.relname AS key, rn.nspname AS schema, up.depth = 0 AS own, NOT up.via_view AS named,
+         n.nspname AS bschema, c.relname AS btable, a.attname AS bcolumn
+  FROM up
+  JOIN pg_catalog.pg_class r ON r.oid = up.root JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+  JOIN pg_catalog.pg_class c ON c.oid = up.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = up.relid AND a.attnum > 0 AND NOT a.attisdropped
+   AND (up.attnum IS NULL OR a.attnum = up.attnum)`;
 
 /** What a statement list names that the cache does not answer yet. */
 interface Missing {
@@ -134,8 +190,16 @@ export class CatalogFacts {
     );
   }
 
+  /** Drop every cached answer (a DDL statement ran through agate: lineage must not be stale). */
+  invalidate(): void {
+    this.epoch++;
+    this.cache = newCache("");
+  }
+
+  private epoch = 0;
+
   private generation(version: string): Cache {
-    const gen = `${version}\0${Math.floor(this.now() / CACHE_MS)}`;
+    const gen = `${version}\0${Math.floor(this.now() / CACHE_MS)}\0${this.epoch}`;
     const c = this.cache;
     if (c.gen !== gen || c.calls.size + c.reads.size + c.settings.size > MAX_CACHED) this.cache = newCache(gen);
     return this.cache;
@@ -232,17 +296,29 @@ export class CatalogFacts {
   private async relations(names: string[], cache: Cache): Promise<void> {
     if (names.length === 0) return;
     const keys = [...new Set(names.map((n) => lastPart(n)))];
-    const rows = await this.query<{ key: string; schema: string; kind: string }[]>(
-      `SELECT c.relname AS key, n.nspname AS schema, c.relkind::pg_catalog.text AS kind
-       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-       WHERE c.relname = ANY($1::pg_catalog.text[])`,
-      [keys],
-    );
+    const [rows, cols] = await Promise.all([
+      this.query<{ key: string; schema: string; kind: string }[]>(
+        `SELECT c.relname AS key, n.nspname AS schema, c.relkind::pg_catalog.text AS kind
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relname = ANY($1::pg_catalog.text[])`,
+        [keys],
+      ),
+      this.query<{ key: string; schema: string; own: boolean; named: boolean; bschema: string; btable: string; bcolumn: string }[]>(RELATION_COLUMNS, [keys]),
+    ]);
+    const byRelation = new Map<string, { own: Set<string>; bases: { ref: SqlColumnRef; named: string | null }[] }>();
+    for (const c of cols) {
+      const k = `${c.schema}\0${c.key}`;
+      let r = byRelation.get(k);
+      if (r === undefined) byRelation.set(k, (r = { own: new Set(), bases: [] }));
+      if (c.own) r.own.add(c.bcolumn.toLowerCase());
+      r.bases.push({ ref: Object.freeze({ schema: c.bschema, table: c.btable, column: c.bcolumn }), named: c.named ? c.bcolumn.toLowerCase() : null });
+    }
     for (const name of names) {
       const { schema } = split(name, false);
       const key = lastPart(name);
       const inSchema = (s: string) => schema === undefined || s === schema || (schema === "pg_temp" && s.startsWith("pg_temp"));
       const candidates = rows.filter((r) => r.key === key && inSchema(r.schema));
+      cache.columns.set(name, candidates.map((r) => byRelation.get(`${r.schema}\0${r.key}`) ?? { own: new Set<string>(), bases: EMPTY }));
       for (const access of ["read", "write"] as const) {
         const list: SqlRelation[] = candidates.map((r) =>
           Object.freeze({ name, access, found: true, schema: r.schema, kind: RELATION_KINDS[r.kind] ?? r.kind, catalog: isCatalogSchema(r.schema) }),
@@ -273,6 +349,10 @@ export class CatalogFacts {
         relations: gatherRelations(st, cache),
         settings: st.settings.length === 0 ? st.settings : st.settings.map((s) => withContext(s, s.name === null ? "unknown" : (cache.settings.get(s.name) ?? "unknown"))),
       };
+      const calls = out.calls ?? EMPTY;
+      out.sources = sourcesOf(st.outputs, st.opaque, st, cache);
+      out.copies = sourcesOf(st.written_from, st.written_opaque, st, cache);
+      out.sources_opaque = calls.some((c) => QUERY_FUNCTIONS.has(lastPart(c.name)) || (c.found && c.builtin !== true));
       return Object.freeze(out);
     });
     const out: SqlFacts = Object.freeze({ statements, multi: facts.multi, catalog: KNOWN });
@@ -285,13 +365,13 @@ export class CatalogFacts {
 const KNOWN = Object.freeze({ known: true });
 
 function newCache(gen: string): Cache {
-  return { gen, calls: new Map(), reads: new Map(), writes: new Map(), settings: new Map() };
+  return { gen, calls: new Map(), reads: new Map(), writes: new Map(), settings: new Map(), columns: new Map() };
 }
 
 /** Facts when the catalog could not be asked: no calls or relations, every setting's context unknown. */
 function unknown(facts: SqlFacts, error: string): SqlFacts {
   const statements = facts.statements.map((st) =>
-    Object.freeze({ ...st, calls: EMPTY, relations: EMPTY, settings: st.settings.map((s) => withContext(s, "unknown")) }),
+    Object.freeze({ ...st, calls: EMPTY, relations: EMPTY, settings: st.settings.map((s) => withContext(s, "unknown")), sources: EMPTY, sources_opaque: true, copies: EMPTY }),
   );
   return Object.freeze({ statements, multi: facts.multi, catalog: Object.freeze({ known: false, error }) });
 }
@@ -306,6 +386,34 @@ function gather<T>(names: readonly string[], from: Map<string, readonly T[]>): T
   const out: T[] = [];
   for (const n of names) out.push(...from.get(n)!);
   return out;
+}
+
+/**
+ * The base columns whose values may flow into a statement's outputs
+ * (`outputs`, `opaque`) or into what it writes (`written_from`,
+ * `written_opaque`): of every relation it reads or writes, those named
+ * (a view's base columns when any of the view's columns is), or all of them
+ * when opaque (renamed columns, a star, a whole row).
+ */
+function sourcesOf(outputs: readonly string[] = EMPTY, opaque: boolean | undefined, st: SqlStatement, cache: Cache): SqlColumnRef[] {
+  if (outputs.length === 0 && opaque !== true) return EMPTY;
+  const names = new Set(outputs.map((n) => n.toLowerCase()));
+  const out: SqlColumnRef[] = [];
+  const seen = new Set<string>();
+  for (const rel of [...st.reads, ...st.writes]) {
+    for (const r of cache.columns.get(rel) ?? EMPTY) {
+      let viaView: boolean | undefined;
+      for (const b of r.bases) {
+        const flows = opaque === true || (b.named !== null ? names.has(b.named) : (viaView ??= [...r.own].some((n) => names.has(n))));
+        if (!flows) continue;
+        const k = `${b.ref.schema}\0${b.ref.table}\0${b.ref.column}`;
+        if (seen.has(k)) continue;
+        seen.add(k);
+        out.push(b.ref);
+      }
+    }
+  }
+  return out.length === 0 ? EMPTY : out;
 }
 
 function gatherRelations(st: SqlStatement, cache: Cache): SqlRelation[] {

@@ -79,6 +79,7 @@ export function Close(kind: "S" | "P", name: string): Buffer {
 }
 
 export const Flush = message(T.Flush);
+export const Sync = message(T.Sync);
 
 /** Describe of a portal: agate asks for a portal's columns itself when the client did not. */
 export function DescribePortal(name: string): Buffer {

@@ -31,18 +31,27 @@
  * timestamps …) pass; anything else agate cannot read is NULL when the
  * decision has detectors (fail closed: it is never passed unread).
  *
- * Column origins: see catalog.ts. A computed result column (no origin:
- * `upper(email)`, `row_to_json(u)`) is masked whole when its statement
- * names a column a rule covers, or a whole row, since its value may carry
- * one; otherwise only its own name and the detectors apply.
+ * Column origins: see catalog.ts. Taint by reference: a statement is
+ * tainted by a column rule when a base column the rule covers is among its
+ * sources (SqlStatement.sources: the base columns whose values may flow
+ * into its outputs, resolved by facts.ts through aliases, views and
+ * partitions; all columns of what it reads when it renames columns, uses a
+ * star or a whole row; anything when it calls a function that runs a query).
+ * In a tainted statement every computed result column (no origin:
+ * `upper(e)`, `row_to_json(u)`) is masked whole under that rule, and so is
+ * every column of one that writes covered values (RETURNING: its origin is
+ * the written table). Errors and notices of a tainted statement lose their
+ * echoed values (maskNotice). An untainted statement's computed columns get
+ * only their own name's rule and the detectors: `count(*)`, `length(name)`
+ * of a statement that merely filters on a covered column pass.
  */
 import { isUtf8 } from "node:buffer";
-import type { SqlFacts } from "../../core/types.ts";
+import type { SqlFacts, SqlStatement } from "../../core/types.ts";
 import { binaryScannable, type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName } from "../../mask/rules.ts";
 import { triggers } from "../../mask/prefilter.ts";
 import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
-import { FIRST_USER_OID, fieldText, OPAQUE_SAFE, textBytesOffset } from "./binary.ts";
+import { FIRST_USER_OID, fieldText, maskInside, OPAQUE_SAFE, textBytesOffset, type UserTypes } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
 import { ProtocolViolation } from "./wire.ts";
 
@@ -143,6 +152,8 @@ export class ResultMasker {
   private readonly columns: Column[];
   /** Some detector in force can match text of digits and punctuation alone. */
   private readonly numeric: boolean;
+  /** A tainted statement that writes covered values: its RETURNING columns carry the written table as origin, and are masked too. */
+  private readonly writes: boolean;
 
   constructor(
     fields: Field[],
@@ -152,9 +163,12 @@ export class ResultMasker {
     private readonly tally: MaskTally,
     /** The built-in type a (user-defined) type is read as (catalog.ts cachedType). */
     typeAs: (oid: number) => number = (oid) => oid,
+    /** What user-defined types inside binary values are (catalog.ts userType). */
+    private readonly user?: UserTypes,
   ) {
     this.numeric = mask.detectors.some((d) => NUMERIC_DETECTORS.has(d));
-    const computed = computedRule(mask, facts);
+    const computed = taintRule(mask, facts);
+    this.writes = computed !== undefined && writesCovered(mask, facts);
     this.columns = fields.map((f) => this.plan(f.type >= FIRST_USER_OID ? { ...f, type: typeAs(f.type) } : f, origin, computed));
     this.ruleCounts = new Float64Array(fields.length);
   }
@@ -182,7 +196,7 @@ export class ResultMasker {
           if (hit) rule = ruleForColumn(m, hit.schema, hit.table, hit.column);
         }
       }
-      rule ??= ruleForName(m, f.name) ?? (f.table === 0 ? computed : undefined);
+      rule ??= ruleForName(m, f.name) ?? (f.table === 0 || this.writes ? computed : undefined);
     }
     if (rule) {
       const col: Column = { action: RULE, rule, ...base };
@@ -330,12 +344,20 @@ export class ResultMasker {
     }
     if (col.shape === "other" && col.binary) {
       const bytes = raw.subarray(a, b);
-      const text = fieldText(col.type, bytes);
+      const text = fieldText(col.type, bytes, this.user);
       if (text === undefined) {
         counts["(unreadable binary)"] = (counts["(unreadable binary)"] ?? 0) + 1;
         return null;
       }
-      return maskWith(text, m, counts) === text ? undefined : null;
+      const found: MaskCounts = {};
+      if (maskWith(text, m, found) === text) return undefined;
+      // Text leaves (a text array's elements, an hstore's keys and values) are masked in place, if then nothing is found in the whole.
+      // (a value's detections are counted once, on its whole text)
+      const inside = maskInside(col.type, bytes, (t) => maskWith(t, m, {}), this.user);
+      const again = inside && fieldText(col.type, inside, this.user);
+      const masked = inside !== undefined && again !== undefined && maskWith(again, m, {}) === again;
+      for (const [k, v] of Object.entries(found)) counts[k] = (counts[k] ?? 0) + v;
+      return masked ? inside : null;
     }
     const masked = maskSpan(raw, a + col.offset, b, m, counts);
     if (masked === undefined) return undefined;
@@ -389,20 +411,76 @@ function isJson(text: string): boolean {
   }
 }
 
-/** The rule a computed column falls under: its statement names a covered column, or a whole row. */
-export function computedRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnRule | undefined {
+/** A statement is tainted while agate cannot see which statement it is (a FETCH or EXECUTE agate did not see declared). */
+const UNSEEN: ColumnRule = { rule: "(statement unknown)", parts: [], style: { kind: "redact" } };
+
+const taintCache = new WeakMap<SqlStatement, { mask: CompiledMask; rule: ColumnRule | undefined }>();
+
+/**
+ * The column rule that taints a result's statement(s), if any: the first
+ * rule covering one of its sources (or any rule when its sources are
+ * opaque). Facts without catalog sources (not completed) fall back to the
+ * names the statement uses outside conditions.
+ */
+export function taintRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnRule | undefined {
   if (m.columns.length === 0) return undefined;
   if (!facts) return m.columns[0];
   for (const s of facts.statements) {
-    // FETCH from a cursor and EXECUTE of a prepared statement name no columns: their query is elsewhere.
-    if (s.node === "FetchStmt" || s.node === "ExecuteStmt") return m.columns[0];
-    for (const c of s.columns ?? []) {
+    const r = statementTaint(m, s);
+    if (r) return r;
+  }
+  return undefined;
+}
+
+/** The rule that taints statement `s` under mask `m` (cached per statement and mask). */
+export function statementTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined {
+  if (m.columns.length === 0) return undefined;
+  const hit = taintCache.get(s);
+  if (hit !== undefined && hit.mask === m) return hit.rule;
+  const rule = computeTaint(m, s);
+  taintCache.set(s, { mask: m, rule });
+  return rule;
+}
+
+function computeTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined {
+  // FETCH from a cursor and EXECUTE of a prepared statement agate did not see: their query is elsewhere.
+  if (s.node === "FetchStmt" || s.node === "ExecuteStmt") return m.columns[0] ?? UNSEEN;
+  // EXPLAIN prints plans, not values (what it would move is decided by deny_covered_copy).
+  if (s.node === "ExplainStmt") return undefined;
+  if (s.sources_opaque === true) return m.columns[0];
+  if (s.sources !== undefined) {
+    for (const c of s.sources) {
+      const r = ruleForColumn(m, c.schema, c.table, c.column);
+      if (r) return r;
+    }
+  } else {
+    // Facts the catalog did not complete: by the names alone, conservatively.
+    for (const c of s.outputs ?? s.columns) {
       const r = ruleForColumnName(m, c);
       if (r) return r;
     }
-    if (s.whole_row) return m.columns[0];
+    if (s.opaque === true || s.whole_row) return m.columns[0];
+  }
+  // A bare-name rule covers a name wherever the relation is (one agate could not resolve).
+  for (const c of s.outputs ?? []) {
+    const r = ruleForName(m, c);
+    if (r) return r;
   }
   return undefined;
+}
+
+/**
+ * Whether a statement writes covered values (its `copies`; opaque sources;
+ * or facts the catalog did not complete): its RETURNING columns take the
+ * written table as origin, so they cannot be trusted. Without facts only the
+ * origins are known: computed columns are masked, columns with an origin
+ * follow it.
+ */
+function writesCovered(m: CompiledMask, facts: SqlFacts | undefined): boolean {
+  if (facts === undefined) return false;
+  return facts.statements.some(
+    (s) => s.writes.length > 0 && (s.copies === undefined || s.sources_opaque === true || s.copies.some((c) => ruleForColumn(m, c.schema, c.table, c.column) !== undefined)),
+  );
 }
 
 /**
@@ -434,26 +512,76 @@ function maskSpan(buf: Buffer, a: number, b: number, m: CompiledMask, counts: Ma
 
 /** ErrorResponse/NoticeResponse fields that carry no data: severity, code, file, line, routine. */
 const PLAIN_FIELDS = new Set([0x53, 0x56, 0x43, 0x46, 0x4c, 0x52]);
+/** Fields that name objects, kept in a tainted statement's errors: schema, table, column, data type, constraint; positions. */
+const NAME_FIELDS = new Set([0x73, 0x74, 0x63, 0x64, 0x6e, 0x50, 0x70]);
+const M = 0x4d;
+const D = 0x44;
+const H = 0x48;
+const C = 0x43;
 
-/** An ErrorResponse or NoticeResponse (whole message) with its text fields masked; the same buffer when nothing changed. */
-export function maskNotice(raw: Buffer, m: CompiledMask, counts: MaskCounts): Buffer {
-  if (m.detectors.length === 0) return raw;
-  const parts: Buffer[] = [];
-  let changed = false;
+/**
+ * An ErrorResponse or NoticeResponse (whole message) with its text fields
+ * masked; the same buffer when nothing changed. The detectors run on every
+ * text field. When the statement is tainted (`taint`: the rule, see
+ * taintRule), values it may echo go too, whatever their shape: in the
+ * message and hint every quoted run that is not an object's name (the
+ * schema, table, column, type and constraint fields are kept) and every
+ * 0x… byte run; a message raised by code (SQLSTATE class P0, notices) whole;
+ * the detail whole but for a key's column list (`Key (v)=…`); the context
+ * and internal query whole. `counts` gets one per masked message under
+ * "(error text)".
+ */
+export function maskNotice(raw: Buffer, m: CompiledMask, counts: MaskCounts, taint?: ColumnRule): Buffer {
+  if (m.detectors.length === 0 && taint === undefined) return raw;
+  const fields: [number, Buffer][] = [];
   let p = 5;
   while (p < raw.length && raw[p] !== 0) {
     const code = raw[p]!;
     const end = raw.indexOf(0, p + 1);
     if (end < 0) throw new ProtocolViolation("ErrorResponse field is not terminated");
-    const masked = PLAIN_FIELDS.has(code) ? undefined : maskBytes(raw, p + 1, end, m, counts);
-    if (masked) {
-      changed = true;
-      parts.push(Buffer.of(code), masked.includes(0) ? Buffer.from(masked.toString("latin1").replaceAll("\0", ""), "latin1") : masked, Buffer.of(0));
-    } else parts.push(raw.subarray(p, end + 1));
+    fields.push([code, raw.subarray(p + 1, end)]);
     p = end + 1;
+  }
+  let changed = false;
+  if (taint !== undefined) {
+    const names = new Set(fields.filter(([c]) => NAME_FIELDS.has(c)).map(([, v]) => v.toString("utf8")));
+    const sqlstate = fields.find(([c]) => c === C)?.[1].toString("latin1") ?? "";
+    const raised = raw[0] === 0x4e || sqlstate.startsWith("P0");
+    const label = `[masked: ${taint.rule}]`;
+    for (const f of fields) {
+      const [code, v] = f;
+      if (PLAIN_FIELDS.has(code) || NAME_FIELDS.has(code)) continue;
+      const text = v.toString("utf8");
+      let out: string;
+      if (code === M || code === H) out = code === M && raised ? label : unechoed(text, names, label);
+      else if (code === D) {
+        const key = /^Key \(([^)]*)\)=/.exec(text);
+        out = key && key[1]!.split(", ").every((n) => /^[A-Za-z_][A-Za-z0-9_$]*$/.test(n)) ? `Key (${key[1]})=${label}` : label;
+      } else out = label;
+      if (out !== text) {
+        f[1] = Buffer.from(out, "utf8");
+        changed = true;
+      }
+    }
+    if (changed) counts["(error text)"] = (counts["(error text)"] ?? 0) + 1;
+  }
+  const parts: Buffer[] = [];
+  for (const [code, v] of fields) {
+    const masked = PLAIN_FIELDS.has(code) ? undefined : maskBytes(v, 0, v.length, m, counts);
+    if (masked) changed = true;
+    const value = masked ?? v;
+    parts.push(Buffer.of(code), value.includes(0) ? Buffer.from(value.toString("latin1").replaceAll("\0", ""), "latin1") : value, Buffer.of(0));
   }
   if (!changed) return raw;
   return message(raw[0]!, [...parts, Buffer.of(0)]);
+}
+
+/** `text` with its quoted runs (but object names) and 0x… byte runs replaced by `label`. */
+function unechoed(text: string, names: ReadonlySet<string>, label: string): string {
+  return text
+    .replace(/"((?:[^"]|"")*)"/g, (all, inner: string) => (names.has(inner.replaceAll('""', '"')) ? all : `"${label}"`))
+    .replace(/'((?:[^']|'')*)'/g, () => `'${label}'`)
+    .replace(/\b0x[0-9a-fA-F]+(?:\s+0x[0-9a-fA-F]+)*/g, label);
 }
 
 /** A NotificationResponse with its payload masked. */

@@ -38,8 +38,9 @@ import type { Catalog } from "./catalog.ts";
 import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
-import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
-import { maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker } from "./rows.ts";
+import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
+import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
 import { tagAgrees, tagVerb } from "./tags.ts";
 import { analyzeSql, scanSql } from "./sql.ts";
@@ -76,6 +77,10 @@ interface Reply {
   decided?: readonly SqlStatement[];
   /** agate's own SHOW of a lexing setting (probeLexing): its row is the value. */
   probe?: { setting: string; answered: (ok: boolean) => void };
+  /** agate's own Describe of what a COPY … TO reads (describeCopy): its RowDescription body, undefined when it failed. */
+  copy?: (columns: Buffer | undefined) => void;
+  /** A COPY … TO statement's columns as described, by statement index (describeCopy). */
+  copyColumns?: Map<number, Buffer | undefined>;
 }
 
 /** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
@@ -142,6 +147,10 @@ export class PgSession {
   /** The RowDescription body of each described portal, as answered. */
   private readonly portalRows = new Map<string, Buffer>();
   private copyMask: CompiledMask | undefined;
+  /** The COPY … TO being answered, masked field by field (copy.ts). */
+  private copyRows: CopyMasker | undefined;
+  /** ReadyForQuery numbers that answer agate's own Sync (describeCopy): not relayed. */
+  private readonly ownSyncs = new Set<number>();
   /** The mask of the latest forwarded command: for notices and notifications outside any reply. */
   private lastMask: CompiledMask = NO_MASK;
   private tally: MaskTally = newTally();
@@ -287,11 +296,27 @@ export class PgSession {
       this.injectAfterReplies([refused, "ReadyForQuery"]);
       return;
     }
+    const copies = this.copiesToDescribe(command, verdict.mask);
+    const copyColumns = copies.length > 0 && this.batchForwarded === 0 ? await this.describeCopies(command, copies, true) : undefined;
+    if (this.closed) return;
+    if (copies.some((i) => i > 0 && copyColumns?.get(i) === undefined)) {
+      // What the COPY reads may be made by the statements before it: it runs, and cannot be masked.
+      this.injectAfterReplies([
+        ErrorResponse({
+          severity: "ERROR",
+          code: "42501",
+          message: "agate: the COPY … TO in this query reads what agate could not describe before the query ran, and this statement's policy masks its output",
+          hint: "Send the COPY as a query of its own, after the statements that create what it reads.",
+        }),
+        "ReadyForQuery",
+      ]);
+      return;
+    }
     const barrier = this.isBarrier(command);
     this.sendQuery(f);
     if (barrier) this.lexBarrier = { z: this.syncsSent };
     this.outcomeAt.set(this.syncsSent, [command.seq]);
-    this.replies.push({ kind: "query", sync: this.syncsSent, mask: verdict.mask, ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
+    this.replies.push({ kind: "query", sync: this.syncsSent, mask: verdict.mask, ...(copyColumns ? { copyColumns } : {}), ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
     this.lastMask = verdict.mask;
   }
 
@@ -346,30 +371,66 @@ export class PgSession {
   private readonly prepared = new Map<string, SqlStatement>();
 
   /**
-   * Column rules cannot follow COPY … TO STDOUT (its rows carry no column
-   * origins), and no detector can read binary COPY: such a COPY is refused
-   * before it runs.
+   * A COPY … TO STDOUT in binary, or under column rules, is masked field by
+   * field from a description of what it reads (copy.ts, describeCopy).
+   * Under column rules, text or CSV in a syntax other than the default
+   * (DELIMITER, NULL, QUOTE, ESCAPE, ENCODING) cannot be split into fields
+   * safely: such a COPY is refused before it runs.
    */
   private unmaskable(command: Command, verdict: Verdict): Buffer | undefined {
     const m = verdict.mask;
-    if (m.empty) return undefined;
-    const copies = command.sql?.statements.filter((s) => s.copy?.direction === "to") ?? [];
-    if (copies.some((s) => s.copy!.format === "binary")) {
-      return ErrorResponse({
-        severity: "ERROR",
-        code: "42501",
-        message: "agate: binary COPY … TO cannot be masked, and this statement's policy masks its output",
-        hint: "Use COPY in text or CSV format (masked by the detectors), or SELECT.",
-      });
-    }
-    if (m.columns.length === 0 || copies.length === 0) return undefined;
+    if (m.empty || m.columns.length === 0) return undefined;
+    const odd = command.sql?.statements.some((s) => s.copy?.direction === "to" && s.copy.stdio && s.copy.format !== "binary" && !copySource(s.text).plain);
+    if (!odd) return undefined;
     return ErrorResponse({
       severity: "ERROR",
       code: "42501",
-      message: "agate: COPY … TO cannot be masked by column, and this statement's policy masks columns",
+      message: "agate: COPY … TO with DELIMITER, NULL, QUOTE, ESCAPE or ENCODING cannot be masked by column, and this statement's policy masks columns",
       detail: `masked columns: ${verdict.mask.columns.map((c) => c.rule).join(", ")}`,
-      hint: "Read the rows with SELECT instead; its columns are masked as they stream.",
+      hint: "Use COPY in the default text or CSV syntax, or in binary, or read the rows with SELECT.",
     });
+  }
+
+  /** Indexes of the statements that are a COPY … TO STDOUT whose fields must be masked one by one (binary, or under column rules). */
+  private copiesToDescribe(command: Command, mask: CompiledMask): number[] {
+    if (mask.empty) return [];
+    const out: number[] = [];
+    command.sql?.statements.forEach((s, i) => {
+      if (s.copy?.direction === "to" && s.copy.stdio && (s.copy.format === "binary" || mask.columns.length > 0)) out.push(i);
+    });
+    return out;
+  }
+
+  /**
+   * Have the target describe what the COPY statements `which` of `command`
+   * read, on this connection (the client's search_path, temporary tables
+   * and transaction), before the COPY runs: Parse, Bind, Describe and Close
+   * of agate's own statement and portal, then Sync (`sync`: a simple query,
+   * whose ReadyForQuery is kept from the client) or Flush (inside the
+   * client's extended batch). The answers never reach the client, but for
+   * an error inside an extended batch: the target then skips the rest of
+   * the batch, and the error stands for the COPY's.
+   */
+  private async describeCopies(command: Command, which: number[], sync: boolean): Promise<Map<number, Buffer | undefined>> {
+    const out = new Map<number, Buffer | undefined>();
+    for (const i of which) {
+      const source = copySource(command.sql!.statements[i]!.text);
+      if (source.describe === undefined || (!sync && this.failedBatch === this.syncsSent + 1)) {
+        out.set(i, undefined);
+        continue;
+      }
+      const name = `${RESERVED_PREFIX}copy`;
+      const answer = new Promise<Buffer | undefined>((resolve) => {
+        for (const m of [Parse(name, source.describe!), Bind(name, name), DescribePortal(name), Close("P", name), Close("S", name), sync ? Sync : Flush]) this.toUpstream.add(m);
+        if (sync) this.ownSyncs.add(++this.syncsSent);
+        const at = sync ? this.syncsSent : this.syncsSent + 1;
+        for (let n = 0; n < 4; n++) this.acks.push({ sync: at, swallow: true }); // ParseComplete, BindComplete, CloseComplete × 2
+        this.replies.push({ kind: "describe", sync: at, portal: name, swallow: true, mask: NO_MASK, copy: resolve });
+        this.flushUpstream();
+      });
+      out.set(i, await answer);
+    }
+    return out;
   }
 
   private sendQuery(f: Frame): void {
@@ -421,9 +482,12 @@ export class PgSession {
       this.described.add(portalName);
       this.replies.push({ kind: "describe", sync, portal: portalName, swallow: true, mask: NO_MASK });
     }
+    const copies = this.copiesToDescribe(command, verdict.mask).filter((i) => i === 0);
+    const copyColumns = copies.length > 0 ? await this.describeCopies(command, copies, false) : undefined;
+    if (this.closed) return;
     if (this.isBarrier(command)) this.lexBarrier = { batch: true };
     this.forward(f);
-    this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
+    this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(copyColumns ? { copyColumns } : {}), ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
     this.lastMask = verdict.mask;
     const at = this.syncsSent + 1;
     const seqs = this.outcomeAt.get(at);
@@ -678,6 +742,7 @@ export class PgSession {
       case T.NoData: {
         const r = this.currentReply();
         if (r?.kind === "describe") this.replies.shift();
+        r?.copy?.(undefined);
         if (!r?.swallow) out.add(f.raw);
         break;
       }
@@ -694,19 +759,27 @@ export class PgSession {
           const tag = f.body.toString("utf8", 0, f.body.length - 1);
           this.checkTag(r, tag);
           this.tags.push(tag);
+          if (this.answering(r)?.kind === "ddl") this.lineageChanged();
         }
         this.endRows(r);
         if (r && r.kind !== "describe") this.answered = r;
         if (r?.kind === "execute") this.replies.shift();
         else if (r && f.type !== T.PortalSuspended) r.done = (r.done ?? 0) + 1;
         this.copyMask = undefined;
+        this.endCopy();
         out.add(f.raw);
         break;
       }
       case T.ErrorResponse: {
         const r = this.currentReply();
+        if (r?.copy && this.ownSyncs.has(r.sync)) {
+          // agate's own describe failed (the COPY after it will say why, if it fails too): the target skips to its Sync
+          while (this.replies[0]?.sync === r.sync) this.replies.shift()!.copy?.(undefined);
+          while (this.acks[0]?.sync === r.sync) this.acks.shift();
+          break;
+        }
         if (r?.kind === "query") this.checkStatementCount(r);
-        const masked = maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors);
+        const masked = maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
         if (!this.error) {
           this.error = readErrorFields(masked.subarray(5));
           this.errorMask = r && r.kind !== "describe" ? r.mask : undefined;
@@ -714,7 +787,13 @@ export class PgSession {
         if (r && r.kind !== "describe") this.answered = r;
         // The target skips the rest of an extended-protocol batch; so do its replies.
         this.endRows(r);
-        if (r && r.kind !== "query") while (this.replies[0] && this.replies[0].sync === r.sync && this.replies[0].kind !== "query") this.replies.shift()!.probe?.answered(false);
+        if (r && r.kind !== "query") {
+          while (this.replies[0] && this.replies[0].sync === r.sync && this.replies[0].kind !== "query") {
+            const x = this.replies.shift()!;
+            x.probe?.answered(false);
+            x.copy?.(undefined);
+          }
+        }
         const batch = this.zReceived + 1;
         this.failedBatch = batch;
         while (this.acks[0]?.sync === batch) this.acks.shift();
@@ -724,11 +803,12 @@ export class PgSession {
           if (x.probe && x.sync === batch) this.replies.splice(i, 1)[0]!.probe!.answered(false);
         }
         this.copyMask = undefined;
+        this.endCopy();
         out.add(masked);
         break;
       }
       case T.NoticeResponse:
-        out.add(maskNotice(f.raw, this.currentReply()?.mask ?? this.lastMask, this.tally.detectors));
+        out.add(maskNotice(f.raw, this.currentReply()?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(this.currentReply())));
         break;
       case T.NotificationResponse: {
         const by = this.causedBy();
@@ -736,14 +816,24 @@ export class PgSession {
         break;
       }
       case T.CopyOutResponse: {
-        const mask = this.currentReply()?.mask ?? this.lastMask;
-        if (!mask.empty && f.body[0] === 1) throw new Error("binary COPY output cannot be masked; this statement's policy masks its output, so the session is closed");
-        this.copyMask = mask.empty ? undefined : mask;
+        const r = this.currentReply();
+        const mask = r?.mask ?? this.lastMask;
+        if (!mask.empty && (f.body[0] === 1 || mask.columns.length > 0)) {
+          const planned = this.planCopy(f.body, r);
+          if (planned) return planned;
+        } else this.copyMask = mask.empty ? undefined : mask;
         out.add(f.raw);
         break;
       }
       case T.CopyData:
-        this.relayRow(this.copyMask ? maskCopyData(f.raw, this.copyMask, this.tally.detectors) : f.raw, out);
+        if (this.copyRows) {
+          const masked = this.copyRows.data(f.raw);
+          if (masked) this.relayRow(masked, out);
+        } else this.relayRow(this.copyMask ? maskCopyData(f.raw, this.copyMask, this.tally.detectors) : f.raw, out);
+        break;
+      case T.CopyDone:
+        this.copyRows?.done();
+        out.add(f.raw);
         break;
       case T.ParameterStatus: {
         const [name, value] = f.body.toString("utf8").split("\0");
@@ -771,7 +861,7 @@ export class PgSession {
           for (const i of before) out.add(this.materialize(i));
           this.injectBefore.delete(n);
         }
-        out.add(f.raw);
+        if (!this.ownSyncs.delete(n)) out.add(f.raw);
         const after = this.injectAfter.get(n);
         if (after) {
           for (const i of after) out.add(this.materialize(i));
@@ -779,6 +869,7 @@ export class PgSession {
         }
         while (this.replies[0] && this.replies[0].sync <= n) this.endRows(this.replies.shift());
         this.copyMask = undefined;
+        this.endCopy();
         this.completeOutcome(n);
         break;
       }
@@ -795,6 +886,11 @@ export class PgSession {
    */
   private onRowDescription(f: Frame, out: Outbox): Promise<void> | undefined {
     const r = this.currentReply();
+    if (r?.copy) {
+      this.replies.shift();
+      r.copy(Buffer.from(f.body));
+      return undefined;
+    }
     if (r?.kind === "describe") {
       const next = this.replies[1];
       if (r.portal !== undefined && next?.kind === "execute" && next.portal === r.portal && next.sync === r.sync && !next.mask.empty) {
@@ -831,6 +927,26 @@ export class PgSession {
     }
   }
 
+  /** The statement (its facts, through cursors and prepared statements) a reply's next message answers. */
+  private answering(r: Reply | undefined): SqlStatement | undefined {
+    const st = r?.facts?.statements;
+    return st === undefined || r === undefined ? undefined : r.kind === "query" ? st[r.done ?? 0] : st[0];
+  }
+
+  /** The column rule that taints the statement a reply answers (rows.ts statementTaint); errors and notices lose echoed values. */
+  private taintOf(r: Reply | undefined): ReturnType<typeof statementTaint> {
+    if (r === undefined || r.mask.columns.length === 0) return undefined;
+    const st = this.answering(r);
+    // A reply agate cannot match with a statement: tainted under the first rule (fail closed).
+    return st === undefined ? r.mask.columns[0] : statementTaint(r.mask, st);
+  }
+
+  /** A DDL statement completed: column origins and catalog facts may have changed, so both caches start afresh. */
+  private lineageChanged(): void {
+    this.catalog.invalidate();
+    catalogFacts(this.catalog).invalidate();
+  }
+
   /** An error answers the statement after the last CommandComplete: there must be one. */
   private checkStatementCount(r: Reply): void {
     if (r.decided !== undefined && (r.done ?? 0) >= r.decided.length) {
@@ -864,26 +980,63 @@ export class PgSession {
   /** Plan `reply`'s masker from a RowDescription body; a promise when column origins must be looked up first. */
   private plan(body: Buffer, reply: Reply): Promise<void> | undefined {
     const fields = readRowDescription(body);
-    if (!this.lookedUp) {
-      const missing = reply.mask.columns.length > 0 ? fields.filter((x) => x.table !== 0 && this.catalog.cached(x.table, x.attnum) === null).map((x) => x.table) : [];
-      // User-defined types (domains, enums, citext …): what they are read as
-      const types = !reply.mask.empty ? fields.filter((x) => x.type >= FIRST_USER_OID && this.catalog.cachedType(x.type) === null).map((x) => x.type) : [];
-      if (missing.length > 0 || types.length > 0) {
-        return Promise.all([missing.length > 0 && this.catalog.load(missing), types.length > 0 && this.catalog.loadTypes(types)]).then(
-          () => {},
-          (e: Error) => this.log("warn", "column origins or types could not be looked up; what they hide is masked whole", { session: this.session.id, error: e.message }),
-        );
-      }
-    }
+    const lookup = this.lookUp(fields, reply.mask);
+    if (lookup) return lookup;
+    this.endRows(reply);
+    reply.rows = this.masker(fields, reply);
+    return undefined;
+  }
+
+  /** Look up what masking `fields` needs and the catalog does not hold (column origins, user-defined types); undefined when nothing is missing. */
+  private lookUp(fields: Field[], mask: CompiledMask): Promise<void> | undefined {
+    if (this.lookedUp) return undefined;
+    const missing = mask.columns.length > 0 ? fields.filter((x) => x.table !== 0 && this.catalog.cached(x.table, x.attnum) === null).map((x) => x.table) : [];
+    // User-defined types (domains, enums, citext …): what they are read as
+    const types = !mask.empty ? fields.filter((x) => x.type >= FIRST_USER_OID && this.catalog.cachedType(x.type) === null).map((x) => x.type) : [];
+    if (missing.length === 0 && types.length === 0) return undefined;
+    return Promise.all([missing.length > 0 && this.catalog.load(missing), types.length > 0 && this.catalog.loadTypes(types)]).then(
+      () => {},
+      (e: Error) => this.log("warn", "column origins or types could not be looked up; what they hide is masked whole", { session: this.session.id, error: e.message }),
+    );
+  }
+
+  private masker(fields: Field[], reply: Reply): ResultMasker {
     const origin: OriginOf = (table, attnum) => {
       const o = this.catalog.cached(table, attnum);
       return o === null ? "unknown" : o;
     };
-    this.endRows(reply);
     // A simple query answers its statements in order, each ending in CommandComplete: this result is statement `done`'s.
     const facts = reply.kind === "query" && reply.facts && reply.facts.statements[reply.done ?? 0] ? { multi: false, statements: [reply.facts.statements[reply.done ?? 0]!] } : reply.facts;
-    reply.rows = new ResultMasker(fields, reply.mask, facts, origin, this.tally, (oid) => this.catalog.cachedType(oid) ?? oid);
+    return new ResultMasker(fields, reply.mask, facts, origin, this.tally, (oid) => this.catalog.cachedType(oid) ?? oid, (oid) => this.catalog.userType(oid));
+  }
+
+  /**
+   * A CopyOutResponse of a COPY … TO whose fields are masked one by one:
+   * its masker, from the columns agate had described (describeCopies). A
+   * COPY whose columns are not known, or do not match, cannot be masked:
+   * the session is closed.
+   */
+  private planCopy(body: Buffer, reply: Reply | undefined): Promise<void> | undefined {
+    const index = reply?.kind === "query" ? (reply.done ?? 0) : 0;
+    const described = reply?.copyColumns?.get(index);
+    const statement = reply?.decided?.[index];
+    const columns = body.readInt16BE(1);
+    const fields = described ? readRowDescription(described) : undefined;
+    if (!reply || !statement?.copy || !fields || fields.length !== columns) {
+      throw new Error(`the columns of this COPY … TO could not be described${fields ? ` (${fields.length} described, ${columns} copied: a table with generated columns needs a column list)` : ""}, so its rows cannot be masked; the session is closed`);
+    }
+    const format = body[0] === 1 ? "binary" : statement.copy.format === "csv" ? "csv" : "text";
+    for (const x of fields) x.format = format === "binary" ? 1 : 0;
+    const lookup = this.lookUp(fields, reply.mask);
+    if (lookup) return lookup;
+    this.endCopy();
+    this.copyRows = new CopyMasker(this.masker(fields, reply), format, columns, format !== "binary" && copySource(statement.text).header);
     return undefined;
+  }
+
+  private endCopy(): void {
+    this.copyRows?.settle();
+    this.copyRows = undefined;
   }
 
   private completeOutcome(n: number): void {
@@ -895,12 +1048,12 @@ export class PgSession {
       // A portal read in pieces (PortalSuspended) has no tag for the rows it sent
       rows = Math.max(rows, this.resultRows);
       const t = this.tally;
-      const masked = t.rows > 0 || Object.keys(t.detectors).length > 0 ? { masked: { rows: t.rows, columns: t.columns, detectors: t.detectors } } : {};
+      const masked = t.rows > 0 || Object.keys(t.detectors).length > 0 || Object.keys(t.columns).length > 0 ? { masked: { rows: t.rows, columns: t.columns, detectors: t.detectors } } : {};
       this.estimates.answered(seqs, this.error !== undefined, this.txStatus);
       this.guard.outcome(this.session, seqs, { tags: this.tags, rows, bytes: this.resultBytes, ...(this.error ? { error: this.error } : {}), ...masked }, this.error ? this.errorMask : undefined);
       this.resultBytes = 0;
       this.resultRows = 0;
-      if (t.rows > 0 || Object.keys(t.detectors).length > 0) this.tally = newTally();
+      if (t.rows > 0 || Object.keys(t.detectors).length > 0 || Object.keys(t.columns).length > 0) this.tally = newTally();
     }
     this.tags = [];
     this.error = undefined;

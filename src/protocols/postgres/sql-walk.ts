@@ -46,6 +46,10 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
     functions: [...walk.functions],
     columns: [...walk.columns],
     whole_row: walk.wholeRow(),
+    outputs: [...walk.flowing],
+    opaque: walk.renamed || walk.outputStar || walk.returnStar || walk.wholeRowOutside(),
+    written_from: [...walk.flowingWrite],
+    written_opaque: walk.renamed || walk.outputStar || walk.wholeRowOutside(),
     settings: walk.settings,
   };
   Object.assign(facts, shapeFacts(type, node));
@@ -270,8 +274,46 @@ const ROW_FUNCTIONS = new Set([
 /** Subqueries whose result is a boolean: a star in their select list carries nothing out. */
 const BOOLEAN_SUBLINKS = new Set(["EXISTS_SUBLINK", "ANY_SUBLINK", "ALL_SUBLINK", "ROWCOMPARE_SUBLINK"]);
 
+/**
+ * Fields whose expressions decide which rows a statement touches or in what
+ * order, not what values leave it: a covered column named only there does not
+ * taint the statement (the WHERE-clause oracle is inherent, see README).
+ */
+const CONDITION_FIELDS = new Set([
+  "whereClause",
+  "havingClause",
+  "groupClause",
+  "sortClause",
+  "quals", // JoinExpr ON
+  "joinCondition", // MERGE ON
+  "usingClause", // JoinExpr USING (a list of names); DeleteStmt USING is a FROM list of relations
+  "limitCount",
+  "limitOffset",
+  "distinctClause",
+  "partitionClause", // WindowDef
+  "orderClause", // WindowDef
+  "agg_order", // FuncCall ORDER BY
+  "agg_filter", // FuncCall FILTER (WHERE …)
+]);
+
 class Walk {
   readonly reads = new Set<string>();
+  /** Column names used where their value can flow into an output (outside CONDITION_FIELDS). */
+  readonly flowing = new Set<string>();
+  /** A FROM item or CTE renames its columns (`t(a, b)`, `WITH c(a) AS …`) outside a condition. */
+  renamed = false;
+  /** `flowing` but for RETURNING lists: what may flow into what the statement writes (or keeps, set_config …). */
+  readonly flowingWrite = new Set<string>();
+  /** A star outside a condition (outside RETURNING; there, returnStar): every column of the FROM items flows out. */
+  outputStar = false;
+  returnStar = false;
+  /** Depth of RETURNING lists around the current node. */
+  private returning = 0;
+  /** Whole rows made into values outside conditions. */
+  private rowOutside = false;
+  private readonly bareOutside = new Set<string>();
+  /** Depth of CONDITION_FIELDS around the current node. */
+  private condition = 0;
   readonly writes = new Set<string>();
   readonly functions = new Set<string>();
   readonly columns = new Set<string>();
@@ -301,6 +343,12 @@ class Walk {
     }
   }
 
+  wholeRowOutside(): boolean {
+    if (this.rowOutside) return true;
+    for (const name of this.bareOutside) if (this.rowNames.has(name)) return true;
+    return false;
+  }
+
   wholeRow(): boolean {
     if (this.anyRow) return true;
     for (const name of this.bareNames) if (this.rowNames.has(name)) return true;
@@ -318,6 +366,7 @@ class Walk {
     else if (type === "UpdateStmt" || type === "DeleteStmt") {
       this.updateOrDelete++;
       if (n.whereClause) this.updateOrDeleteWithWhere++;
+      if (type === "UpdateStmt") this.selfAssignments(n);
     } else if (type === "SelectStmt") {
       // PostgreSQL expands a star in a select list into plain columns, which
       // keep their origin unless the result is a set operation's or a subquery's.
@@ -382,11 +431,26 @@ class Walk {
     return names;
   }
 
+  /** Run `walk` one level deeper in RETURNING lists or in conditions. */
+  private within(depth: "returning" | "condition", walk: () => void): void {
+    this[depth]++;
+    try {
+      walk();
+    } finally {
+      this[depth]--;
+    }
+  }
+
   private fields(o: Obj, skip?: string): void {
     for (const key in o) {
       if (key === skip) continue;
       const v = o[key];
       if (v === null || typeof v !== "object") continue;
+      if (key === "returningClause" || CONDITION_FIELDS.has(key)) {
+        this.within(key === "returningClause" ? "returning" : "condition", () => this.value(v));
+        continue;
+      }
+      if (key === "aliascolnames" && Array.isArray(v) && v.length > 0 && this.condition === 0) this.renamed = true;
       const first = key.charCodeAt(0);
       if (first >= 65 && first <= 90 /* A-Z: a node wrapper */) {
         this.node(key, v as Obj);
@@ -399,6 +463,7 @@ class Walk {
         // SelectStmt.larg/rarg hold bare SelectStmts (JoinExpr's hold wrappers).
         this.node("SelectStmt", v as Obj);
       } else if (key === "alias" || key === "join_using_alias") {
+        this.aliasColumns(v as Obj);
         const name = (v as Obj).aliasname;
         if (typeof name === "string") this.rowNames.add(name);
       } else {
@@ -407,12 +472,18 @@ class Walk {
     }
   }
 
+  /** `AS s(a, b)`: the columns get new names, which agate does not follow (the statement is then opaque). */
+  private aliasColumns(alias: Obj): void {
+    if (Array.isArray(alias.colnames) && alias.colnames.length > 0 && this.condition === 0) this.renamed = true;
+  }
+
   private rangeVar(rv: Obj): void {
     const name = qualifiedName(rv);
     if (name === undefined) return;
     this.rowNames.add(rv.relname as string);
     const alias = (rv.alias as Obj | undefined)?.aliasname;
     if (typeof alias === "string") this.rowNames.add(alias);
+    if (rv.alias) this.aliasColumns(rv.alias as Obj);
     if (this.targets.has(rv)) {
       this.writes.add(name);
     } else if (rv.schemaname === undefined && rv.catalogname === undefined && this.isCte(rv.relname as string)) {
@@ -430,20 +501,62 @@ class Walk {
   private columnRef(n: Obj): void {
     const fields = (n.fields as Obj[] | undefined) ?? [];
     const last = (fields.at(-1)?.String as Obj | undefined)?.sval;
+    const outside = this.condition === 0;
     if (typeof last !== "string") {
       this.anyRow = true;
+      if (outside) this.rowOutside = true;
       return;
     }
     this.columns.add(last);
-    if (fields.length === 1) this.bareNames.add(last);
-    else if (ROW_FUNCTIONS.has(last)) this.anyRow = true;
+    // EXCLUDED.c in ON CONFLICT DO UPDATE is the row the statement itself proposed, not stored data.
+    const first = (fields[0]?.String as Obj | undefined)?.sval;
+    if (outside && !(fields.length > 1 && typeof first === "string" && first.toLowerCase() === "excluded")) {
+      this.flowing.add(last);
+      if (this.returning === 0) this.flowingWrite.add(last);
+    }
+    if (fields.length === 1) {
+      this.bareNames.add(last);
+      if (outside) this.bareOutside.add(last);
+    } else if (ROW_FUNCTIONS.has(last)) {
+      this.anyRow = true;
+      if (outside) this.rowOutside = true;
+    }
   }
 
+  /**
+   * `UPDATE t SET c = lower(c)`: a SET item whose value is computed from the
+   * same column of the same row alone (no subquery, no other column) keeps
+   * the value where it was; it is no copy (written_from leaves it out).
+   */
+  private selfAssignments(n: Obj): void {
+    const rel = n.relation as Obj | undefined;
+    const names = new Set<string>();
+    if (typeof rel?.relname === "string") names.add(rel.relname);
+    const alias = (rel?.alias as Obj | undefined)?.aliasname;
+    if (typeof alias === "string") names.add(alias);
+    for (const item of (n.targetList as Obj[] | undefined) ?? []) {
+      const t = item.ResTarget as Obj | undefined;
+      if (t && typeof t.name === "string" && t.indirection === undefined && onlyColumn(t.val, t.name, names)) this.inPlace.add(t);
+    }
+  }
+
+  /** UPDATE SET items that transform a column in place (selfAssignments). */
+  private readonly inPlace = new Set<object>();
+
   private resTarget(n: Obj): void {
+    if (this.inPlace.has(n)) {
+      // what flows into the write stays in the column it came from
+      this.inPlace.delete(n);
+      return this.within("returning", () => this.resTarget(n));
+    }
     const keepsOrigin = this.outputs.get(n);
     // Outside select lists and RETURNING the name is a column: INSERT (a, b), UPDATE SET a = ….
     if (keepsOrigin === undefined && typeof n.name === "string") this.columns.add(n.name);
-    if (keepsOrigin === true && isStar(n.val)) return;
+    if (keepsOrigin === true && isStar(n.val)) {
+      if (this.condition === 0 && this.returning > 0) this.returnStar = true;
+      else if (this.condition === 0) this.outputStar = true;
+      return;
+    }
     this.fields(n);
   }
 
@@ -479,6 +592,23 @@ class Walk {
     for (const scope of this.ctes) if (scope.includes(name)) return true;
     return false;
   }
+}
+
+/** Whether expression `v` reads no column but `column` (bare, or qualified by one of `names`), and runs no subquery. */
+function onlyColumn(v: unknown, column: string, names: ReadonlySet<string>): boolean {
+  if (Array.isArray(v)) return v.every((x) => onlyColumn(x, column, names));
+  if (v === null || typeof v !== "object") return true;
+  const o = v as Obj;
+  if (o.SubLink !== undefined || o.A_Star !== undefined) return false;
+  const ref = o.ColumnRef as Obj | undefined;
+  if (ref) {
+    const parts = ((ref.fields as Obj[] | undefined) ?? []).map((f) => (f.String as Obj | undefined)?.sval);
+    if (parts.some((p) => typeof p !== "string")) return false;
+    if (parts.length === 1) return parts[0] === column;
+    return parts.length === 2 && names.has(parts[0] as string) && parts[1] === column;
+  }
+  for (const key in o) if (!onlyColumn(o[key], column, names)) return false;
+  return true;
 }
 
 function isRangeVar(v: unknown): v is Obj {

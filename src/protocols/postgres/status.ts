@@ -6,17 +6,16 @@
  * ParameterStatus that reports the change.
  *
  * Each is masked with the mask of the command that caused it (session.ts
- * causedBy): by its detectors, and, when that command's result columns
- * computed from what it names would be masked whole (rows.ts computedRule:
- * it names a covered column, or a whole row), replaced whole in that rule's
- * style. Settings a client cannot set to arbitrary text (client_encoding,
+ * causedBy): by its detectors, and, when that command is tainted by a
+ * column rule (rows.ts taintRule: a covered base column among its sources,
+ * as for its computed result columns), replaced whole in that rule's style. Settings a client cannot set to arbitrary text (client_encoding,
  * standard_conforming_strings, server_version, DateStyle …) pass as sent.
  */
 import type { SqlFacts } from "../../core/types.ts";
 import { type CompiledMask, maskWith } from "../../mask/rules.ts";
 import { maskValue } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
-import { computedRule, maskNotification } from "./rows.ts";
+import { taintRule, maskNotification } from "./rows.ts";
 import { message } from "./wire.ts";
 
 /** application_name, and custom (placeholder) settings, whose names have a dot: text a client chooses. */
@@ -27,7 +26,7 @@ function isFreeText(name: string): boolean {
 /** `text` as the command's mask shows it; `label` names it in a whole replacement. */
 function maskStateText(text: string, label: string, m: CompiledMask, facts: SqlFacts | undefined, counts: MaskCounts): string {
   if (m.empty || text === "") return text;
-  const rule = computedRule(m, facts);
+  const rule = taintRule(m, facts);
   if (rule) return maskValue(text, label, rule.style);
   return maskWith(text, m, counts);
 }
@@ -41,7 +40,7 @@ export function maskParameterStatus(raw: Buffer, name: string, value: string, m:
 
 /** A NotificationResponse masked by its detectors, or its payload replaced whole (see above). */
 export function maskNotificationAs(raw: Buffer, m: CompiledMask, facts: SqlFacts | undefined, counts: MaskCounts): Buffer {
-  if (m.empty || !computedRule(m, facts)) return maskNotification(raw, m, counts);
+  if (m.empty || !taintRule(m, facts)) return maskNotification(raw, m, counts);
   const pid = raw.readInt32BE(5);
   const channelEnd = raw.indexOf(0, 9);
   const channel = raw.toString("utf8", 9, channelEnd);
