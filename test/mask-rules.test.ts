@@ -6,7 +6,7 @@ import { AgateError } from "../src/core/errors.ts";
 import { ALL_DETECTORS } from "../src/mask/detectors.ts";
 import { maskValue, starPartial } from "../src/mask/styles.ts";
 import { prng } from "./helpers/mask-corpus.ts";
-import { compileMask, type MaskKeys, maskWith, NO_MASK, ruleForColumn, ruleForColumnName, ruleForName } from "../src/mask/rules.ts";
+import { BinaryUnscanned, compileMask, type MaskKeys, maskWith, NO_MASK, readsAsText, ruleForColumn, ruleForColumnName, ruleForName, UNSCANNED_BINARY } from "../src/mask/rules.ts";
 
 const KEY = { hmac: new TextEncoder().encode("k".repeat(32)) };
 
@@ -91,5 +91,41 @@ describe("starPartial", () => {
         }
       }
     }
+  });
+});
+
+describe("bytea hex runs: only bytes that read as text are scanned", () => {
+  const secret = "password=Zx8Kq2LmP9vR4tW7yB1n";
+  const text = Buffer.from(`note ${secret}`);
+  const binary = Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x00, 0x1a]), Buffer.from(` ${secret} `), Buffer.from([0xff, 0xfe])]);
+
+  test("text bytes are masked; binary bytes pass unchanged and are counted", () => {
+    const m = compileMask({ columns: [], detectors: ["kv_secret"] });
+    const counts: Record<string, number> = {};
+    const masked = maskWith(`\\x${text.toString("hex")}`, m, counts);
+    expect(Buffer.from(masked.slice(2), "hex").toString()).toBe("note password=[REDACTED:kv_secret]");
+    const hex = `\\x${binary.toString("hex")}`;
+    expect(maskWith(hex, m, counts)).toBe(hex);
+    expect(counts).toEqual({ kv_secret: 1, [UNSCANNED_BINARY]: 1 });
+    // a record scans binary too (it is never read back as data)
+    expect(maskWith(hex, m, {}, undefined, true)).not.toBe(hex);
+  });
+
+  test("binary:strict refuses what it cannot scan; binary:pass and unknown values", () => {
+    const strict = compileMask({ columns: [], detectors: ["kv_secret", "binary:strict"] });
+    expect(strict.strictBinary).toBe(true);
+    expect(strict.detectors).toEqual(["kv_secret"]);
+    expect(() => maskWith(`\\x${binary.toString("hex")}`, strict)).toThrow(BinaryUnscanned);
+    expect(maskWith(`\\x${text.toString("hex")}`, strict)).not.toContain(text.toString("hex"));
+    expect(compileMask({ columns: [], detectors: ["*", "binary:pass"] }).strictBinary).toBe(false);
+    expect(invalid({ columns: [], detectors: ["binary:maybe"] })).toContain("binary:strict");
+  });
+
+  test("readsAsText: UTF-8 without control bytes but tab, LF, CR", () => {
+    expect(readsAsText(Buffer.from("héllo\tworld\r\n"), 0, 14)).toBe(true);
+    expect(readsAsText(Buffer.from([0x61, 0x00, 0x62]), 0, 3)).toBe(false);
+    expect(readsAsText(Buffer.from([0x61, 0x1b, 0x62]), 0, 3)).toBe(false);
+    expect(readsAsText(Buffer.from([0x61, 0xe9, 0x62]), 0, 3)).toBe(false);
+    expect(readsAsText(Buffer.from([0x61, 0x7f]), 0, 2)).toBe(false);
   });
 });

@@ -12,8 +12,9 @@
 import { randomUUID } from "node:crypto";
 import { AgateError, asError } from "./errors.ts";
 import { ALL_DETECTORS } from "../mask/detectors.ts";
-import { type CompiledMask, compileMask, type MaskKeys, maskWith } from "../mask/rules.ts";
+import { type CompiledMask, compileMask, type MaskKeys } from "../mask/rules.ts";
 import type { MaskCounts } from "../mask/types.ts";
+import { maskRecord } from "./record-text.ts";
 import type { Command, ConnectionRef, Decision, Identity, Outcome, Session } from "./types.ts";
 
 /** What the guard needs from the policy engine (src/policy). */
@@ -109,10 +110,8 @@ interface CheckContext {
   onHold?: (req: HeldRequest, link?: string) => void;
   /** The approval that released the command, for its record. */
   approval?: InputApproval;
-  /** The decision's mask, compiled (maskStep). */
+  /** The decision's mask, compiled (maskStep): what the command's record and its response are masked with. */
   mask?: CompiledMask;
-  /** The command as records and approvers see it: text and parameters masked (maskStep). */
-  shown?: { text: string; params?: (string | null)[]; counts: MaskCounts };
 }
 
 /**
@@ -172,7 +171,7 @@ export class Guard {
     if (!decision.allow) {
       throw refuse(new AgateError("SESSION_DENIED", `policy denied the session: ${decision.reasons.join("; ") || "no rule allowed it"}`, { reasons: decision.reasons }));
     }
-    await this.deps.audit.append({ type: "session_start", session: session.id, identity, connection, client, policy: this.deps.policy.version });
+    await this.deps.audit.append(maskRecord({ type: "session_start", session: session.id, identity, connection, client, policy: this.deps.policy.version }, EVERY));
     return session;
   }
 
@@ -184,7 +183,7 @@ export class Guard {
    * the client's password message.
    */
   sessionRefused(connection: ConnectionRef, client: ClientInfo, error: AgateError, facts: { user?: string; identity?: Identity; sqlstate?: string } = {}): void {
-    this.later({ type: "session_refused", connection, client, ...facts, code: error.code, reason: error.message });
+    this.later({ type: "session_refused", connection, client, ...facts, code: error.code, reason: error.message }, EVERY);
   }
 
   /**
@@ -213,31 +212,36 @@ export class Guard {
     return this.deps.policy.decide(this.input(session, "command", command));
   }
 
-  /** Record what the target answered for commands `seqs` (not awaited: ordered into the next group commit). */
-  outcome(session: Session, seqs: number[], outcome: Outcome): void {
-    this.later({ type: "outcome", session: session.id, identity: session.identity, seqs, ...outcome });
+  /**
+   * Record what the target answered for commands `seqs` (not awaited: ordered into the next group commit).
+   * `mask`: the mask of the commands its error answers; an error agate could not match with a decided
+   * command (an answer to a Parse or a Bind) is recorded with every detector.
+   */
+  outcome(session: Session, seqs: number[], outcome: Outcome, mask?: CompiledMask): void {
+    this.later({ type: "outcome", session: session.id, identity: session.identity, seqs, ...outcome }, mask ?? EVERY);
   }
 
   /** A client asked to cancel what `session` is running (PostgreSQL CancelRequest, SSH channel close). */
   cancelRequested(session: Session, client: ClientInfo): void {
     const withdrew = this.deps.approvals?.withdraw(session.id) ?? false;
-    this.later({ type: "cancel", session: session.id, identity: session.identity, client, ...(withdrew ? { withdrew_approval: true } : {}) });
+    this.later({ type: "cancel", session: session.id, identity: session.identity, client, ...(withdrew ? { withdrew_approval: true } : {}) }, EVERY);
   }
 
   closeSession(session: Session, reason: string, commands: number): void {
     // A command still held can never run now: end its request, so no one approves it in vain.
     this.deps.approvals?.withdraw(session.id, "disconnected");
-    this.later({ type: "session_end", session: session.id, identity: session.identity, reason, commands });
+    this.later({ type: "session_end", session: session.id, identity: session.identity, reason, commands }, EVERY);
   }
 
   /**
    * Records that follow what was already forwarded (outcomes, ends). If the
    * log has failed, the commands that would need it are refused by check();
    * these facts are reported to the operator instead of thrown into a socket handler.
+   * Their outside text is masked with `mask` (record-text.ts).
    */
-  private later(fields: Record<string, unknown>): void {
+  private later(fields: Record<string, unknown>, mask: CompiledMask): void {
     try {
-      this.deps.audit.appendLater(fields);
+      this.deps.audit.appendLater(maskRecord(fields, mask));
     } catch (e) {
       this.deps.onAuditError?.(asError(e), fields);
     }
@@ -276,8 +280,10 @@ export class Guard {
         ctx.decision = { ...d, allow: false, reasons: [...d.reasons, "agate.approval.unavailable: the policy requires an approval and this gateway has no approvals configured"] };
         return next();
       }
-      const shown = ctx.shown!;
-      return approvals.hold(ctx.session, { ...ctx.command, text: shown.text, ...(shown.params ? { params: shown.params } : {}) }, d, ctx.onHold).then((out) => {
+      // Approvers, their store and webhooks see the command as its record does.
+      const shown = maskRecord({ type: "command", text: ctx.command.text, params: ctx.command.params, decision: { reasons: d.reasons } }, ctx.mask!);
+      const command = { ...ctx.command, text: shown.text, ...(shown.params ? { params: shown.params } : {}) };
+      return approvals.hold(ctx.session, command, { ...d, reasons: shown.decision.reasons }, ctx.onHold).then((out) => {
         if (out.status === "approved") {
           const again = guard.deps.policy.decide(guard.input(ctx.session, "command", ctx.command, out.approval));
           // The approval satisfies the requirement; the policy may still refuse for other reasons.
@@ -323,12 +329,13 @@ export class Guard {
   }
 
   /**
-   * Compile the decision's mask, and mask the command's own text and
-   * parameters for its record and its approvers with the decision's
-   * detectors. A mask the gateway cannot apply (an unknown detector, hmac
-   * without a key) refuses the command: it would otherwise answer unmasked.
-   * A command the policy never saw (refused by identity or as invalid) is
-   * recorded with every detector applied.
+   * Compile the decision's mask: the command's record (its text,
+   * parameters and decision reasons) and its approvers see the command
+   * masked with it, and so does the client its response. A mask the gateway
+   * cannot apply (an unknown detector, hmac without a key) refuses the
+   * command: it would otherwise answer unmasked. A command the policy never
+   * saw (refused by identity or as invalid) is recorded with every detector
+   * applied.
    */
   private maskStep(): Step {
     const guard = this;
@@ -347,14 +354,6 @@ export class Guard {
       ctx.mask = compileMask(EVERY_DETECTOR);
       if (d.allow) ctx.decision = denied(`agate.mask.invalid: ${asError(e).message}`);
     }
-    const counts: MaskCounts = {};
-    const { command } = ctx;
-    const m = ctx.mask;
-    ctx.shown = {
-      text: maskWith(command.text, m, counts),
-      ...(command.params ? { params: command.params.map((p) => maskParam(p, m, counts)) } : {}),
-      counts,
-    };
   }
 
   private recordStep(): Step {
@@ -366,18 +365,23 @@ export class Guard {
         ctx.record = -1;
         return next();
       }
-      const fields = {
-        type: "command",
-        session: ctx.session.id,
-        identity: ctx.session.identity,
-        seq: command.seq,
-        text: ctx.shown!.text,
-        ...(command.sql ? { sql: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag })) } : {}),
-        ...(ctx.shown!.params ? { params: ctx.shown!.params } : {}),
-        ...(Object.keys(ctx.shown!.counts).length ? { masked: ctx.shown!.counts } : {}),
-        decision: { allow: d.allow, reasons: d.reasons, policy: guard.deps.policy.version },
-        ...(ctx.approval ? { approval: ctx.approval } : {}),
-      };
+      const counts: MaskCounts = {};
+      const fields: Record<string, unknown> = maskRecord(
+        {
+          type: "command",
+          session: ctx.session.id,
+          identity: ctx.session.identity,
+          seq: command.seq,
+          text: command.text,
+          ...(command.sql ? { sql: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag })) } : {}),
+          ...(command.params ? { params: command.params } : {}),
+          decision: { allow: d.allow, reasons: d.reasons, policy: guard.deps.policy.version },
+          ...(ctx.approval ? { approval: ctx.approval } : {}),
+        },
+        ctx.mask!,
+        counts,
+      );
+      if (Object.keys(counts).length) fields.masked = counts;
       const failed = (e: unknown): never => {
         const err = asError(e);
         throw err instanceof AgateError ? err : new AgateError("AUDIT_WRITE_FAILED", `the audit log could not record the command: ${err.message}`);
@@ -396,16 +400,9 @@ export class Guard {
   }
 }
 
-/** A parameter masked for its record: a binary one ("base64:…") is read as bytes, masked, and written back the same way. */
-function maskParam(p: string | null, m: CompiledMask, counts: MaskCounts): string | null {
-  if (p === null || !p.startsWith("base64:")) return p === null ? p : maskWith(p, m, counts);
-  const bytes = Buffer.from(p.slice(7), "base64").toString("latin1");
-  const masked = maskWith(bytes, m, counts);
-  return masked === bytes ? p : `base64:${Buffer.from(masked, "latin1").toString("base64")}`;
-}
-
-/** The mask for records of commands no policy decided on. */
+/** The mask for records of commands no policy decided on, and for what a session's records quote of its client and target. */
 const EVERY_DETECTOR = { columns: [], detectors: ALL_DETECTORS };
+const EVERY = compileMask(EVERY_DETECTOR);
 
 function denied(reason: string): Decision {
   return { allow: false, reasons: [reason], approval: { required: false, approvers: [], timeout_s: 0 }, mask: { columns: [], detectors: [] } };

@@ -1096,7 +1096,10 @@ const scanAwsAccess: ScanFn = (text, scan, out) => {
   if (scan.triggers() & T_AWS) scanAwsAccessBody(text, scan, out);
 };
 
-/** "secret" (aws_secret_access_key, SecretAccessKey, --aws-secret-key, secret: …; found by KEYWORDS) then, on the same line within 64 characters, exactly 40 base64 characters. */
+/**
+ * "secret" (aws_secret_access_key, SecretAccessKey, --aws-secret-key, secret: …; found by KEYWORDS) then, on the
+ * same line within 64 characters, exactly 40 base64 characters; or, with no keyword, a bare 40 that reads as random.
+ */
 const AWS_SECRET_VAL = /[^\n]{0,64}?(?:(?<![A-Za-z0-9/+])|(?<=\x1b\[[0-9;]{0,16}m))([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])/y;
 
 function awsSecretShape(v: string): boolean {
@@ -1115,17 +1118,112 @@ function awsSecretShape(v: string): boolean {
 }
 
 const scanAwsSecret: ScanFn = (text, scan, out) => {
-  if (text.length < 46 || (!scan.keywordsDone && !SECRET_WORD.test(text))) return;
-  let done = 0;
-  for (const h of scan.keywords().secret) {
-    if (h < done) continue;
-    AWS_SECRET_VAL.lastIndex = h + 6;
-    const v = AWS_SECRET_VAL.exec(text);
-    if (v === null || !awsSecretShape(v[1]!)) continue;
-    done = AWS_SECRET_VAL.lastIndex;
-    out.push({ start: done - 40, end: done, detector: "aws_secret_key" });
+  if (text.length < 40) return;
+  const keyed: Match[] = [];
+  if (text.length >= 46 && (scan.keywordsDone || SECRET_WORD.test(text))) {
+    let done = 0;
+    for (const h of scan.keywords().secret) {
+      if (h < done) continue;
+      AWS_SECRET_VAL.lastIndex = h + 6;
+      const v = AWS_SECRET_VAL.exec(text);
+      if (v === null || !awsSecretShape(v[1]!)) continue;
+      done = AWS_SECRET_VAL.lastIndex;
+      keyed.push({ start: done - 40, end: done, detector: "aws_secret_key" });
+    }
   }
+  // A bare key, no keyword near: a run of exactly 40 that reads as random (bareAwsSecret). A keyed match is such a run too.
+  let k = 0;
+  AWS_BARE_RUN.lastIndex = 0;
+  for (let m = AWS_BARE_RUN.exec(text); m !== null; m = AWS_BARE_RUN.exec(text)) {
+    const s = m.index;
+    while (k < keyed.length && keyed[k]!.end <= s) out.push(keyed[k++]!);
+    if (k < keyed.length && keyed[k]!.start < s + m[0].length) continue;
+    // A longer run may be an escape's last letters and the key: "\nKEY" (COPY text, JSON), "ESC[1;31mKEY" (a terminal colour).
+    const a = s + m[0].length - 40;
+    if (a > s ? !endsEscape(text, a - 1) : !bareEdge(text.charCodeAt(s - 1), false)) continue;
+    if (!bareEdge(text.charCodeAt(a + 40), true) || !bareAwsSecret(a > s ? m[0].slice(a - s) : m[0])) continue;
+    out.push({ start: a, end: a + 40, detector: "aws_secret_key" });
+  }
+  while (k < keyed.length) out.push(keyed[k++]!);
 };
+
+/** Maximal runs of the characters of an AWS secret key (base64 without padding). */
+const AWS_BARE_RUN = /[A-Za-z0-9/+]{40,}/g;
+
+/** What may stand next to a bare key: not a character that continues a token (base64url, a path, a name, padding after it); NaN is the text's edge. */
+function bareEdge(c: number, after: boolean): boolean {
+  return !(c === 95 || c === 45 || c === 46 || c === 126 || c === 37 || (after && c === 61));
+}
+
+/**
+ * 40 characters that read as a random key: upper, lower and another class
+ * (awsSecretShape), at least 4.2 bits of entropy per character (random keys
+ * fall below that about once in 10^4), not mostly words (camel-case
+ * identifiers, paths: runs of letters with a vowel covering 3/4 of it, which
+ * random keys reach about once in 10^4), not base64 of printable text, and
+ * not one of AWS's documentation examples (…EXAMPLE…).
+ */
+function bareAwsSecret(v: string): boolean {
+  if (!awsSecretShape(v) || v.includes("EXAMPLE")) return false;
+  const freq = FREQ.fill(0);
+  for (let i = 0; i < 40; i++) freq[v.charCodeAt(i)]!++;
+  let bits = 0;
+  for (let c = 0; c < 128; c++) if (freq[c]! > 0) bits -= (freq[c]! / 40) * Math.log2(freq[c]! / 40);
+  if (bits < 4.2 || wordCover(v) >= 30) return false;
+  const bytes = Buffer.from(v, "base64");
+  for (let i = 0; i < bytes.length; i++) {
+    const c = bytes[i]!;
+    if ((c < 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) || c > 0x7e) return true;
+  }
+  return false;
+}
+const FREQ = new Uint8Array(128);
+
+/** Characters of `v` in word-like runs that hold a vowel: "Word" or "word" (3+ lower letters, one capital before), or 2+ capitals not starting a word. */
+function wordCover(v: string): number {
+  let cover = 0;
+  let i = 0;
+  const n = v.length;
+  while (i < n) {
+    const c = v.charCodeAt(i);
+    if (!isAlpha(c)) {
+      i++;
+      continue;
+    }
+    let j = i;
+    let vowel = false;
+    if (isUpper(c)) {
+      // capitals: a run of them (an acronym), or one before lower letters (a capitalised word)
+      while (j < n && isUpper(v.charCodeAt(j))) vowel = isVowel(v.charCodeAt(j++)) || vowel;
+      if (j < n && isLower(v.charCodeAt(j))) {
+        if (j - i >= 3) {
+          // the last capital starts the next word: the acronym ends before it
+          if (vowelIn(v, i, j - 1)) cover += j - 1 - i;
+        }
+        i = j - 1;
+      } else {
+        if (j - i >= 2 && vowel) cover += j - i;
+        i = j;
+      }
+      if (i === j) continue;
+    }
+    // an optional capital at i, then lower letters
+    let k = isUpper(v.charCodeAt(i)) ? i + 1 : i;
+    const lowStart = k;
+    while (k < n && isLower(v.charCodeAt(k))) k++;
+    if (k - lowStart >= 3 && vowelIn(v, i, k)) cover += k - i;
+    i = k > i ? k : i + 1;
+  }
+  return cover;
+}
+function isVowel(c: number): boolean {
+  const l = c | 32;
+  return l === 97 || l === 101 || l === 105 || l === 111 || l === 117 || l === 121;
+}
+function vowelIn(v: string, a: number, b: number): boolean {
+  for (let i = a; i < b; i++) if (isVowel(v.charCodeAt(i))) return true;
+  return false;
+}
 
 /** Classic (36) and fine-grained (github_pat_, 82) tokens; GitHub may lengthen them, so longer bodies are accepted. */
 const GITHUB_RE = /gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{82,244}/g;
@@ -1581,7 +1679,7 @@ const defs: Array<[name: string, maxLength: number, scan: ScanFn]> = [
   ["gitlab_token", 400, scanGitlab],
   ["slack_token", 300, scanSlack],
   ["aws_access_key", 20, scanAwsAccess],
-  // keyword + up to 64 characters + the 40-character value
+  // keyword + up to 64 characters + the 40-character value (a bare key: the 40 alone)
   ["aws_secret_key", 120, scanAwsSecret],
   // scheme (32) + "://" + authority (512); libpq: 300 characters of context either side of a 1 KiB value
   ["url_password", 1700, scanUrlPassword],

@@ -22,10 +22,12 @@
  *   IBAN    two capitals then two digits ("GB82")
  *                             an IBAN's country code and check digits
  *   RUN     16+ token characters [A-Za-z0-9_+/.~-] in a row
- *                             aws_access_key (20), aws_secret_key (40),
- *                             github (40+), gitlab (glpat- + 20), Slack
- *                             tokens, jwt (its header alone is longer), an
- *                             IBAN written without spaces
+ *                             aws_access_key (20), github (40+), gitlab
+ *                             (glpat- + 20), Slack tokens, jwt (its header
+ *                             alone is longer), an IBAN written without
+ *                             spaces
+ *   LONG_RUN  40+ of them     aws_secret_key (its 40 characters, keyword
+ *                             or not)
  *
  * Bytes beyond ASCII count as none of these (no detector reads a digit or a
  * letter outside ASCII), so UTF-8 text needs no decoding first.
@@ -38,7 +40,8 @@ export const NUMBER = 8;
 export const DOTTED = 16;
 export const IBAN = 32;
 export const RUN = 64;
-const ALL = 127;
+export const LONG_RUN = 128;
+const ALL = 255;
 
 /** The triggers without which a detector cannot match. */
 export const TRIGGERS: Readonly<Record<string, number>> = {
@@ -54,7 +57,7 @@ export const TRIGGERS: Readonly<Record<string, number>> = {
   ipv4: DOTTED,
   slack_token: PUNCT | RUN,
   aws_access_key: RUN,
-  aws_secret_key: RUN,
+  aws_secret_key: LONG_RUN,
   github_token: RUN,
   gitlab_token: RUN,
   jwt: RUN,
@@ -85,6 +88,7 @@ CLASS[0x3a] = K_PUNCT;
 CLASS[0x3d] = K_PUNCT;
 
 const RUN_LENGTH = 16;
+const LONG_RUN_LENGTH = 40;
 const NUMBER_DIGITS = 7;
 
 /** The triggers present in bytes [start, end) of `buf`: 0 when no detector can match there. */
@@ -102,7 +106,7 @@ export function triggers(buf: Uint8Array, start: number, end: number): number {
       continue;
     }
     if (k === K_SPACE) {
-      if (run >= RUN_LENGTH) found |= RUN;
+      if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
       run = 0;
       continue;
     }
@@ -128,11 +132,11 @@ export function triggers(buf: Uint8Array, start: number, end: number): number {
         break;
       }
       case K_NUMSEP:
-        if (run >= RUN_LENGTH) found |= RUN;
+        if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
         run = 0;
         break;
       default:
-        if (run >= RUN_LENGTH) found |= RUN;
+        if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
         run = 0;
         digits = 0;
         dots = 0;
@@ -141,6 +145,6 @@ export function triggers(buf: Uint8Array, start: number, end: number): number {
         if (found === ALL) return found;
     }
   }
-  if (run >= RUN_LENGTH) found |= RUN;
+  if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
   return found;
 }

@@ -5,6 +5,9 @@
  * Syntax, one string per rule, an optional style after the last ":":
  *
  *   detectors  "email", "card:partial", "jwt:hmac", "*" (every detector)
+ *   binary     "binary:strict"        bytea values whose bytes do not read
+ *                                     as text are refused rather than passed
+ *                                     unscanned (see maskWith)
  *   columns    "public.users.email"   schema.table.column
  *              "users.email"          table.column, any schema
  *              "ssn:partial"          a column name, any table (also a
@@ -20,6 +23,7 @@
  * hmac without a key) throws AgateError MASK_INVALID: the guard refuses the
  * command rather than run it unmasked.
  */
+import { isUtf8 } from "node:buffer";
 import { AgateError } from "../core/errors.ts";
 import { ALL_DETECTORS, DETECTORS, findAll } from "./detectors.ts";
 import { TRIGGERS, triggers } from "./prefilter.ts";
@@ -42,6 +46,8 @@ export interface CompiledMask {
   columns: ColumnRule[];
   /** No detectors and no column rules: nothing to do. */
   empty: boolean;
+  /** "binary:strict": bytes that do not read as text cannot pass unscanned; the response is refused instead. */
+  strictBinary?: boolean;
   /** The detectors that can match text with these prefilter triggers (prefilter.ts); frozen, the same list for the same bits. */
   forTriggers(bits: number): readonly string[];
 }
@@ -106,8 +112,14 @@ export function compileMask(mask: { columns: readonly string[]; detectors: reado
   const hit = cache.get(id);
   if (hit) return hit;
   const styles: Record<string, MaskStyle> = Object.create(null);
+  let strictBinary = false;
   for (const rule of mask.detectors) {
     const [name, style] = splitStyle(rule);
+    if (name === "binary") {
+      if (style !== "strict" && style !== "pass") throw invalid(`mask rule ${JSON.stringify(rule)}: binary takes "binary:strict" or "binary:pass"`);
+      strictBinary = style === "strict";
+      continue;
+    }
     const s = styleOf(style, rule, keys);
     if (name === "*") {
       for (const d of ALL_DETECTORS) styles[d] ??= s;
@@ -121,7 +133,7 @@ export function compileMask(mask: { columns: readonly string[]; detectors: reado
     return { rule, parts: parts.map((p) => pattern(p, rule)), style: styleOf(style, rule, keys) };
   });
   const detectors = Object.freeze(Object.keys(styles));
-  const compiled: CompiledMask = Object.freeze({ detectors: detectors as string[], styles, columns, empty: false, forTriggers: subsets(detectors) });
+  const compiled: CompiledMask = Object.freeze({ detectors: detectors as string[], styles, columns, empty: detectors.length === 0 && columns.length === 0, strictBinary, forTriggers: subsets(detectors) });
   if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value!);
   cache.set(id, compiled);
   return compiled;
@@ -156,9 +168,13 @@ export function ruleForColumnName(m: CompiledMask, column: string): ColumnRule |
  * Bytes written out in PostgreSQL's bytea hex form (`\x6164614065…`, as in
  * a record's or a COPY row's text, or a bytea parameter) are read too: a
  * run whose bytes hold a secret is replaced by the hex of the masked bytes,
- * so it stays valid bytea.
+ * so it stays valid bytea. Only a run whose bytes read as text (readsAsText)
+ * is scanned, so that binary data (a file, an image) is never rewritten;
+ * any other run passes unchanged and is counted as UNSCANNED_BINARY (with
+ * "binary:strict", throws BinaryUnscanned instead). `scanBinary` scans
+ * every run, for text no client reads back (an audit record).
  */
-export function maskWith(text: string, m: CompiledMask, counts?: MaskCounts, names?: readonly string[]): string {
+export function maskWith(text: string, m: CompiledMask, counts?: MaskCounts, names?: readonly string[], scanBinary = false): string {
   if (m.detectors.length === 0 || text.length === 0) return text;
   // Only the detectors the text's triggers allow (prefilter.ts); as Latin-1 bytes, a character beyond
   // Latin-1 becomes some byte, which can add triggers but never remove one.
@@ -175,7 +191,7 @@ export function maskWith(text: string, m: CompiledMask, counts?: MaskCounts, nam
     }
     out += text.slice(pos);
   }
-  return out.includes("\\x") ? maskHexRuns(out, m, counts) : out;
+  return out.includes("\\x") ? maskHexRuns(out, m, counts, scanBinary) : out;
 }
 
 function textTriggers(text: string): number {
@@ -186,10 +202,45 @@ function textTriggers(text: string): number {
 /** `\x` and at least 4 bytes of hex: a bytea value's text form. */
 const HEX_RUN = /\\x((?:[0-9a-fA-F]{2}){4,})/g;
 
-function maskHexRuns(text: string, m: CompiledMask, counts?: MaskCounts): string {
+function maskHexRuns(text: string, m: CompiledMask, counts: MaskCounts | undefined, scanBinary: boolean): string {
   return text.replace(HEX_RUN, (run: string, hex: string) => {
-    const bytes = Buffer.from(hex, "hex").toString("latin1");
-    const masked = maskWith(bytes, m, counts);
+    const raw = Buffer.from(hex, "hex");
+    if (!scanBinary && !binaryScannable(raw, 0, raw.length, m, counts)) return run;
+    const bytes = raw.toString("latin1");
+    const masked = maskWith(bytes, m, counts, undefined, scanBinary);
     return masked === bytes ? run : `\\x${Buffer.from(masked, "latin1").toString("hex")}`;
   });
+}
+
+/** What the outcome record counts, among the detectors' counts, for bytea values passed unscanned. */
+export const UNSCANNED_BINARY = "(unscanned binary)";
+
+/** A bytea value could not be scanned, and the mask says binary must be ("binary:strict"). */
+export class BinaryUnscanned extends AgateError {
+  constructor() {
+    super("MASK_BINARY_UNSCANNED", "a bytea value holds binary data the detectors cannot read, and this statement's policy masks with binary:strict, so its response is refused; read it with encode(…, 'base64') or lift binary:strict");
+  }
+}
+
+/**
+ * Bytes a text detector may read: valid UTF-8 with no control characters
+ * but tab, line feed and carriage return. Binary data (a file, an image, a
+ * compressed blob) fails this; text stored as bytea passes.
+ */
+export function readsAsText(buf: Uint8Array, a: number, b: number): boolean {
+  let ascii = true;
+  for (let i = a; i < b; i++) {
+    const c = buf[i]!;
+    if (c < 0x20 ? c !== 0x09 && c !== 0x0a && c !== 0x0d : c === 0x7f) return false;
+    if (c >= 0x80) ascii = false;
+  }
+  return ascii || isUtf8(buf.subarray(a, b));
+}
+
+/** Whether the detectors may read bytes [a, b): they read as text. If not, counted as unscanned, or (binary:strict) BinaryUnscanned. */
+export function binaryScannable(buf: Uint8Array, a: number, b: number, m: CompiledMask, counts: MaskCounts | undefined): boolean {
+  if (readsAsText(buf, a, b)) return true;
+  if (m.strictBinary) throw new BinaryUnscanned();
+  if (counts) counts[UNSCANNED_BINARY] = (counts[UNSCANNED_BINARY] ?? 0) + 1;
+  return false;
 }

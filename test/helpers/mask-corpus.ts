@@ -199,11 +199,14 @@ plant("ipv6", "2001:db8::8a2e:370:7334", "https://[2001:db8::8a2e:370:7334]:443/
 // aws
 export const awsIds = ["AKIA", "ASIA", "AROA", "AIDA"].map((p) => p + randStr(16, BASE32));
 for (const id of awsIds) plant("aws_access_key", id, "key id $$");
-export const awsSecrets = Array.from({ length: 4 }, () => mixed(40, B64));
+export const awsSecrets = Array.from({ length: 6 }, () => mixed(40, B64));
 plant("aws_secret_key", awsSecrets[0]!, "aws_secret_access_key = $$");
 plant("aws_secret_key", awsSecrets[1]!, "AWS_SECRET_ACCESS_KEY=$$");
 plant("aws_secret_key", awsSecrets[2]!, '{"AccessKeyId": "' + awsIds[0] + '", "SecretAccessKey": "$$"}');
 plant("aws_secret_key", awsSecrets[3]!, "aws configure set --aws-secret-key $$");
+// bare, no keyword near: a value that is the key, or holds it among other fields
+plant("aws_secret_key", awsSecrets[4]!, "$$");
+plant("aws_secret_key", awsSecrets[5]!, "creds for backup job: $$ (rotated monthly)");
 
 // github, gitlab, slack
 for (const p of ["ghp_", "gho_", "ghu_", "ghs_", "ghr_"]) plant("github_token", p + randStr(36), "GITHUB_TOKEN $$ ok");
@@ -355,6 +358,21 @@ export const lookalikes = [
   "data: dGhpcyBpcyBqdXN0IHNvbWUgb3JkaW5hcnkgYmFzZTY0IHRleHQ=",
   "blob wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEZ",
   "commit da39a3ee5e6b4b0d3255bfef95601890afd80709",
+  // 40 characters of the key's alphabet that are not keys: digests, base64 of text, words, paths
+  "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+  "SHA1 DA39A3EE5E6B4B0D3255BFEF95601890AFD80709",
+  "etag 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12",
+  "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+  `msg ${Buffer.from("Hello World, this is a test!!").toString("base64").slice(0, 40)}`,
+  Buffer.from("the quick brown fox jumps over t").toString("base64").slice(0, 40),
+  Buffer.from("Password: not a real one, test!").toString("base64").slice(0, 40),
+  "ThisIsAVeryLongCamelCaseIdentifierName12",
+  "class AbstractSingletonProxyFactoryBean42 extends",
+  "HTTPServerErrorResponseHandlerFactory404",
+  "org/apache/commons/lang3/StringUtilsTest",
+  "usr/local/lib/postgresql/Version15/bin/x",
+  "supercalifragilisticexpialidociousWord1A",
+  "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEFGH",
   "sha256 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
   // not quite tokens
   "ghp_short AKIA1234 xoxb-short glpat-short",

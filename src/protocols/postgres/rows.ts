@@ -18,7 +18,9 @@
  *   json, jsonb  a detector's replacement inside the document when it stays
  *                valid JSON, otherwise (and for a column rule) the masked
  *                text as one JSON string
- *   bytea        the masked text's bytes (hex-encoded in text format)
+ *   bytea        the masked text's bytes (hex-encoded in text format); the
+ *                detectors read only bytes that read as text, binary data
+ *                passes unchanged (counted as unscanned binary)
  *   any other type (numbers, dates, arrays, composites …)  NULL: the one
  *                value valid for every type. A number a detector flags (a
  *                card number kept in a bigint) becomes NULL too.
@@ -45,7 +47,7 @@
  */
 import { isUtf8 } from "node:buffer";
 import type { SqlFacts, SqlStatement } from "../../core/types.ts";
-import { type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName } from "../../mask/rules.ts";
+import { binaryScannable, type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName } from "../../mask/rules.ts";
 import { triggers } from "../../mask/prefilter.ts";
 import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
@@ -331,7 +333,10 @@ export class ResultMasker {
       const found = triggers(raw, a, b);
       if (found === 0) return undefined;
       const hex = !col.binary && b - a >= 2 && raw[a] === 0x5c && raw[a + 1] === 0x78; // \x
-      const text = hex ? Buffer.from(raw.toString("latin1", a + 2, b), "hex").toString("latin1") : raw.toString("latin1", a, b);
+      const bytes = hex ? Buffer.from(raw.toString("latin1", a + 2, b), "hex") : raw.subarray(a, b);
+      // Binary data (a file, an image) is never rewritten: only bytes that read as text are scanned (rules.ts).
+      if (!binaryScannable(bytes, 0, bytes.length, m, counts)) return undefined;
+      const text = bytes.toString("latin1");
       // hex digits are no guide to what the bytes hold: all detectors on the decoded bytes
       const out = maskWith(text, m, counts, hex ? undefined : m.forTriggers(found));
       if (out === text) return undefined;

@@ -39,11 +39,13 @@ import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
-import { type Field, maskCopyData, maskNotice, maskNotification, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
+import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
 import { tagAgrees, tagVerb } from "./tags.ts";
 import { analyzeSql, scanSql } from "./sql.ts";
+import { paramsAsText } from "./params.ts";
+import { maskNotificationAs, maskParameterStatus } from "./status.ts";
 import type { Upstream } from "./upstream.ts";
 import { ProtocolViolation } from "./wire.ts";
 
@@ -52,7 +54,7 @@ interface Prepared {
   facts?: SqlFacts;
   invalid?: Command["invalid"];
   verdict: Verdict;
-  /** The Parse's parameter types (0: left to the server), for the planner's estimate at Execute. */
+  /** The Parse's parameter types (0: left to the server): for the planner's estimate at Execute, and to read binary parameters for the record. */
   paramTypes: number[];
 }
 
@@ -135,6 +137,10 @@ export class PgSession {
   private readonly outcomeAt = new Map<number, number[]>();
   private tags: string[] = [];
   private error: { code: string; message: string } | undefined;
+  /** The mask of the command `error` answers; undefined when it answers none agate decided (a Parse, a Bind): recorded with every detector. */
+  private errorMask: CompiledMask | undefined;
+  /** The last reply the target finished answering: ParameterStatus and notifications that follow it are its. */
+  private answered: Reply | undefined;
 
   // Masking: what the target still owes rows or columns for, and what was masked since the last outcome.
   private readonly replies: Reply[] = [];
@@ -457,7 +463,7 @@ export class PgSession {
     // target refuses at Bind) is decided as EXECUTE of it; a portal agate did not see bound (a cursor from
     // DECLARE) as a FETCH from it: decide on exactly that.
     const command: Command = prepared
-      ? { seq: ++this.seq, text: prepared.text, sql: prepared.facts, invalid: prepared.invalid, params: portal.params }
+      ? { seq: ++this.seq, text: prepared.text, sql: prepared.facts, invalid: prepared.invalid, params: paramsAsText(portal.params, prepared.paramTypes) }
       : portal && portal.statement !== ""
         ? { ...this.command(`EXECUTE ${quoteIdent(portal.statement)}`), params: portal.params }
         : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
@@ -732,6 +738,12 @@ export class PgSession {
     );
   }
 
+  /** What a ParameterStatus or a notification arriving now follows: the reply being answered, or the one just answered. */
+  private causedBy(): { mask: CompiledMask; facts?: SqlFacts } {
+    const r = this.currentReply() ?? this.answered;
+    return r && r.kind !== "describe" ? r : { mask: this.lastMask };
+  }
+
   /** The reply the target is answering now, if any. */
   private currentReply(): Reply | undefined {
     const r = this.replies[0];
@@ -779,6 +791,7 @@ export class PgSession {
           if (this.answering(r)?.kind === "ddl") this.lineageChanged();
         }
         this.endRows(r);
+        if (r && r.kind !== "describe") this.answered = r;
         if (r?.kind === "execute") this.replies.shift();
         else if (r && f.type !== T.PortalSuspended) r.done = (r.done ?? 0) + 1;
         this.copyMask = undefined;
@@ -797,7 +810,11 @@ export class PgSession {
         if (r?.kind === "query") this.checkStatementCount(r);
         // agate's failing statement for a refusal: the client gets agate's error in its place.
         const masked = r?.refusal ?? maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
-        if (!r?.refusal) this.error ??= readErrorFields(masked.subarray(5));
+        if (!this.error && !r?.refusal) {
+          this.error = readErrorFields(masked.subarray(5));
+          this.errorMask = r && r.kind !== "describe" ? r.mask : undefined;
+        }
+        if (r && r.kind !== "describe" && !r.refusal) this.answered = r;
         // The target skips the rest of an extended-protocol batch; so do its replies.
         this.endRows(r);
         if (r && r.kind !== "query") {
@@ -823,9 +840,11 @@ export class PgSession {
       case T.NoticeResponse:
         out.add(maskNotice(f.raw, this.currentReply()?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(this.currentReply())));
         break;
-      case T.NotificationResponse:
-        out.add(maskNotification(f.raw, this.lastMask, this.tally.detectors));
+      case T.NotificationResponse: {
+        const by = this.causedBy();
+        out.add(maskNotificationAs(f.raw, by.mask, by.facts, this.tally.detectors));
         break;
+      }
       case T.CopyOutResponse: {
         const r = this.currentReply();
         const mask = r?.mask ?? this.lastMask;
@@ -849,7 +868,8 @@ export class PgSession {
       case T.ParameterStatus: {
         const [name, value] = f.body.toString("utf8").split("\0");
         this.lexing.report(name ?? "", value ?? "");
-        out.add(f.raw);
+        const by = this.causedBy();
+        out.add(maskParameterStatus(f.raw, name ?? "", value ?? "", by.mask, by.facts, this.tally.detectors));
         break;
       }
       case T.ParseComplete:
@@ -1060,13 +1080,14 @@ export class PgSession {
       const t = this.tally;
       const masked = t.rows > 0 || Object.keys(t.detectors).length > 0 || Object.keys(t.columns).length > 0 ? { masked: { rows: t.rows, columns: t.columns, detectors: t.detectors } } : {};
       this.estimates.answered(seqs, this.error !== undefined, this.txStatus);
-      this.guard.outcome(this.session, seqs, { tags: this.tags, rows, bytes: this.resultBytes, ...(this.error ? { error: this.error } : {}), ...masked });
+      this.guard.outcome(this.session, seqs, { tags: this.tags, rows, bytes: this.resultBytes, ...(this.error ? { error: this.error } : {}), ...masked }, this.error ? this.errorMask : undefined);
       this.resultBytes = 0;
       this.resultRows = 0;
       if (t.rows > 0 || Object.keys(t.detectors).length > 0 || Object.keys(t.columns).length > 0) this.tally = newTally();
     }
     this.tags = [];
     this.error = undefined;
+    this.errorMask = undefined;
   }
 
   private writeClient(buf: Buffer): void {
@@ -1086,7 +1107,7 @@ export class PgSession {
   /** A protocol violation or internal fault: tell the client (08P01) and close both sides. */
   private fatal(e: unknown): void {
     const violation = e instanceof ProtocolViolation;
-    const message = violation ? `agate: protocol violation: ${(e as Error).message}` : e instanceof TargetDisagrees ? `agate: ${e.message}` : `agate: internal error: ${(e as Error)?.message ?? String(e)}`;
+    const message = violation ? `agate: protocol violation: ${(e as Error).message}` : e instanceof TargetDisagrees || e instanceof AgateError ? `agate: ${e.message}` : `agate: internal error: ${(e as Error)?.message ?? String(e)}`;
     this.log(violation ? "warn" : "error", "session closed", { session: this.session.id, error: message });
     if (!this.closed) this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
     this.end(message);
