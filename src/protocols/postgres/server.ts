@@ -55,6 +55,14 @@ const PASSED_PARAMETERS = new Set(["application_name", "client_encoding", "DateS
 /** The password message is small; PostgreSQL itself caps it at 1000 bytes for cleartext, tokens need more. */
 const MAX_PASSWORD_MESSAGE_BYTES = 64 * 1024;
 
+/**
+ * After a refusal, the client gets this long to read it and hang up, and at
+ * most this many more bytes are read (and dropped, never buffered) before
+ * the connection is cut.
+ */
+const LINGER_MS = 1000;
+const LINGER_BYTES = 64 * 1024;
+
 /** Cancel keys agate handed out (by our pid) → our secret and the target backend they stand for. */
 const cancelKeys = new Map<number, { secret: number; target: PgTarget; upstreamPid: number; upstreamSecret: number; session: Session; guard: Guard }>();
 
@@ -100,6 +108,9 @@ class Startup {
   private isTls = false;
   private params: Record<string, string> = {};
   private readonly onData = (chunk: Buffer) => {
+    // Before login only one bounded message is read at a time: once refused, nothing more is kept
+    // (while authenticating the socket is paused; what arrived before that is the session's).
+    if (this.stage === "closing") return;
     this.framer.push(chunk);
     this.step();
   };
@@ -116,26 +127,33 @@ class Startup {
   private timer: ReturnType<typeof setTimeout> | undefined;
 
   start(): void {
+    // Absolute from accept: a client dripping bytes does not extend it.
     this.timer = setTimeout(() => {
       if (this.stage === "startup" || this.stage === "password") this.reject("08006", "AUTH_TIMEOUT", "agate: authentication timed out");
-      else if (this.stage !== "done") this.refuse("08006", "agate: authentication timed out");
+      else if (this.stage === "busy") this.refuse("08006", "agate: authentication timed out");
     }, this.opts.startupTimeoutMs);
     this.sock.on("data", this.onData);
     this.sock.on("error", () => this.sock.destroy());
     this.sock.once("close", () => clearTimeout(this.timer));
   }
 
-  private stage: "startup" | "password" | "busy" | "done" = "startup";
+  /** `busy`: authenticating (the socket is paused); `closing`: refused, the connection is being cut. */
+  private stage: "startup" | "password" | "busy" | "closing" | "done" = "startup";
 
   private step(): void {
     try {
       while (this.stage === "startup" || this.stage === "password") {
-        const f = this.framer.next();
+        const f = this.nextFrame();
         if (!f) return;
         if (this.stage === "startup") this.onStartupPacket(f.body);
         else if (f.type === T.PasswordMessage) {
           this.stage = "busy";
+          // Nothing more is read until the session starts (PgSession reads on): a client cannot make us buffer meanwhile.
+          this.sock.pause();
           void this.authenticate(new Reader(f.body).cstr());
+        } else if (f.type === T.Terminate) {
+          // The client leaves before logging in (node-postgres does on a quick end()): close quietly, as for EOF.
+          this.cut();
         } else throw new ProtocolViolation(`expected a password message, got '${String.fromCharCode(f.type)}'`);
       }
     } catch (e) {
@@ -144,6 +162,28 @@ class Startup {
       const violation = e instanceof ProtocolViolation;
       this.reject(violation ? "08P01" : "XX000", violation ? "PROTOCOL_VIOLATION" : "STARTUP_FAILED", `agate: ${(e as Error).message}`, what);
     }
+  }
+
+  /**
+   * The next frame. A startup packet of invalid length is dropped without a
+   * reply, as PostgreSQL does ("invalid length of startup packet"), and
+   * recorded; null then too.
+   */
+  private nextFrame() {
+    if (this.stage !== "startup") return this.framer.next();
+    let f;
+    try {
+      f = this.framer.next();
+    } catch (e) {
+      if (!(e instanceof ProtocolViolation)) throw e;
+      this.reject("08P01", "PROTOCOL_VIOLATION", `agate: ${e.message}`, "the startup packet", { silent: true });
+      return null;
+    }
+    if (f && f.body.length < 4) {
+      this.reject("08P01", "PROTOCOL_VIOLATION", `agate: invalid length of startup packet`, "the startup packet", { silent: true });
+      return null;
+    }
+    return f;
   }
 
   private onStartupPacket(body: Buffer): void {
@@ -179,8 +219,8 @@ class Startup {
         key.guard.cancelRequested(key.session, this.client());
         void cancelUpstream(key.target, key.upstreamPid, key.upstreamSecret).catch(() => {});
       }
+      this.stage = "closing";
       this.sock.destroy();
-      this.stage = "busy";
       return;
     }
     if (code >> 16 !== 3) {
@@ -198,6 +238,12 @@ class Startup {
     }
     if (!this.params.user) {
       this.reject("28000", "AUTH_NO_USER", "agate: no user name in the startup packet");
+      return;
+    }
+    // A connection serves its target's database; an absent (or empty) name means that one.
+    const database = this.params.database;
+    if (database && database !== this.opts.target.database) {
+      this.reject("3D000", "DATABASE_UNKNOWN", `database "${database}" does not exist`);
       return;
     }
     const minor = code & 0xffff;
@@ -245,7 +291,7 @@ class Startup {
       this.refuse("08001", `agate: could not connect to the target of "${opts.connection.name}": ${err.message}`);
       return;
     }
-    if (this.sock.destroyed) {
+    if (this.sock.destroyed || this.stage === "closing") {
       upstream.socket.destroy();
       opts.guard.closeSession(session, "client left during start-up", 0);
       return;
@@ -265,6 +311,7 @@ class Startup {
     clearTimeout(this.timer);
     this.sock.write(Buffer.concat(hello));
     this.framer.maxBytes = opts.maxMessageBytes;
+    this.sock.resume();
     opts.log("info", "session started", { connection: opts.connection.name, session: session.id, subject: session.identity.subject, client: remote, tls: this.isTls });
     new PgSession(session, this.sock, this.framer, upstream, opts.guard, this.catalog, opts.log, (end) => {
       cancelKeys.delete(pid);
@@ -283,16 +330,40 @@ class Startup {
    * `text` is what the client reads; the record's reason is the same
    * sentence, prefixed with `what` was refused when given.
    */
-  private reject(sqlstate: string, code: string, text: string, what?: string): void {
+  private reject(sqlstate: string, code: string, text: string, what?: string, o: { silent?: boolean } = {}): void {
     const reason = text.replace(/^agate: /, "");
     const client = this.client();
     this.opts.guard.sessionRefused(this.opts.connection, client, new AgateError(code, what ? `${what}: ${reason}` : reason), { ...(this.params.user !== undefined ? { user: this.params.user } : {}), sqlstate });
     this.opts.log("info", "session refused", { connection: this.opts.connection.name, client: client.address, code });
-    this.refuse(sqlstate, text);
+    if (o.silent) this.cut();
+    else this.refuse(sqlstate, text);
   }
 
   private refuse(code: string, text: string): void {
-    this.stage = "busy";
-    this.sock.end(ErrorResponse({ severity: "FATAL", code, message: text }));
+    this.cut(ErrorResponse({ severity: "FATAL", code, message: text }));
+  }
+
+  /**
+   * End the connection before login, after `last` is written: nothing more
+   * is buffered; the client has LINGER_MS to read it and hang up, and what
+   * it still sends is dropped, up to LINGER_BYTES, before the connection is
+   * cut.
+   */
+  private cut(last?: Buffer): void {
+    if (this.stage === "closing" || this.stage === "done") return;
+    this.stage = "closing";
+    clearTimeout(this.timer);
+    const s = this.sock;
+    s.off("data", this.onData);
+    let budget = LINGER_BYTES;
+    s.on("data", (c: Buffer) => {
+      budget -= c.length;
+      if (budget < 0) s.destroy();
+    });
+    const linger = setTimeout(() => s.destroy(), LINGER_MS);
+    s.once("close", () => clearTimeout(linger));
+    s.resume();
+    if (last) s.end(last);
+    else s.end();
   }
 }
