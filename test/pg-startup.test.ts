@@ -13,7 +13,7 @@ import { join } from "node:path";
 import pg from "pg";
 import { readRecords } from "../src/audit/index.ts";
 import { message, startupPacket } from "../src/protocols/postgres/wire.ts";
-import { API_KEY, psql, spawnGateway, startTestGateway, type TestGateway, USER, writeServeConfig } from "./helpers/gateway.ts";
+import { API_KEY, psql, sh, spawnGateway, startTestGateway, type TestGateway, USER, writeServeConfig } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 
 let db: TestPostgres;
@@ -117,6 +117,46 @@ describe("before login", () => {
     // Before the fix every byte was kept: the RSS grew by about what was sent.
     expect(peak - before).toBeLessThan(64 * 1024);
     expect(sent).toBeLessThan(MB);
+  });
+
+  test("near the open file limit connections are cut at accept, and the gateway neither spins nor stops accepting", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "agate-nofile-"));
+    dirs.push(dir);
+    writeServeConfig(dir, db, { by: "pg-startup.test", apiKey: { id: USER, key: API_KEY } });
+    const g = await spawnGateway(dir, { env: { AGATE_TEST_PG_PASSWORD: db.password }, spawned: (p) => procs.push(p) });
+    const pid = g.proc.pid;
+    // 200 descriptors: about 68 client connections with their targets.
+    expect((await sh(["prlimit", `--pid=${pid}`, "--nofile=200:200"])).code).toBe(0);
+    const cpu = () => readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ").slice(11, 13).reduce((a, b) => a + Number(b), 0);
+    const held: net.Socket[] = [];
+    let cut = 0;
+    await Promise.all(
+      Array.from({ length: 200 }, () => new Promise<void>((resolve) => {
+        const s = net.connect(g.port, "127.0.0.1");
+        held.push(s);
+        s.on("error", () => {});
+        s.on("close", () => cut++);
+        s.on("connect", () => resolve());
+      })),
+    );
+    for (let i = 0; i < 100 && cut < 100; i++) await Bun.sleep(20);
+    const before = cpu();
+    await Bun.sleep(500);
+    const ticks = cpu() - before; // clock ticks, 100 a second: a spinning core would use about 50
+    if (process.env.AGATE_TEST_FIGURES) console.log(`connections cut ${cut} of 200, ${ticks} CPU ticks in 0.5 s`);
+    expect(cut).toBeGreaterThanOrEqual(100);
+    expect(ticks).toBeLessThan(25);
+    for (const s of held) s.destroy();
+    let answer = "";
+    for (let i = 0; i < 200 && answer === ""; i++) {
+      const r = await psql(`postgres://${USER}:${API_KEY}@127.0.0.1:${g.port}/app`, "SELECT 42");
+      if (r.code === 0) answer = r.stdout.trim();
+      else await Bun.sleep(20);
+    }
+    expect(answer).toBe("42");
+    expect(g.stderr()).toContain("open file limit nearly reached");
+    g.proc.kill("SIGKILL");
+    await g.exited();
   });
 
   test("a connection dripping bytes is dropped at startup_timeout_ms, counted from accept", async () => {

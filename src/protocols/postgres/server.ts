@@ -8,6 +8,7 @@ import { randomInt } from "node:crypto";
 import net from "node:net";
 import tls from "node:tls";
 import { AgateError } from "../../core/errors.ts";
+import { connectionCap } from "../../core/fd-limit.ts";
 import type { ClientInfo, Guard } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { ConnectionRef, Session } from "../../core/types.ts";
@@ -63,6 +64,11 @@ const MAX_PASSWORD_MESSAGE_BYTES = 64 * 1024;
 const LINGER_MS = 1000;
 const LINGER_BYTES = 64 * 1024;
 
+/** Client connections open across every PostgreSQL listener of the process (each holds a file descriptor). */
+let openConnections = 0;
+/** When the last "connection limit reached" warning was logged, so a burst logs once. */
+let lastCapWarning = -Infinity;
+
 /** Cancel keys agate handed out (by our pid) → our secret and the target backend they stand for. */
 const cancelKeys = new Map<number, { secret: number; target: PgTarget; upstreamPid: number; upstreamSecret: number; session: Session; guard: Guard }>();
 
@@ -72,6 +78,19 @@ export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
   // Column origins for masking, looked up with the gateway's own target credentials; shared by the sessions.
   const catalog = new Catalog(opts.target);
   const server = net.createServer((socket) => {
+    // Past the file-descriptor budget the next accept() would fail (EMFILE) and Bun would retry it in a busy loop:
+    // cut this one at once instead, so the descriptors never run out.
+    if (openConnections >= connectionCap()) {
+      socket.destroy();
+      const now = performance.now();
+      if (now - lastCapWarning > 10_000) {
+        lastCapWarning = now;
+        opts.log("warn", "connection refused: open file limit nearly reached", { connection: opts.connection.name, open: openConnections, cap: connectionCap(), hint: "raise the open file limit (ulimit -n / LimitNOFILE)" });
+      }
+      return;
+    }
+    openConnections++;
+    socket.once("close", () => openConnections--);
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.setNoDelay(true);
