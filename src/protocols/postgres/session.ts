@@ -28,7 +28,7 @@
  * Looking up column origins (catalog.ts) pauses the relay, in order.
  */
 import type net from "node:net";
-import { AgateError } from "../../core/errors.ts";
+import { AgateError, asError } from "../../core/errors.ts";
 import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
@@ -574,8 +574,9 @@ export class PgSession {
     try {
       return { seq, text, sql: analyzeSql(this.lexing.standard(text, scanSql)) };
     } catch (e) {
-      if (e instanceof AgateError && (e.code === "SQL_PARSE" || e.code === "SQL_SETTINGS")) return { seq, text, invalid: { code: e.code, message: e.message } };
-      throw e;
+      // Any analyser failure (a syntax error, too deep, a parser fault, the parser restarting) refuses the
+      // statement as an ordinary error; the session stays usable, as PostgreSQL's does.
+      return { seq, text, invalid: analysisFailure(e) };
     }
   }
 
@@ -586,9 +587,16 @@ export class PgSession {
    * shared through its cache: replace `command.sql`, never change it.
    */
   private async enrich(command: Command, bound: { paramTypes?: number[]; params?: (string | null)[] } = {}): Promise<boolean> {
-    const lookup = catalogFacts(this.catalog).complete(command, this.guard.policyVersion);
-    if (lookup) await lookup;
-    return this.estimates.enrich({ guard: this.guard, session: this.session, estimator: this.catalog.estimator, log: this.log, prepared: this.prepared }, command, bound);
+    try {
+      const lookup = catalogFacts(this.catalog).complete(command, this.guard.policyVersion);
+      if (lookup) await lookup;
+      return await this.estimates.enrich({ guard: this.guard, session: this.session, estimator: this.catalog.estimator, log: this.log, prepared: this.prepared }, command, bound);
+    } catch (e) {
+      // The facts could not be completed: refuse the statement (fail closed), keep the session.
+      this.log("warn", "a statement's facts could not be completed; it is refused", { session: this.session.id, error: asError(e).message });
+      command.invalid = analysisFailure(e);
+      return false;
+    }
   }
   private readonly estimates = new WriteEstimates();
 
@@ -623,6 +631,10 @@ export class PgSession {
   private refusal(command: Command, verdict: Verdict): Buffer {
     if (command.invalid?.code === "SQL_PARSE") {
       return ErrorResponse({ severity: "ERROR", code: "42601", message: command.invalid.message });
+    }
+    const analysis = command.invalid && ANALYSIS_SQLSTATE[command.invalid.code];
+    if (analysis) {
+      return ErrorResponse({ severity: "ERROR", code: analysis, message: `agate: ${command.invalid!.message}`, detail: `session ${this.session.id}, audit record ${verdict.record}` });
     }
     if (command.invalid?.code === "SQL_ENCODING") {
       return ErrorResponse({ severity: "ERROR", code: "22021", message: `agate: ${command.invalid.message}`, detail: `session ${this.session.id}, audit record ${verdict.record}` });
@@ -1127,6 +1139,22 @@ export class PgSession {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * SQLSTATEs of the analyser's refusals that are no syntax error: as
+ * PostgreSQL answers a statement too deep for its stack (54001), a fault of
+ * its own (XX000, as an ERROR) or a resource not ready (58000).
+ */
+const ANALYSIS_SQLSTATE: Record<string, string> = { SQL_TOO_DEEP: "54001", SQL_PARSER_FAULT: "XX000", SQL_NOT_READY: "58000", SQL_ANALYSIS_FAULT: "XX000" };
+const ANALYSIS_CODES = new Set(["SQL_PARSE", "SQL_SETTINGS", ...Object.keys(ANALYSIS_SQLSTATE)]);
+
+/** A failure to analyse a statement, as the reason it is refused. */
+function analysisFailure(e: unknown): { code: string; message: string } {
+  if (e instanceof AgateError && ANALYSIS_CODES.has(e.code)) return { code: e.code, message: e.message };
+  const err = asError(e);
+  const code = e instanceof AgateError ? `${e.code}: ` : e instanceof RangeError ? "nested too deeply: " : "";
+  return { code: "SQL_ANALYSIS_FAULT", message: `The statement could not be analysed (${code}${err.message}); it was not run.` };
+}
 
 /** Names of agate's own statements and portals on a client's connection (the settings probe, COPY descriptions, refusals). */
 const RESERVED_PREFIX = "agate.";
