@@ -29,6 +29,7 @@
  */
 import type net from "node:net";
 import { AgateError, asError } from "../../core/errors.ts";
+import { MAX_PAYLOAD_BYTES } from "../../audit/format.ts";
 import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
@@ -87,6 +88,9 @@ interface Reply {
 
 /** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
 type Injected = Buffer | "ReadyForQuery";
+
+/** How long a connection closed with a FATAL error stays open for the client to read it. */
+const FATAL_LINGER_MS = 1000;
 
 /** Pause reading from the client when this many bytes wait to be framed. */
 const CLIENT_BUFFER_HIGH_WATER = 8 << 20;
@@ -178,7 +182,12 @@ export class PgSession {
       const [name, value] = raw.toString("utf8", 5).split("\0");
       this.lexing.report(name ?? "", value ?? "");
     }
+    // A message is refused from its length header when it exceeds max_message_bytes or could not be recorded
+    // (framer.ts); CopyData, which is not recorded, is passed on in pieces, never buffered whole.
+    clientFramer.maxBytes = Math.min(clientFramer.maxBytes, MAX_PAYLOAD_BYTES);
+    clientFramer.streamCopyData = true;
     client.on("data", (chunk: Buffer) => {
+      if (this.closed) return; // the rest of a refused message is dropped unread
       this.clientFramer.push(chunk);
       if (this.clientFramer.buffered > CLIENT_BUFFER_HIGH_WATER) client.pause();
       void this.pump();
@@ -700,7 +709,9 @@ export class PgSession {
 
   private flushUpstream(): void {
     if (this.toUpstream.empty || this.closed) return;
-    if (!this.upstream.socket.write(this.toUpstream.take())) this.client.pause();
+    const out = this.toUpstream.take();
+    countRelayed(out.length);
+    if (!this.upstream.socket.write(out)) this.client.pause();
   }
 
   // ── target → client ──────────────────────────────────────────────────
@@ -1104,13 +1115,7 @@ export class PgSession {
 
   private writeClient(buf: Buffer): void {
     if (this.closed) return;
-    relayed += buf.length;
-    if (relayed >= GC_EVERY_BYTES) {
-      // Relayed chunks are garbage as soon as the socket has written them, but the collector does not
-      // count their memory as pressure: without a nudge a long result leaves hundreds of MB of them behind.
-      relayed = 0;
-      Bun.gc(false);
-    }
+    countRelayed(buf.length);
     if (!this.client.write(buf)) this.upstream.socket.pause();
   }
 
@@ -1121,7 +1126,13 @@ export class PgSession {
     const violation = e instanceof ProtocolViolation;
     const message = violation ? `agate: protocol violation: ${(e as Error).message}` : e instanceof TargetDisagrees || e instanceof AgateError ? `agate: ${e.message}` : `agate: internal error: ${(e as Error)?.message ?? String(e)}`;
     this.log(violation ? "warn" : "error", "session closed", { session: this.session.id, error: message });
-    if (!this.closed) this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
+    if (!this.closed) {
+      this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
+      // Read nothing more (the rest of an oversized message stays unread); give the client a moment to read
+      // the error before the connection is dropped, whatever it still sends.
+      this.client.pause();
+      this.client.once("finish", () => setTimeout(() => this.client.destroy(), FATAL_LINGER_MS).unref());
+    }
     this.end(message);
   }
 
@@ -1179,9 +1190,19 @@ function readProbeValue(body: Buffer): string {
   return body.toString("utf8", 6, 6 + len);
 }
 
-/** Bytes relayed to clients (all sessions) since the last collection was asked for. */
+/** Bytes relayed (all sessions, both ways) since the last collection was asked for. */
 let relayed = 0;
 const GC_EVERY_BYTES = 16 << 20;
+
+function countRelayed(bytes: number): void {
+  relayed += bytes;
+  if (relayed >= GC_EVERY_BYTES) {
+    // Relayed chunks are garbage as soon as the socket has written them, but the collector does not count
+    // their memory as pressure: without a nudge a long result or COPY leaves hundreds of MB of them behind.
+    relayed = 0;
+    Bun.gc(false);
+  }
+}
 
 function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
   const list = m.get(k);
