@@ -13,6 +13,7 @@ import { MAX_PAYLOAD_BYTES } from "../src/audit/format.ts";
 import { readRecords } from "../src/audit/index.ts";
 import { generateKey } from "../src/audit/note.ts";
 import { parseConfig } from "../src/config/index.ts";
+import { Framer } from "../src/protocols/postgres/framer.ts";
 import { message } from "../src/protocols/postgres/wire.ts";
 import { API_KEY, psql, sh, spawnGateway, startTestGateway, type TestGateway, USER, writeServeConfig } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
@@ -198,5 +199,29 @@ describe("a frontend message over max_message_bytes", () => {
     } finally {
       s.close();
     }
+  });
+});
+
+describe("Framer", () => {
+  test("a long CopyData arriving in pieces is returned in pieces that join to the message; other messages whole, over the limit refused", () => {
+    const copy = message(0x64, (w) => w.bytes(Buffer.alloc(200_000, 0x41)));
+    const small = message(0x64, (w) => w.bytes(Buffer.from("a\tb\n")));
+    const stream = Buffer.concat([Query("SELECT 1"), small, copy, message(0x63), Sync]);
+    const f = new Framer(1024);
+    f.streamCopyData = true;
+    const got: { type: number; raw: Buffer }[] = [];
+    for (let at = 0; at < stream.length; at += 7_001) {
+      f.push(stream.subarray(at, at + 7_001));
+      for (let m = f.next(); m; m = f.next()) got.push({ type: m.type, raw: Buffer.from(m.raw) });
+      expect(f.buffered).toBeLessThan(7_001 + 5);
+    }
+    expect(Buffer.concat(got.map((g) => g.raw)).equals(stream)).toBe(true);
+    const pieces = got.filter((g) => g.type === 0x64);
+    expect(pieces.length).toBeGreaterThan(2);
+    expect(pieces[0]!.raw.equals(small)).toBe(true);
+    expect(got.map((g) => g.type).filter((t) => t !== 0x64)).toEqual([0x51, 0x63, 0x53]);
+    const q = new Framer(1024);
+    q.push(Query("x".repeat(2000)).subarray(0, 10));
+    expect(() => q.next()).toThrow("message of 2005 bytes exceeds the limit of 1024 bytes");
   });
 });
