@@ -20,14 +20,12 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
-import { readdirSync, readFileSync, statSync } from "node:fs";
 import net from "node:net";
-import { join } from "node:path";
 import postgres from "postgres";
 import { readRecords } from "../src/audit/index.ts";
 import { createLogger } from "../src/core/log.ts";
 import { message } from "../src/protocols/postgres/wire.ts";
-import { API_KEY, psql, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
+import { API_KEY, directoryText, psql, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { Query, rawSession, Sync } from "./helpers/wire.ts";
 
@@ -69,16 +67,7 @@ function leaks(where: string, text: string, values: readonly string[] = PLANTED)
 }
 
 function auditFiles(): string {
-  let all = "";
-  const walk = (dir: string) => {
-    for (const f of readdirSync(dir)) {
-      const p = join(dir, f);
-      if (statSync(p).isDirectory()) walk(p);
-      else all += readFileSync(p).toString("latin1");
-    }
-  };
-  walk(gw.auditDir);
-  return all;
+  return directoryText(gw.auditDir);
 }
 
 async function records(): Promise<Record<string, any>[]> {

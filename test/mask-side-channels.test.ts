@@ -27,12 +27,10 @@
  * test below documents it.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync, statSync } from "node:fs";
 import net from "node:net";
-import { join } from "node:path";
 import pg from "pg";
 import postgres from "postgres";
-import { sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
+import { directoryText, sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 
 const CODE = "QX7VAULTRHOMBUS93817";
@@ -114,18 +112,6 @@ function leaksIn(text: string): string[] {
   return found;
 }
 
-function auditText(dir: string): string {
-  let text = "";
-  const walk = (d: string) => {
-    for (const name of readdirSync(d)) {
-      const p = join(d, name);
-      if (statSync(p).isDirectory()) walk(p);
-      else text += readFileSync(p).toString("latin1");
-    }
-  };
-  walk(dir);
-  return text;
-}
 
 beforeAll(async () => {
   db = await startPostgres();
@@ -200,7 +186,7 @@ async function run(g: TestGateway, client: Client, statements: string[]): Promis
 
 function expectClean(what: string, rec: Recorder, text: string, g: TestGateway): void {
   const bytes = Buffer.concat(rec.sent).toString("latin1");
-  expect({ what, sent: leaksIn(bytes), received: leaksIn(text), audit: leaksIn(auditText(g.auditDir)) }).toEqual({ what, sent: [], received: [], audit: [] });
+  expect({ what, sent: leaksIn(bytes), received: leaksIn(text), audit: leaksIn(directoryText(g.auditDir)) }).toEqual({ what, sent: [], received: [], audit: [] });
 }
 
 /** Each class, as statements run in one session; `ok` checks that something came back (so the test is not vacuous). */

@@ -46,6 +46,7 @@
 import { readFileSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { parse } from "yaml";
+import { MAX_PAYLOAD_BYTES } from "../audit/format.ts";
 import { AgateError } from "../core/errors.ts";
 import type { ApiKeyAccount } from "../identity/apikey.ts";
 import { ASYMMETRIC_ALGORITHMS, type OidcIssuerConfig } from "../identity/oidc.ts";
@@ -421,11 +422,26 @@ function parseConnection(o: Record<string, unknown>, at: string, path: (p: strin
       sslmode,
       connect_timeout_ms: num(t.connect_timeout_ms ?? 10_000, `${at}.target.connect_timeout_ms`),
     },
-    // PostgreSQL's own ceiling for one message is 1 GB; 256 MiB is plenty for queries and COPY rows.
-    max_message_bytes: num(o.max_message_bytes ?? 256 << 20, `${at}.max_message_bytes`),
+    max_message_bytes: maxMessageBytes(o.max_message_bytes, `${at}.max_message_bytes`),
     // PostgreSQL's authentication_timeout defaults to one minute too.
     startup_timeout_ms: num(o.startup_timeout_ms ?? 60_000, `${at}.startup_timeout_ms`),
   };
+}
+
+/**
+ * The largest frontend message accepted after login. Every statement is
+ * recorded before it runs, in one audit record of at most MAX_PAYLOAD_BYTES
+ * (16 MiB): a larger message could never be recorded, so it is refused from
+ * its length header. The default, half of that, leaves room for the
+ * record's escaping (JSON, base64 of binary parameters) and its other
+ * fields. CopyData is not recorded and not bound by it (it is streamed).
+ */
+function maxMessageBytes(v: unknown, at: string): number {
+  const n = num(v ?? MAX_PAYLOAD_BYTES / 2, at);
+  if (!Number.isInteger(n) || n < 1024 || n > MAX_PAYLOAD_BYTES) {
+    throw new AgateError("CONFIG_INVALID", `${at}: ${String(v)} is outside 1024..${MAX_PAYLOAD_BYTES}: a message larger than an audit record (16 MiB) could not be recorded; omit it for the default of ${MAX_PAYLOAD_BYTES / 2} (COPY data is streamed and not bound by it)`);
+  }
+  return n;
 }
 
 function readPem(file: string, at: string): string {

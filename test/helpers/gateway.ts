@@ -3,7 +3,7 @@
  * API key. Clients in the same process must be asynchronous (spawn, not
  * spawnSync): the gateway shares the event loop.
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { Subprocess } from "bun";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -117,6 +117,15 @@ export async function sh(argv: string[], opts: { stdin?: string; env?: Record<st
   });
   const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   return { code, stdout, stderr };
+}
+
+/** Every file under `dir` (an audit directory), read as Latin-1 and joined: what a leak test searches. */
+export function directoryText(dir: string): string {
+  let text = "";
+  for (const entry of readdirSync(dir, { recursive: true, withFileTypes: true })) {
+    if (entry.isFile()) text += readFileSync(join(entry.parentPath, entry.name)).toString("latin1");
+  }
+  return text;
 }
 
 export function psql(url: string, sql: string, extra: string[] = []) {

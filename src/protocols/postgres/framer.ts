@@ -22,16 +22,33 @@ class RawFrame implements Frame {
   }
 }
 
+/** CopyData ('d'). */
+const COPY_DATA = 0x64;
+/** PostgreSQL's own ceiling for one message, CopyData included (PQ_LARGE_MESSAGE_LIMIT). */
+const LARGE_MESSAGE_LIMIT = 0x3fffffff;
+/** A CopyData message longer than this that has not arrived whole is passed on in pieces. */
+const COPY_PIECE_ABOVE = 64 * 1024;
+
 /**
  * Splits a byte stream into PostgreSQL messages without copying when a
  * message lies inside one chunk. Lengths are checked against `maxBytes`
  * before anything is buffered, so a hostile peer cannot make us allocate.
+ *
+ * With `streamCopyData`, CopyData is exempt from `maxBytes` (up to
+ * PostgreSQL's 1 GB) and never buffered whole: a long one that has not
+ * arrived whole is returned in pieces as its bytes arrive, each a frame of
+ * type 'd' whose `raw` is the next part of the message (the first starts
+ * with its header), to be relayed unchanged.
  */
 export class Framer {
   private chunks: Buffer[] = [];
   private size = 0;
   /** When true the next packet has no type byte (startup phase). */
   untyped: boolean;
+  /** Pass CopyData on in pieces (the query phase; see above). */
+  streamCopyData = false;
+  /** Bytes of the CopyData message being passed on in pieces not yet returned. */
+  private copyLeft = 0;
 
   constructor(
     public maxBytes: number,
@@ -53,6 +70,7 @@ export class Framer {
 
   /** Next complete message, or null when more bytes are needed. */
   next(): Frame | null {
+    if (this.copyLeft > 0) return this.copyPiece();
     const head = this.untyped ? 4 : 5;
     if (this.size < head) return null;
     let first = this.chunks[0]!;
@@ -60,10 +78,16 @@ export class Framer {
     const lenAt = this.untyped ? 0 : 1;
     const len = first.readInt32BE(lenAt);
     if (len < 4) throw new ProtocolViolation(`invalid message length ${len}`);
-    if (len > this.maxBytes) {
+    const total = lenAt + len;
+    const copy = this.streamCopyData && !this.untyped && first[0] === COPY_DATA;
+    if (copy && len > LARGE_MESSAGE_LIMIT) throw new ProtocolViolation(`CopyData message of ${len} bytes exceeds PostgreSQL's limit of ${LARGE_MESSAGE_LIMIT} bytes`);
+    if (len > this.maxBytes && !copy) {
       throw new ProtocolViolation(`message of ${len} bytes exceeds the limit of ${this.maxBytes} bytes`);
     }
-    const total = lenAt + len;
+    if (copy && this.size < total && (len > COPY_PIECE_ABOVE || len > this.maxBytes)) {
+      this.copyLeft = total;
+      return this.copyPiece();
+    }
     if (this.size < total) return null; // wait without copying partial bodies
     if (first.length < total) first = this.flatten();
     const raw = first.subarray(0, total);
@@ -71,6 +95,19 @@ export class Framer {
     else this.chunks[0] = first.subarray(total);
     this.size -= total;
     return new RawFrame(this.untyped ? 0 : raw[0]!, raw, head);
+  }
+
+  /** The next part of the CopyData message being passed on: what has arrived of it, one chunk at most. */
+  private copyPiece(): Frame | null {
+    if (this.size === 0) return null;
+    const first = this.chunks[0]!;
+    const take = Math.min(first.length, this.copyLeft);
+    const raw = take === first.length ? first : first.subarray(0, take);
+    if (take === first.length) this.chunks.shift();
+    else this.chunks[0] = first.subarray(take);
+    this.size -= take;
+    this.copyLeft -= take;
+    return new RawFrame(COPY_DATA, raw, 0);
   }
 
   private flatten(): Buffer {

@@ -28,7 +28,8 @@
  * Looking up column origins (catalog.ts) pauses the relay, in order.
  */
 import type net from "node:net";
-import { AgateError } from "../../core/errors.ts";
+import { AgateError, asError } from "../../core/errors.ts";
+import { MAX_PAYLOAD_BYTES } from "../../audit/format.ts";
 import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
@@ -87,6 +88,9 @@ interface Reply {
 
 /** A queued reply: bytes, or ReadyForQuery with the transaction status current when it is written. */
 type Injected = Buffer | "ReadyForQuery";
+
+/** How long a connection closed with a FATAL error stays open for the client to read it. */
+const FATAL_LINGER_MS = 1000;
 
 /** Pause reading from the client when this many bytes wait to be framed. */
 const CLIENT_BUFFER_HIGH_WATER = 8 << 20;
@@ -178,7 +182,12 @@ export class PgSession {
       const [name, value] = raw.toString("utf8", 5).split("\0");
       this.lexing.report(name ?? "", value ?? "");
     }
+    // A message is refused from its length header when it exceeds max_message_bytes or could not be recorded
+    // (framer.ts); CopyData, which is not recorded, is passed on in pieces, never buffered whole.
+    clientFramer.maxBytes = Math.min(clientFramer.maxBytes, MAX_PAYLOAD_BYTES);
+    clientFramer.streamCopyData = true;
     client.on("data", (chunk: Buffer) => {
+      if (this.closed) return; // the rest of a refused message is dropped unread
       this.clientFramer.push(chunk);
       if (this.clientFramer.buffered > CLIENT_BUFFER_HIGH_WATER) client.pause();
       void this.pump();
@@ -574,8 +583,9 @@ export class PgSession {
     try {
       return { seq, text, sql: analyzeSql(this.lexing.standard(text, scanSql)) };
     } catch (e) {
-      if (e instanceof AgateError && (e.code === "SQL_PARSE" || e.code === "SQL_SETTINGS")) return { seq, text, invalid: { code: e.code, message: e.message } };
-      throw e;
+      // Any analyser failure (a syntax error, too deep, a parser fault, the parser restarting) refuses the
+      // statement as an ordinary error; the session stays usable, as PostgreSQL's does.
+      return { seq, text, invalid: analysisFailure(e) };
     }
   }
 
@@ -586,9 +596,16 @@ export class PgSession {
    * shared through its cache: replace `command.sql`, never change it.
    */
   private async enrich(command: Command, bound: { paramTypes?: number[]; params?: (string | null)[] } = {}): Promise<boolean> {
-    const lookup = catalogFacts(this.catalog).complete(command, this.guard.policyVersion);
-    if (lookup) await lookup;
-    return this.estimates.enrich({ guard: this.guard, session: this.session, estimator: this.catalog.estimator, log: this.log, prepared: this.prepared }, command, bound);
+    try {
+      const lookup = catalogFacts(this.catalog).complete(command, this.guard.policyVersion);
+      if (lookup) await lookup;
+      return await this.estimates.enrich({ guard: this.guard, session: this.session, estimator: this.catalog.estimator, log: this.log, prepared: this.prepared }, command, bound);
+    } catch (e) {
+      // The facts could not be completed: refuse the statement (fail closed), keep the session.
+      this.log("warn", "a statement's facts could not be completed; it is refused", { session: this.session.id, error: asError(e).message });
+      command.invalid = analysisFailure(e);
+      return false;
+    }
   }
   private readonly estimates = new WriteEstimates();
 
@@ -623,6 +640,10 @@ export class PgSession {
   private refusal(command: Command, verdict: Verdict): Buffer {
     if (command.invalid?.code === "SQL_PARSE") {
       return ErrorResponse({ severity: "ERROR", code: "42601", message: command.invalid.message });
+    }
+    const analysis = command.invalid && ANALYSIS_SQLSTATE[command.invalid.code];
+    if (analysis) {
+      return ErrorResponse({ severity: "ERROR", code: analysis, message: `agate: ${command.invalid!.message}`, detail: `session ${this.session.id}, audit record ${verdict.record}` });
     }
     if (command.invalid?.code === "SQL_ENCODING") {
       return ErrorResponse({ severity: "ERROR", code: "22021", message: `agate: ${command.invalid.message}`, detail: `session ${this.session.id}, audit record ${verdict.record}` });
@@ -688,7 +709,9 @@ export class PgSession {
 
   private flushUpstream(): void {
     if (this.toUpstream.empty || this.closed) return;
-    if (!this.upstream.socket.write(this.toUpstream.take())) this.client.pause();
+    const out = this.toUpstream.take();
+    countRelayed(out.length);
+    if (!this.upstream.socket.write(out)) this.client.pause();
   }
 
   // ── target → client ──────────────────────────────────────────────────
@@ -1092,13 +1115,7 @@ export class PgSession {
 
   private writeClient(buf: Buffer): void {
     if (this.closed) return;
-    relayed += buf.length;
-    if (relayed >= GC_EVERY_BYTES) {
-      // Relayed chunks are garbage as soon as the socket has written them, but the collector does not
-      // count their memory as pressure: without a nudge a long result leaves hundreds of MB of them behind.
-      relayed = 0;
-      Bun.gc(false);
-    }
+    countRelayed(buf.length);
     if (!this.client.write(buf)) this.upstream.socket.pause();
   }
 
@@ -1109,7 +1126,13 @@ export class PgSession {
     const violation = e instanceof ProtocolViolation;
     const message = violation ? `agate: protocol violation: ${(e as Error).message}` : e instanceof TargetDisagrees || e instanceof AgateError ? `agate: ${e.message}` : `agate: internal error: ${(e as Error)?.message ?? String(e)}`;
     this.log(violation ? "warn" : "error", "session closed", { session: this.session.id, error: message });
-    if (!this.closed) this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
+    if (!this.closed) {
+      this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
+      // Read nothing more (the rest of an oversized message stays unread); give the client a moment to read
+      // the error before the connection is dropped, whatever it still sends.
+      this.client.pause();
+      this.client.once("finish", () => setTimeout(() => this.client.destroy(), FATAL_LINGER_MS).unref());
+    }
     this.end(message);
   }
 
@@ -1127,6 +1150,22 @@ export class PgSession {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/**
+ * SQLSTATEs of the analyser's refusals that are no syntax error: as
+ * PostgreSQL answers a statement too deep for its stack (54001), a fault of
+ * its own (XX000, as an ERROR) or a resource not ready (58000).
+ */
+const ANALYSIS_SQLSTATE: Record<string, string> = { SQL_TOO_DEEP: "54001", SQL_PARSER_FAULT: "XX000", SQL_NOT_READY: "58000", SQL_ANALYSIS_FAULT: "XX000" };
+const ANALYSIS_CODES = new Set(["SQL_PARSE", "SQL_SETTINGS", ...Object.keys(ANALYSIS_SQLSTATE)]);
+
+/** A failure to analyse a statement, as the reason it is refused. */
+function analysisFailure(e: unknown): { code: string; message: string } {
+  if (e instanceof AgateError && ANALYSIS_CODES.has(e.code)) return { code: e.code, message: e.message };
+  const err = asError(e);
+  const code = e instanceof AgateError ? `${e.code}: ` : e instanceof RangeError ? "nested too deeply: " : "";
+  return { code: "SQL_ANALYSIS_FAULT", message: `The statement could not be analysed (${code}${err.message}); it was not run.` };
+}
 
 /** Names of agate's own statements and portals on a client's connection (the settings probe, COPY descriptions, refusals). */
 const RESERVED_PREFIX = "agate.";
@@ -1151,9 +1190,19 @@ function readProbeValue(body: Buffer): string {
   return body.toString("utf8", 6, 6 + len);
 }
 
-/** Bytes relayed to clients (all sessions) since the last collection was asked for. */
+/** Bytes relayed (all sessions, both ways) since the last collection was asked for. */
 let relayed = 0;
 const GC_EVERY_BYTES = 16 << 20;
+
+function countRelayed(bytes: number): void {
+  relayed += bytes;
+  if (relayed >= GC_EVERY_BYTES) {
+    // Relayed chunks are garbage as soon as the socket has written them, but the collector does not count
+    // their memory as pressure: without a nudge a long result or COPY leaves hundreds of MB of them behind.
+    relayed = 0;
+    Bun.gc(false);
+  }
+}
 
 function push<K, V>(m: Map<K, V[]>, k: K, v: V): void {
   const list = m.get(k);
