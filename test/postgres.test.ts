@@ -104,6 +104,15 @@ SELECT 'usable';`;
     expect(r.stdout.trim().split("\n")).toEqual(["BEGIN", "INSERT 0 1", "ROLLBACK", "0", "usable"]);
   });
 
+  test("a Query and a Terminate in one write: the Query is answered before the session ends", async () => {
+    const s = await rawSession(gw.port, { user: USER, password: API_KEY });
+    s.send([Query("SELECT 'answered' AS v"), Buffer.from([0x58, 0, 0, 0, 4])]);
+    const got = await s.untilReady(1);
+    expect(got.filter((m) => m.type === "D").map((m) => rowOf(m)[0]!.toString())).toEqual(["answered"]);
+    expect(got.at(-1)!.type).toBe("Z");
+    s.close();
+  });
+
   test("a refusal in an extended batch rolls back what the batch did before it, at its Sync", async () => {
     const s = await rawSession(gw.port, { user: USER, password: API_KEY });
     s.send([...run("INSERT INTO accounts VALUES (2001, 'batch', 5)"), ...run("DROP TABLE accounts"), Sync, Query("SELECT count(*) FROM accounts WHERE id = 2001")]);

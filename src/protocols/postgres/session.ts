@@ -103,6 +103,8 @@ export interface SessionEnd {
 export class PgSession {
   private seq = 0;
   private closed = false;
+  /** The client sent Terminate: nothing more is read from it; the session ends when the target closes. */
+  private terminated = false;
   private pumping = false;
   private readonly toUpstream = new Outbox();
   private readonly outbox = new Outbox();
@@ -195,7 +197,7 @@ export class PgSession {
     client.on("close", () => this.end("client closed the connection"));
     client.on("error", (e) => this.end(`client error: ${e.message}`));
     upstream.socket.on("data", (chunk: Buffer) => this.fromUpstream(chunk));
-    upstream.socket.on("close", () => this.end("target closed the connection"));
+    upstream.socket.on("close", () => this.end(this.terminated ? "client terminated the session" : "target closed the connection"));
     upstream.socket.on("error", (e) => this.end(`target error: ${e.message}`));
     // Backpressure both ways.
     client.on("drain", () => upstream.socket.resume());
@@ -211,7 +213,7 @@ export class PgSession {
     if (this.pumping || this.closed) return;
     this.pumping = true;
     try {
-      for (let f = this.clientFramer.next(); f && !this.closed; f = this.clientFramer.next()) {
+      for (let f = this.clientFramer.next(); f && !this.closed && !this.terminated; f = this.clientFramer.next()) {
         if (this.lexBarrier && (f.type === T.Query || f.type === T.Parse) && !this.discarding) {
           this.flushUpstream();
           await this.settleLexing();
@@ -274,9 +276,11 @@ export class PgSession {
         this.toUpstream.add(f.raw);
         return;
       case T.Terminate:
+        // The target answers what came before the Terminate, then closes: the client gets those answers first.
         this.toUpstream.add(f.raw);
         this.flushUpstream();
-        this.end("client terminated the session", true);
+        this.terminated = true;
+        this.upstream.socket.end();
         return;
       case T.FunctionCall:
         // The fast-path interface calls a function by OID, with no SQL to decide on (lo_import is built on it).
