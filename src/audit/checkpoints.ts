@@ -61,6 +61,18 @@ export async function* readCheckpoints(path: string): AsyncGenerator<StoredCheck
   }
 }
 
+/** Size signed by the last readable checkpoint in `dir`, null if there is none. */
+export async function latestCheckpointSize(dir: string): Promise<number | null> {
+  const path = join(dir, CHECKPOINT_FILE);
+  if (!fs.existsSync(path)) return null;
+  let size: number | null = null;
+  for await (const c of readCheckpoints(path)) {
+    if ("damage" in c) break;
+    size = c.size;
+  }
+  return size;
+}
+
 export interface CheckpointerOptions {
   dir: string;
   signer: Signer;

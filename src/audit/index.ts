@@ -10,11 +10,10 @@
  * await log.close();
  * const result = await verifyLog(".agate/audit");
  */
-import { existsSync } from "node:fs";
 import { mkdir, open } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
-import { CHECKPOINT_FILE, Checkpointer, readCheckpoints, type StoredCheckpoint } from "./checkpoints.ts";
+import { Checkpointer, latestCheckpointSize, type StoredCheckpoint } from "./checkpoints.ts";
 import { DEFAULT_SEGMENT_BYTES, FILE_HEADER_BYTES, ZERO_HASH, encodeFileHeader, segmentName } from "./format.ts";
 import { consistencyProof, frontierAt, inclusionProof, storedIndex } from "./merkle.ts";
 import { MarkerFile, checkTail, readMarker } from "./marker.ts";
@@ -251,18 +250,6 @@ export async function readRecordFromFiles(dir: string, index: number): Promise<B
     }
   }
   throw new AgateError("AUDIT_NO_SUCH_RECORD", `Record ${index} is not in the log's files.`, { index });
-}
-
-/** Size signed by the last readable checkpoint in `dir`, null if there is none. */
-async function latestCheckpointSize(dir: string): Promise<number | null> {
-  const path = join(dir, CHECKPOINT_FILE);
-  let size: number | null = null;
-  if (!existsSync(path)) return null;
-  for await (const c of readCheckpoints(path)) {
-    if ("damage" in c) break;
-    size = c.size;
-  }
-  return size;
 }
 
 async function createFirstSegment(dir: string): Promise<Tail> {

@@ -4,11 +4,10 @@
  * with the gateway stopped; it never signs anything itself: an accepted
  * tail is signed by the next checkpoint the gateway makes.
  */
-import { existsSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
-import { CHECKPOINT_FILE, readCheckpoints } from "./checkpoints.ts";
+import { latestCheckpointSize } from "./checkpoints.ts";
 import { FRAME_HEADER_BYTES } from "./format.ts";
 import { readMarker, recordBound, writeMarker, type Marker } from "./marker.ts";
 import { listSegments, scanSegment, type SegmentFile } from "./segments.ts";
@@ -39,14 +38,7 @@ export async function inspectTail(dir: string): Promise<TailReport> {
   const segments = await listSegments(dir);
   if (segments.length === 0) throw new AgateError("AUDIT_NO_LOG", `There is no audit log (no seg-*.agl file) in ${dir}.`, { dir });
   const marker = readMarker(dir);
-  let checkpoint: number | null = null;
-  const cpPath = join(dir, CHECKPOINT_FILE);
-  if (existsSync(cpPath)) {
-    for await (const c of readCheckpoints(cpPath)) {
-      if ("damage" in c) break;
-      checkpoint = c.size;
-    }
-  }
+  const checkpoint = await latestCheckpointSize(dir);
   const bound = recordBound(marker, checkpoint);
   const unsigned: TailRecord[] = [];
   let size = 0;
