@@ -120,8 +120,8 @@ Options:
 
 With the gateway stopped: shows the records of the audit log in DIR past
 what its writer can account for (its marker writer.state: the size at a
-clean shutdown, or the most it had written before a crash; without a marker,
-the latest checkpoint). 'agate serve' refuses such a log with
+clean shutdown, or what it had reserved before a crash, under 1,024 records
+past its last; without a marker, the latest checkpoint). 'agate serve' refuses such a log with
 AUDIT_UNSIGNED_TAIL, since those records were added while agate was not
 running. Look at them (e.g. with 'agate verify'), then decide:
 
