@@ -37,7 +37,14 @@ export interface TailReport {
 export async function inspectTail(dir: string): Promise<TailReport> {
   const segments = await listSegments(dir);
   if (segments.length === 0) throw new AgateError("AUDIT_NO_LOG", `There is no audit log (no seg-*.agl file) in ${dir}.`, { dir });
-  const marker = readMarker(dir);
+  let marker: Marker | null;
+  try {
+    marker = readMarker(dir);
+  } catch (e) {
+    // A damaged marker bounds nothing; --accept or --cut writes a new one.
+    if ((e as AgateError).code !== "AUDIT_CORRUPT") throw e;
+    marker = null;
+  }
   const checkpoint = await latestCheckpointSize(dir);
   const bound = recordBound(marker, checkpoint);
   const unsigned: TailRecord[] = [];
@@ -90,6 +97,6 @@ export async function cutTail(dir: string): Promise<TailReport> {
       await fh.close();
     }
   }
-  writeMarker(dir, { state: "open", size: r.bound });
+  writeMarker(dir, { state: "open", size: Math.min(r.bound, r.size) });
   return r;
 }
