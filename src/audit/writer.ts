@@ -192,11 +192,14 @@ export class SegmentWriter implements AuditLog {
       } finally {
         if (this.#timer) clearTimeout(this.#timer);
         while (this.#busy) await new Promise((r) => setImmediate(r));
-        await this.#fh.close();
-        this.#o.tree.close();
-        // Only a log closed with everything durable is marked clean.
-        if (clean) await this.#o.marker.closeClean(this.#durable);
-        else await this.#o.marker.close();
+        try {
+          await this.#fh.close();
+          this.#o.tree.close();
+        } finally {
+          // Only a log closed with everything durable is marked clean.
+          if (clean) await this.#o.marker.closeClean(this.#durable);
+          else await this.#o.marker.close();
+        }
       }
     })();
     return this.#closing;
