@@ -12,6 +12,7 @@ import { verifyLog } from "./audit/index.ts";
 import { generateKey, parseVerifierKey, type Verifier } from "./audit/note.ts";
 import { dirSource, httpSource, proveConsistency, proveInclusion } from "./audit/prove.ts";
 import { fetchShipped } from "./audit/ship.ts";
+import { acceptTail, cutTail, inspectTail, type TailReport } from "./audit/tail.ts";
 import { loadConfig } from "./config/index.ts";
 import { AgateError } from "./core/errors.ts";
 import { createLogger } from "./core/log.ts";
@@ -31,6 +32,7 @@ Commands:
   serve --config FILE        run the gateway (listeners, policy, audit log) until SIGINT/SIGTERM
   doctor --config FILE       report what each target's configured credential can do beyond an application's work
   verify --log DIR --key K   check the audit log: frames, chain, Merkle tree, signed checkpoints; exit 1 naming the first bad record or checkpoint
+  recover --log DIR          show records added past what the log's writer made (AUDIT_UNSIGNED_TAIL); --accept or --cut them
   proof ...                  prove a record is in the log, or that one checkpoint extends another
   policy build               compile policies/ into wasm/ with the OPA compiler (opa build -t wasm)
   policy check               exit 1 if wasm/ is stale against policies/
@@ -112,6 +114,26 @@ Options:
   -q, --quiet            no progress on stderr
   -h, --help             this help`,
     run: verify,
+  },
+  recover: {
+    help: `Usage: agate recover --log DIR [--accept | --cut]
+
+With the gateway stopped: shows the records of the audit log in DIR past
+what its writer can account for (its marker writer.state: the size at a
+clean shutdown, or what it had reserved before a crash, under 1,024 records
+past its last; without a marker, the latest checkpoint). 'agate serve' refuses such a log with
+AUDIT_UNSIGNED_TAIL, since those records were added while agate was not
+running. Look at them (e.g. with 'agate verify'), then decide:
+
+Options:
+  -l, --log DIR   the audit directory (audit.dir in the config)
+      --accept    vouch for them: the next start signs them in its next checkpoint
+      --cut       remove them (only within the last segment)
+  -h, --help      this help
+
+Exit status: 0 no unsigned records (or they were accepted or cut), 1 there
+are some and neither --accept nor --cut was given.`,
+    run: recoverCommand,
   },
   accounts: {
     help: `Usage: agate accounts create --id ID [--groups a,b] [--kind service|agent|human] [--owner WHO] [--expires RFC3339] (--config FILE | --db FILE)
@@ -328,6 +350,27 @@ async function verify(argv: string[]): Promise<number> {
   } finally {
     await cleanup();
   }
+}
+
+async function recoverCommand(argv: string[]): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { log: { type: "string", short: "l" }, accept: { type: "boolean" }, cut: { type: "boolean" } } });
+  if (!values.log) throw new AgateError("USAGE", "recover needs --log DIR (audit.dir in the config)");
+  if (values.accept && values.cut) throw new AgateError("USAGE", "recover takes --accept or --cut, not both");
+  const r: TailReport = await (values.accept ? acceptTail : values.cut ? cutTail : inspectTail)(values.log);
+  const marker = r.marker ? `${r.marker.state} at ${r.marker.size} records` : "none";
+  process.stdout.write(`log: ${r.size} records; writer marker: ${marker}; latest checkpoint: ${r.checkpoint ?? "none"}\n`);
+  for (const x of r.unsigned) process.stdout.write(`unsigned: record ${x.index} ${String(x.type)} at ${String(x.t)} (${x.segment} offset ${x.offset}, ${x.bytes} bytes)\n`);
+  if (r.unsigned.length === 0) {
+    process.stdout.write("no unsigned records\n");
+    return 0;
+  }
+  if (values.accept) process.stdout.write(`accepted ${r.unsigned.length} records: the next checkpoint signs them\n`);
+  else if (values.cut) process.stdout.write(`cut ${r.unsigned.length} records: the log ends at ${r.bound}\n`);
+  else {
+    process.stdout.write(`${r.unsigned.length} records were not made by the writer; accept them with --accept or remove them with --cut\n`);
+    return 1;
+  }
+  return 0;
 }
 
 async function verifyDir(dir: string, key: Verifier | undefined, trusted: string[], quiet: boolean): Promise<number> {

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -7,6 +8,8 @@ import { canonicalFull, canonicalJson } from "../src/audit/canonical.ts";
 import { crc32c } from "../src/audit/crc32c.ts";
 import { ZERO_HASH, encodeFileHeader, encodeFrame, encodePayload, encodeRecord, hashPayload, segmentName } from "../src/audit/format.ts";
 import { openLog, readRecords, verifyLog, type AuditLog } from "../src/audit/index.ts";
+import { openNote, parseSignerKey, parseVerifierKey } from "../src/audit/note.ts";
+import { VECTORS_DIR, makeVectors } from "../scripts/vectors.ts";
 
 const dirs: string[] = [];
 function tempDir(): string {
@@ -192,6 +195,82 @@ describe("format", () => {
     expect(await log.append({ ok: true })).toBe(0);
     await log.close();
   });
+});
+
+describe("test vectors (test/vectors, written by scripts/vectors.ts)", () => {
+  const files = fs.readdirSync(VECTORS_DIR).filter((n) => n.endsWith(".json"));
+  const made = makeVectors();
+  /** SHA-256 from node:crypto, and the RFC 6962 tree hash written out from its definition, not from merkle.ts. */
+  const sha = (...parts: Uint8Array[]) => createHash("sha256").update(Buffer.concat(parts)).digest();
+  const mth = (leaves: Buffer[]): Buffer => {
+    if (leaves.length === 0) return sha();
+    if (leaves.length === 1) return leaves[0]!;
+    let k = 1;
+    while (k * 2 < leaves.length) k *= 2;
+    return sha(Buffer.from([1]), mth(leaves.slice(0, k)), mth(leaves.slice(k)));
+  };
+  /** The payloads of a file of frames, checking header, lengths and CRCs as the spec says. */
+  const frames = (b: Buffer): Buffer[] => {
+    expect(b.subarray(0, 8).toString("hex")).toBe("41474c3100000002");
+    const out: Buffer[] = [];
+    for (let p = 8; p < b.length; ) {
+      const length = b.readUInt32BE(p);
+      const payload = b.subarray(p + 8, p + 8 + length);
+      expect(payload.length).toBe(length);
+      expect(crc32c(payload)).toBe(b.readUInt32BE(p + 4));
+      out.push(payload);
+      p += 8 + length;
+    }
+    return out;
+  };
+
+  test("every case is there, and is exactly what the script makes", () => {
+    expect(files.sort()).toEqual([...made.keys()].sort());
+    for (const name of files) expect(fs.readFileSync(path.join(VECTORS_DIR, name), "utf8")).toBe(made.get(name)!);
+  });
+
+  for (const name of files) {
+    test(`${name}: payloads, chain, leaf hashes, roots and checkpoints recomputed from the spec; verify accepts the files`, async () => {
+      const v = JSON.parse(fs.readFileSync(path.join(VECTORS_DIR, name), "utf8"));
+      expect(typeof v.desc).toBe("string");
+      const segs = Object.keys(v.files).filter((f) => f !== "checkpoints.agl").sort();
+      const payloads = segs.flatMap((f) => frames(Buffer.from(v.files[f], "hex")));
+      expect(payloads.map((p) => p.toString("utf8"))).toEqual(v.payloads);
+      // Segment names: the index of the first record, 20 digits.
+      let first = 0;
+      for (const f of segs) {
+        expect(f).toBe(`seg-${String(first).padStart(20, "0")}.agl`);
+        first += frames(Buffer.from(v.files[f], "hex")).length;
+      }
+      const leaves = payloads.map((p) => sha(Buffer.from([0]), p));
+      expect(leaves.map((l) => l.toString("hex"))).toEqual(v.leaf_hashes);
+      payloads.forEach((p, i) => {
+        const rec = JSON.parse(p.toString("utf8"));
+        expect(rec).toMatchObject({ v: 2, i, prev: i === 0 ? "0".repeat(64) : v.leaf_hashes[i - 1], t: v.records[i].t, ...v.records[i].fields });
+        expect(canonicalFull(rec)).toBe(p.toString("utf8"));
+      });
+      expect(v.roots).toEqual(Array.from({ length: leaves.length + 1 }, (_, n) => mth(leaves.slice(0, n)).toString("hex")));
+      // checkpoints.agl: each frame's payload is canonical JSON {"note": <the signed note's text>}.
+      const cps = frames(Buffer.from(v.files["checkpoints.agl"], "hex")).map((p) => JSON.parse(p.toString("utf8")));
+      expect(cps.map((c) => Object.keys(c))).toEqual(v.checkpoints.map(() => ["note"]));
+      const verifier = parseVerifierKey(v.verifier_key);
+      cps.forEach((c, k) => {
+        const want = v.checkpoints[k];
+        expect(c.note).toBe(want.note);
+        expect(openNote(c.note, verifier)).toBe(`${v.origin}\n${want.size}\n${Buffer.from(v.roots[want.size], "hex").toString("base64")}\n`);
+        expect(want.root).toBe(Buffer.from(v.roots[want.size], "hex").toString("base64"));
+      });
+      // The files as a log directory: agate verify accepts them, and a writer opens them.
+      const dir = tempDir();
+      fs.mkdirSync(dir, { recursive: true });
+      for (const [f, h] of Object.entries(v.files)) fs.writeFileSync(path.join(dir, f), Buffer.from(h as string, "hex"));
+      expect(await verifyLog(dir, { key: verifier })).toMatchObject({ ok: true, records: leaves.length, checkpoints: cps.length });
+      const log = await openLog(dir, { signer: parseSignerKey(v.signer_key) });
+      expect(log.size).toBe(leaves.length);
+      expect(log.latestCheckpoint?.note).toBe(v.checkpoints.at(-1).note);
+      await log.close();
+    });
+  }
 });
 
 describe("append and reopen", () => {

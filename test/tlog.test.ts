@@ -19,8 +19,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { CHECKPOINT_FILE } from "../src/audit/checkpoints.ts";
 import { crc32c } from "../src/audit/crc32c.ts";
+import { encodeFrame, encodeRecord, hashPayload } from "../src/audit/format.ts";
 import { openLog, readRecords, verifyLog, type StoredCheckpoint, type TransparencyLog, type VerifyResult } from "../src/audit/index.ts";
-import { EMPTY_ROOT, Frontier, checkConsistency, checkInclusion, consistencyProof, frontierAt, inclusionProof, leafHash, storedCount, type HashReader } from "../src/audit/merkle.ts";
+import { EMPTY_ROOT, Frontier, checkConsistency, checkInclusion, consistencyProof, frontierAt, inclusionProof, leafHash, storedCount, storedIndex, type HashReader } from "../src/audit/merkle.ts";
 import { formatCheckpoint, generateKey, openCheckpoint, openNote, parseSignerKey, parseVerifierKey, signCheckpoint, type Verifier } from "../src/audit/note.ts";
 import { AgateError } from "../src/core/errors.ts";
 import { hashApiKey } from "../src/identity/apikey.ts";
@@ -730,6 +731,142 @@ describe("tampering with the files is caught by verify, with code and location",
         code = (e as AgateError).code;
       }
       expect(code).toBe("AUDIT_ROLLED_BACK");
+    });
+  });
+
+  describe("start-up trusts no record its writer did not make, and no cache", () => {
+    const opts = { signer, segmentBytes: 4096, checkpointEveryRecords: 1_000_000, checkpointEverySeconds: 3600 };
+
+    /** Append a well-formed, chained record to the last segment, as someone with write access could while agate is stopped. */
+    function forge(dir: string): number {
+      const last = recordsOf(dir).at(-1)!;
+      const payload = encodeRecord(last.index + 1, hashPayload(last.payload), new Date().toISOString(), { type: "command", session: "forged", text: "SELECT 'forged'" });
+      fs.appendFileSync(path.join(dir, last.name), encodeFrame(payload));
+      return last.index + 1;
+    }
+
+    async function openError(dir: string): Promise<AgateError | null> {
+      try {
+        await (await openLog(dir, opts)).close();
+        return null;
+      } catch (e) {
+        return e as AgateError;
+      }
+    }
+
+    const recover = (...args: string[]) => run([process.execPath, path.join(ROOT, "src/main.ts"), "recover", ...args]);
+
+    test("a record appended after a clean shutdown: AUDIT_UNSIGNED_TAIL; agate recover shows it, then cuts or accepts it", async () => {
+      const dir = copyOf(base);
+      const forged = forge(dir);
+      expect(forged).toBe(120);
+      const error = await openError(dir);
+      expect(error?.code).toBe("AUDIT_UNSIGNED_TAIL");
+      expect(error?.message).toContain("the writer closed cleanly at 120 records");
+      expect(error?.message).toContain("agate recover");
+      expect(error?.details).toMatchObject({ size: 121, bound: 120, marker: "clean" });
+
+      const shown = await recover("--log", dir);
+      expect(shown.code).toBe(1);
+      expect(shown.stdout).toContain("writer marker: clean at 120 records; latest checkpoint: 120");
+      expect(shown.stdout).toContain("unsigned: record 120 command");
+
+      const accepted = copyOf(dir);
+      const cut = await recover("--log", dir, "--cut");
+      expect(cut.code).toBe(0);
+      expect(cut.stdout).toContain("cut 1 records: the log ends at 120");
+      let log = await openLog(dir, opts);
+      expect(log.size).toBe(120);
+      await log.close();
+      expect(await verifyLog(dir, { key: verifier })).toMatchObject({ ok: true, records: 120 });
+
+      expect((await recover("--log", accepted, "--accept")).code).toBe(0);
+      log = await openLog(accepted, opts);
+      expect(log.size).toBe(121);
+      expect((await log.checkpoint())?.size).toBe(121);
+      await log.close();
+      expect(await verifyLog(accepted, { key: verifier })).toMatchObject({ ok: true, records: 121 });
+      expect((await recover("--log", accepted)).stdout).toContain("no unsigned records");
+    });
+
+    test("without the writer marker, the latest checkpoint bounds the log", async () => {
+      const dir = copyOf(base);
+      fs.rmSync(path.join(dir, "writer.state"));
+      forge(dir);
+      const error = await openError(dir);
+      expect(error?.code).toBe("AUDIT_UNSIGNED_TAIL");
+      expect(error?.details).toMatchObject({ size: 121, bound: 120, marker: null });
+      fs.rmSync(path.join(dir, "writer.state"), { force: true });
+    });
+
+    test("kill -9 mid-load: the restart accepts the tail the writer made past the last checkpoint, and refuses a record added after", async () => {
+      const dir = path.join(scratch, "killed");
+      const script = path.join(scratch, "kill-child.ts");
+      fs.writeFileSync(
+        script,
+        `import { openLog } from ${JSON.stringify(path.join(ROOT, "src/audit/index.ts"))};
+import { parseSignerKey } from ${JSON.stringify(path.join(ROOT, "src/audit/note.ts"))};
+const log = await openLog(process.argv[2], { signer: parseSignerKey(process.env.KEY), segmentBytes: 4096, checkpointEveryRecords: 1_000_000, checkpointEverySeconds: 3600 });
+let acked = 0;
+for (let w = 0; w < 8; w++) (async () => {
+  for (let k = 0; ; k++) {
+    await log.append({ type: "command", session: "load", w, k, text: "SELECT " + k });
+    if (++acked === 100) log.checkpoint();
+    if (acked === 400) { process.stdout.write(acked + "\\n"); process.kill(process.pid, "SIGKILL"); }
+  }
+})();
+`,
+      );
+      const child = Bun.spawn([process.execPath, script, dir], { env: { ...process.env, KEY: key.signerKey }, stdout: "pipe", stderr: "pipe" });
+      const [out, , exit] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+      expect(child.signalCode).toBe("SIGKILL");
+      expect(exit).not.toBe(0);
+      expect(out.trim()).toBe("400");
+      expect(fs.readFileSync(path.join(dir, "writer.state"), "latin1")).toMatch(/^AGW1 open /);
+
+      const warnings: string[] = [];
+      const log = await openLog(dir, { ...opts, onWarn: (m) => warnings.push(m) });
+      const size = log.size;
+      expect(size).toBeGreaterThanOrEqual(400);
+      const signed = log.latestCheckpoint!.size;
+      expect(signed).toBeGreaterThanOrEqual(100);
+      expect(signed).toBeLessThan(size);
+      expect((await log.checkpoint())?.size).toBe(size);
+      await log.close();
+      expect(await verifyLog(dir, { key: verifier })).toMatchObject({ ok: true, records: size });
+
+      // After that clean restart a forged record is refused again…
+      forge(dir);
+      expect((await openError(dir))?.code).toBe("AUDIT_UNSIGNED_TAIL");
+      // …and so is one added after a crash (the marker says "open" at the size the writer reached).
+      const crashed = copyOf(dir);
+      fs.writeFileSync(path.join(crashed, "writer.state"), `AGW1 open  ${String(size).padStart(20, "0")}\n`);
+      const error = await openError(crashed);
+      expect(error?.code).toBe("AUDIT_UNSIGNED_TAIL");
+      expect(error?.message).toContain(`the writer had reserved at most ${size} records when it stopped`);
+    });
+
+    test("a flipped byte in tree.hashes: start-up rebuilds the cache from the segments with a warning, and verify agrees", async () => {
+      const dir = copyOf(base);
+      // The root of records 0..63, a hash the checkpoint's root of 120 = 64 + 32 + 16 + 8 is made from.
+      flip(path.join(dir, "tree.hashes"), storedIndex(6, 0) * 32 + 5, 0x01);
+      expect(await verifyLog(dir, { key: verifier })).toMatchObject({ ok: true, records: 120 });
+      const warnings: string[] = [];
+      const log = await openLog(dir, { ...opts, onWarn: (m) => warnings.push(m) });
+      try {
+        expect(warnings).toContain("audit hash file disagrees with the latest checkpoint; rebuilding it from the segments");
+        expect(b64(log.rootAt(120))).toBe(b64(log.latestCheckpoint!.root));
+        expect(b64(log.leafHash(0))).toBe(b64(leafHash(recs[0]!.payload)));
+        await log.append(fields(120));
+        expect((await log.checkpoint())?.size).toBe(121);
+      } finally {
+        await log.close();
+      }
+      expect(await verifyLog(dir, { key: verifier })).toMatchObject({ ok: true, records: 121 });
+      // The rebuilt cache is trusted again without a warning.
+      const quiet: string[] = [];
+      await (await openLog(dir, { ...opts, onWarn: (m) => quiet.push(m) })).close();
+      expect(quiet).toEqual([]);
     });
   });
 });

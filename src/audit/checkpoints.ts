@@ -61,6 +61,18 @@ export async function* readCheckpoints(path: string): AsyncGenerator<StoredCheck
   }
 }
 
+/** Size signed by the last readable checkpoint in `dir`, null if there is none. */
+export async function latestCheckpointSize(dir: string): Promise<number | null> {
+  const path = join(dir, CHECKPOINT_FILE);
+  if (!fs.existsSync(path)) return null;
+  let size: number | null = null;
+  for await (const c of readCheckpoints(path)) {
+    if ("damage" in c) break;
+    size = c.size;
+  }
+  return size;
+}
+
 export interface CheckpointerOptions {
   dir: string;
   signer: Signer;
@@ -72,6 +84,8 @@ export interface CheckpointerOptions {
   warn: Warn;
   /** Told about each new checkpoint once it is durable. */
   onCheckpoint: (c: StoredCheckpoint) => void;
+  /** Rehash the tree from the segments (the hash file disagreed with the latest checkpoint's root). */
+  rebuildTree: () => Promise<void>;
 }
 
 /**
@@ -131,10 +145,16 @@ export class Checkpointer {
     }
     if (latest) {
       const size = log.durableSize;
+      const rootDiffers = () => Buffer.compare(frontierAt(latest!.size, tree).root(), latest!.root) !== 0;
+      if (latest.size <= size && rootDiffers()) {
+        // The hash file is a cache, not evidence: rebuild it from the records before judging them.
+        o.warn("audit hash file disagrees with the latest checkpoint; rebuilding it from the segments", { checkpoint: latest.seq, size: latest.size });
+        await o.rebuildTree();
+      }
       const why =
         latest.size > size
           ? `the log holds ${size} records but checkpoint ${latest.seq} signed ${latest.size}`
-          : Buffer.compare(frontierAt(latest.size, tree).root(), latest.root) !== 0
+          : rootDiffers()
             ? `the records up to ${latest.size} do not hash to the root checkpoint ${latest.seq} signed`
             : null;
       if (why) {

@@ -85,15 +85,24 @@
  *   SHA-256(0x00 || payload), interior node SHA-256(0x01 || left || right).
  * - A checkpoint is a C2SP tlog-checkpoint (origin line, decimal tree size,
  *   base64 root hash) signed as a C2SP signed note with Ed25519. The
- *   writer appends each one, as a frame whose payload is the signed note's
- *   UTF-8 text, to `checkpoints.agl` (same file header and framing as a
- *   segment). It MUST write a checkpoint only after the records it covers
+ *   writer appends each one to `checkpoints.agl` (same file header and
+ *   framing as a segment) as a frame whose payload is the canonical JSON
+ *   object `{"note":"<the signed note's text>"}` (UTF-8; the note is a JSON
+ *   string, so its newlines are `\n`). A reader MUST reject a frame that is
+ *   not such an object. (Format version 2 has always written this object;
+ *   earlier text of this spec said "the signed note's text", which was
+ *   wrong.) It MUST write a checkpoint only after the records it covers
  *   are durable, and MUST make the checkpoint durable before publishing it.
  *   Checkpoint sizes in the file MUST NOT decrease.
  * - `tree.hashes` holds the tree's hashes (leaf hashes and completed
  *   interior nodes, 32 bytes each, in the order they complete, as Go's
  *   sumdb/tlog stores them). It is a cache a writer MAY rebuild from the
- *   records; a verifier MUST NOT trust it.
+ *   records; a verifier MUST NOT trust it, and a writer MUST rebuild it
+ *   (not refuse the log) when it disagrees with the records or with the
+ *   latest checkpoint's root.
+ * - test/vectors/*.json are small logs byte for byte with their leaf
+ *   hashes, roots at every size and signed checkpoints (written by
+ *   scripts/vectors.ts) to check a reader against.
  *
  * ## Recovery
  *
@@ -103,6 +112,14 @@
  *   the last valid frame, make the truncation durable, and report it.
  * - Damage followed by a valid frame is not a torn tail: a writer MUST
  *   NOT open such a log (error AUDIT_CORRUPT) and MUST NOT truncate it.
+ * - `writer.state` (32 bytes: `AGW1 ` || `open ` or `clean` || ` ` || a
+ *   record count as 20 decimal digits || `\n`) bounds the records a writer
+ *   made. While open, the count is a durable reservation at least the
+ *   records written (before writing records, a writer MUST make sure an
+ *   fdatasynced marker covers them); at a clean close it is the exact size.
+ *   A writer opening a log MUST refuse records past the count (error
+ *   AUDIT_UNSIGNED_TAIL), or, without the file, past the latest checkpoint;
+ *   only a deliberate `agate recover --accept` or `--cut` clears that.
  */
 import { AgateError } from "../core/errors.ts";
 import { canonicalRecord } from "./canonical.ts";

@@ -13,9 +13,10 @@
 import { mkdir, open } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
-import { Checkpointer, type StoredCheckpoint } from "./checkpoints.ts";
+import { Checkpointer, latestCheckpointSize, type StoredCheckpoint } from "./checkpoints.ts";
 import { DEFAULT_SEGMENT_BYTES, FILE_HEADER_BYTES, ZERO_HASH, encodeFileHeader, segmentName } from "./format.ts";
 import { consistencyProof, frontierAt, inclusionProof, storedIndex } from "./merkle.ts";
+import { MarkerFile, checkTail, readMarker } from "./marker.ts";
 import type { Signer } from "./note.ts";
 import { recoverTail, type Tail, type Warn } from "./recover.ts";
 import { listSegments, scanSegment, type SegmentFile } from "./segments.ts";
@@ -89,9 +90,16 @@ export async function openLog(dir: string, opts: OpenOptions = {}): Promise<Tran
   let segments = await listSegments(dir);
   const tail = segments.length > 0 ? await recoverTail(segments, warn) : await createFirstSegment(dir);
   if (segments.length === 0) segments = [tail.segment];
+  const last = { first: tail.segment.first, leaves: tail.leaves };
   let tree: TreeFile;
+  let marker: MarkerFile;
   try {
-    tree = await TreeFile.open(dir, segments, tail.size, { first: tail.segment.first, leaves: tail.leaves }, warn);
+    // Records past what the writer made are refused before anything else touches the log.
+    const previous = readMarker(dir);
+    checkTail(dir, previous, previous || !opts.signer ? null : await latestCheckpointSize(dir), tail.size);
+    tree = await TreeFile.open(dir, segments, tail.size, last, warn);
+    marker = MarkerFile.open(dir, tail.size);
+    if (!previous) await syncDir(dir);
   } catch (e) {
     await tail.fh.close();
     throw e;
@@ -104,6 +112,7 @@ export async function openLog(dir: string, opts: OpenOptions = {}): Promise<Tran
     faults: { ...opts.__faultFs },
     tree,
     onSealed: opts.onSealed ?? (() => {}),
+    marker,
   });
   let checkpointer: Checkpointer | null = null;
   if (opts.signer) {
@@ -117,6 +126,7 @@ export async function openLog(dir: string, opts: OpenOptions = {}): Promise<Tran
           everySeconds: opts.checkpointEverySeconds ?? 10,
           warn,
           onCheckpoint: opts.onCheckpoint ?? (() => {}),
+          rebuildTree: () => tree.rebuild(segments, tail.size, last),
         },
         writer,
         tree,

@@ -55,8 +55,12 @@ const hex8 = (id: number) => id.toString(16).padStart(8, "0");
 
 /** A new Ed25519 key pair named `name`, as signer and verifier key texts. */
 export function generateKey(name: string): { signerKey: string; verifierKey: string } {
+  return keyFromSeed(name, randomBytes(32));
+}
+
+/** The key pair of a given 32-byte Ed25519 seed (test vectors; use generateKey for a real key). */
+export function keyFromSeed(name: string, seed: Uint8Array): { signerKey: string; verifierKey: string } {
   checkName(name);
-  const seed = randomBytes(32);
   const signer = signerFromSeed(name, seed);
   return { signerKey: `PRIVATE+KEY+${name}+${hex8(signer.keyId)}+${Buffer.concat([Buffer.from([ALG_ED25519]), seed]).toString("base64")}`, verifierKey: signer.verifierKey };
 }

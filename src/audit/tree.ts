@@ -8,7 +8,10 @@
  * costs a few positioned reads. At start-up it is reconciled with the
  * segments: cut back if it runs ahead of the log (a torn tail was
  * truncated), extended from the records if it lags (a crash between the
- * two writes), and rebuilt from all records if it disagrees with them.
+ * two writes), and rebuilt from all records if it disagrees with them: the
+ * last segment's leaves here, the latest checkpoint's root in
+ * checkpoints.ts (a warning, never a refusal, since the cache is not
+ * evidence).
  */
 import * as fs from "node:fs";
 import { join } from "node:path";
@@ -32,7 +35,7 @@ export class TreeFile implements HashReader {
   #count: number; // hashes in the file
   #mem: Uint8Array[] = []; // the hashes after them, not yet written
   /** The tree as appended so far; the writer pushes to it before the file catches up. */
-  readonly frontier: Frontier;
+  frontier: Frontier;
 
   private constructor(fd: number, count: number, frontier: Frontier) {
     this.#fd = fd;
@@ -70,6 +73,18 @@ export class TreeFile implements HashReader {
       fs.closeSync(fd);
       throw e;
     }
+  }
+
+  /**
+   * Throw the hash file away and hash all `size` records again from the
+   * segments (before any append: the cache disagreed with a signed root).
+   */
+  async rebuild(segments: SegmentFile[], size: number, last: { first: number; leaves: Uint8Array[] }): Promise<void> {
+    fs.ftruncateSync(this.#fd, 0);
+    this.#count = 0;
+    this.#mem = [];
+    this.frontier = new Frontier();
+    await this.#extend(segments, 0, size, last);
   }
 
   /** Hash records [from, to) into the tree and the file: earlier segments are read, the last one's leaves are known. */

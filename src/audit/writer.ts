@@ -27,6 +27,7 @@ import { open, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
 import { FILE_HEADER_BYTES, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES, encodeFileHeader, encodePayload, segmentName, tooLarge, writeFrameHeader } from "./format.ts";
+import type { MarkerFile } from "./marker.ts";
 import type { Tail, Warn } from "./recover.ts";
 import type { TreeFile } from "./tree.ts";
 
@@ -75,6 +76,8 @@ export interface WriterOptions {
   tree: TreeFile;
   /** Told when a segment is sealed (a later segment now exists). */
   onSealed: (segment: string) => void;
+  /** The writer's marker (marker.ts): a durable reservation of the records it may write, renewed ahead of need. */
+  marker: MarkerFile;
 }
 
 /** Size of a fresh queue buffer; it grows for a larger batch. */
@@ -182,13 +185,21 @@ export class SegmentWriter implements AuditLog {
 
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      let clean = false;
       try {
         await this.flush();
+        clean = true;
       } finally {
         if (this.#timer) clearTimeout(this.#timer);
         while (this.#busy) await new Promise((r) => setImmediate(r));
-        await this.#fh.close();
-        this.#o.tree.close();
+        try {
+          await this.#fh.close();
+          this.#o.tree.close();
+        } finally {
+          // Only a log closed with everything durable is marked clean.
+          if (clean) await this.#o.marker.closeClean(this.#durable);
+          else await this.#o.marker.close();
+        }
       }
     })();
     return this.#closing;
@@ -356,6 +367,8 @@ export class SegmentWriter implements AuditLog {
   }
 
   #writeRun(b: Buffer, fromByte: number, toByte: number, records: number): Promise<void> | undefined {
+    // The marker's durable reservation first: after a crash it is never behind the records.
+    this.#o.marker.reserve(this.#written + records);
     const pending = this.#writeAt(b.subarray(fromByte, toByte), this.#segBytes);
     const done = () => {
       this.#segBytes += toByte - fromByte;
