@@ -8,9 +8,10 @@
  * flight), so that error must appear exactly where the target's answer
  * would have: after the replies to everything forwarded before it. Every
  * forwarded Query or Sync yields exactly one ReadyForQuery, so replies are
- * counted in ReadyForQuery numbers: an injection waits "before Z #n" (the
- * refused message is in a batch whose earlier part was forwarded) or
- * "after Z #n" (nothing of its batch reached the target).
+ * counted in ReadyForQuery numbers. When the session is idle with nothing
+ * in flight, agate answers a refusal itself; otherwise the target must see
+ * an error too (targetMustFail), and agate's error takes the place of the
+ * one its failing statement gets, at the same position.
  *
  * Extended protocol. The decision is made at Parse (early, so the client
  * gets its error at once); the record is written at Execute, with the Bind
@@ -112,7 +113,6 @@ export class PgSession {
   // Reply accounting, in ReadyForQuery numbers.
   private syncsSent = 0;
   private zReceived = 0;
-  private readonly injectBefore = new Map<number, Injected[]>();
   private readonly injectAfter = new Map<number, Injected[]>();
   private txStatus: number;
 
@@ -913,11 +913,6 @@ export class PgSession {
         for (let i = this.zWaiters.length - 1; i >= 0; i--) if (this.zWaiters[i]!.z <= n) this.zWaiters.splice(i, 1)[0]!.resolve();
         // Outside a transaction block, cursors without HOLD are gone; one WITH HOLD is then unknown (masked whole).
         if (this.txStatus === 0x49) this.cursors.clear();
-        const before = this.injectBefore.get(n);
-        if (before) {
-          for (const i of before) out.add(this.materialize(i));
-          this.injectBefore.delete(n);
-        }
         if (!this.ownSyncs.delete(n)) out.add(f.raw);
         const after = this.injectAfter.get(n);
         if (after) {
