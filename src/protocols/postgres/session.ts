@@ -559,7 +559,7 @@ export class PgSession {
         if (--left === 0) resolve(!failed);
       };
       PROBE.forEach((setting, i) => {
-        const name = `agate.lexing.${i}`;
+        const name = `${RESERVED_PREFIX}lexing.${i}`;
         for (const m of [Parse(name, `SHOW ${setting}`), Bind(name, name), Execute(name), Close("P", name), Close("S", name)]) this.toUpstream.add(m);
         for (let n = 0; n < 4; n++) this.acks.push({ sync, swallow: true }); // ParseComplete, BindComplete, CloseComplete × 2
         this.replies.push({ kind: "execute", sync, swallow: true, mask: NO_MASK, probe: { setting, answered } });

@@ -315,33 +315,19 @@ export interface SqlToken {
 export function scanSql(bytes: Uint8Array): SqlToken[] {
   const m = active;
   if (m === undefined) throw new AgateError("SQL_NOT_READY", "The SQL parser is not loaded or is restarting; retry the statement.");
-  let query = 0;
-  let result = 0;
-  let json: string;
-  try {
-    query = m._malloc(bytes.length + 1);
-    if (!query) throw new AgateError("SQL_PARSE", "The SQL parser is out of memory; the query is too large.", {});
-    const heap = m.HEAPU8;
-    heap.set(bytes, query);
-    heap[query + bytes.length] = 0;
-    result = m._wasm_scan(query);
-    json = m.UTF8ToString(result);
-  } catch (e) {
-    if (e instanceof AgateError) throw e;
-    query = result = 0;
-    retire(m);
-    throw new AgateError("SQL_PARSER_FAULT", `The SQL scanner failed: ${asError(e).message}.`, {});
-  } finally {
-    if (query) m._free(query);
-    if (result) m._wasm_free_string(result);
-  }
+  const json = callModule(m, bytes, "scanner", (q) => m._wasm_scan(q), (r) => m.UTF8ToString(r), (r) => m._wasm_free_string(r));
   if (!json.startsWith("{")) throw new AgateError("SQL_PARSE", json || "syntax error", {});
   return (JSON.parse(json) as { tokens?: SqlToken[] }).tokens ?? [];
 }
 
-/** Run the parser on NUL-terminated UTF-8 and return the `stmts` of its JSON tree. */
-function parse(m: PgQueryModule, bytes: Uint8Array): RawStmt[] {
-  let json: string;
+/**
+ * Copy `bytes` into the module as a NUL-terminated string, `call` an export
+ * on it, `read` its result and `free` it. An AgateError from `read` passes
+ * through; anything thrown from inside WebAssembly retires the instance (see
+ * retire: nothing more is called on it, frees included) and is answered as
+ * SQL_TOO_DEEP (a native stack overflow) or SQL_PARSER_FAULT.
+ */
+function callModule<T>(m: PgQueryModule, bytes: Uint8Array, what: string, call: (query: number) => number, read: (result: number) => T, free: (result: number) => void): T {
   let query = 0;
   let result = 0;
   try {
@@ -350,30 +336,42 @@ function parse(m: PgQueryModule, bytes: Uint8Array): RawStmt[] {
     const heap = m.HEAPU8; // read after _malloc: memory growth replaces the view
     heap.set(bytes, query);
     heap[query + bytes.length] = 0;
-    result = m._wasm_parse_query_raw(query);
+    result = call(query);
     if (!result) throw new AgateError("SQL_PARSE", "The SQL parser is out of memory; the query is too large.", {});
-    const error = m.getValue(result + 8, "i32");
-    if (error) {
-      // PgQueryError: { char* message; char* funcname; char* filename; int lineno; int cursorpos }
-      const message = m.UTF8ToString(m.getValue(error, "i32")) || "syntax error";
-      const cursor = m.getValue(error + 16, "i32"); // 1-based characters, 0 when unknown
-      throw new AgateError("SQL_PARSE", message, { position: cursor > 0 ? cursor - 1 : 0 });
-    }
-    json = m.UTF8ToString(m.getValue(result, "i32"));
+    return read(result);
   } catch (e) {
     if (e instanceof AgateError) throw e;
-    // Thrown from inside WebAssembly: this instance is no longer trusted
-    // (see retire) and nothing more is called on it, frees included.
     query = result = 0;
     retire(m);
     if (e instanceof RangeError) {
-      throw new AgateError("SQL_TOO_DEEP", "The statement is nested too deeply for the SQL parser; simplify it.", {});
+      throw new AgateError("SQL_TOO_DEEP", `The statement is nested too deeply for the SQL ${what}; simplify it.`, {});
     }
-    throw new AgateError("SQL_PARSER_FAULT", `The SQL parser failed: ${asError(e).message}.`, {});
+    throw new AgateError("SQL_PARSER_FAULT", `The SQL ${what} failed: ${asError(e).message}.`, {});
   } finally {
     if (query) m._free(query);
-    if (result) m._wasm_free_parse_result(result);
+    if (result) free(result);
   }
+}
+
+/** Run the parser on NUL-terminated UTF-8 and return the `stmts` of its JSON tree. */
+function parse(m: PgQueryModule, bytes: Uint8Array): RawStmt[] {
+  const json = callModule(
+    m,
+    bytes,
+    "parser",
+    (q) => m._wasm_parse_query_raw(q),
+    (result) => {
+      const error = m.getValue(result + 8, "i32");
+      if (error) {
+        // PgQueryError: { char* message; char* funcname; char* filename; int lineno; int cursorpos }
+        const message = m.UTF8ToString(m.getValue(error, "i32")) || "syntax error";
+        const cursor = m.getValue(error + 16, "i32"); // 1-based characters, 0 when unknown
+        throw new AgateError("SQL_PARSE", message, { position: cursor > 0 ? cursor - 1 : 0 });
+      }
+      return m.UTF8ToString(m.getValue(result, "i32"));
+    },
+    (r) => m._wasm_free_parse_result(r),
+  );
   let tree: { stmts?: RawStmt[] };
   try {
     tree = JSON.parse(json) as { stmts?: RawStmt[] };
