@@ -242,7 +242,7 @@ function isIdentStart(b: number): boolean {
 
 /** Bytes that continue an identifier or keyword (scan.l ident_cont, with high-bit bytes). */
 function isIdentByte(b: number): boolean {
-  return (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b === 0x24 || b >= 0x80;
+  return isIdentStart(b) || (b >= 0x30 && b <= 0x39) || b === 0x24;
 }
 
 /**
