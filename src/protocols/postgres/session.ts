@@ -40,10 +40,11 @@ import type { Catalog } from "./catalog.ts";
 import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
-import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { Bind, Close, CopyFail, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
+import { BackendState, copiesIn } from "./backend-state.ts";
 import { tagAgrees, tagVerb } from "./tags.ts";
 import { analyzeSql, scanSql } from "./sql.ts";
 import { paramsAsText } from "./params.ts";
@@ -136,8 +137,10 @@ export class PgSession {
   private touchedSync = 0;
   /** The last batch (ReadyForQuery number) the target answered with an error: it skips the rest of it. */
   private failedBatch = 0;
-  /** Parse, Bind and Close forwarded, in answer order: which answers are agate's own (swallowed). */
-  private readonly acks: { sync: number; swallow: boolean }[] = [];
+  /** Parse, Bind and Close forwarded, in answer order: which answers are agate's own (swallowed); `answered`: told whether the target answered it (false: it skipped it). */
+  private readonly acks: { sync: number; swallow: boolean; answered?: (ok: boolean) => void }[] = [];
+  /** What the target does with each message (backend-state.ts): which of them get answers. */
+  private readonly backend = new BackendState();
 
   // Outcomes: command seqs completed by ReadyForQuery #n, and what the target said since the last one.
   private readonly outcomeAt = new Map<number, number[]>();
@@ -213,7 +216,10 @@ export class PgSession {
     if (this.pumping || this.closed) return;
     this.pumping = true;
     try {
-      for (let f = this.clientFramer.next(); f && !this.closed && !this.terminated; f = this.clientFramer.next()) {
+      for (let next = this.clientFramer.next(); next && !this.closed && !this.terminated; next = this.clientFramer.next()) {
+        const f = await this.backendStep(next);
+        if (this.closed) break;
+        if (!f) continue;
         if (this.lexBarrier && (f.type === T.Query || f.type === T.Parse) && !this.discarding) {
           this.flushUpstream();
           await this.settleLexing();
@@ -232,6 +238,50 @@ export class PgSession {
     } finally {
       this.pumping = false;
     }
+  }
+
+  /**
+   * What the target will do with `f` (backend-state.ts): wait until that is
+   * known, then the frame to handle (`f`, or CopyFail in its place), or
+   * undefined when the target would discard it unanswered.
+   */
+  private async backendStep(f: Frame): Promise<Frame | undefined> {
+    for (;;) {
+      const step = this.backend.step(f.type, { open: this.batchForwarded > 0 && !this.discarding, failed: this.failedBatch === this.syncsSent + 1 });
+      switch (step.do) {
+        case "forward":
+          return f;
+        case "discard":
+          return undefined;
+        case "fail-copy": {
+          const raw = CopyFail(step.message);
+          return { type: T.CopyFail, raw, body: raw.subarray(5) };
+        }
+        case "settle":
+          this.flushUpstream();
+          await this.backend.settled();
+          if (this.closed) return undefined;
+          break;
+        case "probe":
+          this.flushUpstream();
+          return (await this.probeBatch()) ? f : undefined;
+      }
+    }
+  }
+
+  /**
+   * Whether the target has not failed the unfinished batch so far: a Close
+   * of a statement agate never makes (answered CloseComplete, even in an
+   * aborted transaction), then Flush; the target skips it when the batch
+   * failed. Its answer never reaches the client.
+   */
+  private probeBatch(): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      this.toUpstream.add(Close("S", `${RESERVED_PREFIX}batch`));
+      this.toUpstream.add(Flush);
+      this.acks.push({ sync: this.syncsSent + 1, swallow: true, answered: resolve });
+      this.flushUpstream();
+    });
   }
 
   /** Handle one frontend message; returns a promise when the guard must be awaited. */
@@ -328,6 +378,7 @@ export class PgSession {
     }
     const barrier = this.isBarrier(command);
     this.sendQuery(f);
+    this.backend.sent(this.syncsSent, copiesIn(command.sql?.statements));
     if (barrier) this.lexBarrier = { z: this.syncsSent };
     this.outcomeAt.set(this.syncsSent, [command.seq]);
     this.replies.push({ kind: "query", sync: this.syncsSent, mask: verdict.mask, ...(copyColumns ? { copyColumns } : {}), ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
@@ -501,6 +552,7 @@ export class PgSession {
     if (this.closed) return;
     if (this.isBarrier(command)) this.lexBarrier = { batch: true };
     this.forward(f);
+    this.backend.sent(this.syncsSent + 1, copiesIn(command.sql?.statements));
     this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(copyColumns ? { copyColumns } : {}), ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
     this.lastMask = verdict.mask;
     const at = this.syncsSent + 1;
@@ -835,7 +887,9 @@ export class PgSession {
           break;
         }
         if (r?.kind === "query") this.checkStatementCount(r);
-        // agate's failing statement for a refusal: the client gets agate's error in its place.
+        // agate's failing statement for a refusal: the client gets agate's error in its place. An error before it
+        // in the batch (a Bind, a Parse) is the target's own, and the target skips agate's statement with the rest.
+        if (r?.refusal && !isRefusedSqlError(f.body)) r.refusal = undefined;
         const masked = r?.refusal ?? maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
         if (!this.error && !r?.refusal) {
           this.error = readErrorFields(masked.subarray(5));
@@ -853,7 +907,8 @@ export class PgSession {
         }
         const batch = this.zReceived + 1;
         this.failedBatch = batch;
-        while (this.acks[0]?.sync === batch) this.acks.shift();
+        this.backend.failed(batch);
+        while (this.acks[0]?.sync === batch) this.acks.shift()!.answered?.(false);
         // agate's probes in this batch are skipped with the rest, wherever they stand in it.
         for (let i = this.replies.length - 1; i >= 0; i--) {
           const x = this.replies[i]!;
@@ -901,15 +956,23 @@ export class PgSession {
       }
       case T.ParseComplete:
       case T.BindComplete:
-      case T.CloseComplete:
-        if (!this.acks.shift()?.swallow) out.add(f.raw);
+      case T.CloseComplete: {
+        const ack = this.acks.shift();
+        ack?.answered?.(true);
+        if (!ack?.swallow) out.add(f.raw);
+        break;
+      }
+      case T.CopyInResponse:
+        if (!this.backend.copyIn(this.zReceived + 1)) throw new TargetDisagrees("the target started reading COPY data for a statement agate did not decide as COPY … FROM STDIN; it may have read the statement differently, so the session is closed");
+        out.add(f.raw);
         break;
       case T.ReadyForQuery: {
         const n = ++this.zReceived;
         this.txStatus = f.body[0] ?? this.txStatus;
         // Idle: every SET LOCAL and every rollback has been applied, and reported before this message.
         if (this.txStatus === 0x49 && this.touchedSync <= n) this.touchedSync = 0;
-        while (this.acks.length > 0 && this.acks[0]!.sync <= n) this.acks.shift();
+        while (this.acks.length > 0 && this.acks[0]!.sync <= n) this.acks.shift()!.answered?.(false);
+        this.backend.ready(n);
         for (let i = this.zWaiters.length - 1; i >= 0; i--) if (this.zWaiters[i]!.z <= n) this.zWaiters.splice(i, 1)[0]!.resolve();
         // Outside a transaction block, cursors without HOLD are gone; one WITH HOLD is then unknown (masked whole).
         if (this.txStatus === 0x49) this.cursors.clear();
@@ -1141,6 +1204,8 @@ export class PgSession {
     this.closed = true;
     for (const w of this.zWaiters.splice(0)) w.resolve();
     for (const r of this.replies) r.probe?.answered(false);
+    for (const a of this.acks.splice(0)) a.answered?.(false);
+    this.backend.close();
     if (graceful) this.upstream.socket.end();
     else this.upstream.socket.destroy();
     if (!this.client.destroyed) this.client.end();
@@ -1171,6 +1236,12 @@ const RESERVED_PREFIX = "agate.";
 
 /** Fails in parse analysis, so nothing runs: what agate sends the target in place of a refused statement (targetMustFail). */
 const REFUSED_SQL = "SELECT 'agate: statement refused'::pg_catalog.int4";
+
+/** Whether an ErrorResponse body is the target's failure of REFUSED_SQL. */
+function isRefusedSqlError(body: Buffer): boolean {
+  const e = readErrorFields(body);
+  return e.code === "22P02" && e.message.includes("agate: statement refused");
+}
 
 function reservedName(what: string, name: string): Buffer {
   return ErrorResponse({ severity: "ERROR", code: "42939", message: `agate: ${what} names beginning with "${RESERVED_PREFIX}" are reserved for the gateway: "${name}"`, hint: "Choose another name." });
