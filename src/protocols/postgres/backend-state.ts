@@ -10,15 +10,15 @@
  * - COPY … FROM STDIN reads the client's messages itself until CopyDone or
  *   CopyFail. It discards Sync and Flush (for libpq, whose
  *   PQexecParams("COPY … FROM STDIN") sends Execute and Sync together, and
- *   PQputCopyEnd a second Sync after CopyDone), and fails the COPY on any
- *   other message, which it consumes. Whether a statement gets that far is
- *   known only from the answer: CopyInResponse, or an error before it. So
- *   after a Query or Execute that may enter COPY FROM STDIN, agate waits for
- *   that answer before it reads on ("settle"); while the target reads
- *   CopyData, agate drops Sync and Flush itself ("discard") and sends
- *   CopyFail in place of any other message ("fail-copy": the target fails
- *   the COPY as it would, and the message, which it would have consumed
- *   unread, is neither decided nor run).
+ *   PQputCopyEnd a second Sync after CopyDone); any other message is a
+ *   protocol violation that ends the connection ("terminating connection
+ *   because protocol synchronization was lost"). Whether a statement gets
+ *   that far is known only from the answer: CopyInResponse, or an error
+ *   before it. So after a Query or Execute that may enter COPY FROM STDIN,
+ *   agate waits for that answer before it reads on ("settle"); while the
+ *   target reads CopyData, agate drops Sync and Flush itself ("discard"), and
+ *   any other message ends the session as a protocol violation ("violation":
+ *   it is neither decided nor forwarded).
  * - After an error in an extended-protocol batch the target discards every
  *   message up to Sync, a Query included (no ReadyForQuery for it). So a
  *   Query, or a fast-path call, inside an unfinished batch waits until agate
@@ -40,8 +40,8 @@ export type Step =
   | { do: "forward" }
   /** The target would discard it unanswered: agate does not pass it on. */
   | { do: "discard" }
-  /** The target is reading COPY data and would fail the COPY on this message: send CopyFail with `message` in its place. */
-  | { do: "fail-copy"; message: string }
+  /** The target is reading COPY data and would end the connection on this message: so does agate, saying `message`. */
+  | { do: "violation"; message: string }
   /** What the target does with it depends on an answer still to come: wait for settled(), then ask again. */
   | { do: "settle" }
   /** A Query inside an unfinished batch: forward it if the batch has not failed, else discard it. */
@@ -91,10 +91,7 @@ export class BackendState {
         case T.Flush:
           return DISCARD;
         default:
-          // The target would fail the COPY on it, consuming it unread: CopyFail ends the statement the same way.
-          copy.reading = false;
-          if (--copy.left === 0) this.copy = undefined;
-          return { do: "fail-copy", message: `agate: unexpected message type 0x${type.toString(16).padStart(2, "0")} during COPY from stdin` };
+          return { do: "violation", message: `unexpected message type 0x${type.toString(16).toUpperCase().padStart(2, "0")} during COPY from stdin` };
       }
     }
     if ((type === T.Query || type === T.FunctionCall) && batch.open) return batch.failed ? DISCARD : { do: "probe" };

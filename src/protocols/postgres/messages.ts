@@ -83,11 +83,6 @@ export function Close(kind: "S" | "P", name: string): Buffer {
 }
 
 export const Flush = message(T.Flush);
-
-/** CopyFail: the target fails the COPY it is reading with `reason`. */
-export function CopyFail(reason: string): Buffer {
-  return message(T.CopyFail, (w) => w.cstr(reason));
-}
 export const Sync = message(T.Sync);
 
 /** Describe of a portal: agate asks for a portal's columns itself when the client did not. */

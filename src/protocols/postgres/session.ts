@@ -40,7 +40,7 @@ import type { Catalog } from "./catalog.ts";
 import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
-import { Bind, Close, CopyFail, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
@@ -242,8 +242,8 @@ export class PgSession {
 
   /**
    * What the target will do with `f` (backend-state.ts): wait until that is
-   * known, then the frame to handle (`f`, or CopyFail in its place), or
-   * undefined when the target would discard it unanswered.
+   * known, then `f` to handle, or undefined when the target would discard it
+   * unanswered.
    */
   private async backendStep(f: Frame): Promise<Frame | undefined> {
     for (;;) {
@@ -253,10 +253,8 @@ export class PgSession {
           return f;
         case "discard":
           return undefined;
-        case "fail-copy": {
-          const raw = CopyFail(step.message);
-          return { type: T.CopyFail, raw, body: raw.subarray(5) };
-        }
+        case "violation":
+          throw new ProtocolViolation(step.message);
         case "settle":
           this.flushUpstream();
           await this.backend.settled();
