@@ -7,8 +7,9 @@
  * ErrorResponse is written by agate. Clients pipeline (several Syncs in
  * flight), so that error must appear exactly where the target's answer
  * would have: after the replies to everything forwarded before it. Every
- * forwarded Query or Sync yields exactly one ReadyForQuery, so replies are
- * counted in ReadyForQuery numbers. When the session is idle with nothing
+ * forwarded Query or Sync yields exactly one ReadyForQuery (agate forwards
+ * only what the target acts on: backend-state.ts), so replies are counted in
+ * ReadyForQuery numbers. When the session is idle with nothing
  * in flight, agate answers a refusal itself; otherwise the target must see
  * an error too (targetMustFail), and agate's error takes the place of the
  * one its failing statement gets, at the same position.
@@ -217,7 +218,8 @@ export class PgSession {
     this.pumping = true;
     try {
       for (let next = this.clientFramer.next(); next && !this.closed && !this.terminated; next = this.clientFramer.next()) {
-        const f = await this.backendStep(next);
+        const stepped = this.backendStep(next);
+        const f = stepped instanceof Promise ? await stepped : stepped;
         if (this.closed) break;
         if (!f) continue;
         if (this.lexBarrier && (f.type === T.Query || f.type === T.Parse) && !this.discarding) {
@@ -245,25 +247,21 @@ export class PgSession {
    * known, then `f` to handle, or undefined when the target would discard it
    * unanswered.
    */
-  private async backendStep(f: Frame): Promise<Frame | undefined> {
-    for (;;) {
-      const step = this.backend.step(f.type, { open: this.batchForwarded > 0 && !this.discarding, failed: this.failedBatch === this.syncsSent + 1 });
-      switch (step.do) {
-        case "forward":
-          return f;
-        case "discard":
-          return undefined;
-        case "violation":
-          throw new ProtocolViolation(step.message);
-        case "settle":
-          this.flushUpstream();
-          await this.backend.settled();
-          if (this.closed) return undefined;
-          break;
-        case "probe":
-          this.flushUpstream();
-          return (await this.probeBatch()) ? f : undefined;
-      }
+  private backendStep(f: Frame): Frame | undefined | Promise<Frame | undefined> {
+    const step = this.backend.step(f.type, { open: this.batchForwarded > 0 && !this.discarding, failed: this.failedBatch === this.syncsSent + 1 });
+    switch (step.do) {
+      case "forward":
+        return f;
+      case "discard":
+        return undefined;
+      case "violation":
+        throw new ProtocolViolation(step.message);
+      case "settle":
+        this.flushUpstream();
+        return this.backend.settled().then(() => (this.closed ? undefined : this.backendStep(f)));
+      case "probe":
+        this.flushUpstream();
+        return this.probeBatch().then((ok) => (ok ? f : undefined));
     }
   }
 
