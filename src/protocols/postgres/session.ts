@@ -883,9 +883,10 @@ export class PgSession {
           break;
         }
         if (r?.kind === "query") this.checkStatementCount(r);
-        // agate's failing statement for a refusal: the client gets agate's error in its place. An error before it
-        // in the batch (a Bind, a Parse) is the target's own, and the target skips agate's statement with the rest.
-        if (r?.refusal && !isRefusedSqlError(f.body)) r.refusal = undefined;
+        // agate's failing statement for a refusal: the client gets agate's error in its place. While a Parse, Bind
+        // or Close forwarded before it in the batch is unanswered, the error is that message's, and the target
+        // skips agate's statement with the rest of the batch.
+        if (r?.refusal && r.kind !== "query" && this.acks[0]?.sync === r.sync) r.refusal = undefined;
         const masked = r?.refusal ?? maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
         if (!this.error && !r?.refusal) {
           this.error = readErrorFields(masked.subarray(5));
@@ -1232,12 +1233,6 @@ const RESERVED_PREFIX = "agate.";
 
 /** Fails in parse analysis, so nothing runs: what agate sends the target in place of a refused statement (targetMustFail). */
 const REFUSED_SQL = "SELECT 'agate: statement refused'::pg_catalog.int4";
-
-/** Whether an ErrorResponse body is the target's failure of REFUSED_SQL. */
-function isRefusedSqlError(body: Buffer): boolean {
-  const e = readErrorFields(body);
-  return e.code === "22P02" && e.message.includes("agate: statement refused");
-}
 
 function reservedName(what: string, name: string): Buffer {
   return ErrorResponse({ severity: "ERROR", code: "42939", message: `agate: ${what} names beginning with "${RESERVED_PREFIX}" are reserved for the gateway: "${name}"`, hint: "Choose another name." });
