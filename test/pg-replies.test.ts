@@ -316,6 +316,7 @@ int main(int argc, char **argv) {
 }
 `;
   const cc = Bun.which("cc");
+  if (!cc) console.warn("test/pg-replies.test.ts: no C compiler (cc) on PATH, so the libpq client test is skipped; scripts/setup.sh installs gcc and libpq-dev");
   test.skipIf(!cc)("PQexecParams(COPY … FROM STDIN), then a refusal and a query: answered in order (needs cc and libpq-dev)", async () => {
     const dir = mkdtempSync(join(tmpdir(), "agate-libpq-"));
     try {
