@@ -11,12 +11,12 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
-import { readRecords } from "../src/audit/index.ts";
+import postgres from "postgres";
 import { generateKey } from "../src/audit/note.ts";
 import { parseConfig } from "../src/config/index.ts";
 import { DEFAULT_LIMITS } from "../src/core/limits.ts";
 import { hashApiKey } from "../src/identity/apikey.ts";
-import { API_KEY, psql, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
+import { API_KEY, psql, recordsOf, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { errorOf, loginError, Query, rawSession, type RawSession } from "./helpers/wire.ts";
 
@@ -60,18 +60,6 @@ async function session(g: TestGateway, o: { user?: string; key?: string; localAd
   const s = await rawSession(g.port, { user: o.user ?? USER, password: o.key ?? API_KEY, ...(o.localAddress ? { localAddress: o.localAddress } : {}) });
   open.push(s);
   return s;
-}
-
-/** Records of `type` in the gateway's log, waiting (boundedly) until `until` holds: later records reach the files with the next group commit. */
-async function recordsOf(g: TestGateway, type: string, until: (rs: Record<string, unknown>[]) => boolean): Promise<Record<string, unknown>[]> {
-  let rs: Record<string, unknown>[] = [];
-  for (let i = 0; i < 200; i++) {
-    rs = [];
-    for await (const r of readRecords(g.auditDir)) if (r.type === type) rs.push(r);
-    if (until(rs)) break;
-    await Bun.sleep(25);
-  }
-  return rs;
 }
 
 async function metrics(g: TestGateway): Promise<string> {
@@ -154,6 +142,27 @@ describe("connection counts", () => {
   });
 });
 
+describe("a CancelRequest over the limit", () => {
+  test("is still heard, as PostgreSQL hears it: porsager cancels its only session's statement with max_connections 1", async () => {
+    const g = await gateway({ max_connections: 1 });
+    const sql = postgres(g.url(), { max: 1 });
+    try {
+      const q = sql`SELECT pg_sleep(30)`;
+      const started = q.execute();
+      // Until the statement runs (a cancel before it would be lost, as with PostgreSQL).
+      for (let i = 0; i < 200; i++) {
+        if ((await db.psql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'")).trim() === "1") break;
+        await Bun.sleep(25);
+      }
+      q.cancel();
+      expect(((await started.then(() => null, (e) => e)) as { code?: string } | null)?.code).toBe("57014");
+      expect((await sql`SELECT 1 AS ok`)[0]!.ok).toBe(1);
+    } finally {
+      await sql.end();
+    }
+  });
+});
+
 describe("sessions per identity", () => {
   test("max_sessions_per_identity: a second session as the same key is refused 53300 after its credential is verified; another identity is not; recorded", async () => {
     const g = await gateway({ max_sessions_per_identity: 1 });
@@ -176,7 +185,7 @@ describe("sessions per identity", () => {
 
 describe("idle timeouts and lifetime", () => {
   test("idle outside a transaction ends with 57P05 first; idle inside one later with 25P03, and its insert is rolled back; a running statement is never idle", async () => {
-    const g = await gateway({ idle_session_timeout_s: 0.3, idle_in_transaction_timeout_s: 1.5 });
+    const g = await gateway({ idle_session_timeout_s: 0.5, idle_in_transaction_timeout_s: 2 });
     const outside = await session(g);
     const inside = await session(g);
     inside.send(Query("BEGIN; INSERT INTO limits_t VALUES (1)"));
@@ -184,13 +193,13 @@ describe("idle timeouts and lifetime", () => {
     const order: string[] = [];
     const ended = [outside.until("E").then((m) => (order.push("outside"), m)), inside.until("E").then((m) => (order.push("inside"), m))];
     // Meanwhile a statement that runs longer than the idle timeout, then one more on the same connection.
-    const busy = await psql(g.url(), "SELECT pg_sleep(0.8)", ["-c", "SELECT 'still here'"]);
+    const busy = await psql(g.url(), "SELECT pg_sleep(1)", ["-c", "SELECT 'still here'"]);
     expect(busy.code).toBe(0);
     expect(busy.stdout).toContain("still here");
     const [o, i] = await Promise.all(ended);
     expect(order).toEqual(["outside", "inside"]);
-    expect(errorOf(o!.at(-1)!)).toEqual({ code: "57P05", message: "agate: terminating connection due to idle-session timeout (limits.idle_session_timeout_s: 0.3)" });
-    expect(errorOf(i!.at(-1)!)).toEqual({ code: "25P03", message: "agate: terminating connection due to idle-in-transaction timeout (limits.idle_in_transaction_timeout_s: 1.5)" });
+    expect(errorOf(o!.at(-1)!)).toEqual({ code: "57P05", message: "agate: terminating connection due to idle-session timeout (limits.idle_session_timeout_s: 0.5)" });
+    expect(errorOf(i!.at(-1)!)).toEqual({ code: "25P03", message: "agate: terminating connection due to idle-in-transaction timeout (limits.idle_in_transaction_timeout_s: 2)" });
     await outside.untilReady();
     await inside.untilReady();
     expect(outside.closed && inside.closed).toBe(true);

@@ -10,12 +10,11 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { readRecords } from "../src/audit/index.ts";
 import { generateKey } from "../src/audit/note.ts";
 import { parseConfig } from "../src/config/index.ts";
 import { Lockout } from "../src/core/lockout.ts";
 import { hashApiKey } from "../src/identity/apikey.ts";
-import { API_KEY, psql, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
+import { API_KEY, psql, recordsOf, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { loginError } from "./helpers/wire.ts";
 
@@ -54,17 +53,6 @@ async function gateway(lockout: Record<string, number>, accounts?: string): Prom
   });
   gateways.push(g);
   return g;
-}
-
-async function recordsOf(g: TestGateway, type: string, until: (rs: Record<string, unknown>[]) => boolean): Promise<Record<string, unknown>[]> {
-  let rs: Record<string, unknown>[] = [];
-  for (let i = 0; i < 200; i++) {
-    rs = [];
-    for await (const r of readRecords(g.auditDir)) if (r.type === type) rs.push(r);
-    if (until(rs)) break;
-    await Bun.sleep(25);
-  }
-  return rs;
 }
 
 async function metric(g: TestGateway, name: string): Promise<number> {
