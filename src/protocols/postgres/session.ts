@@ -33,6 +33,7 @@ import type net from "node:net";
 import { AgateError, asError } from "../../core/errors.ts";
 import { MAX_PAYLOAD_BYTES } from "../../audit/format.ts";
 import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
+import type { SessionClock } from "../../core/limits.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
 import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
@@ -101,6 +102,8 @@ const CLIENT_BUFFER_HIGH_WATER = 8 << 20;
 export interface SessionEnd {
   reason: string;
   commands: number;
+  /** The stable code of what ended it, when agate ended it for a limit (terminate()). */
+  code?: string;
 }
 
 export class PgSession {
@@ -182,6 +185,8 @@ export class PgSession {
     private readonly catalog: Catalog,
     private readonly log: Logger,
     private readonly onEnd: (end: SessionEnd) => void,
+    /** Idle timeouts and the session lifetime (core/limits.ts): told when the session waits for its client, and when the client speaks. */
+    private readonly clock?: SessionClock,
   ) {
     this.txStatus = upstream.txStatus;
     for (const raw of upstream.parameterStatus) {
@@ -194,6 +199,7 @@ export class PgSession {
     clientFramer.streamCopyData = true;
     client.on("data", (chunk: Buffer) => {
       if (this.closed) return; // the rest of a refused message is dropped unread
+      this.clock?.active();
       this.clientFramer.push(chunk);
       if (this.clientFramer.buffered > CLIENT_BUFFER_HIGH_WATER) client.pause();
       void this.pump();
@@ -209,6 +215,19 @@ export class PgSession {
     // Bytes that arrived with the handshake.
     if (upstream.framer.buffered > 0) this.fromUpstream(Buffer.alloc(0));
     if (clientFramer.buffered > 0) void this.pump();
+    else this.noteIdle();
+  }
+
+  /**
+   * Tell the clock when the session has answered everything its client sent
+   * and waits for it (as PostgreSQL after ReadyForQuery): idle, in a
+   * transaction block or not. A batch without Sync, a COPY, a statement
+   * running or a command held for approval is not idle.
+   */
+  private noteIdle(): void {
+    if (!this.clock || this.closed || this.pumping || this.heldFrame) return;
+    if (this.syncsSent !== this.zReceived || this.batchForwarded > 0 || this.clientFramer.buffered > 0) return;
+    this.clock.idle(this.txStatus !== 0x49);
   }
 
   // ── client → target ──────────────────────────────────────────────────
@@ -240,6 +259,7 @@ export class PgSession {
     } finally {
       this.pumping = false;
     }
+    this.noteIdle();
   }
 
   /**
@@ -786,6 +806,7 @@ export class PgSession {
       return;
     }
     if (!out.empty) this.writeClient(out.take());
+    this.noteIdle();
   }
 
   /** Column origins are being looked up: hold `f` and everything after it, then go on in order. */
@@ -1195,10 +1216,28 @@ export class PgSession {
     this.end(message);
   }
 
+  /**
+   * End the session for a limit (an idle timeout, the session lifetime): a
+   * FATAL `sqlstate` error to the client, as PostgreSQL ends a backend, and
+   * both connections closed. The target rolls back an open transaction.
+   */
+  terminate(sqlstate: string, why: AgateError): void {
+    if (this.closed) return;
+    this.log("info", "session terminated", { session: this.session.id, code: why.code, reason: why.message });
+    this.client.end(ErrorResponse({ severity: "FATAL", code: sqlstate, message: `agate: ${why.message}` }));
+    this.client.pause();
+    this.client.once("finish", () => setTimeout(() => this.client.destroy(), FATAL_LINGER_MS).unref());
+    this.endCode = why.code;
+    this.end(why.message);
+  }
+
+  private endCode: string | undefined;
+
   /** `graceful`: let the forwarded Terminate reach the target before closing. */
   private end(reason: string, graceful = false): void {
     if (this.closed) return;
     this.closed = true;
+    this.clock?.stop();
     for (const w of this.zWaiters.splice(0)) w.resolve();
     for (const r of this.replies) r.probe?.answered(false);
     for (const a of this.acks.splice(0)) a.answered?.(false);
@@ -1206,7 +1245,7 @@ export class PgSession {
     if (graceful) this.upstream.socket.end();
     else this.upstream.socket.destroy();
     if (!this.client.destroyed) this.client.end();
-    this.onEnd({ reason, commands: this.seq });
+    this.onEnd({ reason, commands: this.seq, ...(this.endCode ? { code: this.endCode } : {}) });
   }
 }
 
