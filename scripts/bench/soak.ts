@@ -7,7 +7,7 @@
  * before and after login, COPY included), for SECONDS.
  *
  * Every INTERVAL seconds a fresh porsager client must answer `select 1`
- * within 10 s (else a hang is counted), and the gateway must still run
+ * within 30 s (else a hang is counted; the slowest answer is reported), and the gateway must still run
  * (else a crash); its RSS is sampled every 250 ms. What clients read is
  * searched for internal errors (XX000 "internal error") and stack traces.
  * A case ending in a probe Query that never gets its answer is counted as
@@ -70,8 +70,8 @@ for (const [k, v] of [["seconds", SECONDS], ["workers", WORKERS], ["interval", I
   if (!Number.isFinite(v) && v !== Infinity) throw new Error(`--${k} must be a number`);
 }
 
-/** A liveness check that takes longer than this is a hang. */
-const LIVENESS_TIMEOUT_MS = 10_000;
+/** A liveness check that takes longer than this is a hang (generous: a loaded 2-core machine answers in seconds, a hang never). */
+const LIVENESS_TIMEOUT_MS = 30_000;
 /** A case's connection is closed after this long without a byte from the gateway… */
 const CASE_IDLE_MS = 1_000;
 /** …or this long in all (a drip case lasts up to its startup timeout). */
@@ -211,7 +211,7 @@ async function main(): Promise<number> {
       }
       f.livenessChecks++;
       const t0 = performance.now();
-      const sql = postgres({ host: "127.0.0.1", port, user: creds.user, password: creds.password, database: "app", max: 1, connect_timeout: 10, onnotice: () => {} });
+      const sql = postgres({ host: "127.0.0.1", port, user: creds.user, password: creds.password, database: "app", max: 1, connect_timeout: LIVENESS_TIMEOUT_MS / 1000, onnotice: () => {} });
       try {
         const [row] = await withTimeout(sql`select 1 as ok`, LIVENESS_TIMEOUT_MS, "select 1");
         if (row?.ok !== 1) f.livenessFailures.push(`select 1 answered ${JSON.stringify(row)}`);
