@@ -106,9 +106,10 @@ command -v psql >/dev/null 2>&1 && command -v pg_isready >/dev/null 2>&1 || miss
 id -u postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl) # the TLS tests make their certificate with it
-command -v cc >/dev/null 2>&1 || missing+=(gcc)             # the libpq tests compile small C clients
-[[ -f /usr/include/postgresql/libpq-fe.h ]] || missing+=(libpq-dev)
-python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+# The libpq tests build small C clients: a C compiler, libpq's header and pg_config.
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v pg_config >/dev/null 2>&1 && [[ -f "$(pg_config --includedir)/libpq-fe.h" ]] || missing+=(libpq-dev)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv) # psycopg's venv, below
 if [[ ${#missing[@]} -gt 0 ]]; then
   # shellcheck disable=SC2207
   missing=($(printf '%s\n' "${missing[@]}" | sort -u))

@@ -12,6 +12,7 @@ import { openLog } from "./audit/index.ts";
 import { parseSignerKey } from "./audit/note.ts";
 import { Shipper } from "./audit/ship.ts";
 import type { Config } from "./config/index.ts";
+import { boundGarbage } from "./core/memory.ts";
 import { Guard } from "./core/guard.ts";
 import { ListenerLimits } from "./core/limits.ts";
 import { Lockout } from "./core/lockout.ts";
@@ -93,6 +94,8 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
 
   const listeners: PgListener[] = [];
   const described: Gateway["listeners"] = [];
+  // What closed sessions leave behind is collected once RSS has grown by 64 MB (core/memory.ts).
+  const releaseMemoryBound = boundGarbage(log);
   let admin: ReturnType<typeof Bun.serve> | null = null;
   // What each target credential can do, logged in the background (never delaying or failing start-up).
   const privilegeChecks = new AbortController();
@@ -109,6 +112,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     policy.close();
     accounts?.close();
     await approvalStore.close();
+    releaseMemoryBound();
   };
   try {
     for (const c of config.connections) {

@@ -16,6 +16,7 @@ import type { ConnectionRef, Session } from "../../core/types.ts";
 import { Framer } from "./framer.ts";
 import { AuthenticationCleartextPassword, AuthenticationOk, BackendKeyData, ErrorResponse, NoticeResponse, ReadyForQuery, readStartupParams, T } from "./messages.ts";
 import { PgSession } from "./session.ts";
+import { capRecordSize } from "./tls-records.ts";
 import { Catalog } from "./catalog.ts";
 import { cancelUpstream, connectUpstream, type PgTarget } from "./upstream.ts";
 import { CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET_BYTES, message, PROTOCOL_3_0, ProtocolViolation, Reader, SSL_REQUEST_CODE } from "./wire.ts";
@@ -251,6 +252,7 @@ class Startup {
       this.sock.write("S");
       this.sock.off("data", this.onData);
       const secured = new tls.TLSSocket(this.sock, { isServer: true, secureContext: this.secureContext });
+      capRecordSize(secured);
       secured.on("error", () => secured.destroy());
       this.sock = secured;
       this.isTls = true;

@@ -97,7 +97,7 @@ type Injected = Buffer | "ReadyForQuery";
 const FATAL_LINGER_MS = 1000;
 
 /** Pause reading from the client when this many bytes wait to be framed. */
-const CLIENT_BUFFER_HIGH_WATER = 8 << 20;
+const CLIENT_BUFFER_HIGH_WATER = 256 << 10;
 
 export interface SessionEnd {
   reason: string;
