@@ -21,6 +21,12 @@ import type { Command, ConnectionRef, Decision, Identity, Outcome, Session } fro
 export interface PolicyDecider {
   decide(input: object): Decision;
   readonly version: string;
+  /**
+   * Set by an engine that answers every input soundly itself (src/policy: true when it caches decisions on what
+   * the policy reads, false when it evaluates each time): an earlier decision for the same text is then never
+   * reused, since time or grants may have changed since. Absent: reused while the version is unchanged.
+   */
+  readonly caching?: boolean;
 }
 
 /** What the guard needs from the audit log (src/audit). */
@@ -320,7 +326,7 @@ export class Guard {
       if (ctx.identityRefused) {
         // decided by the identity step
       } else if (command.invalid) ctx.decision = denied(`agate.${command.invalid.code.toLowerCase()}: ${command.invalid.message}`);
-      else if (!ctx.decision || ctx.policyVersion !== guard.deps.policy.version) {
+      else if (!ctx.decision || ctx.policyVersion !== guard.deps.policy.version || guard.deps.policy.caching !== undefined) {
         ctx.decision = guard.deps.policy.decide(guard.input(ctx.session, "command", command));
         ctx.policyVersion = guard.deps.policy.version;
       }
