@@ -15,7 +15,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
 import { Guard } from "../src/core/guard.ts";
-import type { Command, Session } from "../src/core/types.ts";
+import type { Command, ConnectionRef, Identity, Session } from "../src/core/types.ts";
 import { buildPolicies, createPolicyEngine, type PolicyEngine, type PolicyManifest, resolveOpa } from "../src/policy/index.ts";
 import { uncacheable } from "../src/policy/cache.ts";
 import { analysePlan, describeReads, readsPath } from "../src/policy/reads.ts";
@@ -106,11 +106,11 @@ const CORPUS = [
   "VACUUM users",
 ];
 
-const identities = [
+const identities: Identity[] = [
   { subject: "ci-runner", issuer: "agate", groups: ["ci"], kind: "service" },
   { subject: "alice", issuer: "https://idp.example", groups: ["dba"], kind: "human" },
 ];
-const connections = [
+const connections: ConnectionRef[] = [
   { name: "app-db", protocol: "postgres", target: "127.0.0.1:5432/app" },
   { name: "staging", protocol: "postgres", target: "127.0.0.1:5432/app" },
 ];
