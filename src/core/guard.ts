@@ -355,12 +355,21 @@ export class Guard {
     const d = ctx.decision!;
     const unseen = ctx.identityRefused || ctx.command.invalid !== undefined;
     try {
-      ctx.mask = compileMask(unseen ? EVERY_DETECTOR : d.mask, this.deps.maskKeys);
+      ctx.mask = unseen ? compileMask(EVERY_DETECTOR, this.deps.maskKeys) : this.compiledMask(d.mask);
     } catch (e) {
       ctx.mask = compileMask(EVERY_DETECTOR);
       if (d.allow) ctx.decision = denied(`agate.mask.invalid: ${asError(e).message}`);
     }
   }
+
+  /** A cached decision's mask is frozen (src/policy/cache.ts) and compiled once; any other is compiled (compileMask caches by its text). */
+  private compiledMask(mask: Decision["mask"]): CompiledMask {
+    if (!Object.isFrozen(mask)) return compileMask(mask, this.deps.maskKeys);
+    let out = this.masks.get(mask);
+    if (out === undefined) this.masks.set(mask, (out = compileMask(mask, this.deps.maskKeys)));
+    return out;
+  }
+  private readonly masks = new WeakMap<Decision["mask"], CompiledMask>();
 
   private recordStep(): Step {
     const guard = this;
