@@ -15,19 +15,17 @@
  * `input.now`, calls a nondeterministic builtin, could not be analysed, or
  * the manifest does not describe this very policy.wasm.
  */
+import { GenerationalCache } from "../core/generational-cache.ts";
 import type { Decision } from "../core/types.ts";
 import type { PolicyInputs } from "./build.ts";
 import type { ReadNode } from "./reads.ts";
 
-/** Entries kept per generation; two generations are kept (the older one is promoted from on a hit). */
-const MAX_ENTRIES = 8192;
-/** Key characters kept per generation. */
-const MAX_KEY_CHARS = 8_000_000;
+/** Decisions kept, and key characters kept (the keys are the projections: a few hundred characters each). */
+const MAX_ENTRIES = 16_384;
+const MAX_KEY_CHARS = 16_000_000;
 
 export class DecisionCache {
-  private current = new Map<string, Decision>();
-  private older = new Map<string, Decision>();
-  private chars = 0;
+  private readonly cache = new GenerationalCache<Decision>(MAX_ENTRIES, MAX_KEY_CHARS);
   private readonly project: (v: unknown) => string;
 
   constructor(reads: ReadNode) {
@@ -44,21 +42,12 @@ export class DecisionCache {
   }
 
   get(key: string): Decision | undefined {
-    const hit = this.current.get(key);
-    if (hit !== undefined) return hit;
-    const old = this.older.get(key);
-    if (old !== undefined) this.set(key, old);
-    return old;
+    return this.cache.get(key);
   }
 
+  /** After a miss: a decision is shared by every input with this key, so it is frozen. */
   set(key: string, decision: Decision): void {
-    this.current.set(key, deepFreeze(decision));
-    this.chars += key.length;
-    if (this.current.size >= MAX_ENTRIES || this.chars >= MAX_KEY_CHARS) {
-      this.older = this.current;
-      this.current = new Map();
-      this.chars = 0;
-    }
+    this.cache.set(key, deepFreeze(decision));
   }
 }
 
