@@ -85,6 +85,14 @@ interface Cache {
   settings: Map<string, string>;
   /** Per relation name as written: the columns of every candidate (for SqlStatement.sources). */
   columns: Map<string, readonly RelationColumns[]>;
+  /** Per relation name as written: whether some candidate runs code of its own when read (rules, row security) or written (and user triggers). */
+  hooks: Map<string, RelationHooks>;
+}
+
+/** Whether reading or writing a relation may run code the statement does not name (early.ts). */
+export interface RelationHooks {
+  read: boolean;
+  write: boolean;
 }
 
 /**
@@ -188,6 +196,16 @@ export class CatalogFacts {
         command.sql = unknown(facts, e instanceof Error ? e.message : String(e));
       },
     );
+  }
+
+  /**
+   * Whether reading or writing relation `name` (as written) may run code
+   * the statement does not name: a rule, a row-security policy, or (on
+   * writes) a user trigger, on any candidate. Undefined when the current
+   * cache does not know the name (complete() the statement first).
+   */
+  hooks(name: string): RelationHooks | undefined {
+    return this.cache.hooks.get(name);
   }
 
   /** Drop every cached answer (a DDL statement ran through agate: lineage must not be stale). */
@@ -297,8 +315,10 @@ export class CatalogFacts {
     if (names.length === 0) return;
     const keys = [...new Set(names.map((n) => lastPart(n)))];
     const [rows, cols] = await Promise.all([
-      this.query<{ key: string; schema: string; kind: string }[]>(
-        `SELECT c.relname AS key, n.nspname AS schema, c.relkind::pg_catalog.text AS kind
+      this.query<{ key: string; schema: string; kind: string; rules: boolean; triggers: boolean; rls: boolean }[]>(
+        `SELECT c.relname AS key, n.nspname AS schema, c.relkind::pg_catalog.text AS kind,
+                c.relhasrules AS rules, c.relrowsecurity AS rls,
+                c.relhastriggers AND EXISTS (SELECT FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) AS triggers
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relname = ANY($1::pg_catalog.text[])`,
         [keys],
@@ -318,6 +338,9 @@ export class CatalogFacts {
       const key = lastPart(name);
       const inSchema = (s: string) => schema === undefined || s === schema || (schema === "pg_temp" && s.startsWith("pg_temp"));
       const candidates = rows.filter((r) => r.key === key && inSchema(r.schema));
+      // (A catalog's own views have rules too; they run nothing a client wrote.)
+      const own = candidates.filter((r) => !isCatalogSchema(r.schema));
+      cache.hooks.set(name, { read: own.some((r) => r.rules || r.rls), write: own.some((r) => r.rules || r.rls || r.triggers) });
       cache.columns.set(name, candidates.map((r) => byRelation.get(`${r.schema}\0${r.key}`) ?? { own: new Set<string>(), bases: EMPTY }));
       for (const access of ["read", "write"] as const) {
         const list: SqlRelation[] = candidates.map((r) =>
@@ -365,7 +388,7 @@ export class CatalogFacts {
 const KNOWN = Object.freeze({ known: true });
 
 function newCache(gen: string): Cache {
-  return { gen, calls: new Map(), reads: new Map(), writes: new Map(), settings: new Map(), columns: new Map() };
+  return { gen, calls: new Map(), reads: new Map(), writes: new Map(), settings: new Map(), columns: new Map(), hooks: new Map() };
 }
 
 /** Facts when the catalog could not be asked: no calls or relations, every setting's context unknown. */
