@@ -24,11 +24,22 @@
  *   declared volatility), a function that runs a query given as text, and
  *   any relation that may run code the statement does not name: a view, a
  *   foreign table, a relation with rules or row security, and (written) one
- *   with user triggers. Facts the catalog could not complete, a name it
- *   does not know, an invalid statement: durable first (fail closed).
+ *   with user triggers or with defaults or constraints that call a user's
+ *   function; on a target whose operators, casts or domain checks run a
+ *   user's code (facts.ts USER_CODE), nothing. Facts the catalog could not
+ *   complete, a name it does not know, an invalid statement: durable first
+ *   (fail closed).
  */
 import type { SqlStatement } from "../../core/types.ts";
 import type { RelationHooks } from "./facts.ts";
+
+/** What the catalog facts (CatalogFacts) say of the target beyond a statement's own facts. */
+export interface TargetCode {
+  /** Whether reading or writing relation `name` runs code of its own; undefined when not known. */
+  hooks(name: string): RelationHooks | undefined;
+  /** Whether operators, casts or domain checks run a user's code (any statement may reach them); undefined when not known. */
+  readonly hiddenCode: boolean | undefined;
+}
 
 /**
  * Built-in volatile functions a statement inside a transaction block may
@@ -52,11 +63,12 @@ const ROW_WRITES = new Set(["insert", "update", "delete", "merge"]);
 /**
  * Whether `statements` (one Query's, or one Execute's) may be forwarded
  * before their record is durable. `inBlock`: the target is inside an
- * explicit transaction block when the first of them runs. `hooks`: what the
- * catalog facts say a relation runs of its own (CatalogFacts.hooks).
+ * explicit transaction block when the first of them runs. `target`: the
+ * catalog facts of the target (CatalogFacts), completed for `statements`.
  */
-export function forwardEarly(statements: readonly SqlStatement[], inBlock: boolean, hooks: (name: string) => RelationHooks | undefined): boolean {
-  if (statements.length === 0) return false;
+export function forwardEarly(statements: readonly SqlStatement[], inBlock: boolean, target: TargetCode): boolean {
+  if (statements.length === 0 || target.hiddenCode !== false) return false;
+  const hooks = (name: string) => target.hooks(name);
   let block = inBlock;
   for (const st of statements) {
     if (st.kind === "transaction") {

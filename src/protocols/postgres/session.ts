@@ -638,8 +638,7 @@ export class PgSession {
     const facts = command.sql;
     if (facts === undefined || command.invalid !== undefined || facts.catalog?.known !== true) return "forward";
     const inBlock = this.txStatus === 0x54 && this.syncsSent === this.zReceived && !this.batchLeftBlock;
-    const catalog = catalogFacts(this.catalog);
-    return forwardEarly(facts.statements, inBlock, (name) => catalog.hooks(name)) ? "response" : "forward";
+    return forwardEarly(facts.statements, inBlock, catalogFacts(this.catalog)) ? "response" : "forward";
   }
 
   /** Ask the guard; an audit failure refuses the command (fail closed) and returns undefined. */
