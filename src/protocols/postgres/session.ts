@@ -19,6 +19,11 @@
  * refusal, messages are discarded until Sync, as PostgreSQL does after an
  * error.
  *
+ * Durability (early.ts). A Query or Execute that provably cannot take
+ * durable effect first is forwarded as soon as its record is written, and
+ * the gate holds everything bound for the client from then on until that
+ * record is durable; the reply accounting below never sees the difference.
+ *
  * Masking (rows.ts). Every forwarded Query, Describe and Execute leaves a
  * Reply in `replies`, in the order the target answers them, so that each
  * RowDescription and DataRow is matched with the decision of the command it
