@@ -78,39 +78,51 @@ interface Load {
   stop(): Promise<void>;
 }
 
+/** Where a load's sessions stand: stopping, the gateway meant to fail, what failed before it was. */
+interface LoadState {
+  stopping: boolean;
+  faulted: boolean;
+  unexpected: Error[];
+}
+
+/** One session's loop: `step(n)` until the load stops; an error ends it, and is unexpected unless the gateway was meant to fail. */
+async function sessionLoop(st: LoadState, step: (n: number) => Promise<void>): Promise<void> {
+  for (let n = 0; !st.stopping; n++) {
+    try {
+      await step(n);
+    } catch (e) {
+      if (st.stopping || st.faulted) return;
+      st.unexpected.push(e as Error);
+      if (st.unexpected.length > 20) return;
+    }
+  }
+}
+
 function startLoad(url: string, tag: string): Load {
   const ok: string[] = [];
-  const unexpected: Error[] = [];
-  let stopping = false;
-  let faulted = false;
+  const st: LoadState = { stopping: false, faulted: false, unexpected: [] };
   const clients = Array.from({ length: SESSIONS }, () => postgres(url, { max: 1, connect_timeout: 10, onnotice: () => {}, idle_timeout: 0 }));
-  const loops = clients.map(async (sql, s) => {
-    for (let n = 0; !stopping; n++) {
+  const loops = clients.map((sql, s) =>
+    sessionLoop(st, async (n) => {
       const marker = `m-${tag}-${s}-${n}`;
       const text = `INSERT INTO t VALUES ('${marker}')`;
-      try {
-        // Half the sessions use the simple query protocol, half the extended one.
-        await (s % 2 === 0 ? sql.unsafe(text).simple() : sql.unsafe(text));
-        ok.push(marker);
-      } catch (e) {
-        if (stopping || faulted) return;
-        unexpected.push(e as Error);
-        if (unexpected.length > 20) return;
-      }
-    }
-  });
+      // Half the sessions use the simple query protocol, half the extended one.
+      await (s % 2 === 0 ? sql.unsafe(text).simple() : sql.unsafe(text));
+      ok.push(marker);
+    }),
+  );
   return {
     ok,
-    unexpected,
+    unexpected: st.unexpected,
     fault: () => {
-      faulted = true;
+      st.faulted = true;
     },
     stop: async () => {
-      stopping = true;
+      st.stopping = true;
       // After the gateway died, a porsager query can stay pending for good
       // (seen with Bun 1.4.5: no error, no connect_timeout); ending the
       // clients first settles it. A clean stop lets the last statements finish.
-      if (faulted) await Promise.all(clients.map((c) => c.end({ timeout: 0 }).catch(() => {})));
+      if (st.faulted) await Promise.all(clients.map((c) => c.end({ timeout: 0 }).catch(() => {})));
       await Promise.all(loops);
       await Promise.all(clients.map((c) => c.end({ timeout: 0 }).catch(() => {})));
     },
@@ -278,9 +290,7 @@ interface MixedLoad {
 
 function startMixedLoad(url: string, trial: number): MixedLoad {
   const answered: string[] = [];
-  const unexpected: Error[] = [];
-  let stopping = false;
-  let faulted = false;
+  const st: LoadState = { stopping: false, faulted: false, unexpected: [] };
   // node-postgres: its clients fail cleanly when the gateway dies under them.
   const clients = Array.from({ length: SESSIONS }, () => {
     const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
@@ -296,42 +306,34 @@ function startMixedLoad(url: string, trial: number): MixedLoad {
     try {
       await c.connect();
     } catch (e) {
-      if (!faulted) unexpected.push(e as Error);
+      if (!st.faulted) st.unexpected.push(e as Error);
       return;
     }
-    for (let n = 0; !stopping; n++) {
+    await sessionLoop(st, async (n) => {
       const m = `x-${trial}-${s}-${n}`;
-      try {
-        switch ((s + n) % 3) {
-          case 0:
-            await answer(`INSERT INTO t VALUES ('${m}')`);
-            break;
-          case 1:
-            await answer(`SELECT '${m}' AS v, count(*) FROM t WHERE v = 'none'`);
-            break;
-          default:
-            await answer("BEGIN");
-            await answer(`INSERT INTO t VALUES ('${m}-1')`);
-            await answer(`SELECT '${m}-r' AS v, count(*) FROM t WHERE v = 'none'`);
-            await answer(`UPDATE t SET v = '${m}-2' WHERE v = '${m}-1'`);
-            await answer(`INSERT INTO t VALUES ('${m}-3')`);
-            await answer("COMMIT");
-        }
-      } catch (e) {
-        if (stopping || faulted) return;
-        unexpected.push(e as Error);
-        if (unexpected.length > 20) return;
+      switch ((s + n) % 3) {
+        case 0:
+          return answer(`INSERT INTO t VALUES ('${m}')`);
+        case 1:
+          return answer(`SELECT '${m}' AS v, count(*) FROM t WHERE v = 'none'`);
+        default:
+          await answer("BEGIN");
+          await answer(`INSERT INTO t VALUES ('${m}-1')`);
+          await answer(`SELECT '${m}-r' AS v, count(*) FROM t WHERE v = 'none'`);
+          await answer(`UPDATE t SET v = '${m}-2' WHERE v = '${m}-1'`);
+          await answer(`INSERT INTO t VALUES ('${m}-3')`);
+          await answer("COMMIT");
       }
-    }
+    });
   });
   return {
     answered,
-    unexpected,
+    unexpected: st.unexpected,
     fault: () => {
-      faulted = true;
+      st.faulted = true;
     },
     stop: async () => {
-      stopping = true;
+      st.stopping = true;
       await Promise.all(loops);
       await Promise.all(clients.map((c) => c.end().catch(() => {})));
     },

@@ -116,6 +116,13 @@ describe("which statements are forwarded before their record is durable", () => 
     return forwardEarly(command.sql.statements as SqlStatement[], inBlock, facts);
   }
 
+  /** Each case's text is forwarded early (true) or durable first (false). */
+  async function expectEarly(cases: [string, boolean][], inBlock: boolean): Promise<void> {
+    const got: [string, boolean][] = [];
+    for (const [text] of cases) got.push([text, await early(text, inBlock)]);
+    expect(got).toEqual(cases);
+  }
+
   test("outside a block: reads of plain relations with immutable or stable built-ins, and BEGIN", async () => {
     const cases: [string, boolean][] = [
       ["SELECT v FROM early WHERE v = 'x'", true],
@@ -143,9 +150,7 @@ describe("which statements are forwarded before their record is durable", () => 
       ["NOTIFY ch", false],
       ["COMMIT", false],
     ];
-    const got: [string, boolean][] = [];
-    for (const [text] of cases) got.push([text, await early(text, false)]);
-    expect(got).toEqual(cases);
+    await expectEarly(cases, false);
   });
 
   test("on a target whose operators, casts or domain checks run a user's code, nothing is forwarded early", async () => {
@@ -193,9 +198,7 @@ describe("which statements are forwarded before their record is durable", () => 
       ["COPY early FROM STDIN", false],
       ["ALTER TABLE early ADD COLUMN w int", false],
     ];
-    const got: [string, boolean][] = [];
-    for (const [text] of cases) got.push([text, await early(text, true)]);
-    expect(got).toEqual(cases);
+    await expectEarly(cases, true);
   });
 });
 
