@@ -7,7 +7,10 @@
  *
  * Fail closed: a policy error is a deny (the engine returns one), an audit
  * write that cannot be made durable rejects, and nothing is forwarded that
- * is not in the log.
+ * is not in the log. A command is forwarded once its record is durable, or,
+ * when the adapter shows it cannot take durable effect first, once it is
+ * written, its answer held until it is durable (docs/ARCHITECTURE.md, "The
+ * log's contract").
  */
 import { randomUUID } from "node:crypto";
 import { AgateError, asError } from "./errors.ts";
@@ -95,7 +98,7 @@ export interface Verdict {
   /**
    * Resolves once the command's record is durable; rejects with
    * AUDIT_WRITE_FAILED when it cannot be made so. Already settled unless
-   * the adapter asked for `durable: "before response"` and the command was
+   * the adapter asked for `durable: "response"` and the command was
    * allowed: then `record` is -1 until it resolves, and the adapter must
    * hold everything the target answers from here on until it does.
    */
