@@ -13,7 +13,7 @@
  */
 
 /** Queued bytes past which the gate asks its source to pause (a long result read while its record is not yet durable). */
-const HIGH_WATER = 8 << 20;
+const HIGH_WATER = 256 << 10;
 
 export interface GateSink {
   /** Write to the client now. */
@@ -64,7 +64,8 @@ export class DurableGate {
     }
     this.queue.push({ bytes, after: this.issued });
     this.queued += bytes.length;
-    if (this.queued > HIGH_WATER && !this.paused) {
+    if (this.queued > HIGH_WATER) {
+      // Every time: something else (the client draining) may have resumed the source meanwhile.
       this.paused = true;
       this.sink.pause();
     }
