@@ -10,6 +10,7 @@ import { hostname } from "node:os";
 import { Approvals } from "./approvals/index.ts";
 import { SqliteApprovalStore } from "./approvals/sqlite.ts";
 import { openLog } from "./audit/index.ts";
+import type { FaultFs } from "./audit/writer.ts";
 import { parseSignerKey } from "./audit/note.ts";
 import { Shipper } from "./audit/ship.ts";
 import type { Config } from "./config/index.ts";
@@ -40,7 +41,8 @@ export async function defaultPolicyBytes(): Promise<Uint8Array> {
   return Bun.file(defaultPolicyPath).bytes();
 }
 
-export async function startGateway(config: Config, log: Logger): Promise<Gateway> {
+/** `testing.auditFaults`: tests only, replaces the audit log's write/fdatasync (OpenOptions.__faultFs). */
+export async function startGateway(config: Config, log: Logger, testing: { auditFaults?: Partial<FaultFs> } = {}): Promise<Gateway> {
   await initSql();
   const signer = parseSignerKey(config.audit.signing_key.text);
   let shipper: Shipper | null = null;
@@ -54,6 +56,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     checkpointEverySeconds: config.audit.checkpoint.every_seconds,
     onCheckpoint: (c) => shipper?.addCheckpoint(c),
     onSealed: () => shipper?.notify(),
+    ...(testing.auditFaults ? { __faultFs: testing.auditFaults } : {}),
   });
   log("info", "audit log open", { dir: config.audit.dir, records: audit.size, checkpoint: audit.latestCheckpoint?.size ?? null, key: signer.verifierKey });
   if (config.audit.ship) {

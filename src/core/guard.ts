@@ -7,7 +7,10 @@
  *
  * Fail closed: a policy error is a deny (the engine returns one), an audit
  * write that cannot be made durable rejects, and nothing is forwarded that
- * is not in the log.
+ * is not in the log. A command is forwarded once its record is durable, or,
+ * when the adapter shows it cannot take durable effect first, once it is
+ * written, its answer held until it is durable (docs/ARCHITECTURE.md, "The
+ * log's contract").
  */
 import { randomUUID } from "node:crypto";
 import { AgateError, asError } from "./errors.ts";
@@ -100,7 +103,25 @@ export interface Verdict {
   policy: string;
   /** The decision's mask, compiled: what the protocol applies to the response. */
   mask: CompiledMask;
+  /**
+   * Resolves once the command's record is durable; rejects with
+   * AUDIT_WRITE_FAILED when it cannot be made so. Already settled unless
+   * the adapter asked for `durable: "response"` and the command was
+   * allowed: then `record` is -1 until it resolves, and the adapter must
+   * hold everything the target answers from here on until it does.
+   */
+  durable: Promise<void>;
 }
+
+/**
+ * When the adapter needs a command's record durable (docs/ARCHITECTURE.md,
+ * "The log's contract"). "before forward": check() resolves only once it is
+ * (today's rule, and every refusal's). "before response": check() resolves
+ * once the record is written in order, and the adapter forwards at once but
+ * holds the answer until `verdict.durable` resolves; only for a command
+ * that provably cannot take durable effect before that (the adapter judges).
+ */
+export type DurableBefore = "forward" | "response";
 
 interface CheckContext {
   session: Session;
@@ -120,6 +141,10 @@ interface CheckContext {
   approval?: InputApproval;
   /** The decision's mask, compiled (maskStep): what the command's record and its response are masked with. */
   mask?: CompiledMask;
+  /** The adapter holds the answer, not the forward, behind the record's durability (an allowed command only). */
+  durableBefore?: DurableBefore;
+  /** The record's durability, when check() does not wait for it. */
+  durable?: Promise<void>;
 }
 
 /**
@@ -232,16 +257,17 @@ export class Guard {
   }
 
   /**
-   * Decide one command and make its record durable. Never forwards anything itself.
+   * Decide one command and make its record durable (or, with `durable: "response"`, written in
+   * order, its durability in `verdict.durable`). Never forwards anything itself.
    * `prior` carries an earlier decision for the same text (reused while the policy is unchanged);
    * `recordDenialsOnly` decides without recording an allowed command (it is recorded when it runs).
    */
-  async check(session: Session, command: Command, opts: { prior?: Verdict; recordDenialsOnly?: boolean; onHold?: CheckContext["onHold"] } = {}): Promise<Verdict> {
-    const ctx: CheckContext = { session, command, decision: opts.prior?.decision, policyVersion: opts.prior?.policy, recordDenialsOnly: opts.recordDenialsOnly, onHold: opts.onHold };
+  async check(session: Session, command: Command, opts: { prior?: Verdict; recordDenialsOnly?: boolean; onHold?: CheckContext["onHold"]; durable?: DurableBefore } = {}): Promise<Verdict> {
+    const ctx: CheckContext = { session, command, decision: opts.prior?.decision, policyVersion: opts.prior?.policy, recordDenialsOnly: opts.recordDenialsOnly, onHold: opts.onHold, durableBefore: opts.durable };
     const pending = this.pipeline(ctx);
     if (pending) await pending;
     if (!ctx.decision || ctx.record === undefined) throw new AgateError("GUARD_INCOMPLETE", "the guard did not reach a decision");
-    return { allow: ctx.decision.allow, decision: ctx.decision, record: ctx.record, policy: ctx.policyVersion ?? this.deps.policy.version, mask: ctx.mask! };
+    return { allow: ctx.decision.allow, decision: ctx.decision, record: ctx.record, policy: ctx.policyVersion ?? this.deps.policy.version, mask: ctx.mask!, durable: ctx.durable ?? DURABLE };
   }
 
   /**
@@ -449,6 +475,14 @@ export class Guard {
       } catch (e) {
         return failed(e);
       }
+      if (ctx.durableBefore === "response" && d.allow) {
+        // The adapter forwards now and holds the answer: the record's durability travels with the verdict.
+        ctx.record = -1;
+        ctx.durable = written.then(() => undefined, failed);
+        // The adapter listens (and closes the session on failure); no rejection goes unhandled meanwhile.
+        ctx.durable.catch(() => {});
+        return next();
+      }
       return written.then((index) => {
         ctx.record = index;
         return next();
@@ -460,6 +494,8 @@ export class Guard {
 /** The mask for records of commands no policy decided on, and for what a session's records quote of its client and target. */
 const EVERY_DETECTOR = { columns: [], detectors: ALL_DETECTORS };
 const EVERY = compileMask(EVERY_DETECTOR);
+/** The durability of a record check() waited for. */
+const DURABLE = Promise.resolve();
 
 function denied(reason: string): Decision {
   return { allow: false, reasons: [reason], approval: { required: false, approvers: [], timeout_s: 0 }, mask: { columns: [], detectors: [] } };

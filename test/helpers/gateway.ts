@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readRecords } from "../../src/audit/index.ts";
 import { generateKey } from "../../src/audit/note.ts";
+import type { FaultFs } from "../../src/audit/writer.ts";
 import { parseConfig } from "../../src/config/index.ts";
 import { createLogger, type Logger } from "../../src/core/log.ts";
 import { startGateway, type Gateway } from "../../src/gateway.ts";
@@ -29,7 +30,7 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
-export async function startTestGateway(pg: TestPostgres, opts: { connection?: Record<string, unknown>; config?: Record<string, unknown>; audit?: Record<string, unknown>; targetUser?: string; env?: Record<string, string | undefined>; log?: Logger } = {}): Promise<TestGateway> {
+export async function startTestGateway(pg: TestPostgres, opts: { connection?: Record<string, unknown>; config?: Record<string, unknown>; audit?: Record<string, unknown>; targetUser?: string; env?: Record<string, string | undefined>; log?: Logger; auditFaults?: Partial<FaultFs> } = {}): Promise<TestGateway> {
   const dir = mkdtempSync(join(tmpdir(), "agate-gw-"));
   const auditDir = join(dir, "audit");
   const { signerKey, verifierKey } = generateKey("agate.test/audit");
@@ -57,7 +58,7 @@ export async function startTestGateway(pg: TestPostgres, opts: { connection?: Re
     dir,
     { ...process.env, ...opts.env },
   );
-  const gateway = await startGateway(config, opts.log ?? createLogger(config.log_level));
+  const gateway = await startGateway(config, opts.log ?? createLogger(config.log_level), { auditFaults: opts.auditFaults });
   const port = gateway.listeners[0]!.port;
   return {
     gateway,

@@ -85,6 +85,31 @@ interface Cache {
   settings: Map<string, string>;
   /** Per relation name as written: the columns of every candidate (for SqlStatement.sources). */
   columns: Map<string, readonly RelationColumns[]>;
+  /** Per relation name as written: whether some candidate runs code of its own when read (rules, row security) or written (and user triggers, defaults and constraints). */
+  hooks: Map<string, RelationHooks>;
+  /** Whether the target has operators, casts or domain checks that run a user's code (USER_CODE); undefined until asked. */
+  hiddenCode?: boolean;
+}
+
+/**
+ * A function (pg_proc p) that is a user's code for early.ts: not built in,
+ * and volatile or in a language other than C (an extension's C function
+ * declared immutable or stable is taken at its word; a SQL or PL function
+ * may call anything, whatever it declares).
+ */
+const USER_CODE = `p.oid >= 16384 AND (p.provolatile = 'v' OR p.prolang NOT IN (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname IN ('c', 'internal')))`;
+
+/** Operators, casts and domain checks that run a user's code: a statement reaches them without naming a function. */
+const HIDDEN_CODE = `SELECT EXISTS (SELECT FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE ${USER_CODE})
+  OR EXISTS (SELECT FROM pg_catalog.pg_cast k JOIN pg_catalog.pg_proc p ON p.oid = k.castfunc WHERE ${USER_CODE})
+  OR EXISTS (SELECT FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = co.oid
+             JOIN pg_catalog.pg_proc p ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = d.refobjid
+             WHERE co.contypid <> 0 AND ${USER_CODE}) AS hidden`;
+
+/** Whether reading or writing a relation may run code the statement does not name (early.ts). */
+export interface RelationHooks {
+  read: boolean;
+  write: boolean;
 }
 
 /**
@@ -190,6 +215,21 @@ export class CatalogFacts {
     );
   }
 
+  /**
+   * Whether reading or writing relation `name` (as written) may run code
+   * the statement does not name: a rule, a row-security policy, or (on
+   * writes) a user trigger, on any candidate. Undefined when the current
+   * cache does not know the name (complete() the statement first).
+   */
+  hooks(name: string): RelationHooks | undefined {
+    return this.cache.hooks.get(name);
+  }
+
+  /** Whether the target has operators, casts or domain checks that run a user's code (see USER_CODE); undefined when not known yet. */
+  get hiddenCode(): boolean | undefined {
+    return this.cache.hiddenCode;
+  }
+
   /** Drop every cached answer (a DDL statement ran through agate: lineage must not be stale). */
   invalidate(): void {
     this.epoch++;
@@ -214,10 +254,15 @@ export class CatalogFacts {
       for (const r of st.writes) if (!cache.writes.has(r)) need().relations.add(r);
       for (const s of st.settings) if (s.name !== null && !cache.settings.has(s.name)) need().settings.add(s.name);
     }
+    if (cache.hiddenCode === undefined) need();
     return m;
   }
 
   private async lookup(m: Missing, cache: Cache): Promise<void> {
+    if (cache.hiddenCode === undefined) {
+      const [row] = await timed(this.query<{ hidden: boolean }[]>(HIDDEN_CODE, []));
+      cache.hiddenCode = row?.hidden ?? true;
+    }
     const functions = [...m.functions];
     const relations = [...m.relations];
     const settings = [...m.settings];
@@ -225,15 +270,7 @@ export class CatalogFacts {
       const f = functions.slice(at, at + MAX_NAMES);
       const r = relations.slice(at, at + MAX_NAMES);
       const s = settings.slice(at, at + MAX_NAMES);
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`the catalog lookup took longer than ${LOOKUP_TIMEOUT_MS / 1000} s`)), LOOKUP_TIMEOUT_MS);
-      });
-      try {
-        await Promise.race([Promise.all([this.functions(f, cache), this.relations(r, cache), this.settings(s, cache)]), timeout]);
-      } finally {
-        clearTimeout(timer);
-      }
+      await timed(Promise.all([this.functions(f, cache), this.relations(r, cache), this.settings(s, cache)]));
     }
   }
 
@@ -297,8 +334,14 @@ export class CatalogFacts {
     if (names.length === 0) return;
     const keys = [...new Set(names.map((n) => lastPart(n)))];
     const [rows, cols] = await Promise.all([
-      this.query<{ key: string; schema: string; kind: string }[]>(
-        `SELECT c.relname AS key, n.nspname AS schema, c.relkind::pg_catalog.text AS kind
+      this.query<{ key: string; schema: string; kind: string; rules: boolean; triggers: boolean; rls: boolean; code: boolean }[]>(
+        `SELECT c.relname AS key, n.nspname AS schema, c.relkind::pg_catalog.text AS kind,
+                c.relhasrules AS rules, c.relrowsecurity AS rls,
+                c.relhastriggers AND EXISTS (SELECT FROM pg_catalog.pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) AS triggers,
+                EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = d.refobjid
+                        WHERE ${USER_CODE}
+                          AND ((d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid IN (SELECT ad.oid FROM pg_catalog.pg_attrdef ad WHERE ad.adrelid = c.oid))
+                            OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid IN (SELECT co.oid FROM pg_catalog.pg_constraint co WHERE co.conrelid = c.oid)))) AS code
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relname = ANY($1::pg_catalog.text[])`,
         [keys],
@@ -318,6 +361,9 @@ export class CatalogFacts {
       const key = lastPart(name);
       const inSchema = (s: string) => schema === undefined || s === schema || (schema === "pg_temp" && s.startsWith("pg_temp"));
       const candidates = rows.filter((r) => r.key === key && inSchema(r.schema));
+      // (A catalog's own views have rules too; they run nothing a client wrote.)
+      const own = candidates.filter((r) => !isCatalogSchema(r.schema));
+      cache.hooks.set(name, { read: own.some((r) => r.rules || r.rls), write: own.some((r) => r.rules || r.rls || r.triggers || r.code) });
       cache.columns.set(name, candidates.map((r) => byRelation.get(`${r.schema}\0${r.key}`) ?? { own: new Set<string>(), bases: EMPTY }));
       for (const access of ["read", "write"] as const) {
         const list: SqlRelation[] = candidates.map((r) =>
@@ -364,8 +410,21 @@ export class CatalogFacts {
 
 const KNOWN = Object.freeze({ known: true });
 
+/** `p`, or a rejection once it took longer than LOOKUP_TIMEOUT_MS. */
+async function timed<T>(p: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`the catalog lookup took longer than ${LOOKUP_TIMEOUT_MS / 1000} s`)), LOOKUP_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function newCache(gen: string): Cache {
-  return { gen, calls: new Map(), reads: new Map(), writes: new Map(), settings: new Map(), columns: new Map() };
+  return { gen, calls: new Map(), reads: new Map(), writes: new Map(), settings: new Map(), columns: new Map(), hooks: new Map() };
 }
 
 /** Facts when the catalog could not be asked: no calls or relations, every setting's context unknown. */

@@ -20,6 +20,11 @@
  * refusal, messages are discarded until Sync, as PostgreSQL does after an
  * error.
  *
+ * Durability (early.ts). A Query or Execute that provably cannot take
+ * durable effect first is forwarded as soon as its record is written, and
+ * the gate holds everything bound for the client from then on until that
+ * record is durable; the reply accounting below never sees the difference.
+ *
  * Masking (rows.ts). Every forwarded Query, Describe and Execute leaves a
  * Reply in `replies`, in the order the target answers them, so that each
  * RowDescription and DataRow is matched with the decision of the command it
@@ -32,13 +37,15 @@
 import type net from "node:net";
 import { AgateError, asError } from "../../core/errors.ts";
 import { MAX_PAYLOAD_BYTES } from "../../audit/format.ts";
-import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
+import { DurableGate } from "../../core/durable-gate.ts";
+import type { DurableBefore, Guard, HeldRequest, Verdict } from "../../core/guard.ts";
 import type { SessionClock } from "../../core/limits.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
 import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
 import { FIRST_USER_OID } from "./binary.ts";
 import type { Catalog } from "./catalog.ts";
+import { forwardEarly } from "./early.ts";
 import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
@@ -96,6 +103,9 @@ type Injected = Buffer | "ReadyForQuery";
 /** How long a connection closed with a FATAL error stays open for the client to read it. */
 const FATAL_LINGER_MS = 1000;
 
+/** Statements forwarded before their record is durable only while fewer than this many forwarded ones await their answer. */
+const MAX_EARLY_AHEAD = 16;
+
 /** Pause reading from the client when this many bytes wait to be framed. */
 const CLIENT_BUFFER_HIGH_WATER = 256 << 10;
 
@@ -114,6 +124,17 @@ export class PgSession {
   private pumping = false;
   private readonly toUpstream = new Outbox();
   private readonly outbox = new Outbox();
+  /** Client-bound bytes wait here for the records of statements forwarded before theirs was durable (early.ts). */
+  private readonly gate = new DurableGate({
+    write: (b) => this.writeNow(b),
+    failed: (e) => this.fatal(e),
+    pause: () => this.upstream.socket.pause(),
+    resume: () => {
+      if (!this.heldFrame && !this.client.writableNeedDrain) this.upstream.socket.resume();
+    },
+  });
+  /** A transaction statement forwarded in the current extended batch may have ended the block ReadyForQuery reported. */
+  private batchLeftBlock = false;
 
   // Reply accounting, in ReadyForQuery numbers.
   private syncsSent = 0;
@@ -370,7 +391,7 @@ export class PgSession {
       return;
     }
     await this.enrich(command);
-    const verdict = await this.check(command, false, { onHold: this.onHold });
+    const verdict = await this.check(command, false, { onHold: this.onHold, durable: this.durableBefore(command) });
     if (!verdict) return;
     const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
     if (refused) {
@@ -549,7 +570,7 @@ export class PgSession {
         : this.command(`FETCH ALL FROM ${quoteIdent(portalName)}`);
     const estimated = await this.enrich(command, { params: portal?.params, paramTypes: prepared?.paramTypes });
     // A write's facts completed at Execute (the planner's estimate with the Bind values) are decided anew.
-    const verdict = await this.check(command, true, { prior: estimated ? undefined : prepared?.verdict, onHold: this.onHold });
+    const verdict = await this.check(command, true, { prior: estimated ? undefined : prepared?.verdict, onHold: this.onHold, durable: this.durableBefore(command) });
     if (!verdict) return;
     const refused = verdict.allow ? this.unmaskable(command, verdict) : this.refusal(command, verdict);
     if (refused) {
@@ -567,6 +588,7 @@ export class PgSession {
     const copyColumns = copies.length > 0 ? await this.describeCopies(command, copies, false) : undefined;
     if (this.closed) return;
     if (this.isBarrier(command)) this.lexBarrier = { batch: true };
+    if (command.sql?.statements.some((s) => s.kind === "transaction" && s.tag !== "SAVEPOINT" && s.tag !== "RELEASE")) this.batchLeftBlock = true;
     this.forward(f);
     this.backend.sent(this.syncsSent + 1, copiesIn(command.sql?.statements));
     this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(copyColumns ? { copyColumns } : {}), ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
@@ -589,6 +611,7 @@ export class PgSession {
     }
     this.discarding = false;
     this.batchForwarded = 0;
+    this.batchLeftBlock = false;
   }
 
   /**
@@ -681,10 +704,29 @@ export class PgSession {
   }
   private readonly estimates = new WriteEstimates();
 
+  /**
+   * When `command`'s record must be durable (early.ts): before its answer, when
+   * it provably cannot take durable effect first, else before it is forwarded.
+   * Inside a transaction block only when the target reported one and nothing
+   * forwarded since can have ended it.
+   */
+  private durableBefore(command: Command): DurableBefore {
+    const facts = command.sql;
+    if (facts === undefined || command.invalid !== undefined || facts.catalog?.known !== true) return "forward";
+    // A client far ahead of the answers (a pipeline it does not read) gets the pace of the log: each statement
+    // waits for its record before it is forwarded, so what the session holds for it stays bounded.
+    if (this.replies.length >= MAX_EARLY_AHEAD) return "forward";
+    const inBlock = this.txStatus === 0x54 && this.syncsSent === this.zReceived && !this.batchLeftBlock;
+    return forwardEarly(facts.statements, inBlock, catalogFacts(this.catalog)) ? "response" : "forward";
+  }
+
   /** Ask the guard; an audit failure refuses the command (fail closed) and returns undefined. */
   private async check(command: Command, extended: boolean, opts?: Parameters<Guard["check"]>[2]): Promise<Verdict | undefined> {
     try {
-      return await this.guard.check(this.session, command, opts);
+      const verdict = await this.guard.check(this.session, command, opts);
+      // Forwarded before its record is durable: everything the client gets from here on waits for it.
+      if (opts?.durable === "response" && verdict.allow) this.gate.hold(verdict.durable);
+      return verdict;
     } catch (e) {
       const err = e instanceof AgateError ? e : new AgateError("GUARD_FAILED", String(e));
       this.log("error", "command refused: the guard failed", { session: this.session.id, code: err.code, error: err.message });
@@ -1195,6 +1237,12 @@ export class PgSession {
 
   private writeClient(buf: Buffer): void {
     if (this.closed) return;
+    this.gate.send(buf);
+  }
+
+  /** What the gate lets through; also after the session ended, for answers whose records became durable since. */
+  private writeNow(buf: Buffer): void {
+    if (this.client.destroyed) return;
     countRelayed(buf.length);
     if (!this.client.write(buf)) this.upstream.socket.pause();
   }
@@ -1207,6 +1255,8 @@ export class PgSession {
     const message = violation ? `agate: protocol violation: ${(e as Error).message}` : e instanceof TargetDisagrees || e instanceof AgateError ? `agate: ${e.message}` : `agate: internal error: ${(e as Error)?.message ?? String(e)}`;
     this.log(violation ? "warn" : "error", "session closed", { session: this.session.id, error: message });
     if (!this.closed) {
+      // What the gate holds waits for records that may never be durable: it is dropped, never sent after this.
+      this.gate.drop();
       this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
       // Read nothing more (the rest of an oversized message stays unread); give the client a moment to read
       // the error before the connection is dropped, whatever it still sends.
@@ -1224,6 +1274,7 @@ export class PgSession {
   terminate(sqlstate: string, why: AgateError): void {
     if (this.closed) return;
     this.log("info", "session terminated", { session: this.session.id, code: why.code, reason: why.message });
+    this.gate.drop(); // answers still held are not sent after the FATAL error
     this.client.end(ErrorResponse({ severity: "FATAL", code: sqlstate, message: `agate: ${why.message}` }));
     this.client.pause();
     this.client.once("finish", () => setTimeout(() => this.client.destroy(), FATAL_LINGER_MS).unref());
@@ -1244,7 +1295,10 @@ export class PgSession {
     this.backend.close();
     if (graceful) this.upstream.socket.end();
     else this.upstream.socket.destroy();
-    if (!this.client.destroyed) this.client.end();
+    // Answers still held go out once their records are durable, then the client's side closes.
+    this.gate.whenDrained(() => {
+      if (!this.client.destroyed) this.client.end();
+    });
     this.onEnd({ reason, commands: this.seq, ...(this.endCode ? { code: this.endCode } : {}) });
   }
 }
