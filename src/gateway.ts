@@ -16,6 +16,7 @@ import { Guard } from "./core/guard.ts";
 import type { Logger } from "./core/log.ts";
 import { AccountStore } from "./identity/accounts.ts";
 import { Identities } from "./identity/index.ts";
+import { DerivedRuleStore } from "./mask/derived.ts";
 import { createPolicyEngine } from "./policy/index.ts";
 import { logPrivileges } from "./protocols/postgres/doctor.ts";
 import { listenPostgres, type PgListener } from "./protocols/postgres/server.ts";
@@ -77,7 +78,9 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     log,
   });
   await approvals.start();
+  const derived = new DerivedRuleStore(config.mask.derived_store);
   const guard = new Guard({
+    derived,
     policy,
     audit,
     identity,
@@ -104,6 +107,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     policy.close();
     accounts?.close();
     await approvalStore.close();
+    derived.close();
   };
   try {
     for (const c of config.connections) {

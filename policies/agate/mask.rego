@@ -36,9 +36,14 @@ mask_config := c if {
 	c := data.agate.config
 } else := {}
 
+# Rules agate derived when the policy let covered data be copied (input.mask.derived:
+# "public.copy.*" for a table that received covered values) count like configured ones.
 mask_columns := array.concat(
-	object.get(mask_config, ["mask", "columns"], []),
-	object.get(mask_config, ["connections", object.get(input, ["connection", "name"], ""), "mask", "columns"], []),
+	array.concat(
+		object.get(mask_config, ["mask", "columns"], []),
+		object.get(mask_config, ["connections", object.get(input, ["connection", "name"], ""), "mask", "columns"], []),
+	),
+	object.get(input, ["mask", "derived"], []),
 )
 
 mask := {"columns": mask_columns, "detectors": mask_detectors}

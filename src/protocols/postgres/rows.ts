@@ -185,7 +185,7 @@ export class ResultMasker {
     const base = { label: f.name, shape, binary, type: f.type, offset: binary ? (textBytesOffset(f.type) ?? 0) : 0 };
     const m = this.mask;
     let rule: ColumnRule | undefined;
-    if (m.columns.length > 0) {
+    if (m.columns.length > 0 || computed !== undefined) {
       if (f.table !== 0) {
         const o = origin(f.table, f.attnum);
         if (o === "unknown") rule = UNRESOLVED;
@@ -423,7 +423,7 @@ const taintCache = new WeakMap<SqlStatement, { mask: CompiledMask; rule: ColumnR
  * names the statement uses outside conditions.
  */
 export function taintRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnRule | undefined {
-  if (m.columns.length === 0) return undefined;
+  if (m.columns.length === 0 && m.settings === undefined) return undefined;
   if (!facts) return m.columns[0];
   for (const s of facts.statements) {
     const r = statementTaint(m, s);
@@ -434,7 +434,7 @@ export function taintRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnR
 
 /** The rule that taints statement `s` under mask `m` (cached per statement and mask). */
 export function statementTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined {
-  if (m.columns.length === 0) return undefined;
+  if (m.columns.length === 0 && m.settings === undefined) return undefined;
   const hit = taintCache.get(s);
   if (hit !== undefined && hit.mask === m) return hit.rule;
   const rule = computeTaint(m, s);
@@ -447,6 +447,11 @@ function computeTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined 
   if (s.node === "FetchStmt" || s.node === "ExecuteStmt") return m.columns[0] ?? UNSEEN;
   // EXPLAIN prints plans, not values (what it would move is decided by deny_covered_copy).
   if (s.node === "ExplainStmt") return undefined;
+  if (m.settings !== undefined) {
+    const r = settingTaint(m.settings, s);
+    if (r) return r;
+  }
+  if (m.columns.length === 0) return undefined;
   if (s.sources_opaque === true) return m.columns[0];
   if (s.sources !== undefined) {
     for (const c of s.sources) {
@@ -466,6 +471,23 @@ function computeTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined 
     const r = ruleForName(m, c);
     if (r) return r;
   }
+  return undefined;
+}
+
+/**
+ * A statement that reads a setting a derived rule covers (SHOW,
+ * current_setting): its rule. SHOW ALL, a name that is not a constant and
+ * pg_settings may read any setting: the first such rule.
+ */
+function settingTaint(rules: ReadonlyMap<string, ColumnRule>, s: SqlStatement): ColumnRule | undefined {
+  const any = () => rules.values().next().value;
+  for (const x of s.settings) {
+    if (x.action !== "show") continue;
+    if (x.name === null || x.name === "all") return any();
+    const r = rules.get(x.name);
+    if (r) return r;
+  }
+  if (s.reads.some((r) => /(^|\.)pg_settings$/.test(r)) || s.functions.some((f) => /(^|\.)pg_show_all_settings$/.test(f))) return any();
   return undefined;
 }
 
