@@ -12,8 +12,8 @@
 import { randomUUID } from "node:crypto";
 import { AgateError, asError } from "./errors.ts";
 import { ALL_DETECTORS } from "../mask/detectors.ts";
-import { derive, type DerivedRule, type DerivedRuleStore, STRICTNESS } from "../mask/derived.ts";
-import { type CompiledMask, compileMask, type MaskKeys } from "../mask/rules.ts";
+import { derive, type DerivedRule, type DerivedRuleStore } from "../mask/derived.ts";
+import { type CompiledMask, compileMask, type MaskKeys, STRICTNESS } from "../mask/rules.ts";
 import type { MaskCounts } from "../mask/types.ts";
 import { maskRecord } from "./record-text.ts";
 import type { Command, ConnectionRef, Decision, Identity, Outcome, Session } from "./types.ts";

@@ -33,7 +33,7 @@
 import type { Database } from "bun:sqlite";
 import type { SqlStatement } from "../core/types.ts";
 import { openSqlite } from "../store/sqlite.ts";
-import { type ColumnRule, type CompiledMask, ruleForColumn } from "./rules.ts";
+import { type ColumnRule, type CompiledMask, ruleForColumn, strictest } from "./rules.ts";
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS derived_rules (
@@ -115,8 +115,6 @@ const UNTRACKED: Record<string, string> = {
   pg_logical_emit_message: "a WAL message",
 };
 
-/** Styles from the strictest: a value masked under several rules takes the strictest. */
-export const STRICTNESS: Record<DerivedRule["style"], number> = { redact: 0, hmac: 1, partial: 2 };
 const NAME = /^[^\s.:]+$/;
 
 /**
@@ -132,7 +130,7 @@ export function derive(statements: readonly SqlStatement[], m: CompiledMask): De
     if (!writesRows(st) && !st.settings.some((s) => s.call && s.action === "set") && !st.functions.some((f) => UNTRACKED[lastPart(f)] !== undefined)) continue;
     const covering = coveringRules(st, m);
     if (covering.length === 0) continue;
-    const style = covering.map((r) => r.style.kind).sort((a, b) => STRICTNESS[a] - STRICTNESS[b])[0]!;
+    const style = covering[strictest(covering)]!.style.kind;
     const sources = [...new Set(covering.map((r) => r.rule))];
     for (const fn of st.functions) {
       const kept = UNTRACKED[lastPart(fn)];

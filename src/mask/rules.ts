@@ -161,6 +161,19 @@ export function ruleForColumn(m: CompiledMask, schema: string, table: string, co
   return undefined;
 }
 
+/** Styles from the strictest: a value several rules cover is masked in the strictest of their styles. */
+export const STRICTNESS: Readonly<Record<MaskStyle["kind"], number>> = { redact: 0, hmac: 1, partial: 2 };
+
+/** The index in `rules` of the strictest rule (the first of equals); -1 when there is none. */
+export function strictest(rules: readonly (ColumnRule | undefined)[]): number {
+  let best = -1;
+  for (let i = 0; i < rules.length; i++) {
+    const r = rules[i];
+    if (r !== undefined && (best < 0 || STRICTNESS[r.style.kind] < STRICTNESS[rules[best]!.style.kind])) best = i;
+  }
+  return best;
+}
+
 /** The first one-part rule (a bare column name pattern) covering a result column's own name. */
 export function ruleForName(m: CompiledMask, name: string): ColumnRule | undefined {
   for (const r of m.columns) if (r.parts.length === 1 && r.parts[0]!.test(name)) return r;

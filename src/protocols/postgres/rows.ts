@@ -47,7 +47,7 @@
  */
 import { isUtf8 } from "node:buffer";
 import type { SqlFacts, SqlStatement } from "../../core/types.ts";
-import { binaryScannable, type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName } from "../../mask/rules.ts";
+import { binaryScannable, type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName, strictest } from "../../mask/rules.ts";
 import { triggers } from "../../mask/prefilter.ts";
 import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
@@ -190,10 +190,13 @@ export class ResultMasker {
         const o = origin(f.table, f.attnum);
         if (o === "unknown") rule = UNRESOLVED;
         else if (o) {
-          const hit = ruleForColumn(m, o.schema, o.table, o.column) ? o : o.via.find((v) => ruleForColumn(m, v.schema, v.table, v.column));
-          // A replacement names the column the rule covers: a view's column carries its base column's name.
-          base.label = (hit ?? o).column;
-          if (hit) rule = ruleForColumn(m, hit.schema, hit.table, hit.column);
+          // A view's column may show several covered base columns (`card || api_secret`): the strictest of
+          // their rules applies, and the replacement (and the outcome's tally) names that rule's column.
+          const named = [o, ...o.via];
+          const rules = named.map((c) => ruleForColumn(m, c.schema, c.table, c.column));
+          const hit = strictest(rules);
+          base.label = named[Math.max(0, hit)]!.column;
+          if (hit >= 0) rule = rules[hit];
         }
       }
       rule ??= ruleForName(m, f.name) ?? (f.table === 0 || this.writes ? computed : undefined);
@@ -417,9 +420,9 @@ const UNSEEN: ColumnRule = { rule: "(statement unknown)", parts: [], style: { ki
 const taintCache = new WeakMap<SqlStatement, { mask: CompiledMask; rule: ColumnRule | undefined }>();
 
 /**
- * The column rule that taints a result's statement(s), if any: the first
- * rule covering one of its sources (or any rule when its sources are
- * opaque). Facts without catalog sources (not completed) fall back to the
+ * The column rule that taints a result's statement(s), if any: the
+ * strictest rule covering one of its sources (or any rule when its sources
+ * are opaque). Facts without catalog sources (not completed) fall back to the
  * names the statement uses outside conditions.
  */
 export function taintRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnRule | undefined {
@@ -454,10 +457,10 @@ function computeTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined 
   if (m.columns.length === 0) return undefined;
   if (s.sources_opaque === true) return m.columns[0];
   if (s.sources !== undefined) {
-    for (const c of s.sources) {
-      const r = ruleForColumn(m, c.schema, c.table, c.column);
-      if (r) return r;
-    }
+    // Several covered sources may flow into one computed column: the strictest rule applies.
+    const rules = s.sources.map((c) => ruleForColumn(m, c.schema, c.table, c.column));
+    const hit = strictest(rules);
+    if (hit >= 0) return rules[hit];
   } else {
     // Facts the catalog did not complete: by the names alone, conservatively.
     for (const c of s.outputs ?? s.columns) {
