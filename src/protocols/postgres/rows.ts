@@ -119,6 +119,63 @@ interface Column {
 }
 
 const SLAB_BYTES = 64 * 1024;
+/** Free slabs a session keeps for reuse at most. */
+const FREE_SLABS = 32;
+
+/**
+ * Where masked rows are written: slabs of SLAB_BYTES; consecutive masked
+ * rows leave as one buffer. A session has one, shared by its results' maskers,
+ * that recycles: before each write to the client it seals the slabs
+ * written since the last one (seal(): the next row starts a new slab), and
+ * gives them back once that write has been flushed (release()), so a result
+ * of any size cycles through the same few slabs instead of leaving garbage
+ * behind at the rate rows pass. One that does not recycle (the default)
+ * leaves full slabs to the socket and the collector.
+ */
+export class RowSlabs {
+  slab: Buffer = EMPTY;
+  used = 0;
+  private readonly free: Buffer[] = [];
+  /** Slabs holding rows not yet handed to a write. */
+  private sealed: Buffer[] = [];
+
+  constructor(private readonly recycle = false) {}
+
+  /**
+   * Room for `need` more bytes of a row being written at `row` (-1: not
+   * started), `written` bytes of it so far; returns where the row starts.
+   * A slab that is full is never written to again: the row moves to a new one.
+   */
+  reserve(row: number, written: number, need: number): number {
+    const from = row < 0 ? this.used : row;
+    if (from + written + need <= this.slab.length) return from;
+    const size = written + need;
+    const slab = size <= SLAB_BYTES ? (this.free.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES)) : Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, 2 * size));
+    if (written > 0) this.slab.copy(slab, 0, from, from + written);
+    // rows before `from` are on their way out; a slab without any is free again at once
+    if (this.recycle && from > 0) this.sealed.push(this.slab);
+    else if (this.recycle) this.release([this.slab]);
+    this.slab = slab;
+    this.used = 0;
+    return 0;
+  }
+
+  /** The slabs holding rows written since the last call (to be released once the write carrying them is flushed); the next row starts a new slab. */
+  seal(): Buffer[] | undefined {
+    if (this.used > 0) this.sealed.push(this.slab);
+    this.slab = EMPTY;
+    this.used = 0;
+    if (this.sealed.length === 0) return undefined;
+    const out = this.sealed;
+    this.sealed = [];
+    return out;
+  }
+
+  /** Slabs sealed before, whose write has been flushed: free for new rows. */
+  release(slabs: readonly Buffer[]): void {
+    for (const s of slabs) if (s.length === SLAB_BYTES && this.free.length < FREE_SLABS) this.free.push(s);
+  }
+}
 const NONE: readonly string[] = [];
 const EMPTY = Buffer.alloc(0);
 
@@ -165,6 +222,8 @@ export class ResultMasker {
     typeAs: (oid: number) => number = (oid) => oid,
     /** What user-defined types inside binary values are (catalog.ts userType). */
     private readonly user?: UserTypes,
+    /** Where masked rows are written (the session's, reused; by default this result's own). */
+    private readonly out: RowSlabs = new RowSlabs(),
   ) {
     this.numeric = mask.detectors.some((d) => NUMERIC_DETECTORS.has(d));
     const computed = taintRule(mask, facts);
@@ -242,15 +301,16 @@ export class ResultMasker {
       // room for the raw bytes before the field, the field and the rest of the row
       const size = v === null ? 0 : v === TEXT ? this.text.length * 3 + (b - a) : v === STARRED ? b - a : v.length;
       const need = start - copied + 4 + size + raw.length - b;
+      const slabs = this.out;
       if (row < 0) {
-        row = this.reserve(-1, 0, need);
+        row = slabs.reserve(-1, 0, need);
         o = row;
-      } else if (o + need > this.slab.length) {
+      } else if (o + need > slabs.slab.length) {
         const written = o - row;
-        row = this.reserve(row, written, need);
+        row = slabs.reserve(row, written, need);
         o = row + written;
       }
-      const out = this.slab;
+      const out = slabs.slab;
       o += raw.copy(out, o, copied, start);
       copied = b;
       if (v === null) {
@@ -269,32 +329,13 @@ export class ResultMasker {
       out.writeInt32BE(o - at - 4, at);
     }
     if (row < 0) return raw;
-    o += raw.copy(this.slab, o, copied, raw.length);
-    this.slab.writeInt32BE(o - row - 1, row + 1);
-    this.used = o;
+    o += raw.copy(this.out.slab, o, copied, raw.length);
+    this.out.slab.writeInt32BE(o - row - 1, row + 1);
+    this.out.used = o;
     this.rowsMasked++;
-    return this.slab.subarray(row, o);
+    return this.out.slab.subarray(row, o);
   }
 
-  /**
-   * Room for `need` more bytes of a row being written at `row` (-1: not
-   * started), `written` bytes of it so far; returns where the row starts.
-   * A slab that is full is left to the socket, never reused: the row moves to
-   * a new one.
-   */
-  private reserve(row: number, written: number, need: number): number {
-    const from = row < 0 ? this.used : row;
-    if (from + written + need <= this.slab.length) return from;
-    const slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, 2 * (written + need)));
-    if (written > 0) this.slab.copy(slab, 0, from, from + written);
-    this.slab = slab;
-    this.used = 0;
-    return 0;
-  }
-
-  /** Where rows are written; consecutive masked rows leave as one buffer. */
-  private slab = EMPTY;
-  private used = 0;
   /** A TEXT value: the text, its encoding, and how many raw bytes go before it (jsonb's version byte). */
   private text = "";
   private latin1 = false;

@@ -41,7 +41,7 @@ import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
-import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
+import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, RowSlabs, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
 import { tagAgrees, tagVerb } from "./tags.ts";
@@ -1059,7 +1059,7 @@ export class PgSession {
     };
     // A simple query answers its statements in order, each ending in CommandComplete: this result is statement `done`'s.
     const facts = reply.kind === "query" && reply.facts && reply.facts.statements[reply.done ?? 0] ? { multi: false, statements: [reply.facts.statements[reply.done ?? 0]!] } : reply.facts;
-    return new ResultMasker(fields, reply.mask, facts, origin, this.tally, (oid) => this.catalog.cachedType(oid) ?? oid, (oid) => this.catalog.userType(oid));
+    return new ResultMasker(fields, reply.mask, facts, origin, this.tally, (oid) => this.catalog.cachedType(oid) ?? oid, (oid) => this.catalog.userType(oid), this.slabs);
   }
 
   /**
@@ -1115,8 +1115,14 @@ export class PgSession {
   private writeClient(buf: Buffer): void {
     if (this.closed) return;
     countRelayed(buf.length);
-    if (!this.client.write(buf)) this.upstream.socket.pause();
+    // Masked rows' slabs are reused once this write has been flushed (rows.ts RowSlabs).
+    const slabs = this.slabs.seal();
+    const ok = slabs ? this.client.write(buf, (e?: Error | null) => e || this.slabs.release(slabs)) : this.client.write(buf);
+    if (!ok) this.upstream.socket.pause();
   }
+
+  /** Where this session's result maskers write masked rows. */
+  private readonly slabs = new RowSlabs(true);
 
   // ── ending ───────────────────────────────────────────────────────────
 
