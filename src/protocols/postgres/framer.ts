@@ -142,8 +142,27 @@ export class Outbox {
     this.size = b.length;
   }
 
+  /** Bytes [a, b) of `buf`, as add(buf.subarray(a, b)), without making that view when they extend the run being collected. */
+  addRange(buf: Buffer, a: number, b: number): void {
+    const first = this.first;
+    if (first !== null && buf.byteOffset + a === this.end && buf.buffer === first.buffer) {
+      this.end += b - a;
+      this.size += b - a;
+      return;
+    }
+    this.add(buf.subarray(a, b));
+  }
+
   get empty(): boolean {
     return this.first === null && this.parts.length === 0;
+  }
+
+  /** Everything added, as runs of adjacent views (nothing is copied). */
+  takeParts(): Buffer[] {
+    this.close();
+    const parts = this.parts;
+    this.parts = [];
+    return parts;
   }
 
   /** Everything added, as one buffer (a copy only when the parts were not adjacent). */

@@ -53,6 +53,7 @@ import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
 import { FIRST_USER_OID, fieldText, maskInside, OPAQUE_SAFE, textBytesOffset, type UserTypes } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
+import type { Outbox } from "./framer.ts";
 import { ProtocolViolation } from "./wire.ts";
 
 export interface Field {
@@ -274,6 +275,24 @@ export class ResultMasker {
 
   /** The DataRow message `raw` (type byte and length included), masked; the same buffer when nothing changed. */
   row(raw: Buffer): Buffer {
+    return this.write(raw) ? this.out.slab.subarray(this.at, this.out.used) : raw;
+  }
+
+  /** The DataRow message `raw` masked into `out` (no view of a masked row is made when it extends the run `out` collects); returns its length. */
+  rowInto(raw: Buffer, out: Outbox): number {
+    if (!this.write(raw)) {
+      out.add(raw);
+      return raw.length;
+    }
+    out.addRange(this.out.slab, this.at, this.out.used);
+    return this.out.used - this.at;
+  }
+
+  /** Where the last masked row starts in the slab (it ends at out.used). */
+  private at = 0;
+
+  /** Mask `raw` into the slab: false when nothing changed, else the row is slab [at, used). */
+  private write(raw: Buffer): boolean {
     if (raw.length < 7) throw new ProtocolViolation("DataRow is truncated");
     const n = raw.readUInt16BE(5);
     const cols = this.columns;
@@ -328,12 +347,13 @@ export class ResultMasker {
       } else o += v.copy(out, o);
       out.writeInt32BE(o - at - 4, at);
     }
-    if (row < 0) return raw;
+    if (row < 0) return false;
     o += raw.copy(this.out.slab, o, copied, raw.length);
     this.out.slab.writeInt32BE(o - row - 1, row + 1);
     this.out.used = o;
+    this.at = row;
     this.rowsMasked++;
-    return this.out.slab.subarray(row, o);
+    return true;
   }
 
   /** A TEXT value: the text, its encoding, and how many raw bytes go before it (jsonb's version byte). */

@@ -737,7 +737,7 @@ export class PgSession {
       this.fatal(e);
       return;
     }
-    if (!out.empty) this.writeClient(out.take());
+    if (!out.empty) this.writeClient(out.takeParts());
   }
 
   /** Column origins are being looked up: hold `f` and everything after it, then go on in order. */
@@ -758,7 +758,8 @@ export class PgSession {
         } finally {
           this.lookedUp = false;
         }
-        this.upstream.socket.resume();
+        // (a client above its high-water mark resumes the target on drain)
+        if (!this.client.writableNeedDrain) this.upstream.socket.resume();
         this.fromUpstream(EMPTY);
       },
       (e) => this.fatal(e),
@@ -787,7 +788,7 @@ export class PgSession {
           break;
         }
         this.resultRows++;
-        if (r?.rows) this.relayRow(r.rows.row(f.raw), out);
+        if (r?.rows) this.resultBytes += r.rows.rowInto(f.raw, out);
         else if (r?.kind === "execute" && !r.mask.empty) return this.executeRows(f, out);
         else if (!(r && r.kind !== "describe" ? r.mask : this.lastMask).empty) throw new Error("the target sent rows agate cannot match with their columns, so they cannot be masked");
         else this.relayRow(f.raw, out);
@@ -1019,7 +1020,7 @@ export class PgSession {
     if (!desc) throw new Error(`rows of portal "${r.portal}" arrived without its columns, so they cannot be masked`);
     const planned = this.plan(desc, r);
     if (planned) return planned;
-    this.relayRow(r.rows!.row(f.raw), out);
+    this.resultBytes += r.rows!.rowInto(f.raw, out);
     return undefined;
   }
 
@@ -1112,12 +1113,18 @@ export class PgSession {
     this.errorMask = undefined;
   }
 
-  private writeClient(buf: Buffer): void {
+  /** Send `buf` (or its parts, in order, not copied into one) to the client; pause the target while the client's socket is above its high-water mark. */
+  private writeClient(buf: Buffer | Buffer[]): void {
     if (this.closed) return;
-    countRelayed(buf.length);
-    // Masked rows' slabs are reused once this write has been flushed (rows.ts RowSlabs).
+    const parts = Array.isArray(buf) ? buf : [buf];
+    // Masked rows' slabs are reused once the last write carrying them has been flushed (rows.ts RowSlabs).
     const slabs = this.slabs.seal();
-    const ok = slabs ? this.client.write(buf, (e?: Error | null) => e || this.slabs.release(slabs)) : this.client.write(buf);
+    let ok = true;
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]!;
+      countRelayed(part.length);
+      ok = slabs && i === parts.length - 1 ? this.client.write(part, (e?: Error | null) => e || this.slabs.release(slabs)) : this.client.write(part);
+    }
     if (!ok) this.upstream.socket.pause();
   }
 
