@@ -74,7 +74,7 @@ export class Framer {
     const head = this.untyped ? 4 : 5;
     if (this.size < head) return null;
     let first = this.chunks[0]!;
-    if (first.length < head) first = this.flatten();
+    if (first.length < head) first = this.joinFirst(head);
     const lenAt = this.untyped ? 0 : 1;
     const len = first.readInt32BE(lenAt);
     if (len < 4) throw new ProtocolViolation(`invalid message length ${len}`);
@@ -89,7 +89,7 @@ export class Framer {
       return this.copyPiece();
     }
     if (this.size < total) return null; // wait without copying partial bodies
-    if (first.length < total) first = this.flatten();
+    if (first.length < total) first = this.joinFirst(total);
     const raw = first.subarray(0, total);
     if (total === first.length) this.chunks.shift();
     else this.chunks[0] = first.subarray(total);
@@ -110,10 +110,24 @@ export class Framer {
     return new RawFrame(COPY_DATA, raw, 0);
   }
 
-  private flatten(): Buffer {
-    const all = Buffer.concat(this.chunks, this.size);
-    this.chunks = [all];
-    return all;
+  /**
+   * The first `n` bytes (which have arrived) joined into one first chunk:
+   * only the message that spans chunks is copied, the rest of the last
+   * chunk it takes from stays a view (so the bytes after it are not copied,
+   * and stay one run with what follows them in that chunk).
+   */
+  private joinFirst(n: number): Buffer {
+    const out = Buffer.allocUnsafe(n);
+    let o = 0;
+    while (o < n) {
+      const c = this.chunks[0]!;
+      const take = Math.min(c.length, n - o);
+      o += c.copy(out, o, 0, take);
+      if (take === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(take);
+    }
+    this.chunks.unshift(out);
+    return out;
   }
 }
 
