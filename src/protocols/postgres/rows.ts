@@ -333,7 +333,7 @@ export class ResultMasker {
       o += raw.copy(out, o, copied, start);
       copied = b;
       if (v === null) {
-        o = out.writeInt32BE(-1, o);
+        o = int32(out, o, -1);
         continue;
       }
       const at = o;
@@ -345,11 +345,11 @@ export class ResultMasker {
         if (this.prefix) o += raw.copy(out, o, a, a + this.prefix);
         o += out.write(this.text, o, this.latin1 ? "latin1" : "utf8");
       } else o += v.copy(out, o);
-      out.writeInt32BE(o - at - 4, at);
+      int32(out, at, o - at - 4);
     }
     if (row < 0) return false;
     o += raw.copy(this.out.slab, o, copied, raw.length);
-    this.out.slab.writeInt32BE(o - row - 1, row + 1);
+    int32(this.out.slab, row + 1, o - row - 1);
     this.out.used = o;
     this.at = row;
     this.rowsMasked++;
@@ -442,6 +442,15 @@ export class ResultMasker {
 const TEXT = 1;
 const STARRED = 2;
 type Value = Buffer | null | undefined | typeof TEXT | typeof STARRED;
+
+/** `v` as a big-endian int32 at `at` (the caller has made room); returns the offset after it. */
+function int32(buf: Buffer, at: number, v: number): number {
+  buf[at] = v >>> 24;
+  buf[at + 1] = v >>> 16;
+  buf[at + 2] = v >>> 8;
+  buf[at + 3] = v;
+  return at + 4;
+}
 
 /** Can the partial style work on these bytes in place (ASCII, long enough)? */
 function isAsciiPartial(buf: Buffer, a: number, b: number, keep: number): boolean {
