@@ -27,8 +27,12 @@
  * the copy (fail closed): a notification (pg_notify), a large object
  * (lo_from_bytea, lo_put, lowrite, lo_import), a sequence (setval), a WAL
  * message (pg_logical_emit_message), set_config of a name that is not a
- * constant, and a table whose name cannot be written as a rule (a dot, a
- * colon or white space in it).
+ * constant, a view or foreign table written through, and a table whose
+ * name cannot be written as a rule (a dot, a colon or white space in it).
+ *
+ * Not followed: a partition or inheritance child written directly is
+ * covered when read directly, not when read through its parent (whose rows
+ * include it); name the parent's columns in the configured rules for that.
  */
 import type { Database } from "bun:sqlite";
 import type { SqlStatement } from "../core/types.ts";
@@ -143,6 +147,9 @@ export function derive(statements: readonly SqlStatement[], m: CompiledMask): De
     }
     if (!writesRows(st)) continue;
     for (const w of st.writes) {
+      // A view (or a foreign table) passes what it is given on to relations agate cannot name here.
+      const other = st.relations?.find((r) => r.name === w && r.access === "write" && r.found && r.kind !== "table" && r.kind !== "partitioned table");
+      if (other) return { rules: out, refuse: `${w} is a ${other.kind}: the values covered by ${sources.join(", ")} written through it land where agate cannot follow them; write to its table` };
       const parts = w.split(".").slice(-2);
       if (!parts.every((p) => NAME.test(p))) return { rules: out, refuse: `the table ${w} would receive values covered by ${sources.join(", ")}, and its name cannot be written as a mask rule` };
       out.push({ kind: "column", rule: `${parts.join(".")}.*${style === "redact" ? "" : `:${style}`}`, style, sources });
