@@ -29,7 +29,7 @@ function gateway(): Promise<TestGateway> {
   return startTestGateway(db, {
     config: {
       mask: { derived_store: store() },
-      policy: { data: { agate: { config: { allow_rules: ["approve_ddl", "deny_covered_copy"], allow_settings: ["my.x"], mask: { columns: ["public.people.email", "people.code:partial"], detectors: [] } } } } },
+      policy: { data: { agate: { config: { allow_rules: ["approve_ddl", "deny_alter", "deny_covered_copy"], allow_settings: ["my.x"], mask: { columns: ["public.people.email", "people.code:partial"], detectors: [] } } } } },
     },
   });
 }
@@ -114,6 +114,18 @@ describe("a copy of a covered column inherits its rule", () => {
     expect(rows).toEqual([{ again: "[REDACTED:again]" }, { again: "[REDACTED:again]" }]);
     const derived = (await records(gw)).filter((r) => r.type === "mask_derived").map((r) => [r.rule, r.from]);
     expect(derived).toContainEqual(["copy2.*", ["copy1.*"]]);
+  });
+
+  test("a table a derived rule covers cannot be renamed or moved away from it", async () => {
+    for (const st of ["ALTER TABLE copy1 RENAME TO escaped", "ALTER TABLE public.copy1 SET SCHEMA pg_temp"]) {
+      const err = await query(gw, [st]).then(
+        () => undefined,
+        (e: Error) => e.message,
+      );
+      expect(err).toContain("agate.mask.untracked_copy");
+    }
+    // an uncovered table can
+    await query(gw, ["CREATE TABLE plain_t (n int)", "ALTER TABLE plain_t RENAME TO plain_u"]);
   });
 
   test("after a restart the derived rules still apply", async () => {

@@ -30,6 +30,10 @@
  * constant, a view or foreign table written through, and a table whose
  * name cannot be written as a rule (a dot, a colon or white space in it).
  *
+ * A table a rule covers whole (every derived rule does) cannot be renamed
+ * or moved to another schema (ALTER TABLE … RENAME, SET SCHEMA): its
+ * values would then be under a name no rule covers.
+ *
  * Not followed: a partition or inheritance child written directly is
  * covered when read directly, not when read through its parent (whose rows
  * include it); name the parent's columns in the configured rules for that.
@@ -131,6 +135,12 @@ export function derive(statements: readonly SqlStatement[], m: CompiledMask): De
   const out: DerivedRule[] = [];
   if (m.columns.length === 0) return { rules: out };
   for (const st of statements) {
+    if (st.node === "RenameStmt" || st.node === "AlterObjectSchemaStmt") {
+      for (const w of st.writes) {
+        const r = wholeTableRule(m, w);
+        if (r) return { rules: out, refuse: `${w} is masked whole by the rule ${r.rule}; renamed or moved to another schema, its values would be under a name the rule does not cover` };
+      }
+    }
     if (!writesRows(st) && !st.settings.some((s) => s.call && s.action === "set") && !st.functions.some((f) => UNTRACKED[lastPart(f)] !== undefined)) continue;
     const covering = coveringRules(st, m);
     if (covering.length === 0) continue;
@@ -167,6 +177,21 @@ function coveringRules(st: SqlStatement, m: CompiledMask): ColumnRule[] {
     if (r) out.push(r);
   }
   return out;
+}
+
+/**
+ * A rule covering every column of relation `name` ("copy.*", as derived
+ * rules are): a schema part is taken to match when the name has none.
+ */
+function wholeTableRule(m: CompiledMask, name: string): ColumnRule | undefined {
+  const parts = name.split(".").slice(-2);
+  const table = parts[parts.length - 1]!;
+  const schema = parts.length === 2 ? parts[0] : undefined;
+  return m.columns.find((r) => {
+    const n = r.parts.length;
+    if (n < 2 || !r.parts[n - 1]!.test("\0") || !r.parts[n - 2]!.test(table)) return false;
+    return n < 3 || schema === undefined || r.parts[0]!.test(schema);
+  });
 }
 
 /** Statements that put rows into their `writes` (a materialized view keeps its lineage: agate follows it like a view's). */
