@@ -108,6 +108,13 @@ describe("a copy of a covered column inherits its rule", () => {
     expect(derived.every((r) => r.connection === "app-db" && r.kind === "column" && typeof r.seq === "number")).toBe(true);
   });
 
+  test("PREPARE … AS INSERT derives the rule when it is prepared (its EXECUTE names no relation)", async () => {
+    await db.psql("CREATE TABLE sink2 (t text); GRANT ALL ON sink2 TO app_scram;");
+    await query(gw, ["PREPARE cp AS INSERT INTO sink2 SELECT email FROM people", "EXECUTE cp"]);
+    const [rows] = await query(gw, ["SELECT t FROM sink2"]);
+    expect(rows).toEqual([{ t: "[REDACTED:t]" }, { t: "[REDACTED:t]" }]);
+  });
+
   test("a copy of a copy inherits the derived rule", async () => {
     await query(gw, ["CREATE TABLE copy2 AS SELECT email AS again FROM copy1"]);
     const [rows] = await query(gw, ["SELECT again FROM copy2"]);

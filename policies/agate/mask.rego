@@ -77,6 +77,11 @@ covered_moves(st) := {m |
 	st.kind in {"insert", "update", "merge"}
 	m := "it writes"
 } | {m |
+	# PREPARE … AS INSERT (its EXECUTE names no relation), EXPLAIN ANALYZE INSERT
+	st.node in {"PrepareStmt", "ExplainStmt"}
+	count(st.writes) > 0
+	m := "its statement writes"
+} | {m |
 	st.node in {"CreateTableAsStmt", "SelectStmt"}
 	count(st.writes) > 0
 	# a materialized view keeps its lineage: agate follows it to its base columns like a view's

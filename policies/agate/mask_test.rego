@@ -146,3 +146,11 @@ any_copy_reason(reasons) if {
 	some r in reasons
 	startswith(r, "agate.mask.deny_covered_copy")
 }
+
+test_a_prepared_covered_copy_is_refused_at_prepare if {
+	st := object.union(covered_copy_stmt, {"kind": "prepare", "node": "PrepareStmt", "tag": "PREPARE"})
+	d := agate.decision with input as covered_copy_input(st)
+		with data.agate.config.mask as {"columns": ["users.email"]}
+	some r in d.reasons
+	startswith(r, "agate.mask.deny_covered_copy: copying masked data is not allowed: its statement writes values of public.users.email")
+}

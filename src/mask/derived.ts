@@ -198,6 +198,8 @@ function wholeTableRule(m: CompiledMask, name: string): ColumnRule | undefined {
 function writesRows(st: SqlStatement): boolean {
   if (st.writes.length === 0) return false;
   if (st.kind === "insert" || st.kind === "update" || st.kind === "merge") return true;
+  // PREPARE … AS INSERT (its EXECUTE names no relation) and EXPLAIN ANALYZE INSERT write what their body writes
+  if (st.node === "PrepareStmt" || st.node === "ExplainStmt") return true;
   return (st.node === "CreateTableAsStmt" || st.node === "SelectStmt") && st.tag !== "CREATE MATERIALIZED VIEW";
 }
 
