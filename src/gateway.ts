@@ -21,6 +21,7 @@ import { Lockout } from "./core/lockout.ts";
 import type { Logger } from "./core/log.ts";
 import { AccountStore } from "./identity/accounts.ts";
 import { Identities } from "./identity/index.ts";
+import { DerivedRuleStore } from "./mask/derived.ts";
 import { createPolicyEngine, type PolicyManifest } from "./policy/index.ts";
 import { logPrivileges } from "./protocols/postgres/doctor.ts";
 import { listenPostgres, type PgListener } from "./protocols/postgres/server.ts";
@@ -86,7 +87,9 @@ export async function startGateway(config: Config, log: Logger, testing: { audit
     log,
   });
   await approvals.start();
+  const derived = new DerivedRuleStore(config.mask.derived_store);
   const guard = new Guard({
+    derived,
     policy,
     audit,
     identity,
@@ -117,6 +120,7 @@ export async function startGateway(config: Config, log: Logger, testing: { audit
     accounts?.close();
     await approvalStore.close();
     releaseMemoryBound();
+    derived.close();
   };
   try {
     for (const c of config.connections) {

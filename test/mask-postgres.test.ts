@@ -45,6 +45,7 @@ beforeAll(async () => {
     INSERT INTO orders VALUES (10, 1, 9.99), (11, 2, 5);
     CREATE VIEW customer_contacts AS SELECT c.id, c.email AS contact, upper(c.name) AS shout, lower(c.email) AS lowered FROM customers c;
     CREATE VIEW contacts_again AS SELECT contact AS e FROM customer_contacts;
+    CREATE VIEW card_and_secret AS SELECT id, c.card || ' ' || c.api_secret AS mix FROM customers c;
     CREATE TABLE events (id int, at date, contact_email text) PARTITION BY RANGE (at);
     CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
     INSERT INTO events VALUES (1, '2026-05-01', 'eve@example.com');
@@ -78,6 +79,18 @@ afterAll(async () => {
 /** None of the planted values appears in `text` (the failure names which, not the whole text). */
 function noRaw(text: string): void {
   expect(RAW.filter((raw) => text.includes(raw)).map((raw) => `${raw} in …${text.slice(Math.max(0, text.indexOf(raw) - 60), text.indexOf(raw) + raw.length + 20)}…`)).toEqual([]);
+}
+
+/** The outcome record of the (last) command whose text includes `text`, once it is on disk. */
+async function outcomeOf(text: string): Promise<Record<string, any>> {
+  for (;;) {
+    const records: Record<string, any>[] = [];
+    for await (const r of readRecords(gw.auditDir)) records.push(r);
+    const command = records.findLast((r) => r.type === "command" && String(r.text).includes(text));
+    const outcome = command && records.find((r) => r.type === "outcome" && r.session === command.session && r.seqs.includes(command.seq));
+    if (outcome) return outcome;
+    await Bun.sleep(50);
+  }
 }
 
 describe("column rules follow the column's origin", () => {
@@ -117,6 +130,18 @@ describe("column rules follow the column's origin", () => {
     expect(rows[0]!.lowered).not.toContain("@");
     const again = await sql`SELECT e FROM contacts_again`;
     expect(again.map((r) => r.e)).toEqual(["[REDACTED:email]", "[REDACTED:email]"]);
+  });
+
+  test("a view column built from several covered base columns is masked by the strictest of their rules, and names it", async () => {
+    // card:partial would keep the last 4 characters, those of the api_secret behind it: *secret* (redact) applies
+    const rows = await sql`SELECT mix FROM card_and_secret ORDER BY id`;
+    expect(rows.map((r) => r.mix)).toEqual(["[REDACTED:api_secret]", "[REDACTED:api_secret]"]);
+    // so does a computed column over both in a query
+    const [q] = await sql`SELECT card || api_secret AS both_cols FROM customers WHERE id = 1`;
+    expect(q!.both_cols).toBe("[REDACTED:both_cols]");
+    // the outcome names the rule that applied
+    const outcome = await outcomeOf("FROM card_and_secret");
+    expect(outcome.masked.columns).toEqual({ "*secret*": 2 });
   });
 
   test("a partition read directly is masked by its parent's rule", async () => {

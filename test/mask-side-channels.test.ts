@@ -262,7 +262,7 @@ describe("side channels: a covered value leaves only masked", () => {
   });
 
   test("copying a covered column is refused by agate.mask.deny_covered_copy", async () => {
-    for (const st of ["INSERT INTO sink(t) SELECT code FROM people", "CREATE TEMP TABLE cp2 AS SELECT x FROM people p(i, n, e, x)", "SELECT set_config('my.y', code, false) FROM people"]) {
+    for (const st of ["INSERT INTO sink(t) SELECT code FROM people", "CREATE TEMP TABLE cp2 AS SELECT x FROM people p(i, n, e, x)", "SELECT set_config('my.y', code, false) FROM people", "PREPARE cp3 AS INSERT INTO sink(t) SELECT code FROM people"]) {
       const { outcomes } = await run(gw, "porsager", [st]);
       expect(outcomes[0]).toContain("agate.mask.deny_covered_copy");
     }

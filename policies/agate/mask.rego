@@ -36,9 +36,14 @@ mask_config := c if {
 	c := data.agate.config
 } else := {}
 
+# Rules agate derived when the policy let covered data be copied (input.mask.derived:
+# "public.copy.*" for a table that received covered values) count like configured ones.
 mask_columns := array.concat(
-	object.get(mask_config, ["mask", "columns"], []),
-	object.get(mask_config, ["connections", object.get(object.get(input, "connection", {}), "name", ""), "mask", "columns"], []),
+	array.concat(
+		object.get(mask_config, ["mask", "columns"], []),
+		object.get(mask_config, ["connections", object.get(object.get(input, "connection", {}), "name", ""), "mask", "columns"], []),
+	),
+	object.get(object.get(input, "mask", {}), "derived", []),
 )
 
 mask := {"columns": mask_columns, "detectors": mask_detectors}
@@ -71,6 +76,11 @@ violations contains violation(
 covered_moves(st) := {m |
 	st.kind in {"insert", "update", "merge"}
 	m := "it writes"
+} | {m |
+	# PREPARE … AS INSERT (its EXECUTE names no relation), EXPLAIN ANALYZE INSERT
+	st.node in {"PrepareStmt", "ExplainStmt"}
+	count(st.writes) > 0
+	m := "its statement writes"
 } | {m |
 	st.node in {"CreateTableAsStmt", "SelectStmt"}
 	count(st.writes) > 0

@@ -125,3 +125,32 @@ test_star_patterns_match_like_the_masker if {
 	not agate.star_match("ab*ba", "aba")
 	not agate.star_match("users", "users2")
 }
+
+# A table agate derived a rule for (input.mask.derived) is covered like a configured one:
+# copying it on is refused, and the decision's mask carries the rule.
+test_a_derived_rule_counts_like_a_configured_one if {
+	st := object.union(covered_copy_stmt, {"copies": [{"schema": "public", "table": "sink", "column": "t"}]})
+	d := agate.decision with input as object.union(covered_copy_input(st), {"mask": {"derived": ["public.sink.*"]}})
+	"public.sink.*" in d.mask.columns
+	some r in d.reasons
+	startswith(r, "agate.mask.deny_covered_copy: copying masked data is not allowed: it writes values of public.sink.t")
+}
+
+test_without_derived_rules_the_copy_of_an_uncovered_table_passes if {
+	st := object.union(covered_copy_stmt, {"copies": [{"schema": "public", "table": "sink", "column": "t"}]})
+	d := agate.decision with input as covered_copy_input(st)
+	not any_copy_reason(d.reasons)
+}
+
+any_copy_reason(reasons) if {
+	some r in reasons
+	startswith(r, "agate.mask.deny_covered_copy")
+}
+
+test_a_prepared_covered_copy_is_refused_at_prepare if {
+	st := object.union(covered_copy_stmt, {"kind": "prepare", "node": "PrepareStmt", "tag": "PREPARE"})
+	d := agate.decision with input as covered_copy_input(st)
+		with data.agate.config.mask as {"columns": ["users.email"]}
+	some r in d.reasons
+	startswith(r, "agate.mask.deny_covered_copy: copying masked data is not allowed: its statement writes values of public.users.email")
+}

@@ -21,6 +21,7 @@
  *   webhooks: [{ url: https://hooks.slack.com/…, format: slack }]
  * mask:                           # optional: the key of the "hmac" masking style (>= 32 bytes)
  *   hmac_key_env: AGATE_MASK_KEY  # or hmac_key_file: ./mask.key (mode 0600)
+ *   derived_store: ./mask-derived.db  # SQLite: rules derived when covered data is copied (default)
  * admin:                          # optional: the admin API (proofs, checkpoints, /metrics)
  *   listen: 127.0.0.1:9090
  *   groups: [auditor]             # API keys of these groups may call /v1
@@ -114,6 +115,8 @@ export interface ApprovalsConfig {
 export interface MaskConfig {
   /** Key of the "hmac" masking style. */
   hmac_key?: Uint8Array;
+  /** The SQLite file of derived mask rules (mask/derived.ts). */
+  derived_store: string;
 }
 
 export interface Config {
@@ -223,7 +226,8 @@ function readPrivateFile(file: string, at: string): string {
 
 /** mask: the hmac style's key, from a file (mode 0600) or an environment variable; at least 32 bytes. */
 function parseMask(o: Record<string, unknown>, path: (p: string) => string, env: Record<string, string | undefined>): MaskConfig {
-  only(o, "mask", ["hmac_key_file", "hmac_key_env"]);
+  only(o, "mask", ["hmac_key_file", "hmac_key_env", "derived_store"]);
+  const derived_store = path(o.derived_store === undefined ? "./mask-derived.db" : str(o.derived_store, "mask.derived_store"));
   if (o.hmac_key_file !== undefined && o.hmac_key_env !== undefined) throw new AgateError("CONFIG_INVALID", "mask: give hmac_key_file or hmac_key_env, not both");
   let key: string | undefined;
   let at = "mask.hmac_key_file";
@@ -234,10 +238,10 @@ function parseMask(o: Record<string, unknown>, path: (p: string) => string, env:
     key = env[name];
     if (key === undefined) throw new AgateError("CONFIG_INVALID", `${at} names ${name}, which is not set in the environment`, { at });
   }
-  if (key === undefined) return {};
+  if (key === undefined) return { derived_store };
   const bytes = new TextEncoder().encode(key);
   if (bytes.length < 32) throw new AgateError("CONFIG_INVALID", `${at}: the key is ${bytes.length} bytes; use at least 32 (e.g. \`openssl rand -hex 32\`)`, { at });
-  return { hmac_key: bytes };
+  return { hmac_key: bytes, derived_store };
 }
 
 function parseAudit(a: Record<string, unknown>, durability: DurabilityConfig, path: (p: string) => string, env: Record<string, string | undefined>): AuditConfig {

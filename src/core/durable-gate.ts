@@ -56,6 +56,11 @@ export class DurableGate {
     );
   }
 
+  /** Whether bytes sent now would go straight through (nothing held, nothing queued, not dropped). */
+  get open(): boolean {
+    return this.queue.length === 0 && !this.holding && !this.broken;
+  }
+
   send(bytes: Buffer): void {
     if (this.broken) return;
     if (this.queue.length === 0 && !this.holding) {

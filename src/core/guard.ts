@@ -17,7 +17,8 @@ import { AgateError, asError } from "./errors.ts";
 import type { ListenerLimits, Release } from "./limits.ts";
 import type { Lockout } from "./lockout.ts";
 import { ALL_DETECTORS } from "../mask/detectors.ts";
-import { type CompiledMask, compileMask, type MaskKeys } from "../mask/rules.ts";
+import { derive, type DerivedRule, type DerivedRuleStore } from "../mask/derived.ts";
+import { type CompiledMask, compileMask, type MaskKeys, STRICTNESS } from "../mask/rules.ts";
 import type { MaskCounts } from "../mask/types.ts";
 import { maskRecord } from "./record-text.ts";
 import type { Command, ConnectionRef, Decision, Identity, Outcome, Session } from "./types.ts";
@@ -145,6 +146,8 @@ interface CheckContext {
   durableBefore?: DurableBefore;
   /** The record's durability, when check() does not wait for it. */
   durable?: Promise<void>;
+  /** Mask rules the command derives (deriveStep), kept once its record is durable. */
+  derived?: DerivedRule[];
 }
 
 /**
@@ -168,6 +171,8 @@ export interface GuardDeps {
   maskKeys?: MaskKeys;
   /** Counts failed logins; delays, blocks and locks (lockout.ts). */
   lockout?: Lockout;
+  /** Derived mask rules (mask/derived.ts): added to every decision's mask; without it, a copy of covered values is refused. */
+  derived?: DerivedRuleStore;
 }
 
 /** Failures that say nothing about the credential (the identity provider is down): not counted against the client. */
@@ -181,7 +186,7 @@ export class Guard {
 
   constructor(private readonly deps: GuardDeps) {
     this.now = deps.now ?? (() => new Date());
-    this.pipeline = compose([this.identityStep(), this.decideStep(), this.maskStep(), this.approvalStep(), this.recordStep()]);
+    this.pipeline = compose([this.identityStep(), this.decideStep(), this.maskStep(), this.approvalStep(), this.deriveStep(), this.recordStep(), this.keepDerivedStep()]);
   }
 
   /** The version of the policy that decides now (caches of policy input facts are kept per version). */
@@ -300,6 +305,7 @@ export class Guard {
 
   /** `code`: the stable code of what ended it, when agate did (a limit: IDLE_SESSION_TIMEOUT, SESSION_LIFETIME, …). */
   closeSession(session: Session, reason: string, commands: number, code?: string): void {
+    this.sessionSettings.delete(session.id);
     // A command still held can never run now: end its request, so no one approves it in vain.
     this.deps.approvals?.withdraw(session.id, "disconnected");
     this.held.get(session)?.();
@@ -324,6 +330,7 @@ export class Guard {
   /** The policy input document (DESIGN.md, "Policy contract"). */
   private input(session: Session, stage: "session" | "command", command?: Command, approval?: InputApproval): object {
     const grants = stage === "command" ? this.deps.approvals?.grants(session.identity, session.connection.name) : undefined;
+    const derived = stage === "command" ? this.deps.derived?.forConnection(session.connection.name) : undefined;
     return {
       stage,
       now: this.now().toISOString(),
@@ -332,6 +339,7 @@ export class Guard {
       session: { id: session.id, started_at: session.started_at },
       client: session.client,
       ...(command ? { command: { text: command.text, sql: command.sql, exec: command.exec, http: command.http } } : {}),
+      ...(derived?.length ? { mask: { derived } } : {}),
       ...(grants?.length ? { grants: grants.map((g) => ({ id: g.id, connection: g.connection, granted_by: g.granted_by, expires_at: g.expires_at, request: g.request })) } : {}),
       ...(approval ? { approval } : {}),
     };
@@ -422,8 +430,11 @@ export class Guard {
   private compileMask(ctx: CheckContext): void {
     const d = ctx.decision!;
     const unseen = ctx.identityRefused || ctx.command.invalid !== undefined;
+    const derived = this.deps.derived?.forConnection(ctx.session.connection.name) ?? NO_COLUMNS;
+    const settings = this.sessionSettings.get(ctx.session.id);
+    const mask = derived.length > 0 || settings ? { columns: derived.length > 0 ? [...new Set([...d.mask.columns, ...derived])] : d.mask.columns, detectors: d.mask.detectors, ...(settings ? { settings } : {}) } : d.mask;
     try {
-      ctx.mask = unseen ? compileMask(EVERY_DETECTOR, this.deps.maskKeys) : this.compiledMask(d.mask);
+      ctx.mask = unseen ? compileMask(EVERY_DETECTOR, this.deps.maskKeys) : this.compiledMask(mask);
     } catch (e) {
       ctx.mask = compileMask(EVERY_DETECTOR);
       if (d.allow) ctx.decision = denied(`agate.mask.invalid: ${asError(e).message}`);
@@ -438,6 +449,72 @@ export class Guard {
     return out;
   }
   private readonly masks = new WeakMap<Decision["mask"], CompiledMask>();
+  /**
+   * An allowed statement that moves covered values elsewhere derives mask
+   * rules for where they go (mask/derived.ts); one whose destination agate
+   * cannot follow is refused (also at Parse, so the client learns early),
+   * and so is every such copy on a gateway without a derived rule store.
+   */
+  private deriveStep(): Step {
+    const guard = this;
+    return function deriveRules(ctx: CheckContext, next: () => void | Promise<void>) {
+      const d = ctx.decision!;
+      const facts = ctx.command.sql;
+      if (!d.allow || facts === undefined || ctx.mask!.columns.length === 0) return next();
+      const out = derive(facts.statements, ctx.mask!);
+      const refuse = out.refuse ?? (out.rules.some((r) => r.kind === "column") && !guard.deps.derived ? "this gateway keeps no derived mask rules, so the destination would not be masked" : undefined);
+      if (refuse) ctx.decision = { ...denied(`agate.mask.untracked_copy: ${refuse}`), mask: d.mask };
+      else if (!ctx.recordDenialsOnly && out.rules.length > 0) ctx.derived = out.rules;
+      return next();
+    };
+  }
+
+  /**
+   * Keep the rules the command derives, each new one recorded durably,
+   * before the command is forwarded: column rules in the store (every later
+   * session of the connection), setting rules for this session (set_config
+   * without is_local sets the session's own value; no other session sees it).
+   */
+  private keepDerivedStep(): Step {
+    const guard = this;
+    return function keepDerived(ctx: CheckContext, next: () => void | Promise<void>) {
+      const rules = ctx.derived;
+      if (!rules) return next();
+      const { session, command } = ctx;
+      const added: DerivedRule[] = [];
+      const columns = rules.filter((r) => r.kind === "column");
+      if (columns.length > 0) {
+        try {
+          added.push(...guard.deps.derived!.add(session.connection.name, columns));
+        } catch (e) {
+          throw new AgateError("MASK_DERIVED_UNAVAILABLE", `the derived mask rules could not be kept, so the statement was not run: ${asError(e).message}`);
+        }
+      }
+      for (const r of rules) {
+        if (r.kind !== "setting") continue;
+        let mine = guard.sessionSettings.get(session.id);
+        if (mine === undefined) guard.sessionSettings.set(session.id, (mine = {}));
+        if (mine[r.rule] !== undefined && STRICTNESS[mine[r.rule]!] <= STRICTNESS[r.style]) continue;
+        mine[r.rule] = r.style;
+        added.push(r);
+      }
+      if (added.length === 0) return next();
+      const written = added.map((r) =>
+        guard.deps.audit.append(
+          maskRecord({ type: "mask_derived", session: session.id, identity: session.identity, seq: command.seq, connection: session.connection.name, kind: r.kind, rule: r.rule, style: r.style, from: r.sources, scope: r.kind === "setting" ? "session" : "connection" }, EVERY),
+        ),
+      );
+      return Promise.all(written).then(
+        () => next(),
+        (e: unknown) => {
+          throw new AgateError("AUDIT_WRITE_FAILED", `the audit log could not record a derived mask rule: ${asError(e).message}`);
+        },
+      );
+    };
+  }
+
+  /** Derived rules on settings, per session (keepDerivedStep). */
+  private readonly sessionSettings = new Map<string, Record<string, DerivedRule["style"]>>();
 
   private recordStep(): Step {
     const guard = this;
@@ -496,6 +573,7 @@ const EVERY_DETECTOR = { columns: [], detectors: ALL_DETECTORS };
 const EVERY = compileMask(EVERY_DETECTOR);
 /** The durability of a record check() waited for. */
 const DURABLE = Promise.resolve();
+const NO_COLUMNS: readonly string[] = [];
 
 function denied(reason: string): Decision {
   return { allow: false, reasons: [reason], approval: { required: false, approvers: [], timeout_s: 0 }, mask: { columns: [], detectors: [] } };

@@ -97,19 +97,24 @@ export function triggers(buf: Uint8Array, start: number, end: number): number {
   let run = 0; // token characters in a row
   let digits = 0; // digits of the number being read
   let dots = 0; // its dots
-  for (let i = start; i < end; i++) {
-    const k = CLASS[buf[i]!]!;
-    if (k === K_LOWER) {
-      run++;
-      digits = 0;
-      dots = 0;
-      continue;
+  let i = start;
+  while (i < end) {
+    let c = buf[i]!;
+    // Lower-case letters and spaces, most of any text, in a loop of their own.
+    while (c === 0x20 || (c >= 0x61 && c <= 0x7a)) {
+      if (c === 0x20) {
+        if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
+        run = 0;
+      } else {
+        run++;
+        digits = 0;
+        dots = 0;
+      }
+      if (++i >= end) break;
+      c = buf[i]!;
     }
-    if (k === K_SPACE) {
-      if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
-      run = 0;
-      continue;
-    }
+    if (i >= end) break;
+    const k = CLASS[c]!;
     switch (k) {
       case K_DIGIT:
         run++;
@@ -124,13 +129,11 @@ export function triggers(buf: Uint8Array, start: number, end: number): number {
         digits = 0;
         dots = 0;
         break;
-      case K_NUMTOKEN: {
+      case K_NUMTOKEN:
         run++;
-        const c = buf[i]!;
         if (c === 0x2e) dots++;
         else if (c === 0x2d && i > start && buf[i - 1] === 0x2d) found |= DASHES;
         break;
-      }
       case K_NUMSEP:
         if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
         run = 0;
@@ -144,6 +147,7 @@ export function triggers(buf: Uint8Array, start: number, end: number): number {
         else if (k === K_PUNCT) found |= PUNCT;
         if (found === ALL) return found;
     }
+    i++;
   }
   if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
   return found;

@@ -50,6 +50,8 @@ export interface CompiledMask {
   strictBinary?: boolean;
   /** The detectors that can match text with these prefilter triggers (prefilter.ts); frozen, the same list for the same bits. */
   forTriggers(bits: number): readonly string[];
+  /** Derived rules on settings (derived.ts): a setting's name → the rule its values are masked whole under. */
+  settings?: ReadonlyMap<string, ColumnRule>;
 }
 
 export interface MaskKeys {
@@ -106,9 +108,10 @@ const cache = new Map<string, CompiledMask>();
 const CACHE_MAX = 256;
 
 /** Compile a decision's mask; the same rules give the same (cached) object. Throws MASK_INVALID. */
-export function compileMask(mask: { columns: readonly string[]; detectors: readonly string[] }, keys: MaskKeys = {}): CompiledMask {
-  if (mask.columns.length === 0 && mask.detectors.length === 0) return NO_MASK;
-  const id = `${keys.hmac ? "k" : "-"}${JSON.stringify(mask.columns)}${JSON.stringify(mask.detectors)}`;
+export function compileMask(mask: { columns: readonly string[]; detectors: readonly string[]; settings?: Readonly<Record<string, MaskStyle["kind"]>> }, keys: MaskKeys = {}): CompiledMask {
+  const derivedSettings = Object.entries(mask.settings ?? {});
+  if (mask.columns.length === 0 && mask.detectors.length === 0 && derivedSettings.length === 0) return NO_MASK;
+  const id = `${keys.hmac ? "k" : "-"}${JSON.stringify(mask.columns)}${JSON.stringify(mask.detectors)}${derivedSettings.length ? JSON.stringify(derivedSettings) : ""}`;
   const hit = cache.get(id);
   if (hit) return hit;
   const styles: Record<string, MaskStyle> = Object.create(null);
@@ -133,7 +136,16 @@ export function compileMask(mask: { columns: readonly string[]; detectors: reado
     return { rule, parts: parts.map((p) => pattern(p, rule)), style: styleOf(style, rule, keys) };
   });
   const detectors = Object.freeze(Object.keys(styles));
-  const compiled: CompiledMask = Object.freeze({ detectors: detectors as string[], styles, columns, empty: detectors.length === 0 && columns.length === 0, strictBinary, forTriggers: subsets(detectors) });
+  const settings = new Map(derivedSettings.map(([name, kind]): [string, ColumnRule] => [name, { rule: `(setting ${name})`, parts: [], style: styleOf(kind, name, keys) }]));
+  const compiled: CompiledMask = Object.freeze({
+    detectors: detectors as string[],
+    styles,
+    columns,
+    empty: detectors.length === 0 && columns.length === 0 && settings.size === 0,
+    strictBinary,
+    forTriggers: subsets(detectors),
+    ...(settings.size > 0 ? { settings } : {}),
+  });
   if (cache.size >= CACHE_MAX) cache.delete(cache.keys().next().value!);
   cache.set(id, compiled);
   return compiled;
@@ -147,6 +159,19 @@ export function ruleForColumn(m: CompiledMask, schema: string, table: string, co
     if (r.parts.every((p, i) => p.test(names[offset + i]!))) return r;
   }
   return undefined;
+}
+
+/** Styles from the strictest: a value several rules cover is masked in the strictest of their styles. */
+export const STRICTNESS: Readonly<Record<MaskStyle["kind"], number>> = { redact: 0, hmac: 1, partial: 2 };
+
+/** The index in `rules` of the strictest rule (the first of equals); -1 when there is none. */
+export function strictest(rules: readonly (ColumnRule | undefined)[]): number {
+  let best = -1;
+  for (let i = 0; i < rules.length; i++) {
+    const r = rules[i];
+    if (r !== undefined && (best < 0 || STRICTNESS[r.style.kind] < STRICTNESS[rules[best]!.style.kind])) best = i;
+  }
+  return best;
 }
 
 /** The first one-part rule (a bare column name pattern) covering a result column's own name. */

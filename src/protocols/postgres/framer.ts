@@ -74,7 +74,7 @@ export class Framer {
     const head = this.untyped ? 4 : 5;
     if (this.size < head) return null;
     let first = this.chunks[0]!;
-    if (first.length < head) first = this.flatten();
+    if (first.length < head) first = this.joinFirst(head);
     const lenAt = this.untyped ? 0 : 1;
     const len = first.readInt32BE(lenAt);
     if (len < 4) throw new ProtocolViolation(`invalid message length ${len}`);
@@ -89,7 +89,7 @@ export class Framer {
       return this.copyPiece();
     }
     if (this.size < total) return null; // wait without copying partial bodies
-    if (first.length < total) first = this.flatten();
+    if (first.length < total) first = this.joinFirst(total);
     const raw = first.subarray(0, total);
     if (total === first.length) this.chunks.shift();
     else this.chunks[0] = first.subarray(total);
@@ -110,10 +110,24 @@ export class Framer {
     return new RawFrame(COPY_DATA, raw, 0);
   }
 
-  private flatten(): Buffer {
-    const all = Buffer.concat(this.chunks, this.size);
-    this.chunks = [all];
-    return all;
+  /**
+   * The first `n` bytes (which have arrived) joined into one first chunk:
+   * only the message that spans chunks is copied, the rest of the last
+   * chunk it takes from stays a view (so the bytes after it are not copied,
+   * and stay one run with what follows them in that chunk).
+   */
+  private joinFirst(n: number): Buffer {
+    const out = Buffer.allocUnsafe(n);
+    let o = 0;
+    while (o < n) {
+      const c = this.chunks[0]!;
+      const take = Math.min(c.length, n - o);
+      o += c.copy(out, o, 0, take);
+      if (take === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(take);
+    }
+    this.chunks.unshift(out);
+    return out;
   }
 }
 
@@ -142,8 +156,27 @@ export class Outbox {
     this.size = b.length;
   }
 
+  /** Bytes [a, b) of `buf`, as add(buf.subarray(a, b)), without making that view when they extend the run being collected. */
+  addRange(buf: Buffer, a: number, b: number): void {
+    const first = this.first;
+    if (first !== null && buf.byteOffset + a === this.end && buf.buffer === first.buffer) {
+      this.end += b - a;
+      this.size += b - a;
+      return;
+    }
+    this.add(buf.subarray(a, b));
+  }
+
   get empty(): boolean {
     return this.first === null && this.parts.length === 0;
+  }
+
+  /** Everything added, as runs of adjacent views (nothing is copied). */
+  takeParts(): Buffer[] {
+    this.close();
+    const parts = this.parts;
+    this.parts = [];
+    return parts;
   }
 
   /** Everything added, as one buffer (a copy only when the parts were not adjacent). */

@@ -47,12 +47,13 @@
  */
 import { isUtf8 } from "node:buffer";
 import type { SqlFacts, SqlStatement } from "../../core/types.ts";
-import { binaryScannable, type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName } from "../../mask/rules.ts";
+import { binaryScannable, type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName, strictest } from "../../mask/rules.ts";
 import { triggers } from "../../mask/prefilter.ts";
 import { maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
 import { FIRST_USER_OID, fieldText, maskInside, OPAQUE_SAFE, textBytesOffset, type UserTypes } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
+import type { Outbox } from "./framer.ts";
 import { ProtocolViolation } from "./wire.ts";
 
 export interface Field {
@@ -119,6 +120,63 @@ interface Column {
 }
 
 const SLAB_BYTES = 64 * 1024;
+/** Free slabs a session keeps for reuse at most. */
+const FREE_SLABS = 32;
+
+/**
+ * Where masked rows are written: slabs of SLAB_BYTES; consecutive masked
+ * rows leave as one buffer. A session has one, shared by its results' maskers,
+ * that recycles: before each write to the client it seals the slabs
+ * written since the last one (seal(): the next row starts a new slab), and
+ * gives them back once that write has been flushed (release()), so a result
+ * of any size cycles through the same few slabs instead of leaving garbage
+ * behind at the rate rows pass. One that does not recycle (the default)
+ * leaves full slabs to the socket and the collector.
+ */
+export class RowSlabs {
+  slab: Buffer = EMPTY;
+  used = 0;
+  private readonly free: Buffer[] = [];
+  /** Slabs holding rows not yet handed to a write. */
+  private sealed: Buffer[] = [];
+
+  constructor(private readonly recycle = false) {}
+
+  /**
+   * Room for `need` more bytes of a row being written at `row` (-1: not
+   * started), `written` bytes of it so far; returns where the row starts.
+   * A slab that is full is never written to again: the row moves to a new one.
+   */
+  reserve(row: number, written: number, need: number): number {
+    const from = row < 0 ? this.used : row;
+    if (from + written + need <= this.slab.length) return from;
+    const size = written + need;
+    const slab = size <= SLAB_BYTES ? (this.free.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES)) : Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, 2 * size));
+    if (written > 0) this.slab.copy(slab, 0, from, from + written);
+    // rows before `from` are on their way out; a slab without any is free again at once
+    if (this.recycle && from > 0) this.sealed.push(this.slab);
+    else if (this.recycle) this.release([this.slab]);
+    this.slab = slab;
+    this.used = 0;
+    return 0;
+  }
+
+  /** The slabs holding rows written since the last call (to be released once the write carrying them is flushed); the next row starts a new slab. */
+  seal(): Buffer[] | undefined {
+    if (this.used > 0) this.sealed.push(this.slab);
+    this.slab = EMPTY;
+    this.used = 0;
+    if (this.sealed.length === 0) return undefined;
+    const out = this.sealed;
+    this.sealed = [];
+    return out;
+  }
+
+  /** Slabs sealed before, whose write has been flushed: free for new rows. */
+  release(slabs: readonly Buffer[]): void {
+    for (const s of slabs) if (s.length === SLAB_BYTES && this.free.length < FREE_SLABS) this.free.push(s);
+  }
+}
 const NONE: readonly string[] = [];
 const EMPTY = Buffer.alloc(0);
 
@@ -165,6 +223,8 @@ export class ResultMasker {
     typeAs: (oid: number) => number = (oid) => oid,
     /** What user-defined types inside binary values are (catalog.ts userType). */
     private readonly user?: UserTypes,
+    /** Where masked rows are written (the session's, reused; by default this result's own). */
+    private readonly out: RowSlabs = new RowSlabs(),
   ) {
     this.numeric = mask.detectors.some((d) => NUMERIC_DETECTORS.has(d));
     const computed = taintRule(mask, facts);
@@ -185,15 +245,18 @@ export class ResultMasker {
     const base = { label: f.name, shape, binary, type: f.type, offset: binary ? (textBytesOffset(f.type) ?? 0) : 0 };
     const m = this.mask;
     let rule: ColumnRule | undefined;
-    if (m.columns.length > 0) {
+    if (m.columns.length > 0 || computed !== undefined) {
       if (f.table !== 0) {
         const o = origin(f.table, f.attnum);
         if (o === "unknown") rule = UNRESOLVED;
         else if (o) {
-          const hit = ruleForColumn(m, o.schema, o.table, o.column) ? o : o.via.find((v) => ruleForColumn(m, v.schema, v.table, v.column));
-          // A replacement names the column the rule covers: a view's column carries its base column's name.
-          base.label = (hit ?? o).column;
-          if (hit) rule = ruleForColumn(m, hit.schema, hit.table, hit.column);
+          // A view's column may show several covered base columns (`card || api_secret`): the strictest of
+          // their rules applies, and the replacement (and the outcome's tally) names that rule's column.
+          const named = [o, ...o.via];
+          const rules = named.map((c) => ruleForColumn(m, c.schema, c.table, c.column));
+          const hit = strictest(rules);
+          base.label = named[Math.max(0, hit)]!.column;
+          if (hit >= 0) rule = rules[hit];
         }
       }
       rule ??= ruleForName(m, f.name) ?? (f.table === 0 || this.writes ? computed : undefined);
@@ -212,6 +275,24 @@ export class ResultMasker {
 
   /** The DataRow message `raw` (type byte and length included), masked; the same buffer when nothing changed. */
   row(raw: Buffer): Buffer {
+    return this.write(raw) ? this.out.slab.subarray(this.at, this.out.used) : raw;
+  }
+
+  /** The DataRow message `raw` masked into `out` (no view of a masked row is made when it extends the run `out` collects); returns its length. */
+  rowInto(raw: Buffer, out: Outbox): number {
+    if (!this.write(raw)) {
+      out.add(raw);
+      return raw.length;
+    }
+    out.addRange(this.out.slab, this.at, this.out.used);
+    return this.out.used - this.at;
+  }
+
+  /** Where the last masked row starts in the slab (it ends at out.used). */
+  private at = 0;
+
+  /** Mask `raw` into the slab: false when nothing changed, else the row is slab [at, used). */
+  private write(raw: Buffer): boolean {
     if (raw.length < 7) throw new ProtocolViolation("DataRow is truncated");
     const n = raw.readUInt16BE(5);
     const cols = this.columns;
@@ -239,19 +320,20 @@ export class ResultMasker {
       // room for the raw bytes before the field, the field and the rest of the row
       const size = v === null ? 0 : v === TEXT ? this.text.length * 3 + (b - a) : v === STARRED ? b - a : v.length;
       const need = start - copied + 4 + size + raw.length - b;
+      const slabs = this.out;
       if (row < 0) {
-        row = this.reserve(-1, 0, need);
+        row = slabs.reserve(-1, 0, need);
         o = row;
-      } else if (o + need > this.slab.length) {
+      } else if (o + need > slabs.slab.length) {
         const written = o - row;
-        row = this.reserve(row, written, need);
+        row = slabs.reserve(row, written, need);
         o = row + written;
       }
-      const out = this.slab;
+      const out = slabs.slab;
       o += raw.copy(out, o, copied, start);
       copied = b;
       if (v === null) {
-        o = out.writeInt32BE(-1, o);
+        o = int32(out, o, -1);
         continue;
       }
       const at = o;
@@ -263,35 +345,17 @@ export class ResultMasker {
         if (this.prefix) o += raw.copy(out, o, a, a + this.prefix);
         o += out.write(this.text, o, this.latin1 ? "latin1" : "utf8");
       } else o += v.copy(out, o);
-      out.writeInt32BE(o - at - 4, at);
+      int32(out, at, o - at - 4);
     }
-    if (row < 0) return raw;
-    o += raw.copy(this.slab, o, copied, raw.length);
-    this.slab.writeInt32BE(o - row - 1, row + 1);
-    this.used = o;
+    if (row < 0) return false;
+    o += raw.copy(this.out.slab, o, copied, raw.length);
+    int32(this.out.slab, row + 1, o - row - 1);
+    this.out.used = o;
+    this.at = row;
     this.rowsMasked++;
-    return this.slab.subarray(row, o);
+    return true;
   }
 
-  /**
-   * Room for `need` more bytes of a row being written at `row` (-1: not
-   * started), `written` bytes of it so far; returns where the row starts.
-   * A slab that is full is left to the socket, never reused: the row moves to
-   * a new one.
-   */
-  private reserve(row: number, written: number, need: number): number {
-    const from = row < 0 ? this.used : row;
-    if (from + written + need <= this.slab.length) return from;
-    const slab = Buffer.allocUnsafe(Math.max(SLAB_BYTES, 2 * (written + need)));
-    if (written > 0) this.slab.copy(slab, 0, from, from + written);
-    this.slab = slab;
-    this.used = 0;
-    return 0;
-  }
-
-  /** Where rows are written; consecutive masked rows leave as one buffer. */
-  private slab = EMPTY;
-  private used = 0;
   /** A TEXT value: the text, its encoding, and how many raw bytes go before it (jsonb's version byte). */
   private text = "";
   private latin1 = false;
@@ -379,6 +443,15 @@ const TEXT = 1;
 const STARRED = 2;
 type Value = Buffer | null | undefined | typeof TEXT | typeof STARRED;
 
+/** `v` as a big-endian int32 at `at` (the caller has made room); returns the offset after it. */
+function int32(buf: Buffer, at: number, v: number): number {
+  buf[at] = v >>> 24;
+  buf[at + 1] = v >>> 16;
+  buf[at + 2] = v >>> 8;
+  buf[at + 3] = v;
+  return at + 4;
+}
+
 /** Can the partial style work on these bytes in place (ASCII, long enough)? */
 function isAsciiPartial(buf: Buffer, a: number, b: number, keep: number): boolean {
   if (b - a < Math.max(0, Math.floor(keep)) + 4) return false;
@@ -417,13 +490,13 @@ const UNSEEN: ColumnRule = { rule: "(statement unknown)", parts: [], style: { ki
 const taintCache = new WeakMap<SqlStatement, { mask: CompiledMask; rule: ColumnRule | undefined }>();
 
 /**
- * The column rule that taints a result's statement(s), if any: the first
- * rule covering one of its sources (or any rule when its sources are
- * opaque). Facts without catalog sources (not completed) fall back to the
+ * The column rule that taints a result's statement(s), if any: the
+ * strictest rule covering one of its sources (or any rule when its sources
+ * are opaque). Facts without catalog sources (not completed) fall back to the
  * names the statement uses outside conditions.
  */
 export function taintRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnRule | undefined {
-  if (m.columns.length === 0) return undefined;
+  if (m.columns.length === 0 && m.settings === undefined) return undefined;
   if (!facts) return m.columns[0];
   for (const s of facts.statements) {
     const r = statementTaint(m, s);
@@ -434,7 +507,7 @@ export function taintRule(m: CompiledMask, facts: SqlFacts | undefined): ColumnR
 
 /** The rule that taints statement `s` under mask `m` (cached per statement and mask). */
 export function statementTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined {
-  if (m.columns.length === 0) return undefined;
+  if (m.columns.length === 0 && m.settings === undefined) return undefined;
   const hit = taintCache.get(s);
   if (hit !== undefined && hit.mask === m) return hit.rule;
   const rule = computeTaint(m, s);
@@ -447,12 +520,17 @@ function computeTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined 
   if (s.node === "FetchStmt" || s.node === "ExecuteStmt") return m.columns[0] ?? UNSEEN;
   // EXPLAIN prints plans, not values (what it would move is decided by deny_covered_copy).
   if (s.node === "ExplainStmt") return undefined;
+  if (m.settings !== undefined) {
+    const r = settingTaint(m.settings, s);
+    if (r) return r;
+  }
+  if (m.columns.length === 0) return undefined;
   if (s.sources_opaque === true) return m.columns[0];
   if (s.sources !== undefined) {
-    for (const c of s.sources) {
-      const r = ruleForColumn(m, c.schema, c.table, c.column);
-      if (r) return r;
-    }
+    // Several covered sources may flow into one computed column: the strictest rule applies.
+    const rules = s.sources.map((c) => ruleForColumn(m, c.schema, c.table, c.column));
+    const hit = strictest(rules);
+    if (hit >= 0) return rules[hit];
   } else {
     // Facts the catalog did not complete: by the names alone, conservatively.
     for (const c of s.outputs ?? s.columns) {
@@ -466,6 +544,23 @@ function computeTaint(m: CompiledMask, s: SqlStatement): ColumnRule | undefined 
     const r = ruleForName(m, c);
     if (r) return r;
   }
+  return undefined;
+}
+
+/**
+ * A statement that reads a setting a derived rule covers (SHOW,
+ * current_setting): its rule. SHOW ALL, a name that is not a constant and
+ * pg_settings may read any setting: the first such rule.
+ */
+function settingTaint(rules: ReadonlyMap<string, ColumnRule>, s: SqlStatement): ColumnRule | undefined {
+  const any = () => rules.values().next().value;
+  for (const x of s.settings) {
+    if (x.action !== "show") continue;
+    if (x.name === null || x.name === "all") return any();
+    const r = rules.get(x.name);
+    if (r) return r;
+  }
+  if (s.reads.some((r) => /(^|\.)pg_settings$/.test(r)) || s.functions.some((f) => /(^|\.)pg_show_all_settings$/.test(f))) return any();
   return undefined;
 }
 

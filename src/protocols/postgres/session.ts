@@ -50,7 +50,7 @@ import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
 import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
-import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
+import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, RowSlabs, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
 import { BackendState, copiesIn } from "./backend-state.ts";
@@ -847,7 +847,7 @@ export class PgSession {
       this.fatal(e);
       return;
     }
-    if (!out.empty) this.writeClient(out.take());
+    if (!out.empty) this.writeClient(out.takeParts());
     this.noteIdle();
   }
 
@@ -869,7 +869,8 @@ export class PgSession {
         } finally {
           this.lookedUp = false;
         }
-        this.upstream.socket.resume();
+        // (a client above its high-water mark resumes the target on drain)
+        if (!this.client.writableNeedDrain) this.upstream.socket.resume();
         this.fromUpstream(EMPTY);
       },
       (e) => this.fatal(e),
@@ -898,7 +899,7 @@ export class PgSession {
           break;
         }
         this.resultRows++;
-        if (r?.rows) this.relayRow(r.rows.row(f.raw), out);
+        if (r?.rows) this.resultBytes += r.rows.rowInto(f.raw, out);
         else if (r?.kind === "execute" && !r.mask.empty) return this.executeRows(f, out);
         else if (!(r && r.kind !== "describe" ? r.mask : this.lastMask).empty) throw new Error("the target sent rows agate cannot match with their columns, so they cannot be masked");
         else this.relayRow(f.raw, out);
@@ -1142,7 +1143,7 @@ export class PgSession {
     if (!desc) throw new Error(`rows of portal "${r.portal}" arrived without its columns, so they cannot be masked`);
     const planned = this.plan(desc, r);
     if (planned) return planned;
-    this.relayRow(r.rows!.row(f.raw), out);
+    this.resultBytes += r.rows!.rowInto(f.raw, out);
     return undefined;
   }
 
@@ -1182,7 +1183,7 @@ export class PgSession {
     };
     // A simple query answers its statements in order, each ending in CommandComplete: this result is statement `done`'s.
     const facts = reply.kind === "query" && reply.facts && reply.facts.statements[reply.done ?? 0] ? { multi: false, statements: [reply.facts.statements[reply.done ?? 0]!] } : reply.facts;
-    return new ResultMasker(fields, reply.mask, facts, origin, this.tally, (oid) => this.catalog.cachedType(oid) ?? oid, (oid) => this.catalog.userType(oid));
+    return new ResultMasker(fields, reply.mask, facts, origin, this.tally, (oid) => this.catalog.cachedType(oid) ?? oid, (oid) => this.catalog.userType(oid), this.slabs);
   }
 
   /**
@@ -1235,17 +1236,35 @@ export class PgSession {
     this.errorMask = undefined;
   }
 
-  private writeClient(buf: Buffer): void {
+  /** Send `buf` (or its parts, in order, not copied into one) to the client; pause the target while the client's socket is above its high-water mark. */
+  private writeClient(buf: Buffer | Buffer[]): void {
     if (this.closed) return;
-    this.gate.send(buf);
+    const slabs = this.slabs.seal();
+    if (this.gate.open) return this.writeNow(buf, slabs);
+    // Held behind a record's durability (durable-gate.ts): queued as a copy, so the masked rows' slabs are free at once.
+    this.gate.send(slabs || Array.isArray(buf) ? Buffer.concat(Array.isArray(buf) ? buf : [buf]) : buf);
+    if (slabs) this.slabs.release(slabs);
   }
 
-  /** What the gate lets through; also after the session ended, for answers whose records became durable since. */
-  private writeNow(buf: Buffer): void {
+  /**
+   * Write to the client now: what the gate lets through (also after the session ended, for answers whose records
+   * became durable since), or parts in order, not copied into one. `slabs`: masked rows' slabs (rows.ts RowSlabs),
+   * reused once the last write carrying them has been flushed.
+   */
+  private writeNow(buf: Buffer | Buffer[], slabs?: Buffer[]): void {
     if (this.client.destroyed) return;
-    countRelayed(buf.length);
-    if (!this.client.write(buf)) this.upstream.socket.pause();
+    const parts = Array.isArray(buf) ? buf : [buf];
+    let ok = true;
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]!;
+      countRelayed(part.length);
+      ok = slabs && i === parts.length - 1 ? this.client.write(part, (e?: Error | null) => e || this.slabs.release(slabs)) : this.client.write(part);
+    }
+    if (!ok) this.upstream.socket.pause();
   }
+
+  /** Where this session's result maskers write masked rows. */
+  private readonly slabs = new RowSlabs(true);
 
   // ── ending ───────────────────────────────────────────────────────────
 
