@@ -217,6 +217,8 @@ export interface AgateOptions {
   logLevel?: string;
   /** More keys for every connection (startup_timeout_ms, max_message_bytes, …). */
   connection?: object;
+  /** More top-level config keys (lockout, …). */
+  config?: object;
 }
 
 /**
@@ -249,6 +251,7 @@ export async function startAgate(o: AgateOptions): Promise<AgateProcess> {
       ...o.connection,
     })),
     ...(o.logLevel ? { log_level: o.logLevel } : {}),
+    ...o.config,
   };
   const configFile = join(dir, "agate.yaml");
   writeFileSync(configFile, JSON.stringify(config, null, 2) + "\n", { mode: 0o600 });
