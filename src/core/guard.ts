@@ -82,6 +82,17 @@ export interface ClientInfo {
   application?: string;
 }
 
+/**
+ * A setting the client asked for when it connected (a PostgreSQL startup
+ * parameter or a `-c` in its `options`): the session-stage policy input's
+ * `session.settings`, with the name lower-cased as the policy compares it.
+ */
+export interface StartupSetting {
+  name: string;
+  value: string;
+  from: "parameter" | "options";
+}
+
 /** The guard's answer to one command. */
 export interface Verdict {
   allow: boolean;
@@ -154,7 +165,7 @@ export class Guard {
    * session start durably. Throws AgateError: AUTH_FAILED, SESSION_DENIED,
    * AUDIT_WRITE_FAILED. Every refusal is recorded too.
    */
-  async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential): Promise<Session> {
+  async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential, settings: readonly StartupSetting[] = []): Promise<Session> {
     const refuse = (e: AgateError) => {
       this.sessionRefused(connection, client, e, { user: credential.user, ...(identity ? { identity } : {}) });
       return e;
@@ -167,11 +178,13 @@ export class Guard {
       throw refuse(err);
     }
     const session: Session = { id: randomUUID(), started_at: this.now().toISOString(), identity, connection, client };
-    const decision = this.deps.policy.decide(this.input(session, "session"));
+    const decision = this.deps.policy.decide(this.input(session, "session", undefined, undefined, settings));
     if (!decision.allow) {
       throw refuse(new AgateError("SESSION_DENIED", `policy denied the session: ${decision.reasons.join("; ") || "no rule allowed it"}`, { reasons: decision.reasons }));
     }
-    await this.deps.audit.append(maskRecord({ type: "session_start", session: session.id, identity, connection, client, policy: this.deps.policy.version }, EVERY));
+    // As "name=value" text: the masker reads both (a client chooses the names under an allowed prefix such as "app.*").
+    const asked = settings.length ? { settings: settings.map((s) => `${s.name}=${s.value}`) } : {};
+    await this.deps.audit.append(maskRecord({ type: "session_start", session: session.id, identity, connection, client, ...asked, policy: this.deps.policy.version }, EVERY));
     return session;
   }
 
@@ -248,14 +261,14 @@ export class Guard {
   }
 
   /** The policy input document (DESIGN.md, "Policy contract"). */
-  private input(session: Session, stage: "session" | "command", command?: Command, approval?: InputApproval): object {
+  private input(session: Session, stage: "session" | "command", command?: Command, approval?: InputApproval, settings?: readonly StartupSetting[]): object {
     const grants = stage === "command" ? this.deps.approvals?.grants(session.identity, session.connection.name) : undefined;
     return {
       stage,
       now: this.now().toISOString(),
       identity: session.identity,
       connection: session.connection,
-      session: { id: session.id, started_at: session.started_at },
+      session: { id: session.id, started_at: session.started_at, ...(settings ? { settings: settings.map((s) => ({ ...s, name: s.name.toLowerCase() })) } : {}) },
       client: session.client,
       ...(command ? { command: { text: command.text, sql: command.sql, exec: command.exec, http: command.http } } : {}),
       ...(grants?.length ? { grants: grants.map((g) => ({ id: g.id, connection: g.connection, granted_by: g.granted_by, expires_at: g.expires_at, request: g.request })) } : {}),

@@ -40,7 +40,7 @@ import type { Catalog } from "./catalog.ts";
 import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
-import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, inClientEncoding, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
@@ -180,6 +180,7 @@ export class PgSession {
     private readonly onEnd: (end: SessionEnd) => void,
   ) {
     this.txStatus = upstream.txStatus;
+    this.estimates.startWith(upstream.params);
     for (const raw of upstream.parameterStatus) {
       const [name, value] = raw.toString("utf8", 5).split("\0");
       this.lexing.report(name ?? "", value ?? "");
@@ -708,7 +709,7 @@ export class PgSession {
   }
 
   private materialize(i: Injected): Buffer {
-    return i === "ReadyForQuery" ? ReadyForQuery(this.txStatus) : i;
+    return i === "ReadyForQuery" ? ReadyForQuery(this.txStatus) : inClientEncoding(i, this.lexing.encoding);
   }
 
   private flushUpstream(): void {
@@ -836,7 +837,7 @@ export class PgSession {
         }
         if (r?.kind === "query") this.checkStatementCount(r);
         // agate's failing statement for a refusal: the client gets agate's error in its place.
-        const masked = r?.refusal ?? maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
+        const masked = r?.refusal ? inClientEncoding(r.refusal, this.lexing.encoding) : maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
         if (!this.error && !r?.refusal) {
           this.error = readErrorFields(masked.subarray(5));
           this.errorMask = r && r.kind !== "describe" ? r.mask : undefined;
@@ -1126,7 +1127,7 @@ export class PgSession {
     const message = violation ? `agate: protocol violation: ${(e as Error).message}` : e instanceof TargetDisagrees || e instanceof AgateError ? `agate: ${e.message}` : `agate: internal error: ${(e as Error)?.message ?? String(e)}`;
     this.log(violation ? "warn" : "error", "session closed", { session: this.session.id, error: message });
     if (!this.closed) {
-      this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
+      this.client.end(inClientEncoding(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }), this.lexing.encoding));
       // Read nothing more (the rest of an oversized message stays unread); give the client a moment to read
       // the error before the connection is dropped, whatever it still sends.
       this.client.pause();
