@@ -325,9 +325,10 @@ class Startup {
       const err = e as AgateError;
       opts.log("error", "target connection failed", { connection: opts.connection.name, session: session.id, code: err.code, error: err.message });
       opts.guard.closeSession(session, `target connection failed: ${err.message}`, 0);
-      // The target refusing a setting the client asked for (22023 invalid value, 42704 unknown name, …) is the client's to read as the target said it.
-      const sqlstate = err.code === "UPSTREAM_REFUSED" && typeof err.details?.sqlstate === "string" ? err.details.sqlstate : undefined;
-      if (sqlstate && this.settings.length > 0) this.refuse(sqlstate, err.message.replace(/^the target refused the gateway's connection: /, ""));
+      // The target refusing a setting the client asked for (22023 invalid value, 42704 unknown name, 42501 not
+      // permitted, …) is the client's to read as the target said it.
+      const sqlstate = err.code === "UPSTREAM_REFUSED" ? String(err.details.sqlstate ?? "") : "";
+      if (this.settings.length > 0 && /^(22|42)/.test(sqlstate)) this.refuse(sqlstate, err.message.replace(/^the target refused the gateway's connection: /, ""));
       else this.refuse("08001", `agate: could not connect to the target of "${opts.connection.name}": ${err.message}`);
       return;
     }
