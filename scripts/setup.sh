@@ -3,7 +3,8 @@
 # Node.js (for npm) and Go (to build opa and versitygw). Idempotent: when
 # everything is there it checks and returns in about a second.
 #
-#   bash scripts/setup.sh           Bun, node_modules, opa, versitygw (S3), PostgreSQL server + psql
+#   bash scripts/setup.sh           Bun, node_modules, opa, versitygw (S3), PostgreSQL server + psql,
+#                                   cc + libpq headers, psycopg (in a venv)
 #   bash scripts/setup.sh --bench   also pgbench and pgbouncer (scripts/bench)
 #
 # One line per step on stderr; the tools' own output is shown only when they fail.
@@ -17,7 +18,7 @@ for arg in "$@"; do
   case "$arg" in
     --bench) BENCH=1 ;;
     -h | --help)
-      sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -105,6 +106,10 @@ command -v psql >/dev/null 2>&1 && command -v pg_isready >/dev/null 2>&1 || miss
 id -u postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl) # the TLS tests make their certificate with it
+# The libpq tests build small C clients: a C compiler, libpq's header and pg_config.
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v pg_config >/dev/null 2>&1 && [[ -f "$(pg_config --includedir)/libpq-fe.h" ]] || missing+=(libpq-dev)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv) # psycopg's venv, below
 if [[ ${#missing[@]} -gt 0 ]]; then
   # shellcheck disable=SC2207
   missing=($(printf '%s\n' "${missing[@]}" | sort -u))
@@ -114,6 +119,18 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   command -v psql >/dev/null 2>&1 || die "postgresql-client is installed but psql is not on PATH"
 fi
 say "postgresql ok ($(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -1), $(psql --version))"
+
+# --- psycopg, the Python driver some client tests run through agate ---------
+# In its own venv under $AGATE_TOOLS/py; the pure-Python build uses the system libpq.
+PSYCOPG_VERSION="3.3.9"
+py="${AGATE_TOOLS:-$HOME/.local/agate-tools}/py"
+if "$py/bin/python" -c "import psycopg, sys; sys.exit(psycopg.__version__ != '$PSYCOPG_VERSION')" 2>/dev/null; then
+  say "psycopg $PSYCOPG_VERSION ok ($py)"
+else
+  say "installing psycopg $PSYCOPG_VERSION into $py"
+  quietly python3 -m venv "$py" || die "python3 -m venv $py failed (see above)"
+  quietly "$py/bin/pip" install --disable-pip-version-check -q "psycopg==$PSYCOPG_VERSION" || die "pip install psycopg==$PSYCOPG_VERSION failed (see above)"
+fi
 
 # --- benchmarks: pgbench, pgbouncer -------------------------------------------
 if [[ $BENCH -eq 1 ]]; then

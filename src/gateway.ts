@@ -12,7 +12,10 @@ import { openLog } from "./audit/index.ts";
 import { parseSignerKey } from "./audit/note.ts";
 import { Shipper } from "./audit/ship.ts";
 import type { Config } from "./config/index.ts";
+import { boundGarbage } from "./core/memory.ts";
 import { Guard } from "./core/guard.ts";
+import { ListenerLimits } from "./core/limits.ts";
+import { Lockout } from "./core/lockout.ts";
 import type { Logger } from "./core/log.ts";
 import { AccountStore } from "./identity/accounts.ts";
 import { Identities } from "./identity/index.ts";
@@ -64,6 +67,8 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
   log("info", "policy loaded", { version: policy.version, bundle: config.policy.bundle ?? "(embedded default)" });
   const accounts = config.identity.accounts ? new AccountStore(config.identity.accounts) : undefined;
   const identity = new Identities(config.identity, accounts);
+  const lockout = new Lockout(config.lockout, accounts);
+  const limits: ListenerLimits[] = [];
   const a = config.approvals;
   const approvalStore = a.store.kind === "sqlite" ? new SqliteApprovalStore(a.store.path) : await (await import("./approvals/pg.ts")).PgApprovalStore.open(a.store.url);
   let adminUrl: string | undefined;
@@ -83,11 +88,14 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     identity,
     approvals,
     maskKeys: { ...(config.mask.hmac_key ? { hmac: config.mask.hmac_key } : {}) },
+    lockout,
     onAuditError: (error, fields) => log("error", "audit record lost", { error: error.message, type: fields.type, session: fields.session }),
   });
 
   const listeners: PgListener[] = [];
   const described: Gateway["listeners"] = [];
+  // What closed sessions leave behind is collected once RSS has grown by 64 MB (core/memory.ts).
+  const releaseMemoryBound = boundGarbage(log);
   let admin: ReturnType<typeof Bun.serve> | null = null;
   // What each target credential can do, logged in the background (never delaying or failing start-up).
   const privilegeChecks = new AbortController();
@@ -104,9 +112,12 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     policy.close();
     accounts?.close();
     await approvalStore.close();
+    releaseMemoryBound();
   };
   try {
     for (const c of config.connections) {
+      const connectionLimits = new ListenerLimits(c.name, c.limits);
+      limits.push(connectionLimits);
       const l = await listenPostgres({
         connection: { name: c.name, protocol: "postgres", target: `${c.target.host}:${c.target.port}/${c.target.database}` },
         host: c.host,
@@ -118,13 +129,14 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
         maxMessageBytes: c.max_message_bytes,
         allowPlaintextAuth: c.allow_plaintext_auth,
         startupTimeoutMs: c.startup_timeout_ms,
+        limits: connectionLimits,
       });
       listeners.push(l);
       described.push({ name: c.name, host: c.host, port: l.port });
       log("info", "listening", { connection: c.name, protocol: "postgres", address: `${c.host}:${l.port}`, target: `${c.target.host}:${c.target.port}` });
     }
     if (config.admin) {
-      const app = adminApp({ log: audit, authenticate: (key) => identity.verifyBearer(key), groups: config.admin.groups, approvals, ...(shipper ? { ship: () => shipper!.status() } : {}) });
+      const app = adminApp({ log: audit, authenticate: (key) => identity.verifyBearer(key), groups: config.admin.groups, approvals, ...(shipper ? { ship: () => shipper!.status() } : {}), lockout: () => lockout.status(), limits });
       admin = Bun.serve({ hostname: config.admin.host, port: config.admin.port, fetch: app.fetch });
       adminUrl = `http://${config.admin.host.includes(":") ? `[${config.admin.host}]` : config.admin.host}:${admin.port}`;
       log("info", "admin API listening", { address: `${config.admin.host}:${admin.port}` });

@@ -38,7 +38,7 @@ Commands:
   policy check               exit 1 if wasm/ is stale against policies/
   keys create --id ID        make a service-account API key; prints the key once and its config entry
   keys generate --name N     make the Ed25519 key that signs audit checkpoints
-  accounts create|list|revoke  manage service accounts and their API keys (accounts store)
+  accounts create|list|revoke|locked|unlock  manage service accounts and their API keys, and user locks (accounts store)
   login --issuer URL         sign in with an OIDC provider (device grant); prints export PGUSER/PGPASSWORD
   approvals list|show|approve|deny   see and decide commands held for approval (through the admin API)
   version                    print the version
@@ -139,13 +139,23 @@ are some and neither --accept nor --cut was given.`,
     help: `Usage: agate accounts create --id ID [--groups a,b] [--kind service|agent|human] [--owner WHO] [--expires RFC3339] (--config FILE | --db FILE)
        agate accounts list (--config FILE | --db FILE) [--json]
        agate accounts revoke ID (--config FILE | --db FILE)
+       agate accounts locked (--config FILE | --db FILE) [--json]
+       agate accounts unlock USER (--config FILE | --db FILE)
 
 Service accounts and their API keys, kept in the accounts store (SQLite; the
 file identity.accounts in the configuration, or --db). A key is shown once
 at creation; the store keeps only its SHA-256. Revoking takes effect in a
 running gateway within a fraction of a second, for new commands in open
 sessions too. Clients log in with the account id as user name and the key as
-password.`,
+password.
+
+The same store keeps the user names locked after repeated failed logins
+(lockout.lock_user_after in the configuration); a lock lasts, across
+restarts, until it is lifted. 'locked' lists them; 'unlock USER' lifts one,
+and a running gateway accepts that user's logins again within a fraction of
+a second. USER is the user name clients log in as; it need not be an account
+of the store (an API key of the configuration, an OIDC user). Blocked client
+addresses are not kept here: a block ends by itself after lockout.block_s.`,
     run: accounts,
   },
   approvals: {
@@ -539,7 +549,7 @@ async function accounts(argv: string[]): Promise<number> {
       json: { type: "boolean" },
     },
   });
-  if (sub !== "create" && sub !== "list" && sub !== "revoke") throw new AgateError("USAGE", `accounts needs a subcommand: create, list or revoke (got ${sub ?? "nothing"})`);
+  if (sub !== "create" && sub !== "list" && sub !== "revoke" && sub !== "locked" && sub !== "unlock") throw new AgateError("USAGE", `accounts needs a subcommand: create, list, revoke, locked or unlock (got ${sub ?? "nothing"})`);
   const store = openAccounts(values);
   try {
     if (sub === "create") {
@@ -561,6 +571,19 @@ async function accounts(argv: string[]): Promise<number> {
         throw new AgateError("ACCOUNT_NOT_FOUND", a ? `account ${id} was already revoked at ${a.revoked_at}` : `no account ${id} in ${store.path}`);
       }
       console.log(`revoked ${id}: its key is refused from now on, in open sessions too`);
+      return 0;
+    }
+    if (sub === "unlock") {
+      const user = positionals[0];
+      if (!user) throw new AgateError("USAGE", "accounts unlock needs the user name (see agate accounts locked)");
+      if (!store.unlockUser(user)) throw new AgateError("NOT_LOCKED", `"${user}" is not locked in ${store.path}`);
+      console.log(`unlocked ${user}: its logins are accepted again`);
+      return 0;
+    }
+    if (sub === "locked") {
+      const locked = store.lockedUsers();
+      if (values.json) console.log(JSON.stringify(locked));
+      else for (const l of locked) console.log(`${l.user}  locked ${l.locked_at} after ${l.failures} failed logins`);
       return 0;
     }
     const all = store.list();

@@ -2,8 +2,8 @@
  * Masking without side channels, end to end: real PostgreSQL, a gateway
  * whose policy data puts column rules on the secret columns
  * (public.people.code, people.email, people.pin) and runs every detector,
- * and psql (simple protocol), porsager (extended, text) and node-postgres
- * (extended, binary) reading through it. Between each client and the
+ * and psql (simple protocol), porsager (extended, text), node-postgres
+ * (extended, binary) and psycopg (extended, binary) reading through it. Between each client and the
  * gateway sits a proxy that records every byte the gateway sends.
  *
  * Each path that used to carry a covered value out without its column's
@@ -32,6 +32,7 @@ import pg from "pg";
 import postgres from "postgres";
 import { directoryText, sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
+import { psycopg } from "./helpers/psycopg.ts";
 
 const CODE = "QX7VAULTRHOMBUS93817";
 const EMAIL = "zelda.quartzmoor@example.org";
@@ -143,8 +144,8 @@ afterAll(async () => {
   await db?.stop();
 });
 
-type Client = "psql" | "porsager" | "node-postgres";
-const CLIENTS: Client[] = ["psql", "porsager", "node-postgres"];
+type Client = "psql" | "porsager" | "node-postgres" | "psycopg";
+const CLIENTS: Client[] = ["psql", "porsager", "node-postgres", "psycopg"];
 
 /** Run `statements` in one session of `client` through a recorder in front of `g`; returns what came back as text, and the recorder. */
 async function run(g: TestGateway, client: Client, statements: string[]): Promise<{ text: string; rec: Recorder; outcomes: string[] }> {
@@ -165,6 +166,8 @@ async function run(g: TestGateway, client: Client, statements: string[]): Promis
       }
     }
     await sql.end();
+  } else if (client === "psycopg") {
+    outcomes.push(...(await psycopg(url, statements, { binary: true })));
   } else {
     const c = new pg.Client({ connectionString: url, binary: true } as pg.ClientConfig);
     c.on("notice", (n) => outcomes.push(JSON.stringify({ ...n, message: n.message })));

@@ -215,6 +215,8 @@ export interface AgateOptions {
   flags?: string[];
   /** log_level; default info. */
   logLevel?: string;
+  /** More keys for every connection (startup_timeout_ms, max_message_bytes, …). */
+  connection?: object;
 }
 
 /**
@@ -244,6 +246,7 @@ export async function startAgate(o: AgateOptions): Promise<AgateProcess> {
       listen: `127.0.0.1:${ports[name]}`,
       allow_plaintext_auth: true,
       target: { host: "127.0.0.1", port: o.target.port, database: o.target.database, user: o.target.user, password_env: "AGATE_BENCH_TARGET_PASSWORD" },
+      ...o.connection,
     })),
     ...(o.logLevel ? { log_level: o.logLevel } : {}),
   };

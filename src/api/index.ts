@@ -23,6 +23,8 @@ import type { TransparencyLog } from "../audit/index.ts";
 import type { Approvals } from "../approvals/index.ts";
 import type { ShipStatus } from "../audit/ship.ts";
 import { AgateError } from "../core/errors.ts";
+import type { ListenerLimits } from "../core/limits.ts";
+import type { LockoutStatus } from "../core/lockout.ts";
 import type { Identity } from "../core/types.ts";
 
 export interface AdminOptions {
@@ -33,6 +35,10 @@ export interface AdminOptions {
   groups: string[];
   ship?: () => ShipStatus;
   approvals?: Approvals;
+  /** Failed logins, blocks and locks (core/lockout.ts). */
+  lockout?: () => LockoutStatus;
+  /** Each listener's limits, with what they hold and refused (core/limits.ts). */
+  limits?: ListenerLimits[];
 }
 
 const b64 = (h: Uint8Array) => Buffer.from(h).toString("base64");
@@ -171,6 +177,26 @@ export function adminApp(o: AdminOptions): Hono<Env> {
       metric("agate_audit_ship_errors_total", "counter", "Failed upload attempts.", s.errors);
       metric("agate_audit_ship_last_success_timestamp_seconds", "gauge", "When the last upload was confirmed (0: never).", s.lastSuccessAt / 1000);
       metric("agate_audit_ship_failing", "gauge", "1 while uploads are failing.", s.lastError ? 1 : 0);
+    }
+    const l = o.lockout?.();
+    if (l) {
+      metric("agate_login_failures_total", "counter", "Failed logins (a wrong or unusable credential).", l.failures);
+      metric("agate_login_delayed_total", "counter", "Failure answers delayed because their address failed repeatedly.", l.delayed);
+      metric("agate_lockout_address_blocks_total", "counter", "Client addresses blocked after repeated failed logins.", l.addressBlocks);
+      metric("agate_lockout_user_locks_total", "counter", "User names locked after repeated failed logins.", l.userLocks);
+      metric("agate_lockout_refused_total", "counter", "Logins refused from a blocked address or as a locked user.", l.refusedBlocked + l.refusedLocked);
+      metric("agate_lockout_blocked_addresses", "gauge", "Client addresses blocked now.", l.blockedAddresses);
+      metric("agate_lockout_locked_users", "gauge", "User names locked now (until `agate accounts unlock`).", l.lockedUsers);
+    }
+    if (o.limits?.length) {
+      const series = (name: string, type: "gauge" | "counter", help: string, values: [Record<string, string>, number][]) => {
+        lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+        for (const [labels, v] of values) lines.push(`${name}{${Object.entries(labels).map(([k, x]) => `${k}="${x.replace(/[\\"]/g, "\\$&").replace(/\n/g, "\\n")}"`).join(",")}} ${v}`);
+      };
+      series("agate_connections_open", "gauge", "Client connections open on each listener, logged in or not.", o.limits.map((x) => [{ connection: x.connection }, x.connections]));
+      series("agate_sessions_open", "gauge", "Sessions open on each listener.", o.limits.map((x) => [{ connection: x.connection }, x.sessions]));
+      series("agate_limit_refusals_total", "counter", "Connections and sessions refused by a limit (limits.*), by code.", o.limits.flatMap((x) => (["LIMIT_CONNECTIONS", "LIMIT_CONNECTIONS_PER_ADDRESS", "LIMIT_SESSIONS_PER_IDENTITY"] as const).map((code): [Record<string, string>, number] => [{ connection: x.connection, code }, x.counts[code]])));
+      series("agate_limit_session_ends_total", "counter", "Sessions ended by an idle timeout or the session lifetime, by code.", o.limits.flatMap((x) => (["IDLE_SESSION_TIMEOUT", "IDLE_IN_TRANSACTION_TIMEOUT", "SESSION_LIFETIME"] as const).map((code): [Record<string, string>, number] => [{ connection: x.connection, code }, x.counts[code]])));
     }
     return c.text(`${lines.join("\n")}\n`, 200, { "Content-Type": "text/plain; version=0.0.4" });
   });

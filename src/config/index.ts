@@ -35,12 +35,22 @@
  *     - issuer: https://idp.example.com
  *       audience: agate
  *       max_token_lifetime_s: 86400   # refuse tokens valid longer (exp - iat)
+ * lockout:                        # failed logins (core/lockout.ts); these are the defaults
+ *   window_s: 300
+ *   delay_after: 3                # failures from one address before its failure answers are delayed
+ *   delay_ms: 250                 # doubling per further failure, up to max_delay_ms
+ *   max_delay_ms: 4000
+ *   block_after: 20               # failures from one address at which it is blocked for block_s
+ *   block_s: 600
+ *   lock_user_after: 0            # failures for one user name at which it is locked (needs identity.accounts)
  * connections:
  *   - name: app-db
  *     protocol: postgres
  *     listen: 127.0.0.1:6432
  *     tls: { cert: ./cert.pem, key: ./key.pem, required: false }
  *     target: { host: 127.0.0.1, port: 5432, database: app, user: app, password_env: APP_DB_PASSWORD }
+ *     limits: { max_connections: 100, max_connections_per_address: 0, max_sessions_per_identity: 0,
+ *               idle_session_timeout_s: 0, idle_in_transaction_timeout_s: 0, max_session_lifetime_s: 0 }   # 0: none
  * ```
  */
 import { readFileSync, statSync } from "node:fs";
@@ -48,6 +58,8 @@ import { dirname, resolve } from "node:path";
 import { parse } from "yaml";
 import { MAX_PAYLOAD_BYTES } from "../audit/format.ts";
 import { AgateError } from "../core/errors.ts";
+import { DEFAULT_LIMITS, type LimitsConfig } from "../core/limits.ts";
+import { DEFAULT_LOCKOUT, type LockoutConfig } from "../core/lockout.ts";
 import type { ApiKeyAccount } from "../identity/apikey.ts";
 import { ASYMMETRIC_ALGORITHMS, type OidcIssuerConfig } from "../identity/oidc.ts";
 import type { PgTarget } from "../protocols/postgres/upstream.ts";
@@ -65,6 +77,7 @@ export interface PostgresConnectionConfig {
   target: PgTarget;
   max_message_bytes: number;
   startup_timeout_ms: number;
+  limits: LimitsConfig;
 }
 
 export interface ShipConfig {
@@ -110,6 +123,7 @@ export interface Config {
   admin?: { host: string; port: number; groups: string[] };
   policy: { bundle?: string; data: Record<string, unknown>; watch: boolean };
   identity: { api_keys: ApiKeyAccount[]; accounts?: string; oidc: OidcIssuerConfig[] };
+  lockout: LockoutConfig;
   connections: PostgresConnectionConfig[];
   log_level: "debug" | "info" | "warn" | "error";
 }
@@ -135,7 +149,7 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
   const root = obj(doc, "the configuration");
   const path = (p: string) => resolve(baseDir, p);
 
-  only(root, "the configuration", ["audit", "admin", "approvals", "mask", "policy", "identity", "connections", "log_level"]);
+  only(root, "the configuration", ["audit", "admin", "approvals", "mask", "policy", "identity", "lockout", "connections", "log_level"]);
   const audit = obj(root.audit ?? {}, "audit");
   only(audit, "audit", ["dir", "durability", "segment_bytes", "signing_key", "origin", "checkpoint", "seal_after_s", "ship"]);
   const durability = parseDurability(audit.durability ?? "strict");
@@ -185,6 +199,7 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
       ...(identity.accounts !== undefined ? { accounts: path(str(identity.accounts, "identity.accounts")) } : {}),
       oidc: arr(identity.oidc ?? [], "identity.oidc").map((o, i) => parseOidc(obj(o, `identity.oidc[${i}]`), `identity.oidc[${i}]`)),
     },
+    lockout: parseLockout(obj(root.lockout ?? {}, "lockout"), identity.accounts !== undefined),
     connections,
     log_level: logLevel as Config["log_level"],
   };
@@ -370,7 +385,7 @@ function parseDurability(v: unknown): DurabilityConfig {
 }
 
 function parseConnection(o: Record<string, unknown>, at: string, path: (p: string) => string, env: Record<string, string | undefined>): PostgresConnectionConfig {
-  only(o, at, ["name", "protocol", "listen", "tls", "target", "max_message_bytes", "startup_timeout_ms", "allow_plaintext_auth"]);
+  only(o, at, ["name", "protocol", "listen", "tls", "target", "max_message_bytes", "startup_timeout_ms", "allow_plaintext_auth", "limits"]);
   const name = str(o.name, `${at}.name`);
   const protocol = o.protocol ?? "postgres";
   if (protocol !== "postgres") throw invalid(`${at}.protocol`, protocol, `"postgres" (SSH and HTTP come later)`);
@@ -425,7 +440,38 @@ function parseConnection(o: Record<string, unknown>, at: string, path: (p: strin
     max_message_bytes: maxMessageBytes(o.max_message_bytes, `${at}.max_message_bytes`),
     // PostgreSQL's authentication_timeout defaults to one minute too.
     startup_timeout_ms: num(o.startup_timeout_ms ?? 60_000, `${at}.startup_timeout_ms`),
+    limits: parseLimits(obj(o.limits ?? {}, `${at}.limits`), `${at}.limits`),
   };
+}
+
+/** A connection's limits (core/limits.ts): counts are whole numbers, times seconds; 0 turns one off. */
+function parseLimits(o: Record<string, unknown>, at: string): LimitsConfig {
+  only(o, at, Object.keys(DEFAULT_LIMITS));
+  const out = { ...DEFAULT_LIMITS };
+  for (const k of Object.keys(DEFAULT_LIMITS) as (keyof LimitsConfig)[]) {
+    const v = num(o[k] ?? DEFAULT_LIMITS[k], `${at}.${k}`);
+    const seconds = k.endsWith("_s");
+    if (v < 0 || (!seconds && !Number.isInteger(v))) throw invalid(`${at}.${k}`, v, seconds ? "a number of seconds >= 0 (0: none)" : "a whole number >= 0 (0: no limit)");
+    out[k] = v;
+  }
+  return out;
+}
+
+/** lockout (core/lockout.ts). A user lock is kept in the accounts store: lock_user_after needs identity.accounts. */
+function parseLockout(o: Record<string, unknown>, hasAccounts: boolean): LockoutConfig {
+  only(o, "lockout", Object.keys(DEFAULT_LOCKOUT));
+  const out = { ...DEFAULT_LOCKOUT };
+  for (const k of Object.keys(DEFAULT_LOCKOUT) as (keyof LockoutConfig)[]) {
+    const v = num(o[k] ?? DEFAULT_LOCKOUT[k], `lockout.${k}`);
+    const whole = k === "delay_after" || k === "block_after" || k === "lock_user_after";
+    if (v < 0 || (whole && !Number.isInteger(v))) throw invalid(`lockout.${k}`, v, whole ? "a whole number >= 0 (0: never)" : "a number >= 0");
+    out[k] = v;
+  }
+  if (!(out.window_s > 0)) throw invalid("lockout.window_s", out.window_s, "a number of seconds > 0");
+  if (out.lock_user_after > 0 && !hasAccounts) {
+    throw new AgateError("CONFIG_INVALID", "lockout.lock_user_after needs identity.accounts: a user lock is kept in the accounts store so it survives a restart (add accounts: ./accounts.db, or set lock_user_after: 0)", { at: "lockout.lock_user_after" });
+  }
+  return out;
 }
 
 /**

@@ -11,6 +11,8 @@
  */
 import { randomUUID } from "node:crypto";
 import { AgateError, asError } from "./errors.ts";
+import type { ListenerLimits, Release } from "./limits.ts";
+import type { Lockout } from "./lockout.ts";
 import { ALL_DETECTORS } from "../mask/detectors.ts";
 import { type CompiledMask, compileMask, type MaskKeys } from "../mask/rules.ts";
 import type { MaskCounts } from "../mask/types.ts";
@@ -144,11 +146,18 @@ export interface GuardDeps {
   approvals?: ApprovalGate;
   /** Keys for masking styles (the hmac style's key). */
   maskKeys?: MaskKeys;
+  /** Counts failed logins; delays, blocks and locks (lockout.ts). */
+  lockout?: Lockout;
 }
+
+/** Failures that say nothing about the credential (the identity provider is down): not counted against the client. */
+const NOT_A_FAILED_LOGIN = new Set(["AUTH_ISSUER_UNREACHABLE"]);
 
 export class Guard {
   private readonly pipeline: (ctx: CheckContext) => void | Promise<void>;
   private readonly now: () => Date;
+  /** What each open session holds of its listener's limits. */
+  private readonly held = new WeakMap<Session, Release>();
 
   constructor(private readonly deps: GuardDeps) {
     this.now = deps.now ?? (() => new Date());
@@ -161,30 +170,60 @@ export class Guard {
   }
 
   /**
-   * Verify the credential, ask the policy (stage "session"), and record the
-   * session start durably. Throws AgateError: AUTH_FAILED, SESSION_DENIED,
-   * AUDIT_WRITE_FAILED. Every refusal is recorded too.
+   * Whether a client may try to log in as `user` at all (an address blocked,
+   * a user locked after failed logins): asked before it presents a
+   * credential. Returns the refusal (LOCKOUT_*), or null; the caller records it.
    */
-  async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential, settings: readonly StartupSetting[] = []): Promise<Session> {
+  admission(client: ClientInfo, user: string | undefined): AgateError | null {
+    return this.deps.lockout?.check(client.address, user) ?? null;
+  }
+
+  /**
+   * Verify the credential, ask the policy (stage "session"), take a session
+   * of `limits` for the identity, and record the session start durably.
+   * Throws AgateError: LOCKOUT_*, AUTH_*, SESSION_DENIED,
+   * LIMIT_SESSIONS_PER_IDENTITY, AUDIT_WRITE_FAILED. Every refusal is
+   * recorded too. A failed login counts against the client's address and
+   * user name; its answer may be delayed (lockout.ts).
+   */
+  async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential, limits?: ListenerLimits, settings: readonly StartupSetting[] = []): Promise<Session> {
     const refuse = (e: AgateError) => {
       this.sessionRefused(connection, client, e, { user: credential.user, ...(identity ? { identity } : {}) });
       return e;
     };
     let identity: Identity | undefined;
+    const lockout = this.deps.lockout;
+    const barred = this.admission(client, credential.user);
+    if (barred) throw refuse(barred);
     try {
       identity = await this.deps.identity.verify(credential, connection);
     } catch (e) {
       const err = e instanceof AgateError ? e : new AgateError("AUTH_FAILED", "the credential could not be verified");
-      throw refuse(err);
+      refuse(err);
+      if (lockout && !NOT_A_FAILED_LOGIN.has(err.code)) {
+        const { delayMs, events } = lockout.failed(client.address, credential.user);
+        for (const ev of events) this.later({ type: "lockout", ...ev, connection, client }, EVERY);
+        await lockout.delay(delayMs);
+      }
+      throw err;
     }
+    lockout?.succeeded(credential.user);
     const session: Session = { id: randomUUID(), started_at: this.now().toISOString(), identity, connection, client };
     const decision = this.deps.policy.decide(this.input(session, "session", undefined, undefined, settings));
     if (!decision.allow) {
       throw refuse(new AgateError("SESSION_DENIED", `policy denied the session: ${decision.reasons.join("; ") || "no rule allowed it"}`, { reasons: decision.reasons }));
     }
+    const release = limits?.admitSession(identity.subject);
+    if (release instanceof AgateError) throw refuse(release);
     // As "name=value" text: the masker reads both (a client chooses the names under an allowed prefix such as "app.*").
     const asked = settings.length ? { settings: settings.map((s) => `${s.name}=${s.value}`) } : {};
-    await this.deps.audit.append(maskRecord({ type: "session_start", session: session.id, identity, connection, client, ...asked, policy: this.deps.policy.version }, EVERY));
+    try {
+      await this.deps.audit.append(maskRecord({ type: "session_start", session: session.id, identity, connection, client, ...asked, policy: this.deps.policy.version }, EVERY));
+    } catch (e) {
+      release?.();
+      throw e;
+    }
+    if (release) this.held.set(session, release);
     return session;
   }
 
@@ -240,10 +279,13 @@ export class Guard {
     this.later({ type: "cancel", session: session.id, identity: session.identity, client, ...(withdrew ? { withdrew_approval: true } : {}) }, EVERY);
   }
 
-  closeSession(session: Session, reason: string, commands: number): void {
+  /** `code`: the stable code of what ended it, when agate did (a limit: IDLE_SESSION_TIMEOUT, SESSION_LIFETIME, …). */
+  closeSession(session: Session, reason: string, commands: number, code?: string): void {
     // A command still held can never run now: end its request, so no one approves it in vain.
     this.deps.approvals?.withdraw(session.id, "disconnected");
-    this.later({ type: "session_end", session: session.id, identity: session.identity, reason, commands }, EVERY);
+    this.held.get(session)?.();
+    this.held.delete(session);
+    this.later({ type: "session_end", session: session.id, identity: session.identity, reason, commands, ...(code ? { code } : {}) }, EVERY);
   }
 
   /**

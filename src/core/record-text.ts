@@ -28,6 +28,7 @@ const OUTSIDE_TEXT: Readonly<Record<string, readonly (readonly string[])[]>> = {
   session_end: [["reason"]],
   command: [["text"], ["params"], ["decision", "reasons"]],
   outcome: [["error", "message"]],
+  lockout: [["client", "application"], ["user"]],
 };
 
 /**

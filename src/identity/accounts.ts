@@ -6,6 +6,11 @@
  * A running gateway reads the file and notices changes made by another
  * process (PRAGMA data_version), at most every REFRESH_MS, so a revocation
  * reaches open sessions before their next command.
+ *
+ * The same file keeps the user names locked after repeated failed logins
+ * (core/lockout.ts), so a lock survives a restart; `agate accounts unlock`
+ * lifts one. A locked name need not be an account here (an API key of the
+ * configuration, an OIDC user, or no one at all).
  */
 import type { Database } from "bun:sqlite";
 import { AgateError } from "../core/errors.ts";
@@ -32,6 +37,11 @@ CREATE TABLE IF NOT EXISTS accounts (
   created_at TEXT NOT NULL,
   expires_at TEXT,
   revoked_at TEXT
+) STRICT;
+CREATE TABLE IF NOT EXISTS locked_users (
+  user       TEXT PRIMARY KEY,       -- the user name as clients gave it
+  locked_at  TEXT NOT NULL,
+  failures   INTEGER NOT NULL        -- failed logins in the window that locked it
 ) STRICT;`;
 
 interface Row {
@@ -46,12 +56,19 @@ interface Row {
   revoked_at: string | null;
 }
 
+export interface LockedUser {
+  user: string;
+  locked_at: string;
+  failures: number;
+}
+
 export class AccountStore {
   readonly #db: Database;
   #version = -1;
   #checkedAt = 0;
   #byHash = new Map<string, StoredAccount>();
   #byId = new Map<string, StoredAccount>();
+  #locked = new Map<string, LockedUser>();
 
   /** Open (creating, mode 0600) the store at `path`. */
   constructor(readonly path: string) {
@@ -82,6 +99,35 @@ export class AccountStore {
     const r = this.#db.query("UPDATE accounts SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL").run(new Date().toISOString(), id);
     this.#load();
     return r.changes > 0;
+  }
+
+  /** Lock logins as `user` (after repeated failures); a lock already there is kept as it is. */
+  lockUser(user: string, failures: number): void {
+    this.#db.query("INSERT INTO locked_users (user, locked_at, failures) VALUES (?, ?, ?) ON CONFLICT (user) DO NOTHING").run(user, new Date().toISOString(), failures);
+    this.#load();
+  }
+
+  /** Lift the lock on `user`. Returns false if it was not locked. */
+  unlockUser(user: string): boolean {
+    const r = this.#db.query("DELETE FROM locked_users WHERE user = ?").run(user);
+    this.#load();
+    return r.changes > 0;
+  }
+
+  /** When `user` was locked, or undefined (another process's unlock is seen within REFRESH_MS). */
+  lockedAt(user: string): string | undefined {
+    this.refresh();
+    return this.#locked.get(user)?.locked_at;
+  }
+
+  lockedUsers(): LockedUser[] {
+    this.refresh(true);
+    return [...this.#locked.values()].sort((a, b) => a.user.localeCompare(b.user));
+  }
+
+  lockedCount(): number {
+    this.refresh();
+    return this.#locked.size;
   }
 
   list(): StoredAccount[] {
@@ -130,6 +176,7 @@ export class AccountStore {
     }
     this.#byHash = byHash;
     this.#byId = byId;
+    this.#locked = new Map((this.#db.query("SELECT user, locked_at, failures FROM locked_users").all() as LockedUser[]).map((l) => [l.user, l]));
   }
 
   close(): void {

@@ -7,6 +7,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "n
 import type { Subprocess } from "bun";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { readRecords } from "../../src/audit/index.ts";
 import { generateKey } from "../../src/audit/note.ts";
 import { parseConfig } from "../../src/config/index.ts";
 import { createLogger, type Logger } from "../../src/core/log.ts";
@@ -48,6 +49,9 @@ export async function startTestGateway(pg: TestPostgres, opts: { connection?: Re
         },
       ],
       log_level: process.env.AGATE_TEST_LOG ?? "warn",
+      // Suites that try many wrong credentials from 127.0.0.1 on purpose would be delayed and blocked
+      // (lockout.test.ts turns it on with its own thresholds).
+      lockout: { delay_after: 0, block_after: 0 },
       ...opts.config,
     },
     dir,
@@ -190,4 +194,20 @@ export async function spawnGateway(dir: string, opts: { env?: Record<string, str
       return code;
     },
   };
+}
+
+/**
+ * The records of `type` in a running gateway's log once `until` holds of
+ * them (or after about five seconds): records that follow what was
+ * forwarded reach the files with the next group commit.
+ */
+export async function recordsOf(g: TestGateway, type: string, until: (rs: Record<string, unknown>[]) => boolean): Promise<Record<string, unknown>[]> {
+  let rs: Record<string, unknown>[] = [];
+  for (let i = 0; i < 200; i++) {
+    rs = [];
+    for await (const r of readRecords(g.auditDir)) if (r.type === type) rs.push(r);
+    if (until(rs)) break;
+    await Bun.sleep(25);
+  }
+  return rs;
 }

@@ -23,8 +23,9 @@ export interface RawSession {
   close(): void;
 }
 
-export async function rawSession(port: number, opts: { user: string; password: string; database?: string }): Promise<RawSession> {
-  const s = net.connect(port, "127.0.0.1");
+/** `localAddress`: the client's own address (any of 127.0.0.0/8 reaches a loopback listener). */
+export async function rawSession(port: number, opts: { user: string; password: string; database?: string; localAddress?: string }): Promise<RawSession> {
+  const s = net.connect({ port, host: "127.0.0.1", ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
   let buf = Buffer.alloc(0);
   let closed = false;
   const queue: BackendMessage[] = [];
@@ -80,7 +81,7 @@ export async function rawSession(port: number, opts: { user: string; password: s
   }
   s.write(startupPacket((w) => w.i32(196608).cstr("user").cstr(opts.user).cstr("database").cstr(opts.database ?? "app").u8(0)));
   const login = await session.untilReady();
-  if (!login.some((m) => m.type === "Z")) throw new Error(`login failed: ${login.map((m) => m.body.toString()).join(" | ")}`);
+  if (!login.some((m) => m.type === "Z")) throw Object.assign(new Error(`login failed: ${login.map((m) => m.body.toString()).join(" | ")}`), { messages: login });
   return session;
 }
 
@@ -121,4 +122,22 @@ export function rowOf(m: BackendMessage): (Buffer | null)[] {
     if (len > 0) at += len;
   }
   return out;
+}
+
+/**
+ * Try to log in: null when the gateway let the client in (the connection is
+ * closed again), else its ErrorResponse (SQLSTATE and message). `password`
+ * is sent only if asked for.
+ */
+export async function loginError(port: number, opts: { user: string; password: string; localAddress?: string }): Promise<{ code: string; message: string } | null> {
+  let s: RawSession;
+  try {
+    s = await rawSession(port, opts);
+  } catch (e) {
+    const error = (e as { messages?: BackendMessage[] }).messages?.find((m) => m.type === "E");
+    if (!error) throw e;
+    return errorOf(error);
+  }
+  s.close();
+  return null;
 }

@@ -9,6 +9,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { AgateError } from "../../core/errors.ts";
 import { connectionCap } from "../../core/fd-limit.ts";
+import { DEFAULT_LIMITS, ListenerLimits } from "../../core/limits.ts";
 import type { ClientInfo, Guard, StartupSetting } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { ConnectionRef, Session } from "../../core/types.ts";
@@ -16,6 +17,7 @@ import { encodingName } from "./encoding.ts";
 import { Framer } from "./framer.ts";
 import { AuthenticationCleartextPassword, AuthenticationOk, BackendKeyData, ErrorResponse, inClientEncoding, ReadyForQuery, readStartupParams, T } from "./messages.ts";
 import { PgSession } from "./session.ts";
+import { capRecordSize } from "./tls-records.ts";
 import { Catalog } from "./catalog.ts";
 import { startupSettings, targetParameters } from "./startup.ts";
 import { cancelUpstream, connectUpstream, type PgTarget } from "./upstream.ts";
@@ -40,7 +42,30 @@ export interface PgListenerOptions {
   maxMessageBytes: number;
   /** Like PostgreSQL's authentication_timeout: a client not logged in by then is dropped. */
   startupTimeoutMs: number;
+  /** Connections, sessions, idle timeouts and lifetime (core/limits.ts); PostgreSQL's defaults when absent. */
+  limits?: ListenerLimits;
 }
+
+/**
+ * SQLSTATEs of refusals and expiries, as PostgreSQL uses them: too_many_connections
+ * for every count (as for max_connections and a role's CONNECTION LIMIT);
+ * invalid_authorization_specification for a blocked address or a locked user
+ * (as pg_hba.conf's reject: refused before any credential is read, so the
+ * answer says nothing of a password); idle_session_timeout and
+ * idle_in_transaction_session_timeout (PostgreSQL 14); admin_shutdown for
+ * the lifetime, as pg_terminate_backend ends a session.
+ * https://www.postgresql.org/docs/current/errcodes-appendix.html
+ */
+const LIMIT_SQLSTATE: Record<string, string> = {
+  LIMIT_CONNECTIONS: "53300",
+  LIMIT_CONNECTIONS_PER_ADDRESS: "53300",
+  LIMIT_SESSIONS_PER_IDENTITY: "53300",
+  LOCKOUT_ADDRESS: "28000",
+  LOCKOUT_USER: "28000",
+  IDLE_SESSION_TIMEOUT: "57P05",
+  IDLE_IN_TRANSACTION_TIMEOUT: "25P03",
+  SESSION_LIFETIME: "57P01",
+};
 
 export interface PgListener {
   port: number;
@@ -92,6 +117,7 @@ export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
   const sockets = new Set<net.Socket>();
   // Column origins for masking, looked up with the gateway's own target credentials; shared by the sessions.
   const catalog = new Catalog(opts.target);
+  const limits = opts.limits ?? new ListenerLimits(opts.connection.name, DEFAULT_LIMITS);
   const server = net.createServer((socket) => {
     // Past the file-descriptor budget the next accept() would fail (EMFILE) and Bun would retry it in a busy loop:
     // cut this one at once instead, so the descriptors never run out.
@@ -109,7 +135,11 @@ export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
     socket.setNoDelay(true);
-    new Startup(socket, opts, secureContext, catalog).start();
+    // Counted from accept; over a limit, refused (53300) once the startup packet is read, as PostgreSQL does,
+    // so that the client gets the error over TLS if it asked for TLS, and a CancelRequest still works.
+    const admitted = limits.admitConnection(socket.remoteAddress ?? "unknown");
+    if (typeof admitted === "function") socket.once("close", admitted);
+    new Startup(socket, opts, secureContext, catalog, limits, admitted instanceof AgateError ? admitted : undefined).start();
   });
   return new Promise((resolve, reject) => {
     server.once("error", (e) =>
@@ -156,6 +186,9 @@ class Startup {
     private readonly opts: PgListenerOptions,
     private readonly secureContext: tls.SecureContext | undefined,
     private readonly catalog: Catalog,
+    private readonly limits: ListenerLimits,
+    /** Why the connection is over a limit (core/limits.ts), refused at the startup packet. */
+    private readonly overLimit: AgateError | undefined,
   ) {
     this.sock = raw;
   }
@@ -236,6 +269,7 @@ class Startup {
       this.sock.write("S");
       this.sock.off("data", this.onData);
       const secured = new tls.TLSSocket(this.sock, { isServer: true, secureContext: this.secureContext });
+      capRecordSize(secured);
       secured.on("error", () => secured.destroy());
       this.sock = secured;
       this.isTls = true;
@@ -264,6 +298,10 @@ class Startup {
       return;
     }
     this.params = readStartupParams(r);
+    if (this.overLimit) {
+      this.reject(LIMIT_SQLSTATE[this.overLimit.code]!, this.overLimit.code, `agate: ${this.overLimit.message}`);
+      return;
+    }
     if (this.params.replication && this.params.replication !== "false" && this.params.replication !== "0") {
       this.reject("42501", "REPLICATION_REFUSED", "agate: replication connections are not allowed through the gateway");
       return;
@@ -289,6 +327,12 @@ class Startup {
       this.reject(String(e.details.sqlstate ?? "42601"), e.code, `agate: ${e.message}`);
       return;
     }
+    // A blocked address, a locked user: refused before a password is asked for.
+    const barred = this.opts.guard.admission(this.client(), this.params.user);
+    if (barred) {
+      this.reject(LIMIT_SQLSTATE[barred.code] ?? "28000", barred.code, `agate: ${barred.message}`);
+      return;
+    }
     const minor = code & 0xffff;
     const unknownOptions = Object.keys(this.params).filter((k) => k.startsWith("_pq_."));
     if (minor > 0 || unknownOptions.length > 0) {
@@ -309,11 +353,11 @@ class Startup {
     const remote = this.sock.remoteAddress ?? "unknown";
     let session: Session;
     try {
-      session = await opts.guard.openSession(opts.connection, this.client(), { user: this.params.user!, secret: password }, this.settings);
+      session = await opts.guard.openSession(opts.connection, this.client(), { user: this.params.user!, secret: password }, this.limits, this.settings);
     } catch (e) {
       const err = e instanceof AgateError ? e : new AgateError("AUTH_FAILED", "authentication failed");
       opts.log("info", "session refused", { connection: opts.connection.name, client: remote, user: this.params.user, code: err.code });
-      const sqlstate = err.code === "SESSION_DENIED" ? "42501" : err.code.startsWith("AUTH") ? "28P01" : "58000";
+      const sqlstate = err.code === "SESSION_DENIED" ? "42501" : err.code.startsWith("AUTH") ? "28P01" : (LIMIT_SQLSTATE[err.code] ?? "58000");
       this.refuse(sqlstate, err.code.startsWith("AUTH") || err.code === "SESSION_DENIED" ? err.message : `agate: ${err.message}`);
       return;
     }
@@ -352,12 +396,17 @@ class Startup {
     this.framer.maxBytes = opts.maxMessageBytes;
     this.sock.resume();
     opts.log("info", "session started", { connection: opts.connection.name, session: session.id, subject: session.identity.subject, client: remote, tls: this.isTls });
-    new PgSession(session, this.sock, this.framer, upstream, opts.guard, this.catalog, opts.log, (end) => {
+    const clock = this.limits.clock((why) => {
+      pg.terminate(LIMIT_SQLSTATE[why.code]!, why);
+      // A backend running a statement does not notice its client is gone until it writes: cancel it, so the slot is free now.
+      void cancelUpstream(opts.target, upstream.pid, upstream.secret).catch(() => {});
+    });
+    const pg = new PgSession(session, this.sock, this.framer, upstream, opts.guard, this.catalog, opts.log, (end) => {
       keys.delete(key);
       if (keys.size === 0 && cancelKeys.get(pid) === keys) cancelKeys.delete(pid);
-      opts.guard.closeSession(session, end.reason, end.commands);
+      opts.guard.closeSession(session, end.reason, end.commands, end.code);
       opts.log("info", "session ended", { connection: opts.connection.name, session: session.id, reason: end.reason, commands: end.commands });
-    });
+    }, clock);
   }
 
   private client(): ClientInfo {

@@ -7,8 +7,9 @@
  * ErrorResponse is written by agate. Clients pipeline (several Syncs in
  * flight), so that error must appear exactly where the target's answer
  * would have: after the replies to everything forwarded before it. Every
- * forwarded Query or Sync yields exactly one ReadyForQuery, so replies are
- * counted in ReadyForQuery numbers. When the session is idle with nothing
+ * forwarded Query or Sync yields exactly one ReadyForQuery (agate forwards
+ * only what the target acts on: backend-state.ts), so replies are counted in
+ * ReadyForQuery numbers. When the session is idle with nothing
  * in flight, agate answers a refusal itself; otherwise the target must see
  * an error too (targetMustFail), and agate's error takes the place of the
  * one its failing statement gets, at the same position.
@@ -32,6 +33,7 @@ import type net from "node:net";
 import { AgateError, asError } from "../../core/errors.ts";
 import { MAX_PAYLOAD_BYTES } from "../../audit/format.ts";
 import type { Guard, HeldRequest, Verdict } from "../../core/guard.ts";
+import type { SessionClock } from "../../core/limits.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, Session, SqlFacts, SqlStatement } from "../../core/types.ts";
 import { type CompiledMask, NO_MASK } from "../../mask/rules.ts";
@@ -44,6 +46,7 @@ import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Quer
 import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
+import { BackendState, copiesIn } from "./backend-state.ts";
 import { tagAgrees, tagVerb } from "./tags.ts";
 import { analyzeSql, scanSql } from "./sql.ts";
 import { paramsAsText } from "./params.ts";
@@ -94,11 +97,13 @@ type Injected = Buffer | "ReadyForQuery";
 const FATAL_LINGER_MS = 1000;
 
 /** Pause reading from the client when this many bytes wait to be framed. */
-const CLIENT_BUFFER_HIGH_WATER = 8 << 20;
+const CLIENT_BUFFER_HIGH_WATER = 256 << 10;
 
 export interface SessionEnd {
   reason: string;
   commands: number;
+  /** The stable code of what ended it, when agate ended it for a limit (terminate()). */
+  code?: string;
 }
 
 export class PgSession {
@@ -136,8 +141,10 @@ export class PgSession {
   private touchedSync = 0;
   /** The last batch (ReadyForQuery number) the target answered with an error: it skips the rest of it. */
   private failedBatch = 0;
-  /** Parse, Bind and Close forwarded, in answer order: which answers are agate's own (swallowed). */
-  private readonly acks: { sync: number; swallow: boolean }[] = [];
+  /** Parse, Bind and Close forwarded, in answer order: which answers are agate's own (swallowed); `answered`: told whether the target answered it (false: it skipped it). */
+  private readonly acks: { sync: number; swallow: boolean; answered?: (ok: boolean) => void }[] = [];
+  /** What the target does with each message (backend-state.ts): which of them get answers. */
+  private readonly backend = new BackendState();
 
   // Outcomes: command seqs completed by ReadyForQuery #n, and what the target said since the last one.
   private readonly outcomeAt = new Map<number, number[]>();
@@ -178,6 +185,8 @@ export class PgSession {
     private readonly catalog: Catalog,
     private readonly log: Logger,
     private readonly onEnd: (end: SessionEnd) => void,
+    /** Idle timeouts and the session lifetime (core/limits.ts): told when the session waits for its client, and when the client speaks. */
+    private readonly clock?: SessionClock,
   ) {
     this.txStatus = upstream.txStatus;
     this.estimates.startWith(upstream.params);
@@ -191,6 +200,7 @@ export class PgSession {
     clientFramer.streamCopyData = true;
     client.on("data", (chunk: Buffer) => {
       if (this.closed) return; // the rest of a refused message is dropped unread
+      this.clock?.active();
       this.clientFramer.push(chunk);
       if (this.clientFramer.buffered > CLIENT_BUFFER_HIGH_WATER) client.pause();
       void this.pump();
@@ -206,6 +216,19 @@ export class PgSession {
     // Bytes that arrived with the handshake.
     if (upstream.framer.buffered > 0) this.fromUpstream(Buffer.alloc(0));
     if (clientFramer.buffered > 0) void this.pump();
+    else this.noteIdle();
+  }
+
+  /**
+   * Tell the clock when the session has answered everything its client sent
+   * and waits for it (as PostgreSQL after ReadyForQuery): idle, in a
+   * transaction block or not. A batch without Sync, a COPY, a statement
+   * running or a command held for approval is not idle.
+   */
+  private noteIdle(): void {
+    if (!this.clock || this.closed || this.pumping || this.heldFrame) return;
+    if (this.syncsSent !== this.zReceived || this.batchForwarded > 0 || this.clientFramer.buffered > 0) return;
+    this.clock.idle(this.txStatus !== 0x49);
   }
 
   // ── client → target ──────────────────────────────────────────────────
@@ -214,7 +237,11 @@ export class PgSession {
     if (this.pumping || this.closed) return;
     this.pumping = true;
     try {
-      for (let f = this.clientFramer.next(); f && !this.closed && !this.terminated; f = this.clientFramer.next()) {
+      for (let next = this.clientFramer.next(); next && !this.closed && !this.terminated; next = this.clientFramer.next()) {
+        const stepped = this.backendStep(next);
+        const f = stepped instanceof Promise ? await stepped : stepped;
+        if (this.closed) break;
+        if (!f) continue;
         if (this.lexBarrier && (f.type === T.Query || f.type === T.Parse) && !this.discarding) {
           this.flushUpstream();
           await this.settleLexing();
@@ -233,6 +260,45 @@ export class PgSession {
     } finally {
       this.pumping = false;
     }
+    this.noteIdle();
+  }
+
+  /**
+   * What the target will do with `f` (backend-state.ts): wait until that is
+   * known, then `f` to handle, or undefined when the target would discard it
+   * unanswered.
+   */
+  private backendStep(f: Frame): Frame | undefined | Promise<Frame | undefined> {
+    const step = this.backend.step(f.type, { open: this.batchForwarded > 0 && !this.discarding, failed: this.failedBatch === this.syncsSent + 1 });
+    switch (step.do) {
+      case "forward":
+        return f;
+      case "discard":
+        return undefined;
+      case "violation":
+        throw new ProtocolViolation(step.message);
+      case "settle":
+        this.flushUpstream();
+        return this.backend.settled().then(() => (this.closed ? undefined : this.backendStep(f)));
+      case "probe":
+        this.flushUpstream();
+        return this.probeBatch().then((ok) => (ok ? f : undefined));
+    }
+  }
+
+  /**
+   * Whether the target has not failed the unfinished batch so far: a Close
+   * of a statement agate never makes (answered CloseComplete, even in an
+   * aborted transaction), then Flush; the target skips it when the batch
+   * failed. Its answer never reaches the client.
+   */
+  private probeBatch(): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      this.toUpstream.add(Close("S", `${RESERVED_PREFIX}batch`));
+      this.toUpstream.add(Flush);
+      this.acks.push({ sync: this.syncsSent + 1, swallow: true, answered: resolve });
+      this.flushUpstream();
+    });
   }
 
   /** Handle one frontend message; returns a promise when the guard must be awaited. */
@@ -329,6 +395,7 @@ export class PgSession {
     }
     const barrier = this.isBarrier(command);
     this.sendQuery(f);
+    this.backend.sent(this.syncsSent, copiesIn(command.sql?.statements));
     if (barrier) this.lexBarrier = { z: this.syncsSent };
     this.outcomeAt.set(this.syncsSent, [command.seq]);
     this.replies.push({ kind: "query", sync: this.syncsSent, mask: verdict.mask, ...(copyColumns ? { copyColumns } : {}), ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
@@ -502,6 +569,7 @@ export class PgSession {
     if (this.closed) return;
     if (this.isBarrier(command)) this.lexBarrier = { batch: true };
     this.forward(f);
+    this.backend.sent(this.syncsSent + 1, copiesIn(command.sql?.statements));
     this.replies.push({ kind: "execute", sync, portal: portalName, mask: verdict.mask, ...(copyColumns ? { copyColumns } : {}), ...(command.sql ? { facts: this.throughNames(command.sql), decided: command.sql.statements } : {}) });
     this.lastMask = verdict.mask;
     const at = this.syncsSent + 1;
@@ -739,6 +807,7 @@ export class PgSession {
       return;
     }
     if (!out.empty) this.writeClient(out.take());
+    this.noteIdle();
   }
 
   /** Column origins are being looked up: hold `f` and everything after it, then go on in order. */
@@ -836,7 +905,10 @@ export class PgSession {
           break;
         }
         if (r?.kind === "query") this.checkStatementCount(r);
-        // agate's failing statement for a refusal: the client gets agate's error in its place.
+        // agate's failing statement for a refusal: the client gets agate's error in its place. While a Parse, Bind
+        // or Close forwarded before it in the batch is unanswered, the error is that message's, and the target
+        // skips agate's statement with the rest of the batch.
+        if (r?.refusal && r.kind !== "query" && this.acks[0]?.sync === r.sync) r.refusal = undefined;
         const masked = r?.refusal ? inClientEncoding(r.refusal, this.lexing.encoding) : maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
         if (!this.error && !r?.refusal) {
           this.error = readErrorFields(masked.subarray(5));
@@ -854,7 +926,8 @@ export class PgSession {
         }
         const batch = this.zReceived + 1;
         this.failedBatch = batch;
-        while (this.acks[0]?.sync === batch) this.acks.shift();
+        this.backend.failed(batch);
+        while (this.acks[0]?.sync === batch) this.acks.shift()!.answered?.(false);
         // agate's probes in this batch are skipped with the rest, wherever they stand in it.
         for (let i = this.replies.length - 1; i >= 0; i--) {
           const x = this.replies[i]!;
@@ -902,15 +975,23 @@ export class PgSession {
       }
       case T.ParseComplete:
       case T.BindComplete:
-      case T.CloseComplete:
-        if (!this.acks.shift()?.swallow) out.add(f.raw);
+      case T.CloseComplete: {
+        const ack = this.acks.shift();
+        ack?.answered?.(true);
+        if (!ack?.swallow) out.add(f.raw);
+        break;
+      }
+      case T.CopyInResponse:
+        if (!this.backend.copyIn(this.zReceived + 1)) throw new TargetDisagrees("the target started reading COPY data for a statement agate did not decide as COPY … FROM STDIN; it may have read the statement differently, so the session is closed");
+        out.add(f.raw);
         break;
       case T.ReadyForQuery: {
         const n = ++this.zReceived;
         this.txStatus = f.body[0] ?? this.txStatus;
         // Idle: every SET LOCAL and every rollback has been applied, and reported before this message.
         if (this.txStatus === 0x49 && this.touchedSync <= n) this.touchedSync = 0;
-        while (this.acks.length > 0 && this.acks[0]!.sync <= n) this.acks.shift();
+        while (this.acks.length > 0 && this.acks[0]!.sync <= n) this.acks.shift()!.answered?.(false);
+        this.backend.ready(n);
         for (let i = this.zWaiters.length - 1; i >= 0; i--) if (this.zWaiters[i]!.z <= n) this.zWaiters.splice(i, 1)[0]!.resolve();
         // Outside a transaction block, cursors without HOLD are gone; one WITH HOLD is then unknown (masked whole).
         if (this.txStatus === 0x49) this.cursors.clear();
@@ -1136,16 +1217,36 @@ export class PgSession {
     this.end(message);
   }
 
+  /**
+   * End the session for a limit (an idle timeout, the session lifetime): a
+   * FATAL `sqlstate` error to the client, as PostgreSQL ends a backend, and
+   * both connections closed. The target rolls back an open transaction.
+   */
+  terminate(sqlstate: string, why: AgateError): void {
+    if (this.closed) return;
+    this.log("info", "session terminated", { session: this.session.id, code: why.code, reason: why.message });
+    this.client.end(inClientEncoding(ErrorResponse({ severity: "FATAL", code: sqlstate, message: `agate: ${why.message}` }), this.lexing.encoding));
+    this.client.pause();
+    this.client.once("finish", () => setTimeout(() => this.client.destroy(), FATAL_LINGER_MS).unref());
+    this.endCode = why.code;
+    this.end(why.message);
+  }
+
+  private endCode: string | undefined;
+
   /** `graceful`: let the forwarded Terminate reach the target before closing. */
   private end(reason: string, graceful = false): void {
     if (this.closed) return;
     this.closed = true;
+    this.clock?.stop();
     for (const w of this.zWaiters.splice(0)) w.resolve();
     for (const r of this.replies) r.probe?.answered(false);
+    for (const a of this.acks.splice(0)) a.answered?.(false);
+    this.backend.close();
     if (graceful) this.upstream.socket.end();
     else this.upstream.socket.destroy();
     if (!this.client.destroyed) this.client.end();
-    this.onEnd({ reason, commands: this.seq });
+    this.onEnd({ reason, commands: this.seq, ...(this.endCode ? { code: this.endCode } : {}) });
   }
 }
 
