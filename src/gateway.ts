@@ -4,6 +4,7 @@
  * guard, one listener per connection, and the admin API.
  */
 import defaultPolicyPath from "../wasm/policy.wasm" with { type: "file" };
+import defaultPolicyManifest from "../wasm/manifest.json" with { type: "json" };
 import { adminApp } from "./api/index.ts";
 import { hostname } from "node:os";
 import { Approvals } from "./approvals/index.ts";
@@ -19,7 +20,7 @@ import { Lockout } from "./core/lockout.ts";
 import type { Logger } from "./core/log.ts";
 import { AccountStore } from "./identity/accounts.ts";
 import { Identities } from "./identity/index.ts";
-import { createPolicyEngine } from "./policy/index.ts";
+import { createPolicyEngine, type PolicyManifest } from "./policy/index.ts";
 import { logPrivileges } from "./protocols/postgres/doctor.ts";
 import { listenPostgres, type PgListener } from "./protocols/postgres/server.ts";
 import { initSql } from "./protocols/postgres/sql.ts";
@@ -60,11 +61,11 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     shipper.start(config.audit.seal_after_s);
   }
   const policy = await createPolicyEngine({
-    ...(config.policy.bundle ? { file: config.policy.bundle, watch: config.policy.watch } : { bytes: await defaultPolicyBytes() }),
+    ...(config.policy.bundle ? { file: config.policy.bundle, watch: config.policy.watch } : { bytes: await defaultPolicyBytes(), manifest: defaultPolicyManifest as PolicyManifest }),
     data: config.policy.data,
     onLog: (level, msg, facts) => log(level, msg, facts),
   });
-  log("info", "policy loaded", { version: policy.version, bundle: config.policy.bundle ?? "(embedded default)" });
+  log("info", "policy loaded", { version: policy.version, bundle: config.policy.bundle ?? "(embedded default)", decisions_cached: policy.caching });
   const accounts = config.identity.accounts ? new AccountStore(config.identity.accounts) : undefined;
   const identity = new Identities(config.identity, accounts);
   const lockout = new Lockout(config.lockout, accounts);

@@ -117,7 +117,10 @@ describe("the committed bundle (wasm/policy.wasm)", () => {
     const { fresh, want, got } = await checkFresh({ policiesDir: POLICIES, outDir: WASM });
     expect({ fresh, got }).toEqual({ fresh: true, got: want });
     const manifest = await Bun.file(join(WASM, "manifest.json")).json();
-    expect(manifest).toEqual({ entrypoint: "agate/decision", opa: "v1.22.3", sources_sha256: want });
+    expect(manifest).toMatchObject({ entrypoint: "agate/decision", opa: "v1.22.3", sources_sha256: want });
+    // What the policy reads describes this very policy.wasm (the decision cache relies on it).
+    const wasm = await Bun.file(join(WASM, "policy.wasm")).bytes();
+    expect(manifest.inputs.wasm_sha256).toBe(new Bun.CryptoHasher("sha256").update(wasm).digest("hex"));
   });
 
   test("version is the short SHA-256 of the wasm", async () => {

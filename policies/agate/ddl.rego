@@ -13,10 +13,10 @@ package agate
 
 approval_violations contains violation(
 	"agate.sql.approve_ddl", "approve_ddl", true,
-	concat("", [u.tag, inside, " changes the schema ", where(i, st)]),
+	concat("", [tag, inside, " changes the schema ", where(i, st)]),
 ) if {
 	some unit in sql_unit_class
 	unit[3] == "ddl"
-	[i, u, inside, _] := unit
+	[i, tag, inside, _] := unit
 	st := sql_statement[i]
 }

@@ -38,7 +38,7 @@ mask_config := c if {
 
 mask_columns := array.concat(
 	object.get(mask_config, ["mask", "columns"], []),
-	object.get(mask_config, ["connections", object.get(input, ["connection", "name"], ""), "mask", "columns"], []),
+	object.get(mask_config, ["connections", object.get(object.get(input, "connection", {}), "name", ""), "mask", "columns"], []),
 )
 
 mask := {"columns": mask_columns, "detectors": mask_detectors}

@@ -30,18 +30,15 @@ where(i, st) := concat("", ["(statement ", format_int(i + 1, 10), ": ", st.tag, 
 # one class. "allowed" and "ddl" (approvals, approve_ddl below) pass this
 # part; every other class is the short name of the rule that denies it.
 
-# sql_unit[[i, u, inside]]: statement i, or a statement u run inside it.
-sql_unit contains [i, st, ""] if some i, st in sql_statement
+# sql_unit_class[[i, tag, inside, class]]: statement i, and each statement
+# run inside it, with its tag and its class, computed once. The set holds
+# what the reasons quote, not the statements: a decision depends only on
+# the facts the rules read (agate caches decisions on exactly those).
+sql_unit_class contains [i, st.tag, "", statement_class(st)] if some i, st in sql_statement
 
-sql_unit contains [i, u, concat("", [" (inside ", st.tag, ")"])] if {
+sql_unit_class contains [i, u.tag, concat("", [" (inside ", st.tag, ")"]), statement_class(u)] if {
 	some i, st in sql_statement
 	some u in object.get(st, "inner", [])
-}
-
-# sql_unit_class[[i, u, inside, class]]: each unit with its class, computed once.
-sql_unit_class contains [i, u, inside, statement_class(u)] if {
-	some unit in sql_unit
-	[i, u, inside] := unit
 }
 
 statement_class(u) := "allowed" if {
@@ -141,20 +138,20 @@ altered_relation(u) if {
 
 # Every class the allowlist denies is reported by this one rule, as
 # agate.sql.<class>, with class_reason's sentence.
-violations contains violation(concat(".", ["agate.sql", cls]), cls, true, concat(" ", [class_reason(cls, u, inside), where(i, st)])) if {
+violations contains violation(concat(".", ["agate.sql", cls]), cls, true, concat(" ", [class_reason(cls, tag, inside), where(i, st)])) if {
 	some unit in sql_unit_class
-	[i, u, inside, cls] := unit
+	[i, tag, inside, cls] := unit
 	not cls in {"allowed", "ddl"}
 	st := sql_statement[i]
 }
 
-class_reason("deny_statement", u, inside) := concat("", [u.tag, inside, " is not an allowed statement"])
+class_reason("deny_statement", tag, inside) := concat("", [tag, inside, " is not an allowed statement"])
 
 class_reason("deny_drop", _, inside) := concat("", ["DROP is not allowed", inside])
 
 class_reason("deny_truncate", _, _) := "TRUNCATE is not allowed"
 
-class_reason("deny_alter", u, inside) := concat("", [u.tag, inside, " of this kind is not allowed (only additions such as ADD COLUMN are held for approval)"])
+class_reason("deny_alter", tag, inside) := concat("", [tag, inside, " of this kind is not allowed (only additions such as ADD COLUMN are held for approval)"])
 
 # Code whose effects the analyser cannot see: a DO block or a function or
 # procedure body (which could call pg_read_file where no rule looks), and

@@ -9,7 +9,8 @@
  *               durable audit log: the default config) → PostgreSQL
  *
  * Each path runs select-only (`-S`) and the built-in TPC-B-like script, each
- * with `-M simple` and `-M prepared`, 16 clients on 2 threads, `-n`, for a
+ * with `-M simple` and `-M prepared`, 16 clients on 2 threads (--clients
+ * 16,64 adds a row per run with 64 clients on 2 threads), `-n`, for a
  * fixed duration; what pgbench's own vacuum would do (VACUUM branches and
  * tellers, TRUNCATE history) is done directly before every run. Prints TPS,
  * average latency, the agate/direct and agate/pgbouncer ratios, the CPU the
@@ -20,6 +21,7 @@
  *     --paths P[,P]        paths to measure (direct,pgbouncer,agate)
  *     --warmup S           seconds of select-only per path before measuring (default 2; 0 = none)
  *     --audit MODE         strict (default) or interval:MS, to see what durability costs
+ *     --clients N[,N]      pgbench clients per run, each on 2 threads (default 16; e.g. 16,64)
  *     --agate-flags="..." extra bun flags for the agate process (e.g. --agate-flags="--cpu-prof --cpu-prof-dir=/tmp/p")
  *     --hold               start the stack, print its endpoints as NAME=value lines, wait for Ctrl-C
  *     --keep               keep the temp dir (configs, logs, audit log) afterwards
@@ -33,7 +35,6 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { freePort, startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
 import { handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, printHelp, runMain, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
-const CLIENTS = 16;
 const THREADS = 2;
 const SCALE = 10;
 const USER = "app_scram";
@@ -56,6 +57,7 @@ const { values: opt, positionals } = parseArgs({
     paths: { type: "string" },
     warmup: { type: "string", default: "2" },
     audit: { type: "string", default: "strict" },
+    clients: { type: "string", default: "16" },
     "agate-flags": { type: "string", default: "" },
     hold: { type: "boolean", default: false },
     keep: { type: "boolean", default: false },
@@ -69,11 +71,15 @@ const warmup = Number(opt.warmup);
 if (!Number.isFinite(warmup) || warmup < 0 || warmup > 600) die(`--warmup must be 0–600 seconds; got ${opt.warmup}`);
 const paths = (opt.paths ? opt.paths.split(",") : PATHS) as PathName[];
 for (const p of paths) if (!PATHS.includes(p)) die(`--paths: unknown path ${p}; expected ${PATHS.join(", ")}`);
-const runs: { workload: Workload; mode: Mode }[] = [];
-for (const workload of WORKLOADS) for (const mode of MODES) runs.push({ workload, mode });
+const clientCounts = opt.clients!.split(",").map((s) => Number(s.trim()));
+for (const c of clientCounts) if (!Number.isInteger(c) || c < 1 || c > 150) die(`--clients must be whole numbers from 1 to 150; got ${opt.clients}`);
+const runs: { workload: Workload; mode: Mode; clients: number }[] = [];
+for (const clients of clientCounts) for (const workload of WORKLOADS) for (const mode of MODES) runs.push({ workload, mode, clients });
 const only = opt.only?.split(",").map((s) => s.trim());
 if (only) for (const o of only) if (!runs.some((r) => `${r.workload}:${r.mode}` === o)) die(`--only: unknown run ${o}; expected e.g. select-only:simple`);
 const selected = only ? runs.filter((r) => only.includes(`${r.workload}:${r.mode}`)) : runs;
+/** pgbouncer's session pool holds one server connection per client: it must fit the largest run. */
+const POOL = Math.max(20, ...clientCounts);
 const durability = parseDurability(opt.audit!);
 const agateFlags = opt["agate-flags"]!.split(/\s+/).filter(Boolean);
 
@@ -150,8 +156,8 @@ unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = ${join(dir, "userlist.txt")}
 pool_mode = session
-max_client_conn = 100
-default_pool_size = 20
+max_client_conn = ${POOL + 20}
+default_pool_size = ${POOL}
 logfile = ${join(dir, "pgbouncer.log")}
 pidfile = ${pidfile}
 ignore_startup_parameters = extra_float_digits
@@ -225,10 +231,10 @@ interface Result {
   machineBusy: number;
 }
 
-async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: number, pg: TestPostgres): Promise<Result> {
+async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: number, pg: TestPostgres, clients = 16): Promise<Result> {
   // What pgbench does itself without -n, done directly so all three paths start alike.
   for (const sql of ["VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history"]) await pg.psql(sql);
-  const argv = ["pgbench", "-n", ...(workload === "select-only" ? ["-S"] : []), "-M", mode, "-c", String(CLIENTS), "-j", String(THREADS), "-T", String(seconds), ...conn(e), DB];
+  const argv = ["pgbench", "-n", ...(workload === "select-only" ? ["-S"] : []), "-M", mode, "-c", String(clients), "-j", String(THREADS), "-T", String(seconds), ...conn(e), DB];
   const g0 = await procCpu(e.pid);
   const m0 = machineCpu();
   const t0 = performance.now();
@@ -264,22 +270,22 @@ const ratio = (a?: number, b?: number) => (a === undefined || b === undefined ||
 const cpuPerTx = (r?: Result) => (r ? (r.gatewayCpu / 100 / r.tps) * 1e6 : undefined);
 
 function table(results: Map<string, Result>): string {
-  const key = (w: Workload, m: Mode, p: PathName) => `${w}/${m}/${p}`;
+  const key = (w: Workload, m: Mode, c: number, p: PathName) => `${w}/${m}/${c}/${p}`;
   const lines = [
-    `${pad("workload", 14)}${pad("mode", 10)}${lpad("direct tps", 11)}${lpad("pgbouncer tps", 15)}${lpad("agate tps", 11)}${lpad("agate/direct", 14)}${lpad("agate/pgbouncer", 17)}  lat direct/pgb/agate (ms)`,
+    `${pad("workload", 14)}${pad("mode", 10)}${lpad("clients", 8)}${lpad("direct tps", 11)}${lpad("pgbouncer tps", 15)}${lpad("agate tps", 11)}${lpad("agate/direct", 14)}${lpad("agate/pgbouncer", 17)}  lat direct/pgb/agate (ms)`,
   ];
-  for (const { workload, mode } of selected) {
-    const [d, b, a] = PATHS.map((p) => results.get(key(workload, mode, p)));
+  for (const { workload, mode, clients } of selected) {
+    const [d, b, a] = PATHS.map((p) => results.get(key(workload, mode, clients, p)));
     lines.push(
-      `${pad(workload, 14)}${pad(mode, 10)}${lpad(fmt(d?.tps), 11)}${lpad(fmt(b?.tps), 15)}${lpad(fmt(a?.tps), 11)}${lpad(ratio(a?.tps, d?.tps), 14)}${lpad(ratio(a?.tps, b?.tps), 17)}  ${[d, b, a].map((r) => fmt(r?.latencyMs, 3)).join(" / ")}`,
+      `${pad(workload, 14)}${pad(mode, 10)}${lpad(String(clients), 8)}${lpad(fmt(d?.tps), 11)}${lpad(fmt(b?.tps), 15)}${lpad(fmt(a?.tps), 11)}${lpad(ratio(a?.tps, d?.tps), 14)}${lpad(ratio(a?.tps, b?.tps), 17)}  ${[d, b, a].map((r) => fmt(r?.latencyMs, 3)).join(" / ")}`,
     );
   }
   lines.push("", "CPU during each run (gateway and pgbench: % of one core; machine: % of all cores busy; us/tx: gateway CPU per transaction)");
-  lines.push(`${pad("workload", 14)}${pad("mode", 10)}${lpad("pgbouncer", 11)}${lpad("agate", 8)}${lpad("pgb us/tx", 11)}${lpad("agate us/tx", 13)}${lpad("pgbench d/b/a", 17)}  machine busy d/b/a`);
-  for (const { workload, mode } of selected) {
-    const [d, b, a] = PATHS.map((p) => results.get(key(workload, mode, p)));
+  lines.push(`${pad("workload", 14)}${pad("mode", 10)}${lpad("clients", 8)}${lpad("pgbouncer", 11)}${lpad("agate", 8)}${lpad("pgb us/tx", 11)}${lpad("agate us/tx", 13)}${lpad("pgbench d/b/a", 17)}  machine busy d/b/a`);
+  for (const { workload, mode, clients } of selected) {
+    const [d, b, a] = PATHS.map((p) => results.get(key(workload, mode, clients, p)));
     lines.push(
-      `${pad(workload, 14)}${pad(mode, 10)}${lpad(fmt(b?.gatewayCpu), 11)}${lpad(fmt(a?.gatewayCpu), 8)}${lpad(fmt(cpuPerTx(b)), 11)}${lpad(fmt(cpuPerTx(a)), 13)}${lpad([d, b, a].map((r) => fmt(r?.pgbenchCpu)).join("/"), 17)}  ${[d, b, a].map((r) => fmt(r?.machineBusy)).join("/")}`,
+      `${pad(workload, 14)}${pad(mode, 10)}${lpad(String(clients), 8)}${lpad(fmt(b?.gatewayCpu), 11)}${lpad(fmt(a?.gatewayCpu), 8)}${lpad(fmt(cpuPerTx(b)), 11)}${lpad(fmt(cpuPerTx(a)), 13)}${lpad([d, b, a].map((r) => fmt(r?.pgbenchCpu)).join("/"), 17)}  ${[d, b, a].map((r) => fmt(r?.machineBusy)).join("/")}`,
     );
   }
   return lines.join("\n");
@@ -320,11 +326,11 @@ async function main(): Promise<number> {
   }
 
   const results = new Map<string, Result>();
-  for (const { workload, mode } of selected) {
+  for (const { workload, mode, clients } of selected) {
     for (const p of paths) {
-      say(`${p}: ${workload} -M ${mode}, ${CLIENTS} clients / ${THREADS} threads, ${duration} s`);
-      const r = await pgbench(endpoints[p], workload, mode, duration, pg);
-      results.set(`${workload}/${mode}/${p}`, r);
+      say(`${p}: ${workload} -M ${mode}, ${clients} clients / ${THREADS} threads, ${duration} s`);
+      const r = await pgbench(endpoints[p], workload, mode, duration, pg, clients);
+      results.set(`${workload}/${mode}/${clients}/${p}`, r);
       say(`  tps ${r.tps.toFixed(0)}, latency ${r.latencyMs.toFixed(3)} ms${Number.isNaN(r.gatewayCpu) ? "" : `, gateway CPU ${r.gatewayCpu.toFixed(0)}%`}`);
     }
   }
@@ -337,7 +343,7 @@ async function main(): Promise<number> {
 
   console.log("");
   console.log(
-    `pgbench -c ${CLIENTS} -j ${THREADS} -T ${duration} -n, scale ${SCALE}, PostgreSQL fsync=on (one server for all paths), all on 127.0.0.1; pgbouncer session pool (pool 20); agate default policy`,
+    `pgbench -c ${clientCounts.join("|")} -j ${THREADS} -T ${duration} -n, scale ${SCALE}, PostgreSQL fsync=on (one server for all paths), all on 127.0.0.1; pgbouncer session pool (pool ${POOL}); agate default policy`,
   );
   console.log(table(results));
   console.log("");
@@ -349,8 +355,8 @@ async function main(): Promise<number> {
     `machine: ${availableParallelism()} cores (${cpus()[0]?.model ?? "?"}), shared by pgbench, PostgreSQL and the gateway; ${busyBefore.toFixed(0)}% busy before the runs (idle stack)`,
   );
   for (const mode of MODES) {
-    const a = results.get(`select-only/${mode}/agate`);
-    const b = results.get(`select-only/${mode}/pgbouncer`);
+    const a = results.get(`select-only/${mode}/${clientCounts[0]}/agate`);
+    const b = results.get(`select-only/${mode}/${clientCounts[0]}/pgbouncer`);
     if (a && b) console.log(`target agate >= 0.8 x pgbouncer select-only TPS (${mode}): ${(a.tps / b.tps).toFixed(2)} -> ${a.tps >= 0.8 * b.tps ? "MET" : "NOT MET"}`);
   }
   return verify.code === 0 ? 0 : 1;

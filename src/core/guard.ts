@@ -23,6 +23,12 @@ import type { Command, ConnectionRef, Decision, Identity, Outcome, Session } fro
 export interface PolicyDecider {
   decide(input: object): Decision;
   readonly version: string;
+  /**
+   * Set by an engine that answers every input soundly itself (src/policy: true when it caches decisions on what
+   * the policy reads, false when it evaluates each time): an earlier decision for the same text is then never
+   * reused, since time or grants may have changed since. Absent: reused while the version is unchanged.
+   */
+  readonly caching?: boolean;
 }
 
 /** What the guard needs from the audit log (src/audit). */
@@ -375,7 +381,7 @@ export class Guard {
       if (ctx.identityRefused) {
         // decided by the identity step
       } else if (command.invalid) ctx.decision = denied(`agate.${command.invalid.code.toLowerCase()}: ${command.invalid.message}`);
-      else if (!ctx.decision || ctx.policyVersion !== guard.deps.policy.version) {
+      else if (!ctx.decision || ctx.policyVersion !== guard.deps.policy.version || guard.deps.policy.caching !== undefined) {
         ctx.decision = guard.deps.policy.decide(guard.input(ctx.session, "command", command));
         ctx.policyVersion = guard.deps.policy.version;
       }
@@ -404,12 +410,21 @@ export class Guard {
     const d = ctx.decision!;
     const unseen = ctx.identityRefused || ctx.command.invalid !== undefined;
     try {
-      ctx.mask = compileMask(unseen ? EVERY_DETECTOR : d.mask, this.deps.maskKeys);
+      ctx.mask = unseen ? compileMask(EVERY_DETECTOR, this.deps.maskKeys) : this.compiledMask(d.mask);
     } catch (e) {
       ctx.mask = compileMask(EVERY_DETECTOR);
       if (d.allow) ctx.decision = denied(`agate.mask.invalid: ${asError(e).message}`);
     }
   }
+
+  /** A cached decision's mask is frozen (src/policy/cache.ts) and compiled once; any other is compiled (compileMask caches by its text). */
+  private compiledMask(mask: Decision["mask"]): CompiledMask {
+    if (!Object.isFrozen(mask)) return compileMask(mask, this.deps.maskKeys);
+    let out = this.masks.get(mask);
+    if (out === undefined) this.masks.set(mask, (out = compileMask(mask, this.deps.maskKeys)));
+    return out;
+  }
+  private readonly masks = new WeakMap<Decision["mask"], CompiledMask>();
 
   private recordStep(): Step {
     const guard = this;

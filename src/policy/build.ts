@@ -4,7 +4,12 @@
  *
  *   wasm/policy.wasm     `opa build -t wasm -e agate/decision` output
  *   wasm/data.json       the bundle's data, only when policies/ holds data files
- *   wasm/manifest.json   {"entrypoint", "opa", "sources_sha256"}
+ *   wasm/manifest.json   {"entrypoint", "opa", "sources_sha256", "inputs"}
+ *
+ * `inputs` says what of its input the compiled policy can read, found from
+ * the plan OPA compiles from the same sources (`opa build -t plan`;
+ * reads.ts), bound to the policy.wasm it describes by `wasm_sha256`. The
+ * engine caches decisions on exactly those parts (cache.ts).
  *
  * sources_sha256 is SHA-256 over the policy sources sorted by path, each as
  * `relative path || 0x00 || contents || 0x00`. Sources are the files
@@ -20,6 +25,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve, sep } from "node:path";
 import { AgateError } from "../core/errors.ts";
 import { ENTRYPOINT } from "./decision.ts";
+import { analysePlan, type PolicyReads, readsPath } from "./reads.ts";
 import { readTarGz } from "./tar.ts";
 
 /** The OPA release agate pins; scripts/opa.sh installs exactly this. */
@@ -29,6 +35,19 @@ export interface PolicyManifest {
   entrypoint: string;
   opa: string;
   sources_sha256: string;
+  /** What the policy reads of its input (absent in manifests written before agate analysed policies). */
+  inputs?: PolicyInputs;
+}
+
+/** The manifest's account of what a policy.wasm reads (see reads.ts). */
+export interface PolicyInputs extends PolicyReads {
+  /** SHA-256 (hex) of the policy.wasm this describes: any other module is not described by it. */
+  wasm_sha256: string;
+  /** Whether it reads input.now, input.command.text, parameters (input.command.params) or input.grants. */
+  now: boolean;
+  text: boolean;
+  params: boolean;
+  grants: boolean;
 }
 
 /** The manifest written, plus what the build did. */
@@ -105,6 +124,7 @@ export async function buildPolicies(opts: { policiesDir: string; outDir: string;
       entrypoint: ENTRYPOINT,
       opa,
       sources_sha256: await sourcesSha256(policiesDir),
+      inputs: await analyseInputs(opaPath, policiesDir, tmp, capabilities, wasm),
     };
     const written = [join(outDir, "policy.wasm"), join(outDir, "manifest.json")];
     await Bun.write(written[0]!, wasm);
@@ -122,6 +142,37 @@ export async function buildPolicies(opts: { policiesDir: string; outDir: string;
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+/**
+ * What the policy reads of its input: `opa build -t plan` over the same
+ * sources, with the same capabilities, analysed (reads.ts); the
+ * nondeterministic builtins are those `opa capabilities` marks so.
+ */
+async function analyseInputs(opaPath: string, policiesDir: string, tmp: string, capabilities: string | null, wasm: Uint8Array): Promise<PolicyInputs> {
+  const out = join(tmp, "plan.tar.gz");
+  const args = [opaPath, "build", "-t", "plan", "-e", ENTRYPOINT, ".", "--ignore", "*_test.rego", "-o", out];
+  if (capabilities) args.push("--capabilities", capabilities);
+  const run = Bun.spawnSync(args, { cwd: policiesDir, stdout: "pipe", stderr: "pipe" });
+  const plan = run.exitCode === 0 ? readTarGz(new Uint8Array(await Bun.file(out).arrayBuffer())).get("plan.json") : undefined;
+  if (!plan) {
+    throw new AgateError("POLICY_BUILD_FAILED", `opa build -t plan failed for ${policiesDir}; fix the policy and build again.`, {
+      exitCode: run.exitCode,
+      output: (run.stderr.toString() + run.stdout.toString()).trim(),
+    });
+  }
+  const caps = Bun.spawnSync([opaPath, "capabilities", "--current"], { stdout: "pipe", stderr: "pipe" });
+  if (caps.exitCode !== 0) throw new AgateError("OPA_MISSING", `${opaPath} capabilities --current failed; install opa ${OPA_VERSION} with scripts/opa.sh.`, { stderr: caps.stderr.toString().trim() });
+  const builtins = (JSON.parse(caps.stdout.toString()) as { builtins?: { name: string; nondeterministic?: boolean }[] }).builtins ?? [];
+  const reads = analysePlan(JSON.parse(new TextDecoder().decode(plan)), new Set(builtins.filter((b) => b.nondeterministic).map((b) => b.name)));
+  return {
+    wasm_sha256: new Bun.CryptoHasher("sha256").update(wasm).digest("hex"),
+    now: readsPath(reads.reads, ["now"]),
+    text: readsPath(reads.reads, ["command", "text"]),
+    params: readsPath(reads.reads, ["command", "params"]),
+    grants: readsPath(reads.reads, ["grants"]),
+    ...reads,
+  };
 }
 
 /** Whether outDir's manifest matches policiesDir's sources; `got` is null when there is no manifest or no policy.wasm. */

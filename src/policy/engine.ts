@@ -9,12 +9,18 @@
  * (ABI, the agate/decision entrypoint, a probe evaluation per stage that
  * must return a well-formed decision), so a bad bundle fails when it is
  * loaded or reloaded, never on a live command.
+ *
+ * With the manifest `agate policy build` writes beside policy.wasm (or
+ * `manifest` for bytes), decisions are cached on exactly what the policy
+ * reads (cache.ts); each load has its own cache, so a reload starts afresh.
  */
 import { type FSWatcher, statSync, watch } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { loadPolicy as loadOpaPolicy, type LoadedPolicy as OpaPolicy } from "@open-policy-agent/opa-wasm";
 import { AgateError, asError } from "../core/errors.ts";
 import type { Decision } from "../core/types.ts";
+import type { PolicyInputs, PolicyManifest } from "./build.ts";
+import { DecisionCache, uncacheable } from "./cache.ts";
 import { deny, ENTRYPOINT, normalizeDecision, parseDecision, POLICY_ERROR } from "./decision.ts";
 import { readTarGz } from "./tar.ts";
 
@@ -25,8 +31,12 @@ export type PolicyLog = (level: LogLevel, msg: string, facts: Record<string, unk
 export interface LoadedPolicy {
   /** First 12 hex digits of SHA-256 over the policy.wasm bytes. */
   readonly version: string;
-  /** Evaluates agate/decision; throws only if the wasm itself fails (PolicyEngine.decide catches that). */
+  /** Evaluates agate/decision (or answers from the cache); throws only if the wasm itself fails (PolicyEngine.decide catches that). */
   decide(input: object): Decision;
+  /** Why decisions are not cached, or null when they are. */
+  readonly uncached: string | null;
+  /** Evaluations of the wasm, and decisions answered from the cache, since the load. */
+  readonly stats: { evaluated: number; cached: number };
 }
 
 export interface PolicyEngine {
@@ -34,6 +44,10 @@ export interface PolicyEngine {
   decide(input: object): Decision;
   /** Version of the bundle in use now (changes on reload). */
   readonly version: string;
+  /** Whether decisions of the bundle in use are cached (cache.ts): the policy reads neither input.now nor anything nondeterministic. */
+  readonly caching: boolean;
+  /** The bundle in use now. */
+  readonly current: LoadedPolicy;
   /** Stops watching; decide() denies afterwards. */
   close(): void;
 }
@@ -43,6 +57,8 @@ export interface PolicyEngineOptions {
   file?: string;
   /** The bundle's bytes, when it does not come from a file (e.g. embedded in the binary). */
   bytes?: Uint8Array;
+  /** The manifest.json of `bytes` (a `file`'s is read from beside it). */
+  manifest?: PolicyManifest;
   /** The data document (e.g. {"agate": {"config": {...}}}); merged over the bundle's own data. */
   data?: object;
   /** Reload `file` when it changes. */
@@ -84,9 +100,10 @@ const PROBES: object[] = [
  * Throws AgateError("POLICY_INVALID") when the module does not load, lacks
  * the agate/decision entrypoint, or answers a probe with a malformed decision.
  */
-export async function loadPolicy(bundle: Uint8Array, data?: object): Promise<LoadedPolicy> {
+export async function loadPolicy(bundle: Uint8Array, data?: object, inputs?: PolicyInputs): Promise<LoadedPolicy> {
   const { wasm, bundleData } = unpack(bundle);
-  const version = new Bun.CryptoHasher("sha256").update(wasm).digest("hex").slice(0, 12);
+  const sha256 = new Bun.CryptoHasher("sha256").update(wasm).digest("hex");
+  const version = sha256.slice(0, 12);
   const invalid = (message: string, reason: unknown) =>
     new AgateError("POLICY_INVALID", message, { version, reason: asError(reason).message });
 
@@ -128,21 +145,40 @@ export async function loadPolicy(bundle: Uint8Array, data?: object): Promise<Loa
       .catch(() => {}) // the old instance keeps serving; the next failure tries again
       .finally(() => (renewing = false));
   };
+  const evaluate = (input: object): Decision => {
+    let rs: unknown;
+    try {
+      rs = opa.evaluate(input, entrypoint);
+    } catch (e) {
+      // An aborted evaluation (a rule conflict, a builtin error) unwinds the
+      // module's own stack without restoring it; a few hundred of them leave
+      // the instance unusable. Swap in a fresh one from the compiled module
+      // (about a millisecond) so repeated bad inputs cannot deny every later command.
+      renew();
+      throw e;
+    }
+    return normalizeDecision(Array.isArray(rs) ? (rs[0] as { result?: unknown } | undefined)?.result : rs);
+  };
+  const uncached = uncacheable(inputs, sha256);
+  const cache = uncached === null ? new DecisionCache(inputs!.reads!) : undefined;
+  const stats = { evaluated: 0, cached: 0 };
   const policy: LoadedPolicy = {
     version,
+    uncached,
+    stats,
     decide(input: object): Decision {
-      let rs: unknown;
-      try {
-        rs = opa.evaluate(input, entrypoint);
-      } catch (e) {
-        // An aborted evaluation (a rule conflict, a builtin error) unwinds the
-        // module's own stack without restoring it; a few hundred of them leave
-        // the instance unusable. Swap in a fresh one from the compiled module
-        // (about a millisecond) so repeated bad inputs cannot deny every later command.
-        renew();
-        throw e;
+      const key = cache?.key(input);
+      if (key !== undefined) {
+        const hit = cache!.get(key);
+        if (hit !== undefined) {
+          stats.cached++;
+          return hit;
+        }
       }
-      return normalizeDecision(Array.isArray(rs) ? (rs[0] as { result?: unknown } | undefined)?.result : rs);
+      stats.evaluated++;
+      const decision = evaluate(input); // an evaluation that throws is not cached: the next one tries again
+      if (key !== undefined) cache!.set(key, decision);
+      return decision;
     },
   };
 
@@ -179,20 +215,23 @@ export async function createPolicyEngine(opts: PolicyEngineOptions): Promise<Pol
     throw new AgateError("POLICY_INVALID", "createPolicyEngine needs a policy `file` or `bytes`.", {});
   }
 
-  const readBundle = async (path: string): Promise<{ bytes: Uint8Array; data?: object }> => {
+  const readBundle = async (path: string): Promise<{ bytes: Uint8Array; data?: object; inputs?: PolicyInputs }> => {
     const bytes = new Uint8Array(await Bun.file(path).arrayBuffer());
+    if (isGzip(bytes)) return { bytes, data: opts.data };
+    const inputs = await readInputs(join(dirname(path), "manifest.json"));
     const sibling = Bun.file(join(dirname(path), "data.json"));
-    if (isGzip(bytes) || !(await sibling.exists())) return { bytes, data: opts.data };
-    return { bytes, data: mergeData((await sibling.json()) as object, opts.data) };
+    if (!(await sibling.exists())) return { bytes, data: opts.data, inputs };
+    return { bytes, data: mergeData((await sibling.json()) as object, opts.data), inputs };
   };
 
   let current: LoadedPolicy;
   if (file) {
     const first = await readBundle(file);
-    current = await loadPolicy(first.bytes, first.data);
+    current = await loadPolicy(first.bytes, first.data, first.inputs);
   } else {
-    current = await loadPolicy(opts.bytes!, opts.data);
+    current = await loadPolicy(opts.bytes!, opts.data, opts.manifest?.inputs);
   }
+  if (current.uncached) log("info", "policy decisions are not cached", { version: current.version, reason: current.uncached });
 
   let closed = false;
   const stopWatching = file && opts.watch ? watchFile(file, opts.pollMs ?? 1000, reload) : () => {};
@@ -212,9 +251,9 @@ export async function createPolicyEngine(opts: PolicyEngineOptions): Promise<Pol
         if (closed) return;
         try {
           const next = await readBundle(file!);
-          const loaded = await loadPolicy(next.bytes, next.data);
+          const loaded = await loadPolicy(next.bytes, next.data, next.inputs);
           if (closed) return;
-          if (loaded.version !== current.version) {
+          if (loaded.version !== current.version || loaded.uncached !== current.uncached) {
             const previous = current.version;
             current = loaded;
             log("info", "policy reloaded", { version: loaded.version, previous, file });
@@ -246,6 +285,12 @@ export async function createPolicyEngine(opts: PolicyEngineOptions): Promise<Pol
     },
     get version() {
       return current.version;
+    },
+    get caching() {
+      return current.uncached === null;
+    },
+    get current() {
+      return current;
     },
     close() {
       closed = true;
@@ -306,6 +351,16 @@ function watchFile(file: string, pollMs: number, onChange: () => void): () => vo
     clearInterval(poll);
     if (debounce) clearTimeout(debounce);
   };
+}
+
+/** The `inputs` of a manifest.json beside a policy.wasm; undefined when there is none or it cannot be read (nothing is cached then). */
+async function readInputs(path: string): Promise<PolicyInputs | undefined> {
+  try {
+    const m = (await Bun.file(path).json()) as Partial<PolicyManifest> | null;
+    return m?.inputs ?? undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function isGzip(b: Uint8Array): boolean {

@@ -22,6 +22,7 @@ import createPgQueryModule from "libpg-query/wasm/libpg-query.js";
 import wasmAsset from "libpg-query/wasm/libpg-query.wasm" with { type: "file" };
 import { literalShape, singleStatementText } from "./sql-shape.ts";
 import { describeStatement } from "./sql-walk.ts";
+import { GenerationalCache } from "../../core/generational-cache.ts";
 
 /** The emscripten exports used here (see node_modules/libpg-query/wasm/index.js). */
 interface PgQueryModule {
@@ -53,53 +54,6 @@ export const SQL_CACHE_MAX_ENTRIES = 10_000;
 export const SQL_CACHE_MAX_TEXT_CHARS = 8 * 1024;
 /** …and at most this many code units of text, keys together (≈ 8 MiB; the facts hold about as much again). */
 export const SQL_CACHE_MAX_TOTAL_CHARS = 4 * 1024 * 1024;
-
-/**
- * A bounded map from query text to answer, approximately least-recently-used,
- * in two generations (the scheme of sindresorhus/quick-lru): entries go into
- * `young`; a hit in `old` copies the entry into `young`; when `young` reaches
- * half the bounds it becomes `old` and the previous `old` is dropped. At most
- * `maxEntries` keys and `maxChars` key characters are held.
- *
- * Why not one Map with delete-and-re-insert on every hit: in JavaScriptCore
- * that costs ≈40 µs per hit at 10,000 entries (measured with Bun 1.4.5),
- * slower than parsing the query again.
- */
-class GenerationalCache<V> {
-  private young = new Map<string, V>();
-  private old = new Map<string, V>();
-  private youngChars = 0;
-
-  constructor(
-    private readonly maxEntries: number,
-    private readonly maxChars: number,
-  ) {}
-
-  get(key: string): V | undefined {
-    const v = this.young.get(key);
-    if (v !== undefined) return v;
-    const aged = this.old.get(key);
-    if (aged !== undefined) this.set(key, aged);
-    return aged;
-  }
-
-  /** Precondition: `key` is not in `young` (callers set only after a miss). */
-  set(key: string, v: V): void {
-    this.young.set(key, v);
-    this.youngChars += key.length;
-    if (this.young.size >= this.maxEntries / 2 || this.youngChars >= this.maxChars / 2) {
-      this.old = this.young;
-      this.young = new Map();
-      this.youngChars = 0;
-    }
-  }
-
-  clear(): void {
-    this.young.clear();
-    this.old.clear();
-    this.youngChars = 0;
-  }
-}
 
 /** The compiled parser; instances are cheap to make from it (≈1–2 ms). */
 let compiled: WebAssembly.Module | undefined;
