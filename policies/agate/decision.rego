@@ -12,7 +12,9 @@
 #
 # What the default policy does:
 #
-#   session  allowed for any verified identity (identity.subject non-empty).
+#   session  allowed for any verified identity (identity.subject non-empty)
+#            whose startup settings (input.session.settings) are among those SET
+#            may change (agate.session.deny_setting, the allowlist of sql.rego).
 #   command  an allowlist (sql.rego): ordinary application work is allowed
 #            (queries, data changes, transactions, cursors, PREPARE/EXECUTE,
 #            EXPLAIN, COPY STDIN/STDOUT, LISTEN/NOTIFY, SHOW, allowed SETs,

@@ -227,7 +227,9 @@ async function main(): Promise<number> {
       f.livenessChecks++;
       const t0 = performance.now();
       // From another loopback address: the fuzzer's mangled logins get 127.0.0.1 blocked (src/core/lockout.ts), as they should.
-      const sql = postgres({ host: "127.0.0.1", port, user: creds.user, password: creds.password, database: "app", max: 1, connect_timeout: LIVENESS_TIMEOUT_MS / 1000, onnotice: () => {}, socket: () => connectFrom(LIVENESS_ADDRESS, port) });
+      // porsager's `socket` option (a connected socket) is not in its type declarations.
+      const options = { host: "127.0.0.1", port, user: creds.user, password: creds.password, database: "app", max: 1, connect_timeout: LIVENESS_TIMEOUT_MS / 1000, onnotice: () => {}, socket: () => connectFrom(LIVENESS_ADDRESS, port) };
+      const sql = postgres(options);
       try {
         const [row] = await withTimeout(sql`select 1 as ok`, LIVENESS_TIMEOUT_MS, "select 1");
         if (row?.ok !== 1) f.livenessFailures.push(`select 1 answered ${JSON.stringify(row)}`);

@@ -94,6 +94,17 @@ export interface ClientInfo {
   application?: string;
 }
 
+/**
+ * A setting the client asked for when it connected (a PostgreSQL startup
+ * parameter or a `-c` in its `options`): the session-stage policy input's
+ * `session.settings`, with the name lower-cased as the policy compares it.
+ */
+export interface StartupSetting {
+  name: string;
+  value: string;
+  from: "parameter" | "options";
+}
+
 /** The guard's answer to one command. */
 export interface Verdict {
   allow: boolean;
@@ -211,7 +222,7 @@ export class Guard {
    * recorded too. A failed login counts against the client's address and
    * user name; its answer may be delayed (lockout.ts).
    */
-  async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential, limits?: ListenerLimits): Promise<Session> {
+  async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential, limits?: ListenerLimits, settings: readonly StartupSetting[] = []): Promise<Session> {
     const refuse = (e: AgateError) => {
       this.sessionRefused(connection, client, e, { user: credential.user, ...(identity ? { identity } : {}) });
       return e;
@@ -234,14 +245,16 @@ export class Guard {
     }
     lockout?.succeeded(credential.user);
     const session: Session = { id: randomUUID(), started_at: this.now().toISOString(), identity, connection, client };
-    const decision = this.deps.policy.decide(this.input(session, "session"));
+    const decision = this.deps.policy.decide(this.input(session, "session", undefined, undefined, settings));
     if (!decision.allow) {
       throw refuse(new AgateError("SESSION_DENIED", `policy denied the session: ${decision.reasons.join("; ") || "no rule allowed it"}`, { reasons: decision.reasons }));
     }
     const release = limits?.admitSession(identity.subject);
     if (release instanceof AgateError) throw refuse(release);
+    // As "name=value" text: the masker reads both (a client chooses the names under an allowed prefix such as "app.*").
+    const asked = settings.length ? { settings: settings.map((s) => `${s.name}=${s.value}`) } : {};
     try {
-      await this.deps.audit.append(maskRecord({ type: "session_start", session: session.id, identity, connection, client, policy: this.deps.policy.version }, EVERY));
+      await this.deps.audit.append(maskRecord({ type: "session_start", session: session.id, identity, connection, client, ...asked, policy: this.deps.policy.version }, EVERY));
     } catch (e) {
       release?.();
       throw e;
@@ -328,7 +341,7 @@ export class Guard {
   }
 
   /** The policy input document (DESIGN.md, "Policy contract"). */
-  private input(session: Session, stage: "session" | "command", command?: Command, approval?: InputApproval): object {
+  private input(session: Session, stage: "session" | "command", command?: Command, approval?: InputApproval, settings?: readonly StartupSetting[]): object {
     const grants = stage === "command" ? this.deps.approvals?.grants(session.identity, session.connection.name) : undefined;
     const derived = stage === "command" ? this.deps.derived?.forConnection(session.connection.name) : undefined;
     return {
@@ -336,7 +349,7 @@ export class Guard {
       now: this.now().toISOString(),
       identity: session.identity,
       connection: session.connection,
-      session: { id: session.id, started_at: session.started_at },
+      session: { id: session.id, started_at: session.started_at, ...(settings ? { settings: settings.map((s) => ({ ...s, name: s.name.toLowerCase() })) } : {}) },
       client: session.client,
       ...(command ? { command: { text: command.text, sql: command.sql, exec: command.exec, http: command.http } } : {}),
       ...(derived?.length ? { mask: { derived } } : {}),

@@ -6,7 +6,8 @@
  *
  *   the client's   SQL text, Bind parameters, decision reasons (a parse
  *                  error quotes the text: `at or near "…"`), startup
- *                  parameters (application_name), the user name of a
+ *                  parameters (application_name, the settings asked
+ *                  for at connect), the user name of a
  *                  refused session and the reason that quotes it
  *   the target's   error messages copied into outcomes, and the reason a
  *                  session ended (a target's refusal of a startup
@@ -21,7 +22,7 @@ import type { MaskCounts } from "../mask/types.ts";
 
 /** Paths of outside text, by record type. */
 const OUTSIDE_TEXT: Readonly<Record<string, readonly (readonly string[])[]>> = {
-  session_start: [["client", "application"]],
+  session_start: [["client", "application"], ["settings"]],
   session_refused: [["client", "application"], ["user"], ["reason"]],
   cancel: [["client", "application"]],
   session_end: [["reason"]],

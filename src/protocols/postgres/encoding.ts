@@ -190,3 +190,90 @@ function byteSkeleton(bytes: Uint8Array, mblen: CharLength): string {
   }
   return out;
 }
+
+// ── agate's own messages, in the client's encoding ──────────────────────
+
+/**
+ * The bytes of `text` in client encoding `encoding`, for the messages agate
+ * writes itself (its errors and notices, which it builds in UTF-8): the
+ * target converts its own messages to the client encoding, and so does agate.
+ *
+ * The tables are the WHATWG decoders' (the same as above) read backwards,
+ * built on first use: every single byte, and for the multi-byte encodings
+ * every two-byte character (within the EUC ranges for EUC_*). LATIN1 is
+ * ISO 8859-1 itself, not windows-1252. A character the encoding cannot
+ * represent, or one of the three- and four-byte characters of EUC_JP and
+ * GB18030, becomes "?": PostgreSQL would fail the whole message ("character
+ * … has no equivalent in encoding"), but a refusal must still be read.
+ * UTF8 and SQL_ASCII are sent as they are (PostgreSQL does not convert for
+ * SQL_ASCII: the client gets the server's bytes, UTF-8 for agate's
+ * targets); so is text in an encoding PostgreSQL does not know, which the
+ * target refuses anyway. Encodings without a decoder here (EUC_TW, JOHAB,
+ * MULE_INTERNAL, EUC_JIS_2004) keep ASCII and get "?" for the rest.
+ */
+export function encodeClientText(text: string, encoding: string): Buffer {
+  const name = encodingName(encoding);
+  if (name === "UTF8" || name === "SQL_ASCII" || ENCODINGS[name] === undefined || isAsciiText(text)) return Buffer.from(text, "utf8");
+  const table = encoderTable(name);
+  const out: number[] = [];
+  for (const ch of text) {
+    const c = ch.codePointAt(0)!;
+    if (c < 0x80) out.push(c);
+    else {
+      const bytes = table.get(ch);
+      if (bytes === undefined) out.push(0x3f);
+      else for (let i = 0; i < bytes.length; i++) out.push(bytes.charCodeAt(i));
+    }
+  }
+  return Buffer.from(out);
+}
+
+function isAsciiText(text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) >= 0x80) return false;
+  return true;
+}
+
+/** Encodings with two-byte characters, and the byte ranges to look for them in ([lead from, lead to, trail from, trail to]). */
+const TWO_BYTE: Record<string, readonly [number, number, number, number]> = {
+  EUC_JP: [0x8e, 0xfe, 0xa1, 0xfe],
+  EUC_CN: [0xa1, 0xfe, 0xa1, 0xfe],
+  EUC_KR: [0xa1, 0xfe, 0xa1, 0xfe],
+  SJIS: [0x81, 0xfc, 0x40, 0xfc],
+  SHIFT_JIS_2004: [0x81, 0xfc, 0x40, 0xfc],
+  BIG5: [0x81, 0xfe, 0x40, 0xfe],
+  GBK: [0x81, 0xfe, 0x40, 0xfe],
+  UHC: [0x81, 0xfe, 0x41, 0xfe],
+  GB18030: [0x81, 0xfe, 0x40, 0xfe],
+};
+
+/** character → its bytes (as a binary string), per encoding. */
+const encoderTables = new Map<string, Map<string, string>>();
+
+function encoderTable(name: string): Map<string, string> {
+  let table = encoderTables.get(name);
+  if (table) return table;
+  table = new Map();
+  encoderTables.set(name, table);
+  const label = ENCODINGS[name]?.label;
+  if (name === "LATIN1") {
+    for (let b = 0x80; b <= 0xff; b++) table.set(String.fromCharCode(b), String.fromCharCode(b));
+    return table;
+  }
+  if (label === undefined) return table;
+  const decoder = new TextDecoder(label as ConstructorParameters<typeof TextDecoder>[0], { fatal: true });
+  const learn = (bytes: number[]) => {
+    let ch: string;
+    try {
+      ch = decoder.decode(Uint8Array.from(bytes));
+    } catch {
+      return;
+    }
+    // One character, not already known (a decoder may map several byte sequences to one character: keep the first).
+    if (ch.length > 0 && [...ch].length === 1 && ch !== "\ufffd" && !table.has(ch)) table.set(ch, String.fromCharCode(...bytes));
+  };
+  const range = TWO_BYTE[name];
+  const singleBytes = !range || name === "SJIS" || name === "SHIFT_JIS_2004"; // SJIS: half-width katakana
+  if (singleBytes) for (let b = 0x80; b <= 0xff; b++) learn([b]);
+  if (range) for (let lead = range[0]; lead <= range[1]; lead++) for (let trail = range[2]; trail <= range[3]; trail++) learn([lead, trail]);
+  return table;
+}

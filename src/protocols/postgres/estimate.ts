@@ -221,6 +221,20 @@ export class WriteEstimates {
   private pending: { seq: number; path: PathState } | undefined;
 
   /**
+   * The settings the session was started with (its startup parameters, as
+   * agate passed them): a search_path among them is the session's, as
+   * set_config() would set it; a role or session_authorization makes what
+   * "$user" means, so the path, unknown.
+   */
+  startWith(params: Readonly<Record<string, string>>): void {
+    for (const [name, value] of Object.entries(params)) {
+      const n = name.toLowerCase();
+      if (n === "search_path" && this.path !== undefined) this.path = { kind: "config", value };
+      else if (n === "role" || n === "session_authorization") this.path = undefined;
+    }
+  }
+
+  /**
    * Give `command` its writes' estimates (replacing command.sql; the
    * parser's facts are frozen), and an EXECUTE of a SQL-PREPAREd statement
    * that statement's facts. `bound.paramTypes` alone: a Parse (not

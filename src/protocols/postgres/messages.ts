@@ -3,6 +3,7 @@
  * bodies it reads. Everything else passes through as received bytes.
  * Names follow https://www.postgresql.org/docs/current/protocol-message-formats.html
  */
+import { encodeClientText } from "./encoding.ts";
 import { message, Reader } from "./wire.ts";
 
 /** Message type bytes, by protocol name. */
@@ -122,6 +123,26 @@ export function ErrorResponse(f: ErrorFields): Buffer {
 export function NoticeResponse(f: ErrorFields): Buffer {
   return message(T.NoticeResponse, fields(f));
 }
+
+/**
+ * An ErrorResponse or NoticeResponse agate built (in UTF-8), its texts in
+ * client encoding `encoding` (encoding.ts encodeClientText); the same
+ * buffer when nothing changes. Any other message comes back as it is.
+ */
+export function inClientEncoding(raw: Buffer, encoding: string): Buffer {
+  if ((raw[0] !== T.ErrorResponse && raw[0] !== T.NoticeResponse) || encoding === "UTF8" || raw.every((b) => b < 0x80)) return raw;
+  const parts: Buffer[] = [];
+  for (let at = 5; at < raw.length && raw[at] !== 0; ) {
+    const end = raw.indexOf(0, at + 1);
+    parts.push(raw.subarray(at, at + 1), encodeClientText(raw.toString("utf8", at + 1, end), encoding), ZERO);
+    at = end + 1;
+  }
+  return message(raw[0]!, (w) => {
+    for (const p of parts) w.bytes(p);
+    w.u8(0);
+  });
+}
+const ZERO = Buffer.from([0]);
 
 // ── bodies agate reads ───────────────────────────────────────────────────
 

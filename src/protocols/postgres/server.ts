@@ -4,20 +4,22 @@
  * gateway's own connection to the target, then the query phase
  * (session.ts). https://www.postgresql.org/docs/current/protocol-flow.html
  */
-import { randomInt } from "node:crypto";
+import { randomBytes, timingSafeEqual } from "node:crypto";
 import net from "node:net";
 import tls from "node:tls";
 import { AgateError } from "../../core/errors.ts";
 import { connectionCap } from "../../core/fd-limit.ts";
 import { DEFAULT_LIMITS, ListenerLimits } from "../../core/limits.ts";
-import type { ClientInfo, Guard } from "../../core/guard.ts";
+import type { ClientInfo, Guard, StartupSetting } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { ConnectionRef, Session } from "../../core/types.ts";
+import { encodingName } from "./encoding.ts";
 import { Framer } from "./framer.ts";
-import { AuthenticationCleartextPassword, AuthenticationOk, BackendKeyData, ErrorResponse, NoticeResponse, ReadyForQuery, readStartupParams, T } from "./messages.ts";
+import { AuthenticationCleartextPassword, AuthenticationOk, BackendKeyData, ErrorResponse, inClientEncoding, ReadyForQuery, readStartupParams, T } from "./messages.ts";
 import { PgSession } from "./session.ts";
 import { capRecordSize } from "./tls-records.ts";
 import { Catalog } from "./catalog.ts";
+import { startupSettings, targetParameters } from "./startup.ts";
 import { cancelUpstream, connectUpstream, type PgTarget } from "./upstream.ts";
 import { CANCEL_REQUEST_CODE, GSSENC_REQUEST_CODE, MAX_STARTUP_PACKET_BYTES, message, PROTOCOL_3_0, ProtocolViolation, Reader, SSL_REQUEST_CODE } from "./wire.ts";
 
@@ -71,13 +73,6 @@ export interface PgListener {
   close(opts?: { sessions?: boolean }): Promise<void>;
 }
 
-/**
- * Startup parameters passed to the target. Anything else (notably `options`,
- * which can set any GUC, and `replication`) would change the session in ways
- * the policy never sees, so it is dropped and the client is told.
- */
-const PASSED_PARAMETERS = new Set(["application_name", "client_encoding", "DateStyle", "datestyle", "TimeZone", "timezone", "IntervalStyle", "extra_float_digits", "bytea_output"]);
-
 /** The password message is small; PostgreSQL itself caps it at 1000 bytes for cleartext, tokens need more. */
 const MAX_PASSWORD_MESSAGE_BYTES = 64 * 1024;
 
@@ -94,8 +89,28 @@ let openConnections = 0;
 /** When the last "connection limit reached" warning was logged, so a burst logs once. */
 let lastCapWarning = -Infinity;
 
-/** Cancel keys agate handed out (by our pid) → our secret and the target backend they stand for. */
-const cancelKeys = new Map<number, { secret: number; target: PgTarget; upstreamPid: number; upstreamSecret: number; session: Session; guard: Guard }>();
+/**
+ * The sessions' cancel keys, by the pid the client got: the target backend's
+ * own (several targets may have a backend of the same pid), with a secret
+ * agate drew for the session; a CancelRequest must match both.
+ */
+interface CancelKey {
+  secret: Buffer;
+  target: PgTarget;
+  upstreamSecret: number;
+  session: Session;
+  guard: Guard;
+}
+const cancelKeys = new Map<number, Set<CancelKey>>();
+
+/** The session a CancelRequest's (pid, secret) stands for, the secret compared in constant time. */
+function cancelKeyFor(pid: number, secret: number): CancelKey | undefined {
+  const given = Buffer.alloc(4);
+  given.writeInt32BE(secret);
+  let found: CancelKey | undefined;
+  for (const k of cancelKeys.get(pid) ?? []) if (timingSafeEqual(k.secret, given)) found = k;
+  return found;
+}
 
 export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
   const secureContext = opts.tls ? tls.createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
@@ -156,6 +171,8 @@ class Startup {
   private sock: net.Socket;
   private isTls = false;
   private params: Record<string, string> = {};
+  /** The settings the startup packet asks for (startup.ts). */
+  private settings: StartupSetting[] = [];
   private readonly onData = (chunk: Buffer) => {
     // Before login only one bounded message is read at a time: once refused, nothing more is kept
     // (while authenticating the socket is paused; what arrived before that is the session's).
@@ -266,11 +283,11 @@ class Startup {
     if (code === CANCEL_REQUEST_CODE) {
       const pid = r.i32();
       const secret = r.i32();
-      const key = cancelKeys.get(pid);
+      const key = cancelKeyFor(pid, secret);
       // As PostgreSQL does: no answer either way, and a wrong secret is silently ignored.
-      if (key && key.secret === secret) {
+      if (key) {
         key.guard.cancelRequested(key.session, this.client());
-        void cancelUpstream(key.target, key.upstreamPid, key.upstreamSecret).catch(() => {});
+        void cancelUpstream(key.target, pid, key.upstreamSecret).catch(() => {});
       }
       this.stage = "closing";
       this.sock.destroy();
@@ -303,6 +320,13 @@ class Startup {
       this.reject("3D000", "DATABASE_UNKNOWN", `database "${database}" does not exist`);
       return;
     }
+    try {
+      this.settings = startupSettings(this.params);
+    } catch (e) {
+      if (!(e instanceof AgateError)) throw e;
+      this.reject(String(e.details.sqlstate ?? "42601"), e.code, `agate: ${e.message}`);
+      return;
+    }
     // A blocked address, a locked user: refused before a password is asked for.
     const barred = this.opts.guard.admission(this.client(), this.params.user);
     if (barred) {
@@ -329,7 +353,7 @@ class Startup {
     const remote = this.sock.remoteAddress ?? "unknown";
     let session: Session;
     try {
-      session = await opts.guard.openSession(opts.connection, this.client(), { user: this.params.user!, secret: password }, this.limits);
+      session = await opts.guard.openSession(opts.connection, this.client(), { user: this.params.user!, secret: password }, this.limits, this.settings);
     } catch (e) {
       const err = e instanceof AgateError ? e : new AgateError("AUTH_FAILED", "authentication failed");
       opts.log("info", "session refused", { connection: opts.connection.name, client: remote, user: this.params.user, code: err.code });
@@ -338,20 +362,18 @@ class Startup {
       return;
     }
 
-    const passed: Record<string, string> = {};
-    const dropped: string[] = [];
-    for (const [k, v] of Object.entries(this.params)) {
-      if (PASSED_PARAMETERS.has(k)) passed[k] = v;
-      else if (k !== "user" && k !== "database" && !k.startsWith("_pq_")) dropped.push(k);
-    }
     let upstream;
     try {
-      upstream = await connectUpstream(opts.target, passed);
+      upstream = await connectUpstream(opts.target, targetParameters(this.settings));
     } catch (e) {
       const err = e as AgateError;
       opts.log("error", "target connection failed", { connection: opts.connection.name, session: session.id, code: err.code, error: err.message });
       opts.guard.closeSession(session, `target connection failed: ${err.message}`, 0);
-      this.refuse("08001", `agate: could not connect to the target of "${opts.connection.name}": ${err.message}`);
+      // The target refusing a setting the client asked for (22023 invalid value, 42704 unknown name, 42501 not
+      // permitted, …) is the client's to read as the target said it.
+      const sqlstate = err.code === "UPSTREAM_REFUSED" ? String(err.details.sqlstate ?? "") : "";
+      if (this.settings.length > 0 && /^(22|42)/.test(sqlstate)) this.refuse(sqlstate, err.message.replace(/^the target refused the gateway's connection: /, ""));
+      else this.refuse("08001", `agate: could not connect to the target of "${opts.connection.name}": ${err.message}`);
       return;
     }
     if (this.sock.destroyed || this.stage === "closing") {
@@ -360,15 +382,13 @@ class Startup {
       return;
     }
 
-    // Our own cancel key stands for the target's; the client never learns the target's pid.
-    const pid = randomInt(1, 2 ** 31 - 1);
-    const secret = randomInt(0, 2 ** 31 - 1);
-    cancelKeys.set(pid, { secret, target: opts.target, upstreamPid: upstream.pid, upstreamSecret: upstream.secret, session, guard: opts.guard });
-    const hello = [AuthenticationOk, ...upstream.parameterStatus, BackendKeyData(pid, secret)];
-    if (dropped.length) {
-      hello.push(NoticeResponse({ severity: "NOTICE", code: "01000", message: `agate ignored startup parameter(s) ${dropped.join(", ")}: they would change the session outside policy` }));
-    }
-    hello.push(ReadyForQuery(upstream.txStatus));
+    // The client gets the target backend's pid (pg_backend_pid(), notifications and pg_terminate_backend agree with it)
+    // and a secret of agate's own: the target's secret never leaves the gateway, so only agate can cancel there.
+    const pid = upstream.pid;
+    const key: CancelKey = { secret: randomBytes(4), target: opts.target, upstreamSecret: upstream.secret, session, guard: opts.guard };
+    const keys = cancelKeys.get(pid) ?? new Set();
+    cancelKeys.set(pid, keys.add(key));
+    const hello = [AuthenticationOk, ...upstream.parameterStatus, BackendKeyData(pid, key.secret.readInt32BE()), ReadyForQuery(upstream.txStatus)];
     this.sock.off("data", this.onData);
     this.stage = "done";
     clearTimeout(this.timer);
@@ -382,14 +402,16 @@ class Startup {
       void cancelUpstream(opts.target, upstream.pid, upstream.secret).catch(() => {});
     });
     const pg = new PgSession(session, this.sock, this.framer, upstream, opts.guard, this.catalog, opts.log, (end) => {
-      cancelKeys.delete(pid);
+      keys.delete(key);
+      if (keys.size === 0 && cancelKeys.get(pid) === keys) cancelKeys.delete(pid);
       opts.guard.closeSession(session, end.reason, end.commands, end.code);
       opts.log("info", "session ended", { connection: opts.connection.name, session: session.id, reason: end.reason, commands: end.commands });
     }, clock);
   }
 
   private client(): ClientInfo {
-    return { address: this.sock.remoteAddress ?? "unknown", port: this.sock.remotePort, tls: this.isTls, ...(this.params.application_name !== undefined ? { application: this.params.application_name } : {}) };
+    const application = this.settings.find((s) => s.name.toLowerCase() === "application_name")?.value ?? this.params.application_name;
+    return { address: this.sock.remoteAddress ?? "unknown", port: this.sock.remotePort, tls: this.isTls, ...(application !== undefined ? { application } : {}) };
   }
 
   /**
@@ -408,7 +430,10 @@ class Startup {
   }
 
   private refuse(code: string, text: string): void {
-    this.cut(ErrorResponse({ severity: "FATAL", code, message: text }));
+    // In the client encoding it asked for, as the target would answer once it had read the startup packet.
+    const encoding = this.settings.findLast((s) => s.name.toLowerCase() === "client_encoding")?.value;
+    const error = ErrorResponse({ severity: "FATAL", code, message: text });
+    this.cut(encoding ? inClientEncoding(error, encodingName(encoding)) : error);
   }
 
   /**

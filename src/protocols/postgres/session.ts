@@ -49,7 +49,7 @@ import { forwardEarly } from "./early.ts";
 import { WriteEstimates } from "./estimate.ts";
 import { builtInCall, catalogFacts } from "./facts.ts";
 import { type Frame, type Framer, Outbox } from "./framer.ts";
-import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
+import { Bind, Close, DescribePortal, ErrorResponse, Execute, Flush, Parse, Query, Sync, type ParseMsg, type TextDecode, NoticeResponse, inClientEncoding, readBind, readErrorFields, readExecute, readParse, readQuery, readTarget, ReadyForQuery, T, tagRows } from "./messages.ts";
 import { type Field, maskCopyData, maskNotice, type MaskTally, newTally, type OriginOf, readRowDescription, ResultMasker, RowSlabs, statementTaint } from "./rows.ts";
 import { copySource, CopyMasker } from "./copy.ts";
 import { isLexingBarrier, LexingState, PROBE } from "./lexing.ts";
@@ -210,6 +210,7 @@ export class PgSession {
     private readonly clock?: SessionClock,
   ) {
     this.txStatus = upstream.txStatus;
+    this.estimates.startWith(upstream.params);
     for (const raw of upstream.parameterStatus) {
       const [name, value] = raw.toString("utf8", 5).split("\0");
       this.lexing.report(name ?? "", value ?? "");
@@ -818,7 +819,7 @@ export class PgSession {
   }
 
   private materialize(i: Injected): Buffer {
-    return i === "ReadyForQuery" ? ReadyForQuery(this.txStatus) : i;
+    return i === "ReadyForQuery" ? ReadyForQuery(this.txStatus) : inClientEncoding(i, this.lexing.encoding);
   }
 
   private flushUpstream(): void {
@@ -951,7 +952,7 @@ export class PgSession {
         // or Close forwarded before it in the batch is unanswered, the error is that message's, and the target
         // skips agate's statement with the rest of the batch.
         if (r?.refusal && r.kind !== "query" && this.acks[0]?.sync === r.sync) r.refusal = undefined;
-        const masked = r?.refusal ?? maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
+        const masked = r?.refusal ? inClientEncoding(r.refusal, this.lexing.encoding) : maskNotice(f.raw, r?.mask ?? this.lastMask, this.tally.detectors, this.taintOf(r));
         if (!this.error && !r?.refusal) {
           this.error = readErrorFields(masked.subarray(5));
           this.errorMask = r && r.kind !== "describe" ? r.mask : undefined;
@@ -1276,7 +1277,7 @@ export class PgSession {
     if (!this.closed) {
       // What the gate holds waits for records that may never be durable: it is dropped, never sent after this.
       this.gate.drop();
-      this.client.end(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }));
+      this.client.end(inClientEncoding(ErrorResponse({ severity: "FATAL", code: violation ? "08P01" : "XX000", message }), this.lexing.encoding));
       // Read nothing more (the rest of an oversized message stays unread); give the client a moment to read
       // the error before the connection is dropped, whatever it still sends.
       this.client.pause();
@@ -1294,7 +1295,7 @@ export class PgSession {
     if (this.closed) return;
     this.log("info", "session terminated", { session: this.session.id, code: why.code, reason: why.message });
     this.gate.drop(); // answers still held are not sent after the FATAL error
-    this.client.end(ErrorResponse({ severity: "FATAL", code: sqlstate, message: `agate: ${why.message}` }));
+    this.client.end(inClientEncoding(ErrorResponse({ severity: "FATAL", code: sqlstate, message: `agate: ${why.message}` }), this.lexing.encoding));
     this.client.pause();
     this.client.once("finish", () => setTimeout(() => this.client.destroy(), FATAL_LINGER_MS).unref());
     this.endCode = why.code;

@@ -32,6 +32,8 @@ export interface Upstream {
   pid: number;
   secret: number;
   txStatus: number;
+  /** The client's startup parameters the connection was started with (the settings of startup.ts). */
+  params: Readonly<Record<string, string>>;
 }
 
 /**
@@ -77,7 +79,7 @@ export async function connectUpstream(target: PgTarget, params: Record<string, s
       w.u8(0);
     });
     socket.write(startup);
-    return await handshake(socket, target);
+    return { ...(await handshake(socket, target)), params };
   } catch (e) {
     socket.destroy();
     throw e;
@@ -123,7 +125,7 @@ function startTls(socket: net.Socket, target: PgTarget): Promise<net.Socket> {
   });
 }
 
-function handshake(socket: net.Socket, target: PgTarget): Promise<Upstream> {
+function handshake(socket: net.Socket, target: PgTarget): Promise<Omit<Upstream, "params">> {
   return new Promise((resolve, reject) => {
     const framer = new Framer(MAX_BACKEND_MESSAGE_BYTES);
     const parameterStatus: Buffer[] = [];
