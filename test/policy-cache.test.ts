@@ -227,6 +227,20 @@ describe("a cached decision equals a fresh one", () => {
     expect(decisions[0]!.allow).toBe(true);
   });
 
+  test("an input holding null (a write whose estimate could not be made) is cached, and apart from a number", async () => {
+    const engine = await createPolicyEngine({ bytes, manifest, data: DATA });
+    const catalog = new CatalogFacts((text, params) => sql.unsafe(text, params as never[]) as unknown as Promise<never>);
+    const command = await factsOf("UPDATE orders SET total = 1 WHERE id = 2", catalog);
+    const [unknown] = inputs(command, null);
+    const [five] = inputs(command, 5);
+    const first = engine.decide(unknown!);
+    expect(engine.decide(unknown!)).toBe(first);
+    expect(engine.current.stats).toEqual({ evaluated: 1, cached: 1 });
+    expect(first.approval.required).toBe(true); // null rows: held
+    expect(engine.decide(five!).approval.required).toBe(false);
+    expect(engine.current.stats).toEqual({ evaluated: 2, cached: 1 });
+  });
+
   test("a new grant, another identity or another connection is another key", async () => {
     const engine = await createPolicyEngine({ bytes, manifest, data: DATA });
     const catalog = new CatalogFacts((text, params) => sql.unsafe(text, params as never[]) as unknown as Promise<never>);

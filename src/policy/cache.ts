@@ -125,7 +125,8 @@ const canonicalMemo = new WeakMap<object, string>();
 /** JSON with sorted keys, as the policy sees the value (undefined fields absent, as JSON.stringify drops them); "u" for no value. */
 function canonical(v: unknown): string {
   if (v === undefined) return "u";
-  if (v === null || typeof v !== "object") {
+  if (v === null) return "null";
+  if (typeof v !== "object") {
     if (typeof v === "string" || typeof v === "number" || typeof v === "boolean") return JSON.stringify(v);
     throw new TypeError(`a ${typeof v} is not JSON`);
   }
