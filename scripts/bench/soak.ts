@@ -70,18 +70,6 @@ for (const [k, v] of [["seconds", SECONDS], ["workers", WORKERS], ["interval", I
   if (!Number.isFinite(v) && v !== Infinity) throw new Error(`--${k} must be a number`);
 }
 
-/** Where liveness checks connect from: not the fuzzer's address, which the gateway's lockout may have blocked. */
-const LIVENESS_ADDRESS = "127.0.0.2";
-
-/** A TCP connection to the gateway from `localAddress`, once connected (porsager's `socket` option wants it so). */
-function connectFrom(localAddress: string, port: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: "127.0.0.1", port, localAddress });
-    s.once("connect", () => resolve(s));
-    s.once("error", reject);
-  });
-}
-
 /** A liveness check that takes longer than this is a hang (generous: a loaded 2-core machine answers in seconds, a hang never). */
 const LIVENESS_TIMEOUT_MS = 30_000;
 /** A case's connection is closed after this long without a byte from the gateway… */
@@ -226,10 +214,7 @@ async function main(): Promise<number> {
       }
       f.livenessChecks++;
       const t0 = performance.now();
-      // From another loopback address: the fuzzer's mangled logins get 127.0.0.1 blocked (src/core/lockout.ts), as they should.
-      // porsager's `socket` option (a connected socket) is not in its type declarations.
-      const options = { host: "127.0.0.1", port, user: creds.user, password: creds.password, database: "app", max: 1, connect_timeout: LIVENESS_TIMEOUT_MS / 1000, onnotice: () => {}, socket: () => connectFrom(LIVENESS_ADDRESS, port) };
-      const sql = postgres(options);
+      const sql = postgres({ host: "127.0.0.1", port, user: creds.user, password: creds.password, database: "app", max: 1, connect_timeout: LIVENESS_TIMEOUT_MS / 1000, onnotice: () => {} });
       try {
         const [row] = await withTimeout(sql`select 1 as ok`, LIVENESS_TIMEOUT_MS, "select 1");
         if (row?.ok !== 1) f.livenessFailures.push(`select 1 answered ${JSON.stringify(row)}`);
