@@ -12,6 +12,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { psql, sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
+import { PSYCOPG_PYTHON } from "./helpers/psycopg.ts";
 
 let db: TestPostgres;
 let gw: TestGateway;
@@ -119,9 +120,8 @@ describe("binary COPY … TO is masked, not refused", () => {
     expect(await loadBinary(masked)).toContain("1|Ada|[REDACTED:email]|");
   });
 
-  // psycopg is not a dependency of agate: the test runs where it is installed (pip install 'psycopg[binary]')
-  const psycopg = Bun.spawnSync(["python3", "-c", "import psycopg"], { stderr: "ignore" }).exitCode === 0;
-  test.skipIf(!psycopg)("psycopg copies out in binary through agate", async () => {
+  // psycopg comes from scripts/setup.sh (a venv in $AGATE_TOOLS/py), as everywhere in the suite
+  test("psycopg copies out in binary through agate", async () => {
     const script = `
 import sys, psycopg
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
@@ -137,14 +137,14 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
             for row in copy.rows():
                 print(repr(row))
 `;
-    const out = await sh(["python3", "-c", script, gw.url()]);
+    const out = await sh([PSYCOPG_PYTHON, "-c", script, gw.url()]);
     expect(out.stderr).toBe("");
     expect(out.stdout).toBe(
       ["(1, 'plain', datetime.date(2026, 2, 3))", "(2, 'key [REDACTED:github_token]', None)", "(1, '[REDACTED:email]')", "(2, '[REDACTED:email]')", ""].join("\n"),
     );
   });
 
-  test.skipIf(!psycopg)("psycopg, in its usual way (a table made in the open transaction), under the default policy's detectors", async () => {
+  test("psycopg, in its usual way (a table made in the open transaction), under the default policy's detectors", async () => {
     const plain = await startTestGateway(db);
     try {
       const script = `
@@ -159,7 +159,7 @@ with psycopg.connect(sys.argv[1]) as conn:
             print(repr(row))
     conn.rollback()
 `;
-      const out = await sh(["python3", "-c", script, plain.url()]);
+      const out = await sh([PSYCOPG_PYTHON, "-c", script, plain.url()]);
       expect(out.stderr).toBe("");
       expect(out.stdout).toBe(
         ["(1, 'hello', Decimal('1.5'), datetime.datetime(2026, 1, 1, 0, 0, tzinfo=zoneinfo.ZoneInfo(key='Etc/UTC')))", "(2, '[REDACTED:github_token]', None, None)", ""].join("\n"),
