@@ -138,6 +138,8 @@ async function startStack(): Promise<{ pg: TestPostgres; endpoints: Record<PathN
 }
 
 async function startPgbouncer(pg: TestPostgres): Promise<Endpoint> {
+  // runuser would only say "Permission denied" for a program it cannot find
+  if (!Bun.which("pgbouncer")) throw new Error("pgbouncer not found on PATH: `bash scripts/bench/pgbench.sh` installs it, or leave it out with --paths direct,agate");
   const dir = join(base, "pgbouncer");
   mkdirSync(dir, { mode: 0o755 });
   const port = await freePort();
