@@ -561,3 +561,33 @@ describe("settings, temporary objects, subcommands and inner statements", () => 
     expect(one("SELECT 1").inner).toBeUndefined();
   });
 });
+
+describe("analyzeSql: where_equal (the equalities that can bound a write at one row)", () => {
+  const eq = (sql: string) => analyzeSql(sql).statements[0]!.where_equal;
+  test("top-level AND of column = constant or parameter, either side, casts of constants, by alias or by name", () => {
+    expect(eq("update t set v = 1 where id = $1")).toEqual({ columns: ["id"], only: false });
+    expect(eq("delete from only s.t where 3 = t.a and s.t.b = '4'::int and c > 0")).toEqual({ columns: ["a", "b"], only: true });
+    expect(eq("update t as x set v = 1 where x.id = 7 and (x.k = $2 and true)")).toEqual({ columns: ["id", "k"], only: false });
+    expect(eq("update t set v = 1 where id operator(pg_catalog.=) 5")).toEqual({ columns: ["id"], only: false });
+  });
+  test("nothing that could match more than the equality says: OR, NOT, other operators, expressions, COLLATE, another relation's column, FROM/USING, WITH", () => {
+    for (const sql of [
+      "update t set v = 1",
+      "update t set v = 1 where id = 1 or id = 2",
+      "update t set v = 1 where not (id = 1)",
+      "update t set v = 1 where id >= 1",
+      "update t set v = 1 where id = id",
+      "update t set v = 1 where id = 1 + 1",
+      "update t set v = 1 where lower(k) = 'a'",
+      "update t set v = 1 where k = 'a' collate \"C\"",
+      "update t set v = 1 where id operator(public.=) 1",
+      "update t as x set v = 1 where t.id = 1",
+      "update t set v = 1 where u.id = 1",
+      "update t set v = u.v from u where t.id = 1",
+      "delete from t using u where t.id = 1",
+      "with d as (delete from u returning id) update t set v = 1 where id = 1",
+      "insert into t values (1)",
+      "select * from t where id = 1",
+    ]) expect([sql, eq(sql)]).toEqual([sql, undefined]);
+  });
+});

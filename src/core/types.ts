@@ -95,6 +95,12 @@ export interface SqlStatement {
   /** UPDATE/DELETE: whether a WHERE clause is present. */
   has_where?: boolean;
   /**
+   * UPDATE/DELETE of one relation without FROM/USING/WITH: the columns its
+   * WHERE clause requires to equal a constant or a parameter (in its
+   * top-level AND), and whether ONLY was written (no inheritance children).
+   */
+  where_equal?: { columns: string[]; only: boolean };
+  /**
    * Statements that change rows when they run (INSERT/UPDATE/DELETE/MERGE,
    * a data-modifying WITH, EXPLAIN ANALYZE of one, EXECUTE of a prepared
    * one): the rows the target's planner estimates its ModifyTable nodes

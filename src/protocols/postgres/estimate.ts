@@ -15,6 +15,10 @@
  * * COPY (DELETE … RETURNING …) TO STDOUT, CREATE TABLE AS with a
  *   data-modifying WITH query: writes, estimate null (held).
  *
+ * Without the planner: INSERT … VALUES counts the rows it lists, and an
+ * UPDATE or DELETE by a unique key touches at most one row (keyBound),
+ * unless rules on the table may do more.
+ *
  * COPY … FROM STDIN is not estimated: the client sends every row it
  * inserts, it changes no existing row, and holding every bulk load would
  * break them (a policy can hold kind "copy" itself).
@@ -54,7 +58,7 @@ const MAX_INNER_TRIES = 64;
 /** The name agate's own PREPARE uses for an extended-protocol statement, on its own connection. */
 const ESTIMATE_STATEMENT = "agate_estimate";
 const BYTEA = 17;
-/** How long "this relation has no rules" is trusted (as the catalog's cache). */
+/** How long what a relation has (rules, keys, children) is trusted (as the catalog's cache). */
 const RULES_CACHE_MS = 60_000;
 
 /** What to ask the planner: setup statements (PREPAREs), then EXPLAIN of `target`. */
@@ -72,6 +76,35 @@ interface Job {
 type PathState = { kind: "default" } | { kind: "set"; value: string } | { kind: "config"; value: string } | undefined;
 /** How the estimator sets a search_path: SET … TO syntax as written, or set_config()'s value. */
 export type SearchPath = { to: string } | { config: string };
+
+/** A relation that could not be looked up: the planner is asked. */
+const UNKNOWN_RELATION: RelationFacts = { rules: true, kind: "", children: true, keys: [] };
+
+/** What an estimate needs to know of a relation the statement writes. */
+export interface RelationFacts {
+  /** Rules may turn a write into other writes: only the planner knows what it does then. */
+  rules: boolean;
+  /** pg_class.relkind: "r" table, "p" partitioned table, … */
+  kind: string;
+  /** Inheritance children or partitions. */
+  children: boolean;
+  /** Column names of each unique key that bounds an equality to one row. */
+  keys: string[][];
+}
+
+/**
+ * At most one row: an UPDATE or DELETE whose WHERE clause sets every column
+ * of one unique key equal to a constant or parameter (sql-walk.ts
+ * whereEqual), of a plain table written ONLY or without children, or a
+ * partitioned table (whose unique keys hold across its partitions), with
+ * no rules. Otherwise undefined: the planner is asked.
+ */
+export function keyBound(s: SqlStatement, table: RelationFacts | null): number | undefined {
+  const eq = s.where_equal;
+  if (!eq || table === null || table.rules || (s.kind !== "update" && s.kind !== "delete")) return undefined;
+  if (!(table.kind === "p" || (table.kind === "r" && (eq.only || !table.children)))) return undefined;
+  return table.keys.some((k) => k.length > 0 && k.every((c) => eq.columns.includes(c))) ? 1 : undefined;
+}
 
 /** The gateway's connections for estimates, one pool per target (beside the catalog's connection). */
 export class Estimator {
@@ -129,30 +162,48 @@ export class Estimator {
   /**
    * What agate's connection sees of `relation` (as written, resolved under
    * `path`): whether it has rules, which could make an INSERT … VALUES do
-   * more than insert its rows (cached for RULES_CACHE_MS), or null when it
-   * does not resolve (not cached: it may be committed later).
+   * more than insert its rows, its kind, children and unique keys (cached
+   * for RULES_CACHE_MS, or until invalidate()), or null when it does not
+   * resolve (not cached: it may be committed later).
    */
-  async relation(relation: string, path?: SearchPath): Promise<{ rules: boolean } | null> {
+  async relation(relation: string, path?: SearchPath): Promise<RelationFacts | null> {
     const key = `${JSON.stringify(path ?? null)}\0${relation}`;
-    const hit = this.rules.get(key);
-    if (hit && Date.now() - hit.at <= RULES_CACHE_MS) return { rules: hit.rules };
+    const hit = this.relations.get(key);
+    if (hit && Date.now() - hit.at <= RULES_CACHE_MS) return hit.facts;
     const c = this.pick();
-    {
-      const steps: Promise<unknown>[] = [c.unsafe("BEGIN READ ONLY")];
-      if (path !== undefined) steps.push(setPath(c, path));
-      const name = relation.split(".").map((p) => `"${p.replaceAll('"', '""')}"`).join(".");
-      const found = c.unsafe("SELECT c.relhasrules AS rules FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)", [name]);
-      steps.push(found, c.unsafe("ROLLBACK"));
-      const settled = await Promise.allSettled(steps);
-      const failed = settled.find((s) => s.status === "rejected");
-      if (failed) throw asError((failed as PromiseRejectedResult).reason);
-      const [row] = (settled[steps.indexOf(found)] as PromiseFulfilledResult<{ rules: boolean }[]>).value;
-      if (!row) return null;
-      this.rules.set(key, { rules: row.rules, at: Date.now() });
-      return { rules: row.rules };
-    }
+    const steps: Promise<unknown>[] = [c.unsafe("BEGIN READ ONLY")];
+    if (path !== undefined) steps.push(setPath(c, path));
+    const name = relation.split(".").map((p) => `"${p.replaceAll('"', '""')}"`).join(".");
+    // The unique keys that bound an equality to one row: valid, not deferrable (a deferred check allows
+    // duplicates until commit), not partial, no expressions; key columns only (INCLUDE columns are not unique).
+    const found = c.unsafe(
+      `SELECT c.relhasrules AS rules, c.relkind::text AS kind, c.relhassubclass AS children,
+         (SELECT COALESCE(pg_catalog.json_agg(k.cols)::text, '[]') FROM (
+            SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) AS cols
+            FROM pg_catalog.pg_index i
+            CROSS JOIN LATERAL pg_catalog.unnest((i.indkey::pg_catalog.int2[])[0:i.indnkeyatts - 1]) AS u(attnum)
+            JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = u.attnum
+            WHERE i.indrelid = c.oid AND i.indisunique AND i.indimmediate AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL
+            GROUP BY i.indexrelid) k) AS keys
+       FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)`,
+      [name],
+    );
+    steps.push(found, c.unsafe("ROLLBACK"));
+    const settled = await Promise.allSettled(steps);
+    const failed = settled.find((s) => s.status === "rejected");
+    if (failed) throw asError((failed as PromiseRejectedResult).reason);
+    const [row] = (settled[steps.indexOf(found)] as PromiseFulfilledResult<{ rules: boolean; kind: string; children: boolean; keys: string }[]>).value;
+    if (!row) return null;
+    const facts: RelationFacts = { rules: row.rules, kind: row.kind, children: row.children, keys: JSON.parse(row.keys) as string[][] };
+    this.relations.set(key, { facts, at: Date.now() });
+    return facts;
   }
-  private readonly rules = new Map<string, { rules: boolean; at: number }>();
+  private readonly relations = new Map<string, { facts: RelationFacts; at: number }>();
+
+  /** A DDL statement ran through agate: rules, keys and inheritance are read anew. */
+  invalidate(): void {
+    this.relations.clear();
+  }
 
   /** PREPARE's name for each parameter type: "unknown" where the Parse left it to the server. */
   async typeList(oids: number[]): Promise<string[]> {
@@ -282,7 +333,7 @@ export class WriteEstimates {
     // Estimates that need no planner, only catalog lookups (never the statement): INSERT … VALUES lists its rows,
     // unless a rule on the table may do more; a write only to tables this session made, which agate's connection
     // cannot see (temporary, or created in the open transaction), changes no row outside the session.
-    const lookup = (name: string) => ctx.estimator.relation(name, at).catch(() => ({ rules: true }));
+    const lookup = (name: string): Promise<RelationFacts | null> => ctx.estimator.relation(name, at).catch(() => UNKNOWN_RELATION);
     const listed = await Promise.all(
       facts.statements.map(async (s, i) => {
         if (!plans[i]?.write || !plans[i]!.path || path === undefined) return undefined;
@@ -290,6 +341,8 @@ export class WriteEstimates {
           const seen = await Promise.all(s.writes.map(lookup));
           if (seen.every((r) => r === null)) return 0;
         }
+        if (s.writes.length !== 1) return undefined;
+        if (s.where_equal) return keyBound(s, await lookup(s.writes[0]!));
         const rows = s.kind === "insert" ? s.estimated_rows : undefined;
         if (typeof rows !== "number") return undefined;
         const table = await lookup(s.writes[0]!);

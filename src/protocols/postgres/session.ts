@@ -1118,10 +1118,11 @@ export class PgSession {
     return st === undefined ? r.mask.columns[0] : statementTaint(r.mask, st);
   }
 
-  /** A DDL statement completed: column origins and catalog facts may have changed, so both caches start afresh. */
+  /** A DDL statement completed: column origins, catalog facts and what estimates know of tables may have changed, so the caches start afresh. */
   private lineageChanged(): void {
     this.catalog.invalidate();
     catalogFacts(this.catalog).invalidate();
+    this.catalog.estimator.invalidate();
   }
 
   /** An error answers the statement after the last CommandComplete: there must be one. */

@@ -63,6 +63,8 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
   // may do more: estimate.ts asks the planner then).
   const values = type === "InsertStmt" && !node.withClause ? ((node.selectStmt as Obj | undefined)?.SelectStmt as Obj | undefined) : undefined;
   if (values && Array.isArray(values.valuesLists) && !values.withClause) facts.estimated_rows = values.valuesLists.length;
+  const equal = whereEqual(type, node);
+  if (equal) facts.where_equal = equal;
   const name = NAMED[type] ? node[NAMED[type]] : undefined;
   if (typeof name === "string") facts.name = name;
   if (type === "CopyStmt") {
@@ -77,6 +79,58 @@ export function describeStatement(type: string, node: Obj): StatementFacts {
     };
   }
   return facts;
+}
+
+/**
+ * An UPDATE or DELETE of one relation, without FROM, USING or WITH: the
+ * columns its WHERE clause requires to equal a constant or a parameter
+ * (`id = 42`, `$1 = t.id`, `id = '7'::int`), in its top-level AND, and
+ * whether it writes ONLY that relation (no inheritance children). A
+ * unique key among those columns bounds the rows it can touch at one
+ * (estimate.ts). Anything else in the clause only narrows it further; a
+ * COLLATE, an expression or a schema-qualified operator other than
+ * pg_catalog's `=` is not counted.
+ */
+function whereEqual(type: string, node: Obj): { columns: string[]; only: boolean } | undefined {
+  if ((type !== "UpdateStmt" && type !== "DeleteStmt") || node.withClause) return undefined;
+  const from = type === "UpdateStmt" ? node.fromClause : node.usingClause;
+  if (Array.isArray(from) && from.length > 0) return undefined;
+  const rel = node.relation as Obj | undefined;
+  if (!isRangeVar(rel) || typeof rel.relname !== "string") return undefined;
+  const alias = ((rel.alias as Obj | undefined)?.aliasname as string | undefined) ?? undefined;
+  // A column of the written relation, as the WHERE clause may name it: bare, by alias (which hides the
+  // relation's own name), by relation name, or schema-qualified.
+  const column = (e: unknown): string | undefined => {
+    const fields = ((e as Obj | undefined)?.ColumnRef as Obj | undefined)?.fields;
+    if (!Array.isArray(fields) || !fields.every((f) => typeof ((f as Obj)?.String as Obj | undefined)?.sval === "string")) return undefined;
+    const names = fields.map((f) => ((f as Obj).String as Obj).sval as string);
+    const col = names.at(-1)!;
+    if (names.length === 1) return col;
+    if (names.length === 2) return names[0] === (alias ?? rel.relname) ? col : undefined;
+    if (names.length === 3 && alias === undefined) return names[0] === rel.schemaname && names[1] === rel.relname ? col : undefined;
+    return undefined;
+  };
+  const constant = (e: unknown): boolean => {
+    const o = e as Obj | undefined;
+    if (!o) return false;
+    if (o.A_Const || o.ParamRef) return true;
+    const cast = o.TypeCast as Obj | undefined;
+    return cast !== undefined && constant(cast.arg);
+  };
+  const columns = new Set<string>();
+  const visit = (e: unknown): void => {
+    const and = (e as Obj | undefined)?.BoolExpr as Obj | undefined;
+    if (and?.boolop === "AND_EXPR" && Array.isArray(and.args)) return and.args.forEach(visit);
+    const op = (e as Obj | undefined)?.A_Expr as Obj | undefined;
+    if (op?.kind !== "AEXPR_OP" || !Array.isArray(op.name)) return;
+    const name = op.name.map((n) => ((n as Obj)?.String as Obj | undefined)?.sval);
+    if (!(name.length === 1 && name[0] === "=") && !(name.length === 2 && name[0] === "pg_catalog" && name[1] === "=")) return;
+    const c = column(op.lexpr) ?? column(op.rexpr);
+    const other = column(op.lexpr) !== undefined ? op.rexpr : op.lexpr;
+    if (c !== undefined && constant(other)) columns.add(c);
+  };
+  visit(node.whereClause);
+  return columns.size > 0 ? { columns: [...columns], only: rel.inh !== true } : undefined;
 }
 
 /**
