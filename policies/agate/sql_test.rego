@@ -446,7 +446,7 @@ test_non_sql_command_allowed if {
 		"stage": "command",
 		"identity": {"subject": "alice"},
 		"connection": {"name": "bastion", "protocol": "ssh", "target": "10.0.0.1:22"},
-		"command": {"text": "uptime", "exec": {"command": "uptime"}},
+		"command": {"text": "uptime", "exec": {"commands": [{"program": "uptime", "name": "uptime", "args": [], "assigns": [], "redirects": [], "dynamic": false, "glob": false, "via": []}], "opaque": []}},
 	}
 	d.allow == true
 }

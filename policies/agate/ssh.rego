@@ -1,0 +1,199 @@
+# SSH exec rules: decided on input.command.exec, the facts the shell parser
+# (mvdan/sh) gives for the command line (docs/ARCHITECTURE.md, "Policy
+# contract"): every simple command the line can run, wherever it is, with
+# its program's name, arguments (values, or source text when computed at run
+# time), redirections and how it is reached (`via`: "sh -c", "$()", "sudo",
+# "find -exec", …), the pipelines' stages, and what agate cannot see into
+# (`opaque`).
+#
+# Denied, in any simple command of the line:
+#   agate.ssh.deny_unparsed       an SSH command without exec facts
+#   agate.ssh.deny_opaque         what agate cannot see before it runs: a program name
+#                                 computed at run time, `sh -c "$X"`, `eval "$X"`, a shell
+#                                 reading its script from a pipe or the client (`echo x | sh`)
+#   agate.ssh.deny_rm_system      recursive rm of /, a top-level system path, a glob at the
+#                                 top level, a path through `..`, or --no-preserve-root
+#   agate.ssh.deny_mkfs           mkfs, mkfs.*, mke2fs, mkswap, wipefs
+#   agate.ssh.deny_device_write   dd of=/dev/…, or a redirection writing to a device
+#                                 (other than /dev/null, /dev/stdout, /dev/stderr, /dev/tty, /dev/fd/*)
+#   agate.ssh.deny_power          shutdown, reboot, halt, poweroff, init/telinit 0|6,
+#                                 systemctl poweroff|reboot|halt|kexec
+#   agate.ssh.deny_secret_read    naming /etc/shadow, /etc/gshadow or a private key ~/.ssh/id_*
+#                                 (not *.pub) as an argument or redirection
+#   agate.ssh.deny_download_exec  curl or wget piped into a shell
+#
+# Every rule can be switched off with allow_rules, as the SQL rules (decision.rego).
+package agate
+
+ssh_command := input.command if {
+	input.stage == "command"
+	input.connection.protocol == "ssh"
+}
+
+ssh_commands contains c if some c in ssh_command.exec.commands
+
+shell_names := {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "rbash", "fish", "tcsh", "csh"}
+
+# Where a command was found, for people: "at the top of the line" or "inside sh -c → $()".
+ssh_where(c) := "at the top of the line" if count(c.via) == 0
+
+ssh_where(c) := concat("", ["inside ", concat(" → ", c.via)]) if count(c.via) > 0
+
+violations contains violation(
+	"agate.ssh.deny_unparsed", "deny_unparsed", true,
+	"the command has no exec facts (input.command.exec), so it cannot be checked",
+) if {
+	ssh_command
+	not ssh_command.exec.commands
+}
+
+violations contains violation("agate.ssh.deny_opaque", "deny_opaque", true, concat("", [why, "; agate decides only what it can see"])) if {
+	some why in ssh_command.exec.opaque
+}
+
+# rm -r: recursive, by any spelling of the option (-r, -R, -rf, -fR, --recursive).
+rm_recursive(c) if {
+	some a in c.args
+	regex.match(`^-[a-zA-Z]*[rR]`, a)
+}
+
+rm_recursive(c) if "--recursive" in c.args
+
+system_dirs := "bin|boot|dev|etc|home|lib|lib32|lib64|libx32|media|mnt|opt|proc|root|run|sbin|snap|srv|sys|tmp|usr|var"
+
+# "/", "//", "/.", "/etc", "/etc/", "/usr/." …
+rm_system_path(a) if regex.match(`^/+(\.?/*)*$`, a)
+
+rm_system_path(a) if regex.match(concat("", [`^/+(\./+)*(`, system_dirs, `)(/+\.?)*/*$`]), a)
+
+# A glob in the first component ("/*", "/e*", "/{etc,usr}") may match any of them.
+rm_system_path(a) if regex.match(`^/+[^/]*[*?\[{]`, a)
+
+# A path through "..": where it ends is the target's to resolve.
+rm_system_path(a) if regex.match(`^/.*(^|/)\.\.(/|$)`, a)
+
+violations contains violation(
+	"agate.ssh.deny_rm_system", "deny_rm_system", true,
+	concat("", ["rm -r of ", json.marshal(a), " ", ssh_where(c), " would delete a system directory"]),
+) if {
+	some c in ssh_commands
+	c.name == "rm"
+	rm_recursive(c)
+	some a in c.args
+	not startswith(a, "-")
+	rm_system_path(a)
+}
+
+violations contains violation(
+	"agate.ssh.deny_rm_system", "deny_rm_system", true,
+	concat("", ["rm --no-preserve-root ", ssh_where(c), " is refused"]),
+) if {
+	some c in ssh_commands
+	c.name == "rm"
+	"--no-preserve-root" in c.args
+}
+
+violations contains violation(
+	"agate.ssh.deny_mkfs", "deny_mkfs", true,
+	concat("", [c.name, " ", ssh_where(c), " formats a file system"]),
+) if {
+	some c in ssh_commands
+	mkfs_name(c.name)
+}
+
+mkfs_name(n) if n in {"mkfs", "mke2fs", "mkswap", "wipefs", "mkdosfs"}
+
+mkfs_name(n) if startswith(n, "mkfs.")
+
+harmless_devices := {"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/tty", "/dev/zero", "/dev/full"}
+
+device_target(p) if {
+	startswith(p, "/dev/")
+	not p in harmless_devices
+	not startswith(p, "/dev/fd/")
+	not startswith(p, "/dev/pts/")
+}
+
+violations contains violation(
+	"agate.ssh.deny_device_write", "deny_device_write", true,
+	concat("", ["dd ", a, " ", ssh_where(c), " writes to a device"]),
+) if {
+	some c in ssh_commands
+	c.name == "dd"
+	some a in c.args
+	startswith(a, "of=")
+	device_target(substring(a, 3, -1))
+}
+
+violations contains violation(
+	"agate.ssh.deny_device_write", "deny_device_write", true,
+	concat("", ["the redirection ", r.op, " ", r.target, " ", ssh_where(c), " writes to a device"]),
+) if {
+	some c in ssh_commands
+	some r in c.redirects
+	r.op in {">", ">>", ">|", "&>", "&>>", "<>"}
+	device_target(r.target)
+}
+
+power_names := {"shutdown", "reboot", "halt", "poweroff"}
+
+violations contains violation(
+	"agate.ssh.deny_power", "deny_power", true,
+	concat("", [c.name, " ", ssh_where(c), " stops or restarts the host"]),
+) if {
+	some c in ssh_commands
+	c.name in power_names
+}
+
+violations contains violation(
+	"agate.ssh.deny_power", "deny_power", true,
+	concat("", [c.name, " ", concat(" ", c.args), " ", ssh_where(c), " stops or restarts the host"]),
+) if {
+	some c in ssh_commands
+	power_request(c)
+}
+
+power_request(c) if {
+	c.name in {"init", "telinit"}
+	some a in c.args
+	a in {"0", "6"}
+}
+
+power_request(c) if {
+	c.name == "systemctl"
+	some a in c.args
+	a in {"poweroff", "reboot", "halt", "kexec", "emergency", "rescue"}
+}
+
+secret_path(p) if regex.match(`^/+etc/+g?shadow-?$`, p)
+
+secret_path(p) if regex.match(`(^|/)\.ssh/+id_[^/]*$`, p)
+
+violations contains violation(
+	"agate.ssh.deny_secret_read", "deny_secret_read", true,
+	concat("", [c.name, " ", ssh_where(c), " names ", json.marshal(p), ", which holds secrets"]),
+) if {
+	some c in ssh_commands
+	some p in array.concat(c.args, [r.target | some r in c.redirects])
+	secret_path(ssh_arg_path(p))
+	not endswith(p, ".pub")
+}
+
+# An argument as a path: "if=/etc/shadow" and "--file=/etc/shadow" name one too.
+ssh_arg_path(p) := substring(p, indexof(p, "=") + 1, -1) if {
+	regex.match(`^-*[a-zA-Z_-]+=`, p)
+} else := p
+
+downloaders := {"curl", "wget", "fetch", "aria2c"}
+
+violations contains violation(
+	"agate.ssh.deny_download_exec", "deny_download_exec", true,
+	concat("", [d.name, " piped into ", s.name, " runs code fetched from the network"]),
+) if {
+	some d in ssh_commands
+	d.name in downloaders
+	some s in ssh_commands
+	s.name in shell_names
+	s.pipeline == d.pipeline
+	s.stage > d.stage
+}

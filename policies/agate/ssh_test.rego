@@ -1,0 +1,111 @@
+package agate_test
+
+import data.agate
+
+# Command stage, SSH exec rules. Facts as src/protocols/ssh/exec-facts.ts gives them
+# (test/ssh-policy.test.ts checks the same rules on lines parsed by the real parser).
+
+cmd(name, args) := {"program": name, "name": name, "args": args, "assigns": [], "redirects": [], "dynamic": false, "glob": false, "via": []}
+
+exec_input(commands, opaque) := {
+	"stage": "command",
+	"now": "2026-01-01T00:00:00Z",
+	"identity": {"subject": "ci", "issuer": "agate:api-key", "groups": ["ci"], "kind": "service"},
+	"connection": {"name": "web", "protocol": "ssh", "target": "deploy@10.0.0.1:22"},
+	"session": {"id": "s1", "started_at": "2026-01-01T00:00:00Z"},
+	"command": {"text": "…", "exec": {"commands": commands, "pipelines": [], "operators": [], "subshells": 0, "substitutions": 0, "heredocs": 0, "functions": [], "opaque": opaque}},
+}
+
+ssh_allowed(commands) if {
+	d := agate.decision with input as exec_input(commands, [])
+	d.allow == true
+	d.reasons == []
+}
+
+ssh_denied_by(commands, opaque, rule) if {
+	d := agate.decision with input as exec_input(commands, opaque)
+	d.allow == false
+	some r in d.reasons
+	startswith(r, concat("", [rule, ": "]))
+}
+
+test_ordinary_commands_allowed if {
+	ssh_allowed([cmd("ls", ["-la", "/etc"])])
+	ssh_allowed([cmd("rm", ["-rf", "/tmp/build-123"]), cmd("rm", ["-r", "/var/lib/app/cache"])])
+	ssh_allowed([cmd("cat", ["/etc/passwd"]), cmd("ls", ["/root/.ssh/id_rsa.pub"])])
+	ssh_allowed([cmd("dd", ["if=/dev/zero", "of=/tmp/x", "bs=1M", "count=1"])])
+	ssh_allowed([cmd("systemctl", ["status", "nginx"])])
+}
+
+test_unparsed_denied if {
+	d := agate.decision with input as object.remove(exec_input([], []), ["command"])
+	d.allow == true # no command at all: the session stage's business, not this rule's
+	e := agate.decision with input as json.patch(exec_input([], []), [{"op": "remove", "path": "/command/exec"}])
+	e.allow == false
+	some r in e.reasons
+	startswith(r, "agate.ssh.deny_unparsed: ")
+}
+
+test_opaque_denied if ssh_denied_by([cmd("sh", [])], ["sh reads its script from a pipe, which agate cannot see before it runs"], "agate.ssh.deny_opaque")
+
+test_rm_system_denied if {
+	some a in ["/", "//", "/.", "/etc", "/usr/", "/var/.", "/*", "/e*", "/{etc,usr}", "/tmp/../etc"]
+	ssh_denied_by([cmd("rm", ["-rf", a])], [], "agate.ssh.deny_rm_system")
+}
+
+test_rm_system_every_spelling if {
+	some o in ["-r", "-R", "-fr", "-Rf", "--recursive"]
+	ssh_denied_by([cmd("rm", [o, "/etc"])], [], "agate.ssh.deny_rm_system")
+}
+
+test_rm_no_preserve_root if ssh_denied_by([cmd("rm", ["--no-preserve-root", "-rf", "x"])], [], "agate.ssh.deny_rm_system")
+
+test_rm_not_recursive_allowed if ssh_allowed([cmd("rm", ["/etc/app.conf.bak"])])
+
+test_mkfs_denied if {
+	some n in ["mkfs", "mkfs.ext4", "mke2fs", "mkswap", "wipefs"]
+	ssh_denied_by([cmd(n, ["/dev/sda1"])], [], "agate.ssh.deny_mkfs")
+}
+
+test_device_write_denied if {
+	ssh_denied_by([cmd("dd", ["if=/dev/zero", "of=/dev/sda"])], [], "agate.ssh.deny_device_write")
+	c := object.union(cmd("echo", ["x"]), {"redirects": [{"op": ">", "fd": null, "target": "/dev/nvme0n1"}]})
+	ssh_denied_by([c], [], "agate.ssh.deny_device_write")
+}
+
+test_device_null_allowed if ssh_allowed([object.union(cmd("echo", ["x"]), {"redirects": [{"op": ">", "fd": "2", "target": "/dev/null"}]})])
+
+test_power_denied if {
+	some c in [cmd("shutdown", ["-h", "now"]), cmd("reboot", []), cmd("halt", []), cmd("poweroff", []), cmd("init", ["0"]), cmd("systemctl", ["reboot"])]
+	ssh_denied_by([c], [], "agate.ssh.deny_power")
+}
+
+test_secret_read_denied if {
+	some a in ["/etc/shadow", "/etc//gshadow", "/root/.ssh/id_rsa", "~/.ssh/id_ed25519", "$HOME/.ssh/id_ecdsa", "if=/etc/shadow"]
+	ssh_denied_by([cmd("cat", [a])], [], "agate.ssh.deny_secret_read")
+}
+
+test_secret_read_redirect_denied if ssh_denied_by([object.union(cmd("base64", []), {"redirects": [{"op": "<", "fd": null, "target": "/etc/shadow"}]})], [], "agate.ssh.deny_secret_read")
+
+test_download_exec_denied if {
+	curl := object.union(cmd("curl", ["-s", "https://x.example/i.sh"]), {"pipeline": 0, "stage": 0})
+	bash := object.union(cmd("bash", []), {"pipeline": 0, "stage": 1, "via": ["sudo"]})
+	ssh_denied_by([curl, bash], [], "agate.ssh.deny_download_exec")
+}
+
+test_download_to_file_allowed if {
+	curl := object.union(cmd("curl", ["-o", "/tmp/x", "https://x.example/x"]), {"pipeline": 0, "stage": 0})
+	wc := object.union(cmd("wc", ["-c"]), {"pipeline": 0, "stage": 1})
+	ssh_allowed([curl, wc])
+}
+
+test_rules_switch_off if {
+	d := agate.decision with input as exec_input([cmd("reboot", [])], []) with data.agate.config as {"connections": {"web": {"allow_rules": ["deny_power"]}}}
+	d.allow == true
+}
+
+test_nested_where_named if {
+	d := agate.decision with input as exec_input([object.union(cmd("rm", ["-rf", "/"]), {"via": ["sh -c", "$()"]})], [])
+	some r in d.reasons
+	contains(r, "inside sh -c → $()")
+}
