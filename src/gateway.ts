@@ -26,6 +26,7 @@ import { createPolicyEngine, type PolicyManifest } from "./policy/index.ts";
 import { logPrivileges } from "./protocols/postgres/doctor.ts";
 import { listenPostgres, type PgListener } from "./protocols/postgres/server.ts";
 import { initSql } from "./protocols/postgres/sql.ts";
+import { startSshListeners } from "./protocols/ssh/start.ts";
 
 export interface Gateway {
   listeners: { name: string; host: string; port: number }[];
@@ -142,6 +143,10 @@ export async function startGateway(config: Config, log: Logger, testing: { audit
       listeners.push(l);
       described.push({ name: c.name, host: c.host, port: l.port });
       log("info", "listening", { connection: c.name, protocol: "postgres", address: `${c.host}:${l.port}`, target: `${c.target.host}:${c.target.port}` });
+    }
+    for (const l of await startSshListeners(config.ssh, guard, log, limits)) {
+      listeners.push(l);
+      described.push({ name: l.name, host: l.host, port: l.port });
     }
     if (config.admin) {
       const app = adminApp({ log: audit, authenticate: (key) => identity.verifyBearer(key), groups: config.admin.groups, approvals, ...(shipper ? { ship: () => shipper!.status() } : {}), lockout: () => lockout.status(), limits });

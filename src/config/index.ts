@@ -64,6 +64,7 @@ import { DEFAULT_LOCKOUT, type LockoutConfig } from "../core/lockout.ts";
 import type { ApiKeyAccount } from "../identity/apikey.ts";
 import { ASYMMETRIC_ALGORITHMS, type OidcIssuerConfig } from "../identity/oidc.ts";
 import type { PgTarget } from "../protocols/postgres/upstream.ts";
+import { parseSshConnection, type SshConnectionConfig } from "./ssh.ts";
 
 export type DurabilityConfig = { mode: "strict" } | { mode: "interval"; interval_ms: number };
 
@@ -128,6 +129,8 @@ export interface Config {
   identity: { api_keys: ApiKeyAccount[]; accounts?: string; oidc: OidcIssuerConfig[] };
   lockout: LockoutConfig;
   connections: PostgresConnectionConfig[];
+  /** `protocol: ssh` entries of `connections` (config/ssh.ts). */
+  ssh: SshConnectionConfig[];
   log_level: "debug" | "info" | "warn" | "error";
 }
 
@@ -177,9 +180,16 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
     };
   });
 
-  const connections = arr(root.connections ?? [], "connections").map((c, i) => parseConnection(obj(c, `connections[${i}]`), `connections[${i}]`, path, env));
+  const auditDir = path(str(audit.dir ?? "./.agate/audit", "audit.dir"));
+  const connections: PostgresConnectionConfig[] = [];
+  const ssh: SshConnectionConfig[] = [];
+  arr(root.connections ?? [], "connections").forEach((c, i) => {
+    const o = obj(c, `connections[${i}]`);
+    if (o.protocol === "ssh") ssh.push(parseSshConnection(o, `connections[${i}]`, path, env, auditDir));
+    else connections.push(parseConnection(o, `connections[${i}]`, path, env));
+  });
   const names = new Set<string>();
-  for (const c of connections) {
+  for (const c of [...connections, ...ssh]) {
     if (names.has(c.name)) throw new AgateError("CONFIG_INVALID", `two connections are named "${c.name}"; names must be unique`);
     names.add(c.name);
   }
@@ -204,12 +214,13 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
     },
     lockout: parseLockout(obj(root.lockout ?? {}, "lockout"), identity.accounts !== undefined),
     connections,
+    ssh,
     log_level: logLevel as Config["log_level"],
   };
 }
 
 /** A key file's text; it must not be readable by group or others. */
-function readPrivateFile(file: string, at: string): string {
+export function readPrivateFile(file: string, at: string): string {
   let mode: number;
   let text: string;
   try {
@@ -370,7 +381,7 @@ function parseAdmin(o: Record<string, unknown>): NonNullable<Config["admin"]> {
 }
 
 /** Refuse keys a section does not know: a typo must fail the start-up, not be ignored. */
-function only(o: Record<string, unknown>, at: string, known: string[]): void {
+export function only(o: Record<string, unknown>, at: string, known: string[]): void {
   for (const k of Object.keys(o)) {
     if (!known.includes(k)) throw new AgateError("CONFIG_INVALID", `${at} has an unknown key "${k}"; known keys: ${known.join(", ")}`, { at, key: k });
   }
@@ -392,7 +403,7 @@ function parseConnection(o: Record<string, unknown>, at: string, path: (p: strin
   only(o, at, ["name", "protocol", "listen", "tls", "target", "max_message_bytes", "startup_timeout_ms", "allow_plaintext_auth", "limits"]);
   const name = str(o.name, `${at}.name`);
   const protocol = o.protocol ?? "postgres";
-  if (protocol !== "postgres") throw invalid(`${at}.protocol`, protocol, `"postgres" (SSH and HTTP come later)`);
+  if (protocol !== "postgres") throw invalid(`${at}.protocol`, protocol, `"postgres" or "ssh" (HTTP comes later)`);
   const [host, port] = hostPort(str(o.listen, `${at}.listen`), `${at}.listen`);
   const allowPlain = bool(o.allow_plaintext_auth ?? false, `${at}.allow_plaintext_auth`);
   if (allowPlain && !isLoopback(host)) {
@@ -449,7 +460,7 @@ function parseConnection(o: Record<string, unknown>, at: string, path: (p: strin
 }
 
 /** A connection's limits (core/limits.ts): counts are whole numbers, times seconds; 0 turns one off. */
-function parseLimits(o: Record<string, unknown>, at: string): LimitsConfig {
+export function parseLimits(o: Record<string, unknown>, at: string): LimitsConfig {
   only(o, at, Object.keys(DEFAULT_LIMITS));
   const out = { ...DEFAULT_LIMITS };
   for (const k of Object.keys(DEFAULT_LIMITS) as (keyof LimitsConfig)[]) {
@@ -507,32 +518,32 @@ export function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
-function hostPort(v: string, at: string): [string, number] {
+export function hostPort(v: string, at: string): [string, number] {
   const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(v);
   if (!m) throw invalid(at, v, "host:port, e.g. 127.0.0.1:6432");
   return [m[1]!.replace(/^\[|\]$/g, ""), Number(m[2])];
 }
 
-function invalid(at: string, got: unknown, want: string): AgateError {
+export function invalid(at: string, got: unknown, want: string): AgateError {
   return new AgateError("CONFIG_INVALID", `${at} is ${JSON.stringify(got)}; expected ${want}`, { at, want });
 }
-function obj(v: unknown, at: string): Record<string, unknown> {
+export function obj(v: unknown, at: string): Record<string, unknown> {
   if (v === null || typeof v !== "object" || Array.isArray(v)) throw invalid(at, v, "a mapping");
   return v as Record<string, unknown>;
 }
-function arr(v: unknown, at: string): unknown[] {
+export function arr(v: unknown, at: string): unknown[] {
   if (!Array.isArray(v)) throw invalid(at, v, "a list");
   return v;
 }
-function str(v: unknown, at: string): string {
+export function str(v: unknown, at: string): string {
   if (typeof v !== "string" || v === "") throw invalid(at, v, "a non-empty string");
   return v;
 }
-function num(v: unknown, at: string): number {
+export function num(v: unknown, at: string): number {
   if (typeof v !== "number" || !Number.isFinite(v)) throw invalid(at, v, "a number");
   return v;
 }
-function bool(v: unknown, at: string): boolean {
+export function bool(v: unknown, at: string): boolean {
   if (typeof v !== "boolean") throw invalid(at, v, "true or false");
   return v;
 }

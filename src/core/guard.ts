@@ -547,6 +547,7 @@ export class Guard {
           seq: command.seq,
           text: command.text,
           ...(command.sql ? { sql: command.sql.statements.map((s) => ({ kind: s.kind, tag: s.tag })) } : {}),
+          ...(command.exec ? { exec: command.exec } : {}),
           ...(command.params ? { params: command.params } : {}),
           decision: { allow: d.allow, reasons: d.reasons, policy: guard.deps.policy.version },
           ...(ctx.approval ? { approval: ctx.approval } : {}),

@@ -26,8 +26,8 @@ const OUTSIDE_TEXT: Readonly<Record<string, readonly (readonly string[])[]>> = {
   session_refused: [["client", "application"], ["user"], ["reason"]],
   cancel: [["client", "application"]],
   session_end: [["reason"]],
-  command: [["text"], ["params"], ["decision", "reasons"]],
-  outcome: [["error", "message"]],
+  command: [["text"], ["params"], ["decision", "reasons"], ["exec"]],
+  outcome: [["error", "message"], ["exit", "message"]],
   lockout: [["client", "application"], ["user"]],
 };
 
@@ -53,13 +53,24 @@ function maskAt(obj: Record<string, unknown>, path: readonly string[], i: number
   return masked === v ? obj : { ...obj, [key]: masked };
 }
 
-/** A string, or a list of strings and NULLs (parameters, reasons), masked; anything else unchanged. */
+/**
+ * A string, or a list of strings and NULLs (parameters, reasons), masked; and every string inside the
+ * lists and objects of a structure of facts taken from outside text (SSH exec facts); anything else unchanged.
+ */
 function maskOutside(v: unknown, m: CompiledMask, counts: MaskCounts): unknown {
   if (typeof v === "string") return maskText(v, m, counts);
-  if (!Array.isArray(v)) return v;
+  if (v === null || typeof v !== "object") return v;
+  if (!Array.isArray(v)) {
+    let out: Record<string, unknown> | undefined;
+    for (const [k, x] of Object.entries(v)) {
+      const y = maskOutside(x, m, counts);
+      if (y !== x) (out ??= { ...(v as Record<string, unknown>) })[k] = y;
+    }
+    return out ?? v;
+  }
   let out: unknown[] | undefined;
   v.forEach((x, i) => {
-    const y = typeof x === "string" ? maskText(x, m, counts) : x;
+    const y = maskOutside(x, m, counts);
     if (y !== x) (out ??= [...v])[i] = y;
   });
   return out ?? v;

@@ -219,6 +219,7 @@ export interface Command {
   /** The text as the client sent it (SQL, shell line, "GET /path"). */
   text: string;
   sql?: SqlFacts;
+  /** SSH exec: the shell parser's facts (protocols/ssh/exec-facts.ts ExecFacts). */
   exec?: Record<string, unknown>;
   http?: Record<string, unknown>;
   /** Extended protocol: Bind parameters (text format as strings, binary as "base64:…"). */
@@ -247,4 +248,10 @@ export interface Outcome {
   error?: { code: string; message: string };
   /** What was masked in the response: rows changed, values per column rule and per detector (never the values). */
   masked?: { rows: number; columns: Record<string, number>; detectors: Record<string, number> };
+  /** A process on the target (SSH exec): its exit status, or the signal that ended it. */
+  exit?: { status?: number; signal?: string; core_dumped?: boolean; message?: string };
+  /** Bytes the client sent to the command (SSH exec stdin). */
+  bytes_in?: number;
+  /** From forwarding the command to its end, in ms. */
+  duration_ms?: number;
 }
