@@ -120,6 +120,17 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 say "postgresql ok ($(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -1), $(psql --version))"
 
+# --- OpenSSH: the SSH tests start their own sshd and drive ssh (password via sshpass) ---
+missing=()
+[[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
+command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 || missing+=(openssh-client)
+command -v sshpass >/dev/null 2>&1 || missing+=(sshpass)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  say "installing ${missing[*]} with apt-get"
+  apt_install "${missing[@]}"
+fi
+say "openssh ok ($(ssh -V 2>&1))"
+
 # --- psycopg, the Python driver some client tests run through agate ---------
 # In its own venv under $AGATE_TOOLS/py; the pure-Python build uses the system libpq.
 PSYCOPG_VERSION="3.3.9"

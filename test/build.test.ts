@@ -2,7 +2,8 @@
  * The single executable: build it with scripts/build.ts, copy it alone into
  * an empty folder outside the checkout (no node_modules, no wasm/, no
  * NODE_PATH), and use it as a user would: the CLI, a gateway in front of a
- * real PostgreSQL reached with psql, and `agate verify` on the audit log it
+ * real PostgreSQL reached with psql, an SSH connection in front of a real
+ * sshd reached with ssh, and `agate verify` on the audit log it
  * wrote, intact and then with one byte flipped.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -11,6 +12,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { hashApiKey } from "../src/identity/apikey.ts";
 import { freePort, startPostgres, type TestPostgres } from "./helpers/postgres.ts";
+import { ssh, startSshd } from "./helpers/sshd.ts";
 
 const root = resolve(import.meta.dir, "..");
 const psqlPath = Bun.which("psql");
@@ -213,5 +215,53 @@ connections:
     expect(bad.stdout).toContain("FAILED");
     expect(bad.stdout).toMatch(/record \d+/);
     if (process.env.AGATE_TEST_LOG) console.log(good.stdout + bad.stdout);
+  }, 120_000);
+
+  test("serve: an SSH connection (ssh2 and the embedded shell parser), exec allowed and refused", async () => {
+    const sshd = await startSshd();
+    const sub = join(dir, "ssh-gw");
+    const key = "agk_" + Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64url");
+    const port = await freePort();
+    Bun.spawnSync(["mkdir", "-p", sub]);
+    const keygen = await agate("keys", "generate", "--name", "build.test/ssh", "--out", "ssh-gw/audit.key");
+    expect(keygen.code).toBe(0);
+    writeFileSync(
+      join(sub, "agate.yaml"),
+      `audit: { dir: ./audit, signing_key: ./audit.key }
+identity: { api_keys: [{ id: ci, sha256: ${hashApiKey(key)} }] }
+connections:
+  - name: web
+    protocol: ssh
+    listen: 127.0.0.1:${port}
+    target: { host: 127.0.0.1, port: ${sshd.port}, user: ${sshd.user}, private_key_file: ${sshd.keyFile}, host_key: "${sshd.hostFingerprint}" }
+`,
+    );
+    const gw = Bun.spawn(["../agate", "serve", "--config", "agate.yaml"], { cwd: sub, env, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    const stderr = new Response(gw.stderr).text();
+    let stdout = "";
+    const reader = gw.stdout.getReader();
+    const decoder = new TextDecoder();
+    while (!stdout.includes("listening")) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      stdout += decoder.decode(chunk.value, { stream: true });
+    }
+    try {
+      if (!stdout.includes("listening")) throw new Error(`agate serve did not start (exit ${await gw.exited}):\n${stdout}\n${await stderr}`);
+      const pub = readFileSync(join(sub, "ssh", "ssh_host_ed25519_key.pub"), "utf8").trim().split(/\s+/).slice(0, 2).join(" ");
+      writeFileSync(join(sub, "known_hosts"), `[127.0.0.1]:${port} ${pub}\n`);
+      const client = (command: string) => ssh(["-o", `UserKnownHostsFile=${join(sub, "known_hosts")}`, "-p", String(port), "ci@127.0.0.1", command], { password: key });
+      const ok = await client("echo hi; sh -c 'exit 7'");
+      expect([ok.code, ok.stdout.toString(), ok.stderr.toString()]).toEqual([7, "hi\n", ""]);
+      const refused = await client("bash -c 'rm -rf /'");
+      expect(refused.code).toBe(126);
+      expect(refused.stderr.toString()).toContain("agate.ssh.deny_rm_system");
+    } finally {
+      gw.kill("SIGTERM");
+      await gw.exited;
+      await sshd.close();
+    }
+    const verified = await run(["./agate", "verify", "--log", join(sub, "audit"), "--key", keygen.stdout.trim()]);
+    expect(verified.code).toBe(0);
   }, 120_000);
 });
