@@ -297,6 +297,79 @@ describe("refused commands never run", () => {
   });
 });
 
+describe("held for approval", () => {
+  const APPROVER_KEY = "agk_test_approver_key_for_ssh_tests_0123";
+  let g: SshGateway;
+  beforeAll(async () => {
+    g = await startSshGateway(sshd, {}, {
+      identity: { api_keys: [{ id: USER, groups: ["ci"], kind: "service", sha256: hashApiKey(API_KEY) }, { id: "olivia", groups: ["ops"], kind: "human", sha256: hashApiKey(APPROVER_KEY) }] },
+      admin: { listen: "127.0.0.1:0" },
+      policy: { data: { agate: { config: { connections: { web: { approvals: { approvers: ["ops"] } } } } } } },
+    });
+  });
+  afterAll(() => g?.close());
+
+  /** Run `command` with ssh2; `onHeld` gets the request id from the stderr line that announces the hold. */
+  async function held(command: string, onHeld: (id: string) => Promise<void>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const c = new Client();
+    await new Promise<void>((resolve, reject) => {
+      c.once("ready", () => resolve()).once("error", reject);
+      c.connect({ host: "127.0.0.1", port: g.port, username: USER, password: API_KEY, hostVerifier: () => true });
+    });
+    try {
+      return await new Promise((resolve, reject) => {
+        c.exec(command, (err, ch) => {
+          if (err) return reject(err);
+          let stdout = "";
+          let stderr = "";
+          let code: number | null = null;
+          let told = false;
+          ch.on("data", (b: Buffer) => (stdout += b.toString()));
+          ch.stderr.on("data", (b: Buffer) => {
+            stderr += b.toString();
+            const id = /waits for approval by ops: request (\S+),/.exec(stderr)?.[1];
+            if (id && !told) {
+              told = true;
+              onHeld(id).catch(reject);
+            }
+          });
+          ch.on("exit", (x: number | null) => (code = x));
+          ch.on("close", () => resolve({ code, stdout, stderr }));
+        });
+      });
+    } finally {
+      c.end();
+    }
+  }
+
+  const decide = async (id: string, how: "approve" | "deny", reason: string) => {
+    const admin = g.gateway.admin!;
+    const res = await fetch(`http://${admin.host}:${admin.port}/v1/approvals/${id}/${how}`, { method: "POST", headers: { authorization: `Bearer ${APPROVER_KEY}`, "content-type": "application/json" }, body: JSON.stringify({ reason }) });
+    expect(res.status).toBe(200);
+  };
+
+  test("approved through the API: it runs", async () => {
+    const m = marker("held-approved");
+    const r = await held(`sudo -n true 2>/dev/null; touch ${m}; echo ran`, (id) => decide(id, "approve", "ticket OPS-1"));
+    expect(r.stderr).toContain("(agate.ssh.approve_privileged: sudo at the top of the line runs a command with another user's privileges)");
+    expect(r.stdout).toBe("ran\n");
+    expect(r.code).toBe(0);
+    expect(existsSync(m)).toBe(true);
+    const commands = await g.records("command", (rs) => rs.some((x) => String(x.text).includes(m)));
+    const rec = commands.find((x) => String(x.text).includes(m))!;
+    expect(rec.decision).toMatchObject({ allow: true });
+    expect(rec.approval).toMatchObject({ granted_by: [{ subject: "olivia", reason: "ticket OPS-1" }] });
+  });
+
+  test("denied through the API: 126, never run", async () => {
+    const m = marker("held-denied");
+    const r = await held(`sudo -n true; touch ${m}`, (id) => decide(id, "deny", "not today"));
+    expect(r.code).toBe(126);
+    expect(r.stderr).toContain("agate.approval.denied");
+    expect(existsSync(m)).toBe(false);
+  });
+});
+
 describe("refused sessions and requests", () => {
   test("a bad API key: SSH auth failure and a session_refused record", async () => {
     const r = await gw.run("echo never", { key: "agk_not_a_real_key_000000000000000000" });

@@ -22,6 +22,14 @@
 #                                 (not *.pub) as an argument or redirection
 #   agate.ssh.deny_download_exec  curl or wget piped into a shell
 #
+# Held for approval (approvers: approvals.approvers in data, as for SQL; "dba" by default,
+# so give an SSH connection its own, e.g. connections: {web: {approvals: {approvers: [ops]}}}):
+#   agate.ssh.approve_privileged     sudo, doas, su, runuser, pkexec
+#   agate.ssh.approve_service_stop   systemctl stop|restart|disable|mask|kill, service NAME stop|restart
+#   agate.ssh.approve_kill_init      kill of pid 1 (any signal)
+#   agate.ssh.approve_package_removal  apt/apt-get remove|purge|autoremove, dpkg -r/-P, yum/dnf remove|erase,
+#                                    rpm -e, apk del, zypper remove, pacman -R*
+#
 # Every rule can be switched off with allow_rules, as the SQL rules (decision.rego).
 package agate
 
@@ -196,4 +204,78 @@ violations contains violation(
 	s.name in shell_names
 	s.pipeline == d.pipeline
 	s.stage > d.stage
+}
+
+approval_violations contains violation(
+	"agate.ssh.approve_privileged", "approve_privileged", true,
+	concat("", [c.name, " ", ssh_where(c), " runs a command with another user's privileges"]),
+) if {
+	some c in ssh_commands
+	c.name in {"sudo", "doas", "su", "runuser", "pkexec"}
+}
+
+approval_violations contains violation(
+	"agate.ssh.approve_service_stop", "approve_service_stop", true,
+	concat("", [c.name, " ", concat(" ", c.args), " ", ssh_where(c), " stops or restarts a service"]),
+) if {
+	some c in ssh_commands
+	service_stop(c)
+}
+
+service_stop(c) if {
+	c.name == "systemctl"
+	some a in c.args
+	a in {"stop", "restart", "disable", "mask", "kill", "try-restart", "reload-or-restart"}
+}
+
+service_stop(c) if {
+	c.name == "service"
+	some a in c.args
+	a in {"stop", "restart", "force-reload"}
+}
+
+approval_violations contains violation(
+	"agate.ssh.approve_kill_init", "approve_kill_init", true,
+	concat("", ["kill ", concat(" ", c.args), " ", ssh_where(c), " signals init (pid 1)"]),
+) if {
+	some c in ssh_commands
+	c.name == "kill"
+	"1" in c.args
+}
+
+approval_violations contains violation(
+	"agate.ssh.approve_package_removal", "approve_package_removal", true,
+	concat("", [c.name, " ", concat(" ", c.args), " ", ssh_where(c), " removes packages"]),
+) if {
+	some c in ssh_commands
+	package_removal(c)
+}
+
+package_removal(c) if {
+	c.name in {"apt", "apt-get", "aptitude", "yum", "dnf", "zypper"}
+	some a in c.args
+	a in {"remove", "purge", "autoremove", "erase", "rm"}
+}
+
+package_removal(c) if {
+	c.name == "dpkg"
+	some a in c.args
+	regex.match(`^(-[a-zA-Z]*[rP]|--remove|--purge)$`, a)
+}
+
+package_removal(c) if {
+	c.name == "rpm"
+	some a in c.args
+	regex.match(`^(-[a-zA-Z]*e|--erase)$`, a)
+}
+
+package_removal(c) if {
+	c.name == "apk"
+	"del" in c.args
+}
+
+package_removal(c) if {
+	c.name == "pacman"
+	some a in c.args
+	regex.match(`^(-R[a-zA-Z]*|--remove)$`, a)
 }

@@ -49,13 +49,15 @@ test_unparsed_denied if {
 test_opaque_denied if ssh_denied_by([cmd("sh", [])], ["sh reads its script from a pipe, which agate cannot see before it runs"], "agate.ssh.deny_opaque")
 
 test_rm_system_denied if {
-	some a in ["/", "//", "/.", "/etc", "/usr/", "/var/.", "/*", "/e*", "/{etc,usr}", "/tmp/../etc"]
-	ssh_denied_by([cmd("rm", ["-rf", a])], [], "agate.ssh.deny_rm_system")
+	every a in ["/", "//", "/.", "/etc", "/usr/", "/var/.", "/*", "/e*", "/{etc,usr}", "/tmp/../etc"] {
+		ssh_denied_by([cmd("rm", ["-rf", a])], [], "agate.ssh.deny_rm_system")
+	}
 }
 
 test_rm_system_every_spelling if {
-	some o in ["-r", "-R", "-fr", "-Rf", "--recursive"]
-	ssh_denied_by([cmd("rm", [o, "/etc"])], [], "agate.ssh.deny_rm_system")
+	every o in ["-r", "-R", "-fr", "-Rf", "--recursive"] {
+		ssh_denied_by([cmd("rm", [o, "/etc"])], [], "agate.ssh.deny_rm_system")
+	}
 }
 
 test_rm_no_preserve_root if ssh_denied_by([cmd("rm", ["--no-preserve-root", "-rf", "x"])], [], "agate.ssh.deny_rm_system")
@@ -63,8 +65,9 @@ test_rm_no_preserve_root if ssh_denied_by([cmd("rm", ["--no-preserve-root", "-rf
 test_rm_not_recursive_allowed if ssh_allowed([cmd("rm", ["/etc/app.conf.bak"])])
 
 test_mkfs_denied if {
-	some n in ["mkfs", "mkfs.ext4", "mke2fs", "mkswap", "wipefs"]
-	ssh_denied_by([cmd(n, ["/dev/sda1"])], [], "agate.ssh.deny_mkfs")
+	every n in ["mkfs", "mkfs.ext4", "mke2fs", "mkswap", "wipefs"] {
+		ssh_denied_by([cmd(n, ["/dev/sda1"])], [], "agate.ssh.deny_mkfs")
+	}
 }
 
 test_device_write_denied if {
@@ -76,13 +79,15 @@ test_device_write_denied if {
 test_device_null_allowed if ssh_allowed([object.union(cmd("echo", ["x"]), {"redirects": [{"op": ">", "fd": "2", "target": "/dev/null"}]})])
 
 test_power_denied if {
-	some c in [cmd("shutdown", ["-h", "now"]), cmd("reboot", []), cmd("halt", []), cmd("poweroff", []), cmd("init", ["0"]), cmd("systemctl", ["reboot"])]
-	ssh_denied_by([c], [], "agate.ssh.deny_power")
+	every c in [cmd("shutdown", ["-h", "now"]), cmd("reboot", []), cmd("halt", []), cmd("poweroff", []), cmd("init", ["0"]), cmd("systemctl", ["reboot"])] {
+		ssh_denied_by([c], [], "agate.ssh.deny_power")
+	}
 }
 
 test_secret_read_denied if {
-	some a in ["/etc/shadow", "/etc//gshadow", "/root/.ssh/id_rsa", "~/.ssh/id_ed25519", "$HOME/.ssh/id_ecdsa", "if=/etc/shadow"]
-	ssh_denied_by([cmd("cat", [a])], [], "agate.ssh.deny_secret_read")
+	every a in ["/etc/shadow", "/etc//gshadow", "/root/.ssh/id_rsa", "~/.ssh/id_ed25519", "$HOME/.ssh/id_ecdsa", "if=/etc/shadow"] {
+		ssh_denied_by([cmd("cat", [a])], [], "agate.ssh.deny_secret_read")
+	}
 }
 
 test_secret_read_redirect_denied if ssh_denied_by([object.union(cmd("base64", []), {"redirects": [{"op": "<", "fd": null, "target": "/etc/shadow"}]})], [], "agate.ssh.deny_secret_read")
@@ -109,3 +114,37 @@ test_nested_where_named if {
 	some r in d.reasons
 	contains(r, "inside sh -c → $()")
 }
+
+ssh_held_by(commands, rule) if {
+	d := agate.decision with input as exec_input(commands, [])
+	d.allow == true
+	d.approval.required == true
+	some r in d.reasons
+	startswith(r, concat("", [rule, ": "]))
+}
+
+test_privileged_held if {
+	every n in ["sudo", "doas", "su"] {
+		ssh_held_by([cmd(n, ["id"])], "agate.ssh.approve_privileged")
+	}
+}
+
+test_service_stop_held if {
+	every c in [cmd("systemctl", ["restart", "nginx"]), cmd("systemctl", ["disable", "--now", "x"]), cmd("service", ["nginx", "stop"])] {
+		ssh_held_by([c], "agate.ssh.approve_service_stop")
+	}
+}
+
+test_kill_init_held if ssh_held_by([cmd("kill", ["-9", "1"])], "agate.ssh.approve_kill_init")
+
+test_kill_other_allowed if ssh_allowed([cmd("kill", ["-9", "1234"])])
+
+test_package_removal_held if {
+	every c in [cmd("apt-get", ["-y", "remove", "nginx"]), cmd("apt", ["purge", "x"]), cmd("dpkg", ["-P", "x"]), cmd("rpm", ["-e", "x"]), cmd("dnf", ["erase", "x"]), cmd("apk", ["del", "x"]), cmd("pacman", ["-Rns", "x"])] {
+		ssh_held_by([c], "agate.ssh.approve_package_removal")
+	}
+}
+
+test_package_install_allowed if ssh_allowed([cmd("apt-get", ["install", "-y", "jq"])])
+
+test_held_and_denied_is_denied if ssh_denied_by([cmd("sudo", ["reboot"]), object.union(cmd("reboot", []), {"via": ["sudo"]})], [], "agate.ssh.deny_power")

@@ -253,7 +253,9 @@ class SshConnection {
     });
     const onHold = (req: HeldRequest, link?: string) => {
       const who = `${req.approvers.join(", ") || "the approvers"}${req.min_approvers > 1 ? `, ${req.min_approvers} of them` : ""}`;
-      stream.stderr.write(`agate: this command waits for approval by ${who}: request ${req.id}, until ${req.expires_at}${link ? `; approve or deny at ${link}` : ""} (close the session to withdraw it)\n`);
+      // Why it is held, for the person waiting: the policy's reasons (the client's own command, so not masked).
+      const why = guard.preview(session, command).reasons.join("; ");
+      stream.stderr.write(`agate: this command waits for approval by ${who}: request ${req.id}, until ${req.expires_at}${why ? ` (${why})` : ""}${link ? `; approve or deny at ${link}` : ""}; close the session to withdraw it\n`);
     };
     let verdict;
     try {
