@@ -80,6 +80,9 @@ rm_system_path(a) if regex.match(`^/+[^/]*[*?\[{]`, a)
 # A path through "..": where it ends is the target's to resolve.
 rm_system_path(a) if regex.match(`^/.*(^|/)\.\.(/|$)`, a)
 
+# A glob right under a system directory ("/usr/*", "/etc/*.d") empties it.
+rm_system_path(a) if regex.match(concat("", [`^/+(\./+)*(`, system_dirs, `)(/+\.?)*/+[^/]*[*?\[{][^/]*/*$`]), a)
+
 violations contains violation(
 	"agate.ssh.deny_rm_system", "deny_rm_system", true,
 	concat("", ["rm -r of ", json.marshal(a), " ", ssh_where(c), " would delete a system directory"]),
@@ -135,6 +138,16 @@ violations contains violation(
 
 violations contains violation(
 	"agate.ssh.deny_device_write", "deny_device_write", true,
+	concat("", [c.name, " ", a, " ", ssh_where(c), " writes to a device"]),
+) if {
+	some c in ssh_commands
+	c.name in {"tee", "cp", "mv", "shred", "blkdiscard", "install", "rsync"}
+	some a in c.args
+	device_target(a)
+}
+
+violations contains violation(
+	"agate.ssh.deny_device_write", "deny_device_write", true,
 	concat("", ["the redirection ", r.op, " ", r.target, " ", ssh_where(c), " writes to a device"]),
 ) if {
 	some c in ssh_commands
@@ -161,6 +174,12 @@ violations contains violation(
 	power_request(c)
 }
 
+# echo b > /proc/sysrq-trigger reboots at once.
+power_request(c) if {
+	some r in c.redirects
+	regex.match(`^/+proc/+sysrq-trigger$`, r.target)
+}
+
 power_request(c) if {
 	c.name in {"init", "telinit"}
 	some a in c.args
@@ -173,9 +192,24 @@ power_request(c) if {
 	a in {"poweroff", "reboot", "halt", "kexec", "emergency", "rescue"}
 }
 
-secret_path(p) if regex.match(`^/+etc/+g?shadow-?$`, p)
+# "/etc/shadow", "/etc/./shadow", "etc/shadow" (from /), "../../etc/shadow", "/etc/../etc/gshadow-".
+secret_path(p) if regex.match(`(^|/)etc/+((\.|\.\.|[^/]+/+\.\.)/+)*g?shadow-?$`, p)
 
 secret_path(p) if regex.match(`(^|/)\.ssh/+id_[^/]*$`, p)
+
+# A glob that may match one of them: "/etc/sh*", "/etc/{passwd,shadow}", "/root/.ssh/*".
+secret_examples := ["/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/root/.ssh/id_rsa", "/root/.ssh/id_ed25519", "/home/user/.ssh/id_ecdsa"]
+
+secret_glob(p) if {
+	regex.match(`[*?\[{]`, p)
+	some example in secret_examples
+	glob.match(p, ["/"], example)
+}
+
+secret_glob(p) if {
+	regex.match(`[*?\[{]`, p)
+	regex.match(`(^|/)\.ssh/+[^/]*[*?\[{]`, p)
+}
 
 violations contains violation(
 	"agate.ssh.deny_secret_read", "deny_secret_read", true,
@@ -185,6 +219,16 @@ violations contains violation(
 	some p in array.concat(c.args, [r.target | some r in c.redirects])
 	secret_path(ssh_arg_path(p))
 	not endswith(p, ".pub")
+}
+
+violations contains violation(
+	"agate.ssh.deny_secret_read", "deny_secret_read", true,
+	concat("", [c.name, " ", ssh_where(c), " names ", json.marshal(p), ", a pattern that may match a file holding secrets"]),
+) if {
+	some c in ssh_commands
+	c.glob
+	some p in c.args
+	secret_glob(ssh_arg_path(p))
 }
 
 # An argument as a path: "if=/etc/shadow" and "--file=/etc/shadow" name one too.

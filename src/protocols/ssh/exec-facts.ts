@@ -117,6 +117,8 @@ class Walker {
   }
 
   private stmts(list: ShNode[], via: string[], depth: number, place: Place | undefined): void {
+    // Statements one after another (";" or a newline); "&" is recorded by the statement it ends.
+    if (list.slice(0, -1).some((s) => !s.Background)) this.facts.operators.push(";");
     for (const s of list) this.stmt(s, via, depth, place);
   }
 
