@@ -361,6 +361,39 @@ describe("held for approval", () => {
     expect(rec.approval).toMatchObject({ granted_by: [{ subject: "olivia", reason: "ticket OPS-1" }] });
   });
 
+  test("closing the channel while held withdraws the request", async () => {
+    const m = marker("held-withdrawn");
+    const c = new Client();
+    await new Promise<void>((resolve, reject) => {
+      c.once("ready", () => resolve()).once("error", reject);
+      c.connect({ host: "127.0.0.1", port: g.port, username: USER, password: API_KEY, hostVerifier: () => true });
+    });
+    const id = await new Promise<string>((resolve, reject) => {
+      c.exec(`sudo -n true; touch ${m}`, (err, ch) => {
+        if (err) return reject(err);
+        let stderr = "";
+        ch.stderr.on("data", (b: Buffer) => {
+          stderr += b.toString();
+          const found = /request (\S+),/.exec(stderr)?.[1];
+          if (found) {
+            ch.close();
+            resolve(found);
+          }
+        });
+      });
+    });
+    const admin = g.gateway.admin!;
+    let status = "pending";
+    for (let i = 0; i < 400 && status === "pending"; i++) {
+      const res = await fetch(`http://${admin.host}:${admin.port}/v1/approvals/${id}`, { headers: { authorization: `Bearer ${APPROVER_KEY}` } });
+      status = ((await res.json()) as { status: string }).status;
+      if (status === "pending") await Bun.sleep(25);
+    }
+    c.end();
+    expect(status).toBe("withdrawn");
+    expect(existsSync(m)).toBe(false);
+  });
+
   test("denied through the API: 126, never run", async () => {
     const m = marker("held-denied");
     const r = await held(`sudo -n true; touch ${m}`, (id) => decide(id, "deny", "not today"));

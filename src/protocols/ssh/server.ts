@@ -246,6 +246,9 @@ class SshConnection {
     }
     let closed = false;
     let deciding = true;
+    // What the client sends while the command is decided (or held) waits here, so that its
+    // channel close is seen (ssh2 emits "close" only once the input has been read to its end).
+    const input = new EarlyInput(stream);
     stream.once("close", () => {
       closed = true;
       // Closing the channel while the command is held withdraws it.
@@ -284,11 +287,11 @@ class SshConnection {
       finish(stream, `agate: the command was not run: ${err.message}\n`, 255);
       return;
     }
-    this.forward(stream, upstream, command, verdict.mask);
+    this.forward(stream, upstream, command, verdict.mask, input);
   }
 
   /** Run an allowed command on the target; stream its output back masked; relay how it ended and record it. */
-  private forward(stream: ServerChannel, upstream: Client, command: Command, mask: CompiledMask): void {
+  private forward(stream: ServerChannel, upstream: Client, command: Command, mask: CompiledMask, input: EarlyInput): void {
     const session = this.session!;
     const started = performance.now();
     upstream.exec(command.text, (err, ch: ClientChannel) => {
@@ -300,12 +303,11 @@ class SshConnection {
       const out = { bytes: 0 };
       const stdout = masked(mask, (b) => write(stream, b, ch, out));
       const stderr = masked(mask, (b) => write(stream.stderr, b, ch, out));
-      stream.on("data", (b: Buffer) => {
+      input.handOver((b) => {
         bytesIn += b.length;
         if (!ch.write(b)) stream.pause();
-      });
+      }, () => ch.end());
       ch.on("drain", () => stream.resume());
-      stream.on("end", () => ch.end());
       stream.once("close", () => ch.close());
       ch.on("data", (b: Buffer) => stdout.write(b));
       ch.stderr.on("data", (b: Buffer) => stderr.write(b));
@@ -339,6 +341,39 @@ class SshConnection {
     });
   }
 }
+
+/** A channel's input from its start until the command runs: kept (up to EARLY_INPUT_MAX, then the client waits), then handed over. */
+class EarlyInput {
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+  private ended = false;
+  private onData: (b: Buffer) => void = (b) => {
+    this.chunks.push(b);
+    this.bytes += b.length;
+    if (this.bytes > EARLY_INPUT_MAX) this.stream.pause();
+  };
+  private onEnd: () => void = () => {
+    this.ended = true;
+  };
+
+  constructor(private readonly stream: ServerChannel) {
+    stream.on("data", (b: Buffer) => this.onData(b));
+    stream.once("end", () => this.onEnd());
+  }
+
+  /** From now on, input goes to `data` and its end to `end`; what was kept goes first. */
+  handOver(data: (b: Buffer) => void, end: () => void): void {
+    for (const b of this.chunks) data(b);
+    this.chunks = [];
+    this.onData = data;
+    if (this.ended) end();
+    else this.onEnd = end;
+    this.stream.resume();
+  }
+}
+
+/** Input kept while a command is decided or held; past it the client's window stays closed until the command runs. */
+const EARLY_INPUT_MAX = 1 << 20;
 
 /** Write what the target sent; pause the target while the client's window is full. */
 function write(to: { write(b: Uint8Array): boolean; once(e: "drain", f: () => void): unknown }, b: Uint8Array, from: ClientChannel, out: { bytes: number }): void {
