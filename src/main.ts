@@ -14,6 +14,7 @@ import { dirSource, httpSource, proveConsistency, proveInclusion } from "./audit
 import { fetchShipped } from "./audit/ship.ts";
 import { acceptTail, cutTail, inspectTail, type TailReport } from "./audit/tail.ts";
 import { loadConfig } from "./config/index.ts";
+import { ensureHostKeys } from "./protocols/ssh/hostkeys.ts";
 import { AgateError } from "./core/errors.ts";
 import { createLogger } from "./core/log.ts";
 import { startGateway } from "./gateway.ts";
@@ -41,6 +42,7 @@ Commands:
   accounts create|list|revoke|locked|unlock  manage service accounts and their API keys, and user locks (accounts store)
   login --issuer URL         sign in with an OIDC provider (device grant); prints export PGUSER/PGPASSWORD
   approvals list|show|approve|deny   see and decide commands held for approval (through the admin API)
+  ssh host-keys --config FILE   print the SSH host key fingerprints clients should see (generating missing keys)
   version                    print the version
 
 Run 'agate <command> --help' for a command's options.
@@ -256,6 +258,14 @@ use the log's origin, e.g. agate.example.com/audit. Point audit.signing_key
 at FILE; give auditors the verifier key.`,
     run: keys,
   },
+  ssh: {
+    help: `Usage: agate ssh host-keys --config FILE
+
+Prints each SSH connection's host keys (generated on first use into its
+host_keys_dir, mode 0600) as "NAME TYPE SHA256:…" and as known_hosts lines,
+so clients can pin them before they first connect.`,
+    run: sshCommand,
+  },
   version: {
     help: "Usage: agate version",
     run: async () => {
@@ -448,6 +458,21 @@ async function policy(argv: string[]): Promise<number> {
     return 1;
   }
   throw new AgateError("USAGE", `policy needs a subcommand: build or check (got ${sub ?? "nothing"})`);
+}
+
+async function sshCommand(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: { config: { type: "string", short: "c" } }, allowPositionals: true });
+  if (positionals[0] !== "host-keys") throw new AgateError("USAGE", `ssh needs a subcommand: host-keys (got ${positionals[0] ?? "nothing"})`);
+  if (!values.config) throw new AgateError("USAGE", "ssh host-keys needs --config FILE");
+  const config = loadConfig(values.config);
+  if (config.ssh.length === 0) throw new AgateError("USAGE", `${values.config} has no protocol: ssh connection`);
+  for (const c of config.ssh) {
+    for (const k of ensureHostKeys(c.host_keys_dir).keys) {
+      const pub = readFileSync(`${k.file}.pub`, "utf8").trim().split(/\s+/).slice(0, 2).join(" ");
+      console.log(`${c.name} ${k.type} ${k.fingerprint}\n  [${c.host}]:${c.port} ${pub}`);
+    }
+  }
+  return 0;
 }
 
 async function keys(argv: string[]): Promise<number> {

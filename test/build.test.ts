@@ -256,6 +256,12 @@ connections:
       const refused = await client("bash -c 'rm -rf /'");
       expect(refused.code).toBe(126);
       expect(refused.stderr.toString()).toContain("agate.ssh.deny_rm_system");
+      // The same keys, from the CLI: what an operator hands to clients' known_hosts.
+      const hostKeys = await agate("ssh", "host-keys", "--config", "ssh-gw/agate.yaml");
+      expect(hostKeys.code).toBe(0);
+      expect(hostKeys.stdout).toContain(readFileSync(join(sub, "ssh", "ssh_host_ed25519_key.pub"), "utf8").trim().split(/\s+/)[1]!);
+      expect(hostKeys.stdout).toMatch(/^web ssh-ed25519 SHA256:[A-Za-z0-9+/]{43}$/m);
+      expect(hostKeys.stdout).toMatch(/^web ssh-rsa SHA256:[A-Za-z0-9+/]{43}$/m);
     } finally {
       gw.kill("SIGTERM");
       await gw.exited;

@@ -33,12 +33,16 @@
 # Every rule can be switched off with allow_rules, as the SQL rules (decision.rego).
 package agate
 
-ssh_command := input.command if {
+# Only the exec facts are read, never input.command whole: reading the text (or params) would
+# keep the decision cache (src/policy/cache.ts) from sharing decisions between SQL statements too.
+ssh_stage if {
 	input.stage == "command"
 	input.connection.protocol == "ssh"
 }
 
-ssh_commands contains c if some c in ssh_command.exec.commands
+ssh_exec := input.command.exec if ssh_stage
+
+ssh_commands contains c if some c in ssh_exec.commands
 
 shell_names := {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "rbash", "fish", "tcsh", "csh"}
 
@@ -51,12 +55,12 @@ violations contains violation(
 	"agate.ssh.deny_unparsed", "deny_unparsed", true,
 	"the command has no exec facts (input.command.exec), so it cannot be checked",
 ) if {
-	ssh_command
-	not ssh_command.exec.commands
+	ssh_stage
+	not input.command.exec.commands
 }
 
 violations contains violation("agate.ssh.deny_opaque", "deny_opaque", true, concat("", [why, "; agate decides only what it can see"])) if {
-	some why in ssh_command.exec.opaque
+	some why in ssh_exec.opaque
 }
 
 # rm -r: recursive, by any spelling of the option (-r, -R, -rf, -fR, --recursive).
