@@ -33,7 +33,7 @@ interface SshGateway {
   close(): Promise<void>;
 }
 
-async function startSshGateway(sshd: TestSshd, target: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): Promise<SshGateway> {
+async function startSshGateway(sshd: TestSshd, target: Record<string, unknown> = {}, extra: Record<string, unknown> = {}, connection: Record<string, unknown> = {}): Promise<SshGateway> {
   const dir = mkdtempSync(join(tmpdir(), "agate-ssh-gw-"));
   const { signerKey, verifierKey } = generateKey("agate.test/audit");
   writeFileSync(join(dir, "audit.key"), signerKey, { mode: 0o600 });
@@ -48,6 +48,7 @@ async function startSshGateway(sshd: TestSshd, target: Record<string, unknown> =
           protocol: "ssh",
           listen: "127.0.0.1:0",
           target: { host: sshd.host, port: sshd.port, user: sshd.user, private_key_file: sshd.keyFile, host_key: sshd.hostFingerprint, ...target },
+          ...connection,
         },
       ],
       log_level: process.env.AGATE_TEST_LOG ?? "warn",
@@ -400,6 +401,28 @@ describe("held for approval", () => {
     expect(r.code).toBe(126);
     expect(r.stderr).toContain("agate.approval.denied");
     expect(existsSync(m)).toBe(false);
+  });
+});
+
+describe("limits", () => {
+  test("idle_session_timeout_s ends a session no channel uses, recorded; a running command is never idle", async () => {
+    const limited = await startSshGateway(sshd, {}, {}, { limits: { idle_session_timeout_s: 2 } });
+    try {
+      // A command that runs longer than the idle timeout is not cut.
+      const [slow] = await ssh2Run(limited.port, ["sleep 3; echo done"]);
+      expect(slow).toEqual({ code: 0, stdout: "done\n", stderr: "" });
+      const c = new Client();
+      const closed = new Promise<void>((resolve) => c.once("close", () => resolve()));
+      await new Promise<void>((resolve, reject) => {
+        c.once("ready", () => resolve()).once("error", reject);
+        c.connect({ host: "127.0.0.1", port: limited.port, username: USER, password: API_KEY, hostVerifier: () => true });
+      });
+      await closed;
+      const ends = await limited.records("session_end", (rs) => rs.some((x) => x.code === "IDLE_SESSION_TIMEOUT"));
+      expect(ends.filter((x) => x.code === "IDLE_SESSION_TIMEOUT")).toHaveLength(1);
+    } finally {
+      await limited.close();
+    }
   });
 });
 

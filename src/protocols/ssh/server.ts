@@ -17,7 +17,7 @@ import { Server, type AuthContext, type Connection, type ServerChannel, type Cli
 import type { SshTarget } from "../../config/ssh.ts";
 import { AgateError, asError } from "../../core/errors.ts";
 import type { ClientInfo, Guard, HeldRequest } from "../../core/guard.ts";
-import { ListenerLimits, DEFAULT_LIMITS, type Release } from "../../core/limits.ts";
+import { ListenerLimits, DEFAULT_LIMITS, type Release, type SessionClock } from "../../core/limits.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, ConnectionRef, Session } from "../../core/types.ts";
 import { DETECTORS, findAll } from "../../mask/detectors.ts";
@@ -89,6 +89,9 @@ class SshConnection {
   private authenticating: Promise<void> = Promise.resolve();
   private closeReason = "client disconnected";
   private closeCode: string | undefined;
+  /** Idle timeout and lifetime (core/limits.ts): idle while no channel runs a command. */
+  private clock: SessionClock | undefined;
+  private running = 0;
 
   constructor(
     private readonly client: Connection,
@@ -141,6 +144,7 @@ class SshConnection {
     this.ended = true;
     this.client.end();
     const session = this.session;
+    this.clock?.stop();
     if (session) {
       this.opts.guard.closeSession(session, reason, this.seq, code);
       this.opts.log("info", "session ended", { connection: this.opts.connection.name, session: session.id, reason, commands: this.seq });
@@ -190,12 +194,23 @@ class SshConnection {
       this.closeReason = `target connection failed: ${err.message}`;
       this.closeCode = err.code;
     });
+    this.clock = this.limits.clock((why) => void this.end(why.message, why.code));
+    this.clock.idle(false);
     ctx.accept();
     this.opts.log("info", "session started", { connection: this.opts.connection.name, session: session.id, subject: session.identity.subject, client: this.info.address });
   }
 
   private channel(ch: import("ssh2").Session): void {
-    ch.on("exec", (accept, _reject, info) => void this.exec(accept(), info.command));
+    ch.on("exec", (accept, _reject, info) => {
+      const stream = accept();
+      // A session is idle while none of its channels runs a command.
+      this.running++;
+      this.clock?.active();
+      stream.once("close", () => {
+        if (--this.running === 0) this.clock?.idle(false);
+      });
+      void this.exec(stream, info.command);
+    });
     ch.on("shell", (accept) => this.refuseChannel(accept(), "shell", "interactive shells are not available through agate yet; run commands with `ssh HOST COMMAND`"));
     ch.on("subsystem", (accept, _reject, info) => this.refuseChannel(accept(), `subsystem ${info.name}`, `the ${info.name} subsystem is not available through agate yet`));
     ch.on("pty", (_accept, reject) => {
