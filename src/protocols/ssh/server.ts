@@ -194,6 +194,11 @@ class SshConnection {
       this.closeReason = `target connection failed: ${err.message}`;
       this.closeCode = err.code;
     });
+    // The target going away ends the session: no later channel could run.
+    this.upstream.then(
+      (u) => u.once("close", () => void this.end("the target closed the connection", "UPSTREAM_CLOSED")),
+      () => {},
+    );
     this.clock = this.limits.clock((why) => void this.end(why.message, why.code));
     this.clock.idle(false);
     ctx.accept();
