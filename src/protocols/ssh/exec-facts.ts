@@ -184,9 +184,8 @@ class Walker {
     }
     if (node === null || typeof node !== "object") return;
     const n = node as ShNode;
-    // typedjson names the type of interface values only: a Stmt or a Word in a concrete field has no "Type".
-    if (n.Type === undefined && "Cmd" in n && "Position" in n) return this.stmt(n, via, depth, place);
-    if (n.Type === undefined && Array.isArray(n.Parts)) {
+    if (n.Type === "Stmt") return this.stmt(n, via, depth, place);
+    if (n.Type === "Word") {
       this.walkNested(this.word(n).nested, via, depth);
       return;
     }

@@ -1,9 +1,10 @@
 /**
  * mvdan/sh's bash parser, compiled to WebAssembly (shparse/main.go, GOOS=js),
  * embedded in the executable like the SQL parser: `parseShell(text)` returns
- * the syntax tree as typed JSON (every node has a "Type": File, Stmt,
- * CallExpr, BinaryCmd, Word, Lit, DblQuoted, CmdSubst, …; Pos/End carry byte
- * offsets), or throws AgateError EXEC_PARSE when the text is not valid bash.
+ * the syntax tree as JSON (shparse/main.go: every node has a "Type": File,
+ * Stmt, CallExpr, BinaryCmd, Word, Lit, DblQuoted, CmdSubst, …, and Pos/End
+ * with its byte offsets; the fields of mvdan/sh's syntax package, zero values
+ * omitted), or throws AgateError EXEC_PARSE when the text is not valid bash.
  *
  *   await initShell();          // once, at start-up
  *   parseShell("ls | wc -l");   // synchronous after that
