@@ -197,6 +197,12 @@ describe("the facts", () => {
     ]);
   });
 
+  test("arguments added at run time (xargs, find -exec {}) make the command dynamic", () => {
+    expect(facts("ls | xargs rm -f").commands.find((c) => c.name === "rm")).toMatchObject({ args: ["-f"], dynamic: true, via: ["xargs"], pipeline: 0, stage: 1 });
+    expect(facts("find . -name '*.o' -exec rm {} +").commands.find((c) => c.name === "rm")).toMatchObject({ args: ["{}"], dynamic: true, via: ["find -exec"] });
+    expect(facts("find . -exec touch /tmp/x \\;").commands.find((c) => c.name === "touch")).toMatchObject({ dynamic: false });
+  });
+
   test("a line that is not valid shell is refused with EXEC_PARSE", () => {
     for (const bad of ["echo 'open", "if true; then", "a |", "(", "echo $(("]) {
       expect(() => execFacts(bad)).toThrow(AgateError);

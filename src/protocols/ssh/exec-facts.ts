@@ -36,7 +36,7 @@ export interface ExecCommand {
   /** Assignments before the program: "NAME=value". */
   assigns: string[];
   redirects: ExecRedirect[];
-  /** Some word's value is only known when the line runs ($VAR, $(…), arithmetic). */
+  /** Some word's value is only known when the line runs ($VAR, $(…), arithmetic), or arguments are added then (xargs, find -exec's {}). */
   dynamic: boolean;
   /** Some unquoted word holds a glob (* ? […]) or a brace expansion ({a,b}, {1..3}). */
   glob: boolean;
@@ -271,7 +271,9 @@ class Walker {
         if (a !== "-exec" && a !== "-execdir" && a !== "-ok" && a !== "-okdir") continue;
         let j = i + 1;
         while (j < args.length && args[j]!.text !== ";" && args[j]!.text !== "+") j++;
-        this.run(args.slice(i + 1, j), nest(`find ${a}`), depth, place, c);
+        // {} is each path find finds: known only when it runs.
+        const inner = args.slice(i + 1, j);
+        this.run(inner, nest(`find ${a}`), depth, place, c, inner.some((w) => w.text.includes("{}")));
         i = j;
       }
       return;
@@ -321,11 +323,12 @@ class Walker {
       else if (rest.length) this.line(rest.map((r) => r.text).join(" "), [...via, name], depth + 1, place);
       return;
     }
-    this.run(rest, [...via, name], depth, place, c);
+    // xargs appends what it reads from its input to the command's arguments.
+    this.run(rest, [...via, name], depth, place, c, name === "xargs");
   }
 
   /** A command given as words (a wrapper's, find -exec's): one more simple command, and what it runs. */
-  private run(words: WordValue[], via: string[], depth: number, place: Place | undefined, outer: ExecCommand): void {
+  private run(words: WordValue[], via: string[], depth: number, place: Place | undefined, outer: ExecCommand, addedAtRunTime = false): void {
     if (words.length === 0) return;
     if (via.length > MAX_DEPTH * 2) {
       this.facts.opaque.push(`commands nested more than ${MAX_DEPTH * 2} wrappers deep are not followed`);
@@ -333,7 +336,7 @@ class Walker {
     }
     const program = words[0]!.text;
     if (words[0]!.dynamic) this.facts.opaque.push(`the program name ${JSON.stringify(program)} is only known when the line runs`);
-    const c: ExecCommand = { program, name: basename(program), args: words.slice(1).map((w) => w.text), assigns: [], redirects: outer.redirects, dynamic: words.some((w) => w.dynamic), glob: words.some((w) => w.glob), via, ...place };
+    const c: ExecCommand = { program, name: basename(program), args: words.slice(1).map((w) => w.text), assigns: [], redirects: outer.redirects, dynamic: addedAtRunTime || words.some((w) => w.dynamic), glob: words.some((w) => w.glob), via, ...place };
     this.push(c);
     this.inner(c, words.slice(1), [], via, depth, place);
   }
