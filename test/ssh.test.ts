@@ -216,6 +216,44 @@ describe("exec through agate is the exec on the target", () => {
     expect(r!.signal).toBe("SIGTERM");
   });
 
+  test("a signal the client sends is passed to the target's channel", async () => {
+    // sshd refuses to deliver signals to a session it runs without privilege separation (a root
+    // login, as in CI: "session signalling requires privilege separation"), so what is checked is
+    // that the request reached the target, by sshd's own log, and that the command still ends.
+    const before = sshd.log.split("session_signal_req").length;
+    const c = new Client();
+    await new Promise<void>((resolve, reject) => {
+      c.once("ready", () => resolve()).once("error", reject);
+      c.connect({ host: "127.0.0.1", port: gw.port, username: USER, password: API_KEY, hostVerifier: () => true });
+    });
+    try {
+      const r = await new Promise<{ code: number | null; stdout: string }>((resolve, reject) =>
+        c.exec("echo started; read line; echo after", (err, ch) => {
+          if (err) return reject(err);
+          let stdout = "";
+          let code: number | null = null;
+          let signalled = false;
+          ch.on("data", async (b: Buffer) => {
+            stdout += b.toString();
+            if (!signalled && stdout.includes("started")) {
+              signalled = true;
+              ch.signal("INT");
+              while (sshd.log.split("session_signal_req").length === before) await Bun.sleep(25);
+              ch.end("go on\n");
+            }
+          });
+          ch.stderr.on("data", () => {});
+          ch.on("exit", (x: number | null) => (code = x));
+          ch.on("close", () => resolve({ code, stdout }));
+        }),
+      );
+      expect(sshd.log.split("session_signal_req").length).toBeGreaterThan(before);
+      expect(r).toEqual({ code: 0, stdout: "started\nafter\n" });
+    } finally {
+      c.end();
+    }
+  });
+
   test("records: the command with its exec facts, the outcome with its exit status; the log verifies", async () => {
     const line = `printf '%s' "$(echo facts-check)" | wc -c; exit 5`;
     const r = await gw.run(line);

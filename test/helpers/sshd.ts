@@ -30,6 +30,8 @@ export interface TestSshd {
   hostFingerprint: string;
   /** A known_hosts file for clients connecting directly. */
   knownHosts: string;
+  /** What sshd logged so far (-e: its log on stderr). */
+  readonly log: string;
   /** Run OpenSSH's ssh straight to this sshd. */
   direct(command: string, stdin?: string): Promise<{ code: number; stdout: Buffer; stderr: Buffer }>;
   close(): Promise<void>;

@@ -206,6 +206,13 @@ class SshConnection {
   }
 
   private channel(ch: import("ssh2").Session): void {
+    // The target's channel of the command this channel runs: signals the client sends go there.
+    const running: { target?: ClientChannel } = {};
+    ch.on("signal", (accept, reject, info) => {
+      if (!running.target) return reject?.();
+      running.target.signal(info.name);
+      accept?.();
+    });
     ch.on("exec", (accept, _reject, info) => {
       const stream = accept();
       // A session is idle while none of its channels runs a command.
@@ -214,7 +221,7 @@ class SshConnection {
       stream.once("close", () => {
         if (--this.running === 0) this.clock?.idle(false);
       });
-      void this.exec(stream, info.command);
+      void this.exec(stream, info.command, running);
     });
     ch.on("shell", (accept) => this.refuseChannel(accept(), "shell", "interactive shells are not available through agate yet; run commands with `ssh HOST COMMAND`"));
     ch.on("subsystem", (accept, _reject, info) => this.refuseChannel(accept(), `subsystem ${info.name}`, `the ${info.name} subsystem is not available through agate yet`));
@@ -254,7 +261,7 @@ class SshConnection {
     finish(stream, `agate: ${message}\n`, REFUSED_EXIT);
   }
 
-  private async exec(stream: ServerChannel, text: string): Promise<void> {
+  private async exec(stream: ServerChannel, text: string, running: { target?: ClientChannel }): Promise<void> {
     const session = this.session!;
     const { guard, log } = this.opts;
     let command = this.nextCommand(text);
@@ -307,11 +314,11 @@ class SshConnection {
       finish(stream, `agate: the command was not run: ${err.message}\n`, 255);
       return;
     }
-    this.forward(stream, upstream, command, verdict.mask, input);
+    this.forward(stream, upstream, command, verdict.mask, input, running);
   }
 
   /** Run an allowed command on the target; stream its output back masked; relay how it ended and record it. */
-  private forward(stream: ServerChannel, upstream: Client, command: Command, mask: CompiledMask, input: EarlyInput): void {
+  private forward(stream: ServerChannel, upstream: Client, command: Command, mask: CompiledMask, input: EarlyInput, running: { target?: ClientChannel }): void {
     const session = this.session!;
     const started = performance.now();
     upstream.exec(command.text, (err, ch: ClientChannel) => {
@@ -319,6 +326,8 @@ class SshConnection {
         this.opts.guard.outcome(session, [command.seq], { tags: [], rows: 0, error: { code: "UPSTREAM_EXEC", message: err.message } });
         return finish(stream, `agate: the target refused the command: ${err.message}\n`, 255);
       }
+      running.target = ch;
+      ch.once("close", () => (running.target = undefined));
       let bytesIn = 0;
       const out = { bytes: 0 };
       const stdout = masked(mask, (b) => write(stream, b, ch, out));
