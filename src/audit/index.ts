@@ -163,6 +163,9 @@ class Log implements TransparencyLog {
   flush(): Promise<void> {
     return this.#w.flush();
   }
+  settled(count: number): Promise<void> {
+    return this.#w.settled(count);
+  }
   seal(): Promise<number> {
     return this.#w.seal();
   }

@@ -40,6 +40,11 @@ export interface AuditLog {
   appendLater(fields: Record<string, unknown>): number;
   /** Waits until everything appended so far is durable (forces an fdatasync in interval mode). */
   flush(): Promise<void>;
+  /**
+   * Resolves once the first `count` records are as durable as append() promises (strict: fdatasync'd; interval:
+   * written): what one append() of the last of them would wait for, for records added with appendLater().
+   */
+  settled(count: number): Promise<void>;
   /** Flushes and closes. Later appends reject with AUDIT_CLOSED. Rejects with AUDIT_WRITE_FAILED if the log had failed. */
   close(): Promise<void>;
   /** Number of records, counting those appended but not yet durable. */
@@ -169,6 +174,14 @@ export class SegmentWriter implements AuditLog {
 
   appendLater(fields: Record<string, unknown>): number {
     return this.#enqueue(fields);
+  }
+
+  settled(count: number): Promise<void> {
+    if (this.#failure) return Promise.reject(this.#failed());
+    if ((this.#strict ? this.#durable : this.#written) >= count) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      (this.#strict ? this.#durableWaiters : this.#writtenWaiters).push({ count, resolve: () => resolve(), reject });
+    });
   }
 
   flush(): Promise<void> {

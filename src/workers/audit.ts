@@ -1,0 +1,128 @@
+/**
+ * A worker thread's audit log: the main thread's one (one writer, one
+ * ordered Merkle tree). Records go over in the order the guard appends
+ * them, one message per event-loop turn; the main thread appends each batch
+ * in order and answers once the batch is as durable as append() promises,
+ * with the index of its first record. An append resolves with that
+ * acknowledgement, never before.
+ *
+ * Bounded: at most `window` records are unacknowledged at once; past that
+ * they wait in this thread, in order, and so do the commands whose record
+ * they are (backpressure, never a drop). When the main thread's log fails,
+ * every append waiting and every later one rejects with its error
+ * (AUDIT_WRITE_FAILED), as the log itself does: the guard then refuses.
+ */
+import { AgateError } from "../core/errors.ts";
+import type { AuditSink } from "../core/guard.ts";
+import type { AuditLog } from "../audit/writer.ts";
+import { errorOf, type Peer } from "./peer.ts";
+
+/** Records unacknowledged at once, per worker, before appends wait. */
+export const DEFAULT_WINDOW = 4096;
+
+interface Pending {
+  fields: Record<string, unknown>;
+  resolve?: (index: number) => void;
+  reject?: (e: Error) => void;
+}
+
+/** The answer to one batch: its records' indexes count up from `base`, skipping those refused (`errors`, by position). */
+export interface BatchAck {
+  base: number;
+  errors?: Record<number, { code: string; message: string; details: Record<string, unknown> }>;
+}
+
+export class RemoteAuditSink implements AuditSink {
+  #queue: Pending[] = [];
+  #inflight = 0;
+  #scheduled = false;
+  #failure: AgateError | null = null;
+  #idle: (() => void)[] = [];
+
+  constructor(
+    private readonly peer: Peer,
+    private readonly window = DEFAULT_WINDOW,
+  ) {}
+
+  append(fields: Record<string, unknown>): Promise<number> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ fields, resolve, reject });
+      this.#schedule();
+    });
+  }
+
+  /** Ordered with the appends; the index is not known here (-1): callers ignore it. */
+  appendLater(fields: Record<string, unknown>): number {
+    if (this.#failure) throw this.#failure;
+    this.#queue.push({ fields });
+    this.#schedule();
+    return -1;
+  }
+
+  /** Resolves once every record handed over so far is acknowledged (or refused). */
+  drain(): Promise<void> {
+    if (this.#queue.length === 0 && this.#inflight === 0) return Promise.resolve();
+    return new Promise((done) => this.#idle.push(done));
+  }
+
+  #schedule(): void {
+    if (this.#scheduled || this.#queue.length === 0 || this.#inflight >= this.window) return;
+    this.#scheduled = true;
+    setImmediate(() => this.#flush());
+  }
+
+  #flush(): void {
+    this.#scheduled = false;
+    const n = Math.min(this.#queue.length, this.window - this.#inflight);
+    if (n <= 0) return;
+    const batch = this.#queue.length === n ? this.#queue : this.#queue.slice(0, n);
+    this.#queue = this.#queue.length === n ? [] : this.#queue.slice(n);
+    this.#inflight += n;
+    this.peer.call<BatchAck>("audit", batch.map((p) => p.fields)).then(
+      (ack) => {
+        this.#inflight -= n;
+        let index = ack.base;
+        for (let k = 0; k < batch.length; k++) {
+          const err = ack.errors?.[k];
+          if (err) batch[k]!.reject?.(new AgateError(err.code, err.message, err.details));
+          else batch[k]!.resolve?.(index++);
+        }
+        this.#settled();
+      },
+      (e: Error) => {
+        this.#inflight -= n;
+        this.#failure ??= e instanceof AgateError ? e : new AgateError("AUDIT_WRITE_FAILED", e.message);
+        for (const p of batch) p.reject?.(this.#failure);
+        for (const p of this.#queue.splice(0)) p.reject?.(this.#failure);
+        this.#settled();
+      },
+    );
+  }
+
+  #settled(): void {
+    this.#schedule();
+    if (this.#queue.length === 0 && this.#inflight === 0) for (const done of this.#idle.splice(0)) done();
+  }
+}
+
+/**
+ * The main thread's side: append a worker's batch in order and answer once
+ * it is durable. A record the log refuses (too large) is refused alone; a
+ * log that fails fails the batch.
+ */
+export function appendBatch(log: AuditLog, records: Record<string, unknown>[]): BatchAck | Promise<BatchAck> {
+  let base = -1;
+  let errors: BatchAck["errors"];
+  for (let k = 0; k < records.length; k++) {
+    try {
+      const index = log.appendLater(records[k]!);
+      if (base < 0) base = index;
+    } catch (e) {
+      (errors ??= {})[k] = errorOf(e);
+    }
+  }
+  const ack: BatchAck = { base: Math.max(base, 0), ...(errors ? { errors } : {}) };
+  if (base < 0) return ack;
+  return log.settled(log.size).then(() => ack);
+}
