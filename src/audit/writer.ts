@@ -26,7 +26,7 @@ import * as nodeFs from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
-import { FILE_HEADER_BYTES, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES, encodeFileHeader, encodePayload, segmentName, tooLarge, writeFrameHeader } from "./format.ts";
+import { FILE_HEADER_BYTES, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES, encodeFileHeader, encodePayload, segmentName, tooLarge, writeFrameHeader, type RecordFields } from "./format.ts";
 import type { MarkerFile } from "./marker.ts";
 import type { Tail, Warn } from "./recover.ts";
 import type { TreeFile } from "./tree.ts";
@@ -37,7 +37,7 @@ export interface AuditLog {
   /** Append; resolves with the record index once the record is durable per the durability mode. Rejects with AgateError code "AUDIT_WRITE_FAILED" if the write/fsync fails (the log then refuses all further appends: fail closed). */
   append(fields: Record<string, unknown>): Promise<number>;
   /** Append without waiting for durability (still ordered, still fsynced with the next group). Returns the index. For outcome records. Throws synchronously if the log is failed or closed. */
-  appendLater(fields: Record<string, unknown>): number;
+  appendLater(fields: RecordFields): number;
   /** Waits until everything appended so far is durable (forces an fdatasync in interval mode). */
   flush(): Promise<void>;
   /**
@@ -172,7 +172,7 @@ export class SegmentWriter implements AuditLog {
     });
   }
 
-  appendLater(fields: Record<string, unknown>): number {
+  appendLater(fields: RecordFields): number {
     return this.#enqueue(fields);
   }
 
@@ -218,7 +218,7 @@ export class SegmentWriter implements AuditLog {
     return this.#closing;
   }
 
-  #enqueue(fields: Record<string, unknown>): number {
+  #enqueue(fields: RecordFields): number {
     if (this.#failure) throw this.#failed();
     if (this.#closing) throw new AgateError("AUDIT_CLOSED", "The audit log is closed; nothing more can be appended.");
     const index = this.#next;

@@ -1,7 +1,10 @@
 /**
  * A worker thread's audit log: the main thread's one (one writer, one
  * ordered Merkle tree). Records go over in the order the guard appends
- * them, one message per event-loop turn; the main thread appends each batch
+ * them, one message per event-loop turn, already in canonical JSON (in the
+ * parts format.ts EncodedFields joins: the one writer only adds the index,
+ * the previous hash and the time, and hashes; strings cross threads several
+ * times cheaper than objects do); the main thread appends each batch
  * in order and answers once the batch is as durable as append() promises,
  * with the index of its first record. An append resolves with that
  * acknowledgement, never before.
@@ -14,14 +17,24 @@
  */
 import { AgateError } from "../core/errors.ts";
 import type { AuditSink } from "../core/guard.ts";
+import { EncodedFields, encodeFields } from "../audit/format.ts";
 import type { AuditLog } from "../audit/writer.ts";
 import { errorOf, type Peer } from "./peer.ts";
 
 /** Records unacknowledged at once, per worker, before appends wait. */
 export const DEFAULT_WINDOW = 4096;
 
+/**
+ * How long records nobody waits for (appendLater: outcomes, session ends) may
+ * wait for an append to go over with, before they go alone: one message per
+ * statement instead of two. The log's promise for them is order, and
+ * durability with a later group.
+ */
+const LATER_MS = 2;
+
 interface Pending {
-  fields: Record<string, unknown>;
+  /** The record's five canonical parts (format.ts encodeFields). */
+  parts: string[];
   resolve?: (index: number) => void;
   reject?: (e: Error) => void;
 }
@@ -36,6 +49,9 @@ export class RemoteAuditSink implements AuditSink {
   #queue: Pending[] = [];
   #inflight = 0;
   #scheduled = false;
+  #later: ReturnType<typeof setTimeout> | undefined;
+  /** Whether a queued record is waited for (an append). */
+  #waited = false;
   #failure: AgateError | null = null;
   #idle: (() => void)[] = [];
 
@@ -46,8 +62,15 @@ export class RemoteAuditSink implements AuditSink {
 
   append(fields: Record<string, unknown>): Promise<number> {
     if (this.#failure) return Promise.reject(this.#failure);
+    let parts: string[];
+    try {
+      parts = encodeFields(fields);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return new Promise((resolve, reject) => {
-      this.#queue.push({ fields, resolve, reject });
+      this.#queue.push({ parts, resolve, reject });
+      this.#waited = true;
       this.#schedule();
     });
   }
@@ -55,7 +78,7 @@ export class RemoteAuditSink implements AuditSink {
   /** Ordered with the appends; the index is not known here (-1): callers ignore it. */
   appendLater(fields: Record<string, unknown>): number {
     if (this.#failure) throw this.#failure;
-    this.#queue.push({ fields });
+    this.#queue.push({ parts: encodeFields(fields) });
     this.#schedule();
     return -1;
   }
@@ -68,18 +91,32 @@ export class RemoteAuditSink implements AuditSink {
 
   #schedule(): void {
     if (this.#scheduled || this.#queue.length === 0 || this.#inflight >= this.window) return;
+    if (!this.#waited) {
+      this.#later ??= setTimeout(() => {
+        this.#later = undefined;
+        this.#flush();
+      }, LATER_MS);
+      return;
+    }
+    clearTimeout(this.#later);
+    this.#later = undefined;
     this.#scheduled = true;
     setImmediate(() => this.#flush());
   }
 
   #flush(): void {
     this.#scheduled = false;
+    clearTimeout(this.#later);
+    this.#later = undefined;
     const n = Math.min(this.#queue.length, this.window - this.#inflight);
     if (n <= 0) return;
     const batch = this.#queue.length === n ? this.#queue : this.#queue.slice(0, n);
     this.#queue = this.#queue.length === n ? [] : this.#queue.slice(n);
+    this.#waited = this.#queue.some((p) => p.resolve !== undefined);
     this.#inflight += n;
-    this.peer.call<BatchAck>("audit", batch.map((p) => p.fields)).then(
+    const flat: string[] = [];
+    for (const p of batch) flat.push(...p.parts);
+    this.peer.call<BatchAck>("audit", flat).then(
       (ack) => {
         this.#inflight -= n;
         let index = ack.base;
@@ -107,16 +144,16 @@ export class RemoteAuditSink implements AuditSink {
 }
 
 /**
- * The main thread's side: append a worker's batch in order and answer once
- * it is durable. A record the log refuses (too large) is refused alone; a
- * log that fails fails the batch.
+ * The main thread's side: append a worker's batch (five parts per record) in
+ * order and answer once it is durable. A record the log refuses (too large)
+ * is refused alone; a log that fails fails the batch.
  */
-export function appendBatch(log: AuditLog, records: Record<string, unknown>[]): BatchAck | Promise<BatchAck> {
+export function appendBatch(log: AuditLog, parts: string[]): BatchAck | Promise<BatchAck> {
   let base = -1;
   let errors: BatchAck["errors"];
-  for (let k = 0; k < records.length; k++) {
+  for (let k = 0; k < parts.length / 5; k++) {
     try {
-      const index = log.appendLater(records[k]!);
+      const index = log.appendLater(new EncodedFields(parts, 5 * k));
       if (base < 0) base = index;
     } catch (e) {
       (errors ??= {})[k] = errorOf(e);

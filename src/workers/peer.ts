@@ -3,6 +3,10 @@
  * is answered once (a value, or an AgateError with its code), a note is not
  * answered. Messages keep their order on the port, as postMessage does.
  * Values cross by structured clone: plain data only.
+ *
+ * What one side says in one task (with its microtasks) goes over as one postMessage:
+ * each message wakes the other thread, and on a busy host those wake-ups,
+ * not the copying, are what a message costs.
  */
 import { AgateError, asError } from "../core/errors.ts";
 
@@ -21,6 +25,8 @@ type Message =
 
 export class Peer {
   #next = 1;
+  #out: Message[] = [];
+  #flushing = false;
   readonly #waiting = new Map<number, { resolve: (v: any) => void; reject: (e: Error) => void }>();
   #gone: AgateError | null = null;
 
@@ -28,7 +34,9 @@ export class Peer {
     private readonly port: Port,
     private readonly handlers: Record<string, Handler>,
   ) {
-    port.on("message", (m) => this.#receive(m as Message));
+    port.on("message", (ms) => {
+      for (const m of ms as Message[]) this.#receive(m);
+    });
   }
 
   /** Ask the other side; rejects with what its handler threw (as an AgateError), or WORKER_GONE once it is gone. */
@@ -37,13 +45,26 @@ export class Peer {
     const id = this.#next++;
     return new Promise<T>((resolve, reject) => {
       this.#waiting.set(id, { resolve, reject });
-      this.port.postMessage({ k: "call", id, op, args } satisfies Message);
+      this.#send({ k: "call", id, op, args });
     });
   }
 
   /** Tell the other side, without an answer. */
   note(op: string, ...args: unknown[]): void {
-    if (!this.#gone) this.port.postMessage({ k: "note", op, args } satisfies Message);
+    if (!this.#gone) this.#send({ k: "note", op, args });
+  }
+
+  #send(m: Message): void {
+    this.#out.push(m);
+    if (this.#flushing) return;
+    this.#flushing = true;
+    // Once the current task's microtasks have run: what they answered goes together, and at once.
+    queueMicrotask(() => {
+      this.#flushing = false;
+      const out = this.#out;
+      this.#out = [];
+      if (!this.#gone) this.port.postMessage(out);
+    });
   }
 
   /** The other side ended: every waiting call rejects, and so does every later one. */
@@ -67,8 +88,8 @@ export class Peer {
       handler?.(...m.args);
       return;
     }
-    const answer = (value: unknown) => this.port.postMessage({ k: "reply", id: m.id, value } satisfies Message);
-    const fail = (e: unknown) => this.port.postMessage({ k: "reply", id: m.id, error: errorOf(e) } satisfies Message);
+    const answer = (value: unknown) => this.#send({ k: "reply", id: m.id, value });
+    const fail = (e: unknown) => this.#send({ k: "reply", id: m.id, error: errorOf(e) });
     if (!handler) return fail(new AgateError("WORKER_UNKNOWN_CALL", `no handler for "${m.op}"`));
     try {
       const out = handler(...m.args);

@@ -67,7 +67,7 @@ export async function startWorkers(count: number, init: WorkerInit, deps: Worker
     for (const t of threads) if (t.index !== from) t.peer.note("cancel", pid, secret, client);
   };
   // A CancelRequest this thread accepted for a session it does not hold goes to the workers.
-  relayCancels((pid, secret, client) => relay(pid, secret, client, 0));
+  const stopRelaying = relayCancels((pid, secret, client) => relay(pid, secret, client, 0));
 
   const spawn = (index: number): Thread => {
     const worker = new Worker(new URL("./worker.ts", import.meta.url));
@@ -84,7 +84,7 @@ export async function startWorkers(count: number, init: WorkerInit, deps: Worker
       return l;
     };
     const peer = new Peer(worker, {
-      audit: (records: Record<string, unknown>[]) => appendBatch(deps.audit, records),
+      audit: (parts: string[]) => appendBatch(deps.audit, parts),
       "limits.connection": (name: string, address: string) => admitted(listenerLimits(name).admitConnection(address)),
       "limits.session": (name: string, subject: string) => admitted(listenerLimits(name).admitSession(subject)),
       release: (token: number) => {
@@ -129,7 +129,7 @@ export async function startWorkers(count: number, init: WorkerInit, deps: Worker
 
   const close = async () => {
     closing = true;
-    relayCancels(undefined);
+    stopRelaying();
     await Promise.all(
       [...threads].map(async (t) => {
         try {

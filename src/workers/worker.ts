@@ -18,6 +18,7 @@ import { RemoteLimits, RemoteLockout } from "./remote.ts";
 const LEVELS: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
 let serving: Serving<RemoteLockout> | null = null;
+let stopRelaying: (() => void) | undefined;
 let sink: RemoteAuditSink | null = null;
 
 const peer = new Peer(parentPort!, {
@@ -43,11 +44,11 @@ const peer = new Peer(parentPort!, {
       ports: init.ports,
       shareDerived: () => peer.call("derived.share"),
     });
-    relayCancels((pid, secret, client) => peer.note("cancel", pid, secret, client));
+    stopRelaying = relayCancels((pid, secret, client) => peer.note("cancel", pid, secret, client));
     return serving.listeners.map((l) => l.port);
   },
   async close(): Promise<void> {
-    relayCancels(undefined);
+    stopRelaying?.();
     await serving?.end();
     // Every record of the sessions that just ended reaches the log before this thread goes.
     await sink?.drain();

@@ -110,11 +110,13 @@ const cancelKeys = new Map<number, Set<CancelKey>>();
  * several worker threads (src/workers), the session may be another's (a
  * cancel arrives on a new connection, which any of them may accept).
  */
-let cancelRelay: ((pid: number, secret: number, client: ClientInfo) => void) | undefined;
+type CancelRelay = (pid: number, secret: number, client: ClientInfo) => void;
+const cancelRelays = new Set<CancelRelay>();
 
-/** Set (or, with undefined, clear) where CancelRequests for other threads' sessions go. */
-export function relayCancels(relay: typeof cancelRelay): void {
-  cancelRelay = relay;
+/** Send CancelRequests for sessions this thread does not hold to `relay` too, until the returned function is called. */
+export function relayCancels(relay: CancelRelay): () => void {
+  cancelRelays.add(relay);
+  return () => cancelRelays.delete(relay);
 }
 
 /** Cancel what the session of key (pid, secret) runs, if one of this thread's sessions holds it; whether one did. */
@@ -323,7 +325,10 @@ class Startup {
       const pid = r.i32();
       const secret = r.i32();
       // As PostgreSQL does: no answer either way, and a wrong secret is silently ignored.
-      if (!cancelHere(pid, secret, this.client())) cancelRelay?.(pid, secret, this.client());
+      if (!cancelHere(pid, secret, this.client()) && cancelRelays.size > 0) {
+        this.opts.log("debug", "cancel request relayed to the other workers", { connection: this.opts.connection.name });
+        for (const relay of cancelRelays) relay(pid, secret, this.client());
+      }
       this.stage = "closing";
       this.sock.destroy();
       return;

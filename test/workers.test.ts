@@ -1,0 +1,289 @@
+/**
+ * `workers: 2` (src/workers): two threads accept on one port (SO_REUSEPORT)
+ * and share one audit log, one set of limits and lockout counts, cancel keys
+ * and derived mask rules. Real PostgreSQL, real clients (postgres.js, psql);
+ * which thread a connection lands on is the kernel's choice, so each test
+ * opens enough sessions to have some on both, and reads where each landed
+ * from its session_start record (`worker`, matched by application_name).
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import postgres from "postgres";
+import { readRecords } from "../src/audit/index.ts";
+import type { Logger } from "../src/core/log.ts";
+import { API_KEY, psql, sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
+import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
+import { loginError } from "./helpers/wire.ts";
+
+const EMAIL = "quentin.marlowe@example.org";
+const MAIN = join(import.meta.dir, "../src/main.ts");
+
+let db: TestPostgres;
+let gw: TestGateway;
+let stateDir: string;
+/** What the gateway logged (every thread's lines reach the main thread's logger). */
+const logged: { level: string; msg: string; facts: Record<string, unknown> }[] = [];
+const log: Logger = (level, msg, facts = {}) => void logged.push({ level, msg, facts });
+const open: postgres.Sql[] = [];
+
+beforeAll(async () => {
+  stateDir = mkdtempSync(join(tmpdir(), "agate-workers-"));
+  db = await startPostgres();
+  await db.psql(`
+    CREATE TABLE people (id int PRIMARY KEY, email text);
+    INSERT INTO people VALUES (1, '${EMAIL}');
+    GRANT ALL ON ALL TABLES IN SCHEMA public TO app_scram;
+    GRANT CREATE ON SCHEMA public TO app_scram;
+  `);
+  gw = await startTestGateway(db, {
+    log,
+    config: {
+      workers: 2,
+      log_level: "debug",
+      mask: { derived_store: join(stateDir, "mask-derived.db") },
+      approvals: { store: join(stateDir, "approvals.db") },
+      policy: { data: { agate: { config: { allow_rules: ["approve_ddl", "deny_alter", "deny_covered_copy"], mask: { columns: ["public.people.email"], detectors: [] } } } } },
+    },
+  });
+}, 120_000);
+
+afterAll(async () => {
+  await Promise.all(open.map((s) => s.end({ timeout: 0 })));
+  await gw?.close();
+  await db?.stop();
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+async function records(dir = gw.auditDir): Promise<Record<string, any>[]> {
+  const out: Record<string, any>[] = [];
+  for await (const r of readRecords(dir)) out.push(r as Record<string, any>);
+  return out;
+}
+
+/** Poll the log until `until` holds of its records (bounded by a count, not a clock). */
+async function recordsUntil(until: (rs: Record<string, any>[]) => boolean, dir = gw.auditDir): Promise<Record<string, any>[]> {
+  let rs = await records(dir);
+  for (let i = 0; i < 400 && !until(rs); i++) {
+    await Bun.sleep(25);
+    rs = await records(dir);
+  }
+  return rs;
+}
+
+/**
+ * Sessions held open, each with its own application_name, until there are
+ * some on worker 0 and some on worker 1; returns them by worker.
+ */
+async function sessionsOnBoth(g: TestGateway, tag: string): Promise<[postgres.Sql[], postgres.Sql[]]> {
+  const by: [postgres.Sql[], postgres.Sql[]] = [[], []];
+  for (let round = 0; round < 8 && (by[0].length === 0 || by[1].length === 0); round++) {
+    const batch = Array.from({ length: 6 }, (_, k) => {
+      const name = `${tag}-${round}-${k}`;
+      const sql = postgres(g.url({ params: `application_name=${name}` }), { max: 1, onnotice: () => {}, idle_timeout: 0 });
+      open.push(sql);
+      return { name, sql };
+    });
+    await Promise.all(batch.map(({ sql }) => sql`SELECT 1`));
+    const starts = await recordsUntil((rs) => batch.every(({ name }) => rs.some((r) => r.type === "session_start" && r.client?.application === name)), g.auditDir);
+    for (const { name, sql } of batch) {
+      const w = starts.find((r) => r.type === "session_start" && r.client?.application === name)?.worker;
+      if (w === 0) by[0].push(sql);
+      else if (w === 1) by[1].push(sql);
+    }
+  }
+  expect(by[0].length).toBeGreaterThan(0);
+  expect(by[1].length).toBeGreaterThan(0);
+  return by;
+}
+
+describe("two workers on one port", () => {
+  test("sessions land on both threads; every command of each is in the one log, which verifies", async () => {
+    const [w0, w1] = await sessionsOnBoth(gw, "spread");
+    const texts: string[] = [];
+    await Promise.all(
+      [...w0, ...w1].map(async (sql, s) => {
+        for (let n = 0; n < 20; n++) {
+          const text = `SELECT ${s * 100 + n} AS marker_${s}_${n}`;
+          texts.push(text);
+          await sql.unsafe(text).simple();
+        }
+      }),
+    );
+    const rs = await recordsUntil((all) => texts.every((t) => all.some((r) => r.type === "outcome" && all.some((c) => c.type === "command" && c.text === t && c.session === r.session && r.seqs?.includes(c.seq)))));
+    const commands = new Map(rs.filter((r) => r.type === "command").map((r) => [r.text, r]));
+    for (const t of texts) expect(commands.get(t)?.decision?.allow).toBe(true);
+    // One ordered log: indexes count up from 0 with no gap, whichever thread made the record.
+    expect(rs.map((r) => r.i)).toEqual(rs.map((_, k) => k));
+    const workers = new Set(rs.filter((r) => r.type === "session_start").map((r) => r.worker));
+    expect([...workers].sort()).toEqual([0, 1]);
+  });
+
+  test("a CancelRequest reaches the session whichever thread accepts it", async () => {
+    const [w0, w1] = await sessionsOnBoth(gw, "cancel");
+    const before = logged.filter((l) => l.msg === "cancel request relayed to the other workers").length;
+    let relayed = 0;
+    let attempts = 0;
+    // The cancel's own connection lands where the kernel puts it: cancel until some crossed threads (and some did not).
+    for (; attempts < 40 && (relayed === 0 || relayed === attempts); attempts++) {
+      const sql = (attempts % 2 === 0 ? w0 : w1)[0]!;
+      const q = sql`SELECT pg_sleep(600)`;
+      const running = q.execute().then(
+        () => null,
+        (e: { code?: string }) => e,
+      );
+      // Cancel once the target runs it (a cancel that arrives first cancels nothing).
+      for (let i = 0; i < 400; i++) {
+        const active = await db.psql("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(600)'");
+        if (active.trim() === "1") break;
+        await Bun.sleep(10);
+      }
+      q.cancel();
+      expect((await running)?.code).toBe("57014");
+      relayed = logged.filter((l) => l.msg === "cancel request relayed to the other workers").length - before;
+    }
+    expect(relayed).toBeGreaterThan(0);
+    expect(relayed).toBeLessThan(attempts);
+    const rs = await recordsUntil((all) => all.filter((r) => r.type === "cancel").length >= attempts);
+    expect(rs.filter((r) => r.type === "cancel").length).toBeGreaterThanOrEqual(attempts);
+  }, 60_000);
+
+  test("a mask rule derived in a session of one thread is in force in a session of the other before the copy can be read", async () => {
+    const [w0, w1] = await sessionsOnBoth(gw, "derived");
+    // Each direction once: the main thread's rule reaching the worker, and the worker's reaching the main thread.
+    for (const [from, to, table] of [
+      [w0[0]!, w1[0]!, "copy_from_main"],
+      [w1[0]!, w0[0]!, "copy_from_worker"],
+    ] as const) {
+      // The reading session was open (and had read through its thread's rules) before the rule existed.
+      await to`SELECT 1`;
+      await from.unsafe(`CREATE TABLE ${table} AS SELECT id, email FROM people`);
+      const rows = await to.unsafe(`SELECT email FROM ${table}`);
+      expect(rows.map((r) => r.email)).toEqual(["[REDACTED:email]"]);
+    }
+    const rs = await records();
+    expect(rs.filter((r) => r.type === "mask_derived").map((r) => r.rule)).toEqual(["copy_from_main.*", "copy_from_worker.*"]);
+  });
+
+  test("psql through either thread: extended and simple protocol answer the same", async () => {
+    const outs = await Promise.all(Array.from({ length: 8 }, () => psql(gw.url(), "SELECT email FROM people")));
+    for (const o of outs) {
+      expect(o.stderr).toBe("");
+      expect(o.stdout.trim()).toBe("[REDACTED:email]");
+    }
+  });
+});
+
+describe("limits and lockout hold across the threads", () => {
+  let g: TestGateway;
+  beforeAll(async () => {
+    g = await startTestGateway(db, {
+      config: { workers: 2, lockout: { delay_after: 0, block_after: 4, block_s: 600 } },
+      connection: { limits: { max_connections: 4, max_sessions_per_identity: 0 } },
+    });
+  });
+  afterAll(() => g?.close());
+
+  test("max_connections counts every thread's connections: the fifth is refused (53300), wherever it lands", async () => {
+    const held = Array.from({ length: 4 }, () => postgres(g.url(), { max: 1, onnotice: () => {}, idle_timeout: 0 }));
+    try {
+      await Promise.all(held.map((s) => s`SELECT 1`));
+      const starts = await recordsUntil((rs) => rs.filter((r) => r.type === "session_start").length >= 4, g.auditDir);
+      expect(starts.filter((r) => r.type === "session_start").length).toBe(4);
+      // Several tries, so that some land on each thread.
+      const refused = await Promise.all(Array.from({ length: 6 }, () => psql(g.url(), "SELECT 1")));
+      for (const r of refused) {
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toContain("too many clients already");
+      }
+      await held[0]!.end();
+      // Released by whichever thread held it: a new connection gets in again.
+      let ok = await psql(g.url(), "SELECT 'in again'");
+      for (let i = 0; i < 100 && ok.code !== 0; i++) {
+        await Bun.sleep(20);
+        ok = await psql(g.url(), "SELECT 'in again'");
+      }
+      expect(ok.stdout.trim()).toBe("in again");
+    } finally {
+      await Promise.all(held.map((s) => s.end({ timeout: 0 })));
+    }
+  });
+
+  test("failed logins count across threads: after block_after failures the address is blocked on every thread", async () => {
+    for (let i = 0; i < 4; i++) {
+      const e = await loginError(g.port, { user: "ci-runner", password: `wrong-${i}` });
+      expect(e?.code).toBe("28P01");
+    }
+    // Spread over both threads by now (four connections); the right key is refused too, on either.
+    for (let i = 0; i < 6; i++) {
+      const e = await loginError(g.port, { user: "ci-runner", password: API_KEY });
+      expect(e?.code).toBe("28000");
+      expect(e?.message).toContain("too many failed logins");
+    }
+  });
+});
+
+describe("the main thread's log fails", () => {
+  let failing = false;
+  let g: TestGateway;
+  beforeAll(async () => {
+    g = await startTestGateway(db, {
+      // The refusals are logged as errors: expected here.
+      log: () => {},
+      config: { workers: 2, log_level: "error" },
+      auditFaults: {
+        datasync: async (fh) => {
+          if (failing) throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+          await fh.datasync();
+        },
+      },
+    });
+  });
+  afterAll(() => g?.close().catch(() => {}));
+
+  test("sessions of both threads are refused with agate's error (fail closed), and nothing reaches the target", async () => {
+    const [w0, w1] = await sessionsOnBoth(g, "failing");
+    failing = true;
+    for (const [k, sql] of [w0[0]!, w1[0]!].entries()) {
+      // An autocommit write: forwarded only once its record is durable, which it never is.
+      const err = await sql.unsafe(`INSERT INTO people VALUES (${100 + k}, 'never@example.org')`).simple().then(
+        () => null,
+        (e: Error & { code?: string }) => e,
+      );
+      expect(err?.message).toContain("agate could not record the statement, so it was not run");
+      expect(err?.message).toContain("The audit log could not write or fsync");
+      expect(err?.code).toBe("58000");
+    }
+    expect(await db.psql("SELECT count(*) FROM people WHERE id >= 100")).toBe("0\n");
+    // A new login is refused too, whichever thread takes it: its session_start cannot be made durable.
+    for (let i = 0; i < 4; i++) {
+      const r = await psql(g.url(), "SELECT 1");
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain("audit");
+    }
+  });
+});
+
+describe("shutdown", () => {
+  test("close ends every thread's sessions, their last records reach the log, and `agate verify` passes", async () => {
+    const g = await startTestGateway(db, { config: { workers: 2 } });
+    const sessions = (await sessionsOnBoth(g, "shutdown")).flat();
+    try {
+      await Promise.all(sessions.map((s, k) => s.unsafe(`SELECT ${k} AS before_shutdown`).simple()));
+      await g.gateway.close();
+      const rs = await records(g.auditDir);
+      const started = rs.filter((r) => r.type === "session_start");
+      expect(started.length).toBe(sessions.length);
+      expect(new Set(started.map((r) => r.worker)).size).toBe(2);
+      const ended = new Set(rs.filter((r) => r.type === "session_end").map((r) => r.session));
+      for (const s of started) expect(ended.has(s.session)).toBe(true);
+      const v = await sh([process.execPath, MAIN, "verify", "--log", g.auditDir, "--key", g.verifierKey, "--quiet"]);
+      expect(v.stdout).toStartWith(`ok: ${rs.length} records`);
+      expect(v.code).toBe(0);
+    } finally {
+      await Promise.all(sessions.map((s) => s.end({ timeout: 0 })));
+      rmSync(join(g.auditDir, ".."), { recursive: true, force: true });
+    }
+  });
+});
