@@ -56,6 +56,12 @@ interface Thread {
   exited: Promise<void>;
 }
 
+/**
+ * worker.ts beside this file; in the executable (scripts/build.ts makes it an entry point of its own) every
+ * module's import.meta.url is the executable's, at the root of the sources (src/).
+ */
+const WORKER_ENTRY = import.meta.url.includes("/$bunfs/") ? new URL("./workers/worker.ts", import.meta.url) : new URL("./worker.ts", import.meta.url);
+
 export async function startWorkers(count: number, init: WorkerInit, deps: WorkerDeps): Promise<WorkerPool> {
   const threads: Thread[] = [];
   let tokens = 0;
@@ -70,7 +76,7 @@ export async function startWorkers(count: number, init: WorkerInit, deps: Worker
   const stopRelaying = relayCancels((pid, secret, client) => relay(pid, secret, client, 0));
 
   const spawn = (index: number): Thread => {
-    const worker = new Worker(new URL("./worker.ts", import.meta.url));
+    const worker = new Worker(WORKER_ENTRY);
     const held = new Map<number, Release>();
     const admitted = (r: Release | AgateError): Admission => {
       if (r instanceof AgateError) return { error: { code: r.code, message: r.message } };
