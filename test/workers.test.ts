@@ -11,9 +11,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { readRecords } from "../src/audit/index.ts";
+import { MessageChannel } from "node:worker_threads";
+import type { FileHandle } from "node:fs/promises";
+import { openLog, readRecords } from "../src/audit/index.ts";
+import { appendBatch, RemoteAuditSink } from "../src/workers/audit.ts";
+import { Peer } from "../src/workers/peer.ts";
 import type { Logger } from "../src/core/log.ts";
-import { API_KEY, psql, sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
+import { hashApiKey } from "../src/identity/apikey.ts";
+import { API_KEY, psql, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { loginError } from "./helpers/wire.ts";
 
@@ -98,6 +103,56 @@ async function sessionsOnBoth(g: TestGateway, tag: string): Promise<[postgres.Sq
   return by;
 }
 
+describe("a worker's audit sink (the main thread's log over a message port)", () => {
+  test("past its window appends wait in order, none dropped; each resolves with its index once durable", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "agate-sink-"));
+    let held: (() => void)[] | null = [];
+    const log = await openLog(join(dir, "audit"), {
+      __faultFs: {
+        datasync: async (fh: FileHandle) => {
+          if (held) await new Promise<void>((go) => held!.push(go));
+          await fh.datasync();
+        },
+      },
+    });
+    const { port1, port2 } = new MessageChannel();
+    try {
+      new Peer(port1, { audit: (parts: string[]) => appendBatch(log, parts) });
+      const sink = new RemoteAuditSink(new Peer(port2, {}), 4);
+      const settled: number[] = [];
+      const appends = Array.from({ length: 10 }, (_, n) => {
+        if (n % 3 === 2) {
+          sink.appendLater({ type: "later", n });
+          return null;
+        }
+        return sink.append({ type: "now", n }).then((index) => void settled.push(index));
+      });
+      // The fsync is held: four records went over, the rest wait in the worker.
+      for (let i = 0; i < 400 && log.size < 4; i++) await Bun.sleep(5);
+      await Bun.sleep(50);
+      expect(log.size).toBe(4);
+      expect(settled).toEqual([]);
+      const go = held;
+      held = null;
+      for (const g of go) g();
+      await Promise.all(appends);
+      await sink.drain();
+      expect(log.size).toBe(10);
+      // Every append resolved with its own record's index, in order.
+      expect(settled).toEqual([0, 1, 3, 4, 6, 7, 9]);
+      const rs: Record<string, any>[] = [];
+      for await (const r of readRecords(join(dir, "audit"))) rs.push(r as Record<string, any>);
+      expect(rs.map((r) => r.n)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      expect(rs.map((r) => r.type)).toEqual(["now", "now", "later", "now", "now", "later", "now", "now", "later", "now"]);
+    } finally {
+      held?.forEach((g) => g());
+      port1.close();
+      await log.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("two workers on one port", () => {
   test("sessions land on both threads; every command of each is in the one log, which verifies", async () => {
     const [w0, w1] = await sessionsOnBoth(gw, "spread");
@@ -118,6 +173,21 @@ describe("two workers on one port", () => {
     expect(rs.map((r) => r.i)).toEqual(rs.map((_, k) => k));
     const workers = new Set(rs.filter((r) => r.type === "session_start").map((r) => r.worker));
     expect([...workers].sort()).toEqual([0, 1]);
+  });
+
+  test("a refusal names its own record's index, on either thread", async () => {
+    const [w0, w1] = await sessionsOnBoth(gw, "refused");
+    for (const sql of [w0[0]!, w1[0]!]) {
+      const err = await sql.unsafe("TRUNCATE people").then(
+        () => null,
+        (e: Error & { detail?: string }) => e,
+      );
+      const m = /^session ([0-9a-f-]+), audit record (\d+)$/.exec(err?.detail ?? "");
+      expect(m).not.toBeNull();
+      const rs = await records();
+      const rec = rs[Number(m![2])]!;
+      expect(rec).toMatchObject({ type: "command", session: m![1], text: "TRUNCATE people", decision: { allow: false } });
+    }
   });
 
   test("a CancelRequest reaches the session whichever thread accepts it", async () => {
@@ -179,7 +249,7 @@ describe("limits and lockout hold across the threads", () => {
   let g: TestGateway;
   beforeAll(async () => {
     g = await startTestGateway(db, {
-      config: { workers: 2, lockout: { delay_after: 0, block_after: 4, block_s: 600 } },
+      config: { workers: 2, lockout: { delay_after: 0, block_after: 4, block_s: 600 }, admin: { listen: "127.0.0.1:0", groups: ["auditor"] } },
       connection: { limits: { max_connections: 4, max_sessions_per_identity: 0 } },
     });
   });
@@ -191,7 +261,11 @@ describe("limits and lockout hold across the threads", () => {
       await Promise.all(held.map((s) => s`SELECT 1`));
       const starts = await recordsUntil((rs) => rs.filter((r) => r.type === "session_start").length >= 4, g.auditDir);
       expect(starts.filter((r) => r.type === "session_start").length).toBe(4);
-      // Several tries, so that some land on each thread.
+      // /metrics (main thread) counts both threads' connections and sessions.
+      const metrics = await (await fetch(`http://127.0.0.1:${g.gateway.admin!.port}/metrics`)).text();
+      expect(metrics).toContain('agate_connections_open{connection="app-db"} 4\n');
+      expect(metrics).toContain('agate_sessions_open{connection="app-db"} 4\n');
+      // Several tries, so that some land on each thread (a limit counted per thread would let those on the other in).
       const refused = await Promise.all(Array.from({ length: 6 }, () => psql(g.url(), "SELECT 1")));
       for (const r of refused) {
         expect(r.code).not.toBe(0);
@@ -211,6 +285,12 @@ describe("limits and lockout hold across the threads", () => {
   });
 
   test("failed logins count across threads: after block_after failures the address is blocked on every thread", async () => {
+    // The connections of the test before are given back (by whichever thread held them) first.
+    for (let i = 0; i < 400; i++) {
+      const metrics = await (await fetch(`http://127.0.0.1:${g.gateway.admin!.port}/metrics`)).text();
+      if (metrics.includes('agate_connections_open{connection="app-db"} 0\n')) break;
+      await Bun.sleep(10);
+    }
     for (let i = 0; i < 4; i++) {
       const e = await loginError(g.port, { user: "ci-runner", password: `wrong-${i}` });
       expect(e?.code).toBe("28P01");
@@ -222,6 +302,57 @@ describe("limits and lockout hold across the threads", () => {
       expect(e?.message).toContain("too many failed logins");
     }
   });
+});
+
+describe("approvals across threads", () => {
+  const APPROVER_KEY = "agk_workers_test_approver_key_not_real";
+  let g: TestGateway;
+  beforeAll(async () => {
+    g = await startTestGateway(db, {
+      config: {
+        workers: 2,
+        admin: { listen: "127.0.0.1:0", groups: ["auditor"] },
+        approvals: { store: join(stateDir, "approvals-across.db"), timeout_s: 60 },
+        identity: {
+          api_keys: [
+            { id: USER, groups: ["ci"], kind: "service", sha256: hashApiKey(API_KEY) },
+            { id: "dba-1", groups: ["dba"], kind: "human", sha256: hashApiKey(APPROVER_KEY) },
+          ],
+        },
+        policy: { data: { agate: { config: { approvals: { approvers: ["dba"], timeout_s: 60 } } } } },
+      },
+    });
+  });
+  afterAll(() => g?.close());
+
+  test("a statement held by either thread is released by a vote through the admin API (main thread)", async () => {
+    const admin = `http://127.0.0.1:${g.gateway.admin!.port}`;
+    const call = async (method: string, path: string, body?: object) => {
+      const res = await fetch(`${admin}${path}`, { method, headers: { authorization: `Bearer ${APPROVER_KEY}`, ...(body ? { "content-type": "application/json" } : {}) }, ...(body ? { body: JSON.stringify(body) } : {}) });
+      return (await res.json()) as Record<string, any>;
+    };
+    const [w0, w1] = await sessionsOnBoth(g, "approve");
+    const gateways = new Set<string>();
+    for (const [k, sql] of [w0[0]!, w1[0]!].entries()) {
+      // DDL waits for an approver (the default policy's approve_ddl).
+      const held = sql.unsafe(`CREATE TABLE approved_${k} (x int)`).then(
+        () => null,
+        (e: Error) => e,
+      );
+      let request: Record<string, any> | undefined;
+      for (let i = 0; i < 400 && !request; i++) {
+        request = ((await call("GET", "/v1/approvals?status=pending")).requests as Record<string, any>[]).find((r) => r.command?.text === `CREATE TABLE approved_${k} (x int)`);
+        if (!request) await Bun.sleep(25);
+      }
+      expect(request).toBeDefined();
+      gateways.add(request!.gateway);
+      expect((await call("POST", `/v1/approvals/${request!.id}/approve`, { reason: "workers test" })).status).toBe("approved");
+      expect(await held).toBeNull();
+      expect(await db.psql(`SELECT to_regclass('approved_${k}') IS NOT NULL`)).toBe("t\n");
+    }
+    // Held by two threads, each under its own name in the one store.
+    expect(gateways.size).toBe(2);
+  }, 60_000);
 });
 
 describe("the main thread's log fails", () => {

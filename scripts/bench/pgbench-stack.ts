@@ -36,7 +36,7 @@ import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { freePort, startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
-import { handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, printHelp, runMain, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
+import { handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, printHelp, runMain, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate, threadCpu } from "./stack.ts";
 const THREADS = 2;
 const SCALE = 10;
 const USER = "app_scram";
@@ -241,6 +241,8 @@ interface Result {
   pgbenchCpu: number;
   /** Whole-machine busy time, % of all cores. */
   machineBusy: number;
+  /** CPU seconds of the gateway's main thread and of its worker threads (the rest: pools, collector, JIT). */
+  threads: { main: number; workers: number; total: number };
 }
 
 async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: number, pg: TestPostgres, clients = 16): Promise<Result> {
@@ -248,12 +250,14 @@ async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: num
   for (const sql of ["VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history"]) await pg.psql(sql);
   const argv = ["pgbench", "-n", ...(workload === "select-only" ? ["-S"] : []), "-M", mode, "-c", String(clients), "-j", String(THREADS), "-T", String(seconds), ...conn(e), DB];
   const g0 = await procCpu(e.pid);
+  const t0s = await threadCpu(e.pid);
   const m0 = machineCpu();
   const t0 = performance.now();
   const r = await run(argv, { env: pgEnv(e, "pgbench"), timeoutMs: (seconds + 60) * 1000 });
   const wall = (performance.now() - t0) / 1000;
   const m1 = machineCpu();
   const g1 = await procCpu(e.pid);
+  const t1s = await threadCpu(e.pid);
   if (isStopping()) throw new Error("stopping");
   const tps = /^tps = ([\d.]+) \(without initial connection time\)/m.exec(r.out);
   const lat = /^latency average = ([\d.]+) ms/m.exec(r.out);
@@ -268,6 +272,7 @@ async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: num
     gatewayCpu: e.pid ? (100 * (g1 - g0)) / wall : NaN,
     pgbenchCpu: (100 * r.cpu) / wall,
     machineBusy: (100 * (m1.busy - m0.busy)) / Math.max(1, m1.total - m0.total),
+    threads: { main: t1s.main - t0s.main, workers: t1s.workers - t0s.workers, total: g1 - g0 },
   };
 }
 
@@ -277,6 +282,13 @@ const pad = (s: string, n: number) => s.padEnd(n);
 const lpad = (s: string, n: number) => s.padStart(n);
 const fmt = (n: number | undefined, digits = 0) => (n === undefined || Number.isNaN(n) ? "-" : n.toFixed(digits));
 const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? "-" : (a / b).toFixed(2));
+
+/** The gateway's CPU per transaction by thread: main / worker threads / the rest, in us. */
+const byThread = (r?: Result) => {
+  if (!r) return "-";
+  const per = (s: number) => fmt((s / r.transactions) * 1e6);
+  return `${per(r.threads.main)}/${per(r.threads.workers)}/${per(r.threads.total - r.threads.main - r.threads.workers)}`;
+};
 
 /** Gateway CPU microseconds per transaction. */
 const cpuPerTx = (r?: Result) => (r ? (r.gatewayCpu / 100 / r.tps) * 1e6 : undefined);
@@ -302,12 +314,12 @@ function table(results: Map<string, Result>): string {
   }
   if (workerCounts.length > 1) {
     const [first, ...others] = workerCounts;
-    lines.push("", `agate by workers (each against workers ${first}, same run; us/tx: gateway CPU per transaction, all threads)`);
-    lines.push(`${pad("workload", 14)}${pad("mode", 10)}${lpad("clients", 8)}${workerCounts.map((w) => lpad(`w${w} tps`, 10)).join("")}${others.map((w) => lpad(`w${w}/w${first}`, 9)).join("")}${workerCounts.map((w) => lpad(`w${w} us/tx`, 11)).join("")}${workerCounts.map((w) => lpad(`w${w} cpu%`, 10)).join("")}  lat ms ${workerCounts.map((w) => `w${w}`).join("/")}`);
+    lines.push("", `agate by workers (each against workers ${first}, same run; us/tx: gateway CPU per transaction, all threads; by thread: main / worker threads / the rest (pools, collector, JIT), us per transaction of all)`);
+    lines.push(`${pad("workload", 14)}${pad("mode", 10)}${lpad("clients", 8)}${workerCounts.map((w) => lpad(`w${w} tps`, 10)).join("")}${others.map((w) => lpad(`w${w}/w${first}`, 9)).join("")}${workerCounts.map((w) => lpad(`w${w} us/tx`, 11)).join("")}${workerCounts.map((w) => lpad(`w${w} cpu%`, 10)).join("")}  lat ms ${workerCounts.map((w) => `w${w}`).join("/")}  ${workerCounts.map((w) => `w${w} main/workers/rest`).join("  ")}`);
     for (const { workload, mode, clients } of selected) {
       const rs = workerCounts.map((w) => results.get(`${workload}/${mode}/${clients}/${agateKey(w)}`));
       lines.push(
-        `${pad(workload, 14)}${pad(mode, 10)}${lpad(String(clients), 8)}${rs.map((r) => lpad(fmt(r?.tps), 10)).join("")}${rs.slice(1).map((r) => lpad(ratio(r?.tps, rs[0]?.tps), 9)).join("")}${rs.map((r) => lpad(fmt(cpuPerTx(r)), 11)).join("")}${rs.map((r) => lpad(fmt(r?.gatewayCpu), 10)).join("")}  ${rs.map((r) => fmt(r?.latencyMs, 3)).join(" / ")}`,
+        `${pad(workload, 14)}${pad(mode, 10)}${lpad(String(clients), 8)}${rs.map((r) => lpad(fmt(r?.tps), 10)).join("")}${rs.slice(1).map((r) => lpad(ratio(r?.tps, rs[0]?.tps), 9)).join("")}${rs.map((r) => lpad(fmt(cpuPerTx(r)), 11)).join("")}${rs.map((r) => lpad(fmt(r?.gatewayCpu), 10)).join("")}  ${rs.map((r) => fmt(r?.latencyMs, 3)).join(" / ")}  ${rs.map((r) => byThread(r)).join("  ")}`,
       );
     }
   }

@@ -122,8 +122,13 @@ export class RemoteAuditSink implements AuditSink {
         let index = ack.base;
         for (let k = 0; k < batch.length; k++) {
           const err = ack.errors?.[k];
-          if (err) batch[k]!.reject?.(new AgateError(err.code, err.message, err.details));
-          else batch[k]!.resolve?.(index++);
+          if (err) {
+            batch[k]!.reject?.(new AgateError(err.code, err.message, err.details));
+            continue;
+          }
+          // Every record appended takes an index, whether someone waits for it or not.
+          batch[k]!.resolve?.(index);
+          index++;
         }
         this.#settled();
       },
