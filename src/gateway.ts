@@ -200,8 +200,9 @@ export async function serveConnections<L extends LoginLockout>(config: Config, l
       log,
     });
     await approvals.start();
-    // What closed sessions leave behind is collected once RSS has grown by 64 MB (core/memory.ts).
-    closers.push(boundGarbage(log));
+    // What closed sessions leave behind is collected once RSS has grown by 64 MB (core/memory.ts); a worker
+    // thread collects when the main thread does (RSS is the process's).
+    if (!o.worker) closers.push(boundGarbage(log));
     const derived = new DerivedRuleStore(config.mask.derived_store);
     closers.push(() => derived.close());
     derived.share = o.shareDerived;

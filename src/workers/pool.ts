@@ -16,6 +16,7 @@ import type { Lockout } from "../core/lockout.ts";
 import type { Level, Logger } from "../core/log.ts";
 import type { DerivedRuleStore } from "../mask/derived.ts";
 import { cancelHere, relayCancels } from "../protocols/postgres/server.ts";
+import { onFullCollection } from "../core/memory.ts";
 import { appendBatch } from "./audit.ts";
 import { Peer } from "./peer.ts";
 import type { Admission } from "./remote.ts";
@@ -74,6 +75,10 @@ export async function startWorkers(count: number, init: WorkerInit, deps: Worker
   };
   // A CancelRequest this thread accepted for a session it does not hold goes to the workers.
   const stopRelaying = relayCancels((pid, secret, client) => relay(pid, secret, client, 0));
+  // The main thread watches the process's RSS; the workers collect their heaps when it collects its own.
+  const stopCollecting = onFullCollection(() => {
+    for (const t of threads) t.peer.note("gc");
+  });
 
   const spawn = (index: number): Thread => {
     const worker = new Worker(WORKER_ENTRY);
@@ -136,6 +141,7 @@ export async function startWorkers(count: number, init: WorkerInit, deps: Worker
   const close = async () => {
     closing = true;
     stopRelaying();
+    stopCollecting();
     await Promise.all(
       [...threads].map(async (t) => {
         try {

@@ -58,6 +58,10 @@ const peer = new Peer(parentPort!, {
   cancel(pid: number, secret: number, client: Parameters<typeof cancelHere>[2]): void {
     cancelHere(pid, secret, client);
   },
+  /** The main thread made a full collection (core/memory.ts): so does this thread, of its own heap. */
+  gc(): void {
+    Bun.gc(true);
+  },
   "derived.reload"(): void {
     serving?.derived.reload();
   },
