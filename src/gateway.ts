@@ -100,7 +100,7 @@ export async function startGateway(config: Config, log: Logger, testing: { audit
       limits: (name) => limits.get(name)!,
       gateway: gatewayName,
       publicUrl: () => config.approvals.public_url ?? adminUrl,
-      ...(several ? { worker: 0, reusePort: true, shareDerived: () => pool!.reloadDerived() } : {}),
+      ...(several ? { worker: 0, reusePort: "first" as const, shareDerived: () => pool!.reloadDerived() } : {}),
     });
     const { identity, approvals, lockout } = serving;
     if (config.admin) {
@@ -141,8 +141,8 @@ export interface ServeOptions<L extends LoginLockout> {
   publicUrl: () => string | undefined;
   /** Set with several workers: this thread's number. */
   worker?: number;
-  /** Bind the listeners with SO_REUSEPORT (several workers). */
-  reusePort?: boolean;
+  /** Bind the listeners with SO_REUSEPORT (several workers): first, or joining the port the first bound. */
+  reusePort?: "first" | "join";
   /** The ports to bind, by connection (a worker thread binds the ones the main thread got). */
   ports?: number[];
   /** Make derived mask rules this thread added hold in every other thread (DerivedRuleStore.share). */
@@ -231,7 +231,7 @@ export async function serveConnections<L extends LoginLockout>(config: Config, l
         allowPlaintextAuth: c.allow_plaintext_auth,
         startupTimeoutMs: c.startup_timeout_ms,
         limits: o.limits(c.name),
-        ...(o.reusePort ? { reusePort: true } : {}),
+        ...(o.reusePort ? { reusePort: o.reusePort } : {}),
       });
       listeners.push(l);
       described.push({ name: c.name, host: c.host, port: l.port });

@@ -13,13 +13,15 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { MessageChannel } from "node:worker_threads";
 import type { FileHandle } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { openLog, readRecords } from "../src/audit/index.ts";
+import { parseWorkers } from "../src/config/index.ts";
 import { appendBatch, RemoteAuditSink } from "../src/workers/audit.ts";
 import { Peer } from "../src/workers/peer.ts";
 import type { Logger } from "../src/core/log.ts";
 import { hashApiKey } from "../src/identity/apikey.ts";
 import { API_KEY, psql, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
-import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
+import { freePort, startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { loginError } from "./helpers/wire.ts";
 
 const EMAIL = "quentin.marlowe@example.org";
@@ -102,6 +104,15 @@ async function sessionsOnBoth(g: TestGateway, tag: string): Promise<[postgres.Sq
   expect(by[1].length).toBeGreaterThan(0);
   return by;
 }
+
+describe("the workers setting", () => {
+  test("auto is the CPU count; a count is a whole number from 1; anything else is refused naming the key", () => {
+    expect(parseWorkers("auto", "workers")).toBe(availableParallelism());
+    expect(parseWorkers(3, "workers")).toBe(3);
+    expect(parseWorkers("2", "--workers")).toBe(2);
+    for (const bad of [0, -1, 1.5, "two", "", null, 257]) expect(() => parseWorkers(bad, "--workers")).toThrow(/^--workers is .*; expected auto or a whole number from 1 to 256$/);
+  });
+});
 
 describe("a worker's audit sink (the main thread's log over a message port)", () => {
   test("past its window appends wait in order, none dropped; each resolves with its index once durable", async () => {
@@ -392,6 +403,30 @@ describe("the main thread's log fails", () => {
       const r = await psql(g.url(), "SELECT 1");
       expect(r.code).not.toBe(0);
       expect(r.stderr).toContain("audit");
+    }
+  });
+});
+
+describe("a fixed port", () => {
+  test("a second gateway with workers cannot join a port the first holds (SO_REUSEPORT would let it share it silently)", async () => {
+    const port = await freePort();
+    const first = await startTestGateway(db, { config: { workers: 2 }, connection: { listen: `127.0.0.1:${port}` } });
+    try {
+      expect(first.port).toBe(port);
+      const second = startTestGateway(db, { config: { workers: 2 }, connection: { listen: `127.0.0.1:${port}` } });
+      const err = await second.then(
+        async (g) => {
+          await g.close();
+          return null;
+        },
+        (e: { code?: string; message?: string }) => e,
+      );
+      expect(err?.code).toBe("LISTEN_FAILED");
+      expect(err?.message).toContain(`cannot listen on 127.0.0.1:${port}`);
+      // The first still serves.
+      expect((await psql(first.url(), "SELECT 'still here'")).stdout.trim()).toBe("still here");
+    } finally {
+      await first.close();
     }
   });
 });

@@ -40,7 +40,7 @@ const peer = new Peer(parentPort!, {
       gateway: init.gateway,
       publicUrl: () => init.publicUrl,
       worker: index,
-      reusePort: true,
+      reusePort: "join",
       ports: init.ports,
       shareDerived: () => peer.call("derived.share"),
     });

@@ -44,8 +44,12 @@ export interface PgListenerOptions {
   startupTimeoutMs: number;
   /** Connections, sessions, idle timeouts and lifetime (core/limits.ts); PostgreSQL's defaults when absent. */
   limits?: Limits;
-  /** Bind with SO_REUSEPORT, so that several worker threads (src/workers) accept on the same port. */
-  reusePort?: boolean;
+  /**
+   * Bind with SO_REUSEPORT, so that several worker threads (src/workers) accept on the same port: "first"
+   * for the thread that binds it first (a fixed port must be free: another process with SO_REUSEPORT on
+   * it would otherwise silently share its connections), "join" for the others.
+   */
+  reusePort?: "first" | "join";
 }
 
 /**
@@ -137,7 +141,20 @@ function cancelKeyFor(pid: number, secret: number): CancelKey | undefined {
   return found;
 }
 
-export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
+/** Whether `host:port` can be bound without SO_REUSEPORT right now (nothing else listens there). */
+function portFree(host: string, port: number): Promise<Error | null> {
+  return new Promise((done) => {
+    const probe = net.createServer();
+    probe.once("error", (e) => done(e));
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => done(null)));
+  });
+}
+
+export async function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
+  if (opts.reusePort === "first" && opts.port !== 0) {
+    const taken = await portFree(opts.host, opts.port);
+    if (taken) throw new AgateError("LISTEN_FAILED", `cannot listen on ${opts.host}:${opts.port} for connection "${opts.connection.name}": ${taken.message}`);
+  }
   const secureContext = opts.tls ? tls.createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
   const sockets = new Set<net.Socket>();
   // Column origins for masking, looked up with the gateway's own target credentials; shared by the sessions.
@@ -168,8 +185,9 @@ export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
       new Startup(socket, opts, secureContext, catalog, limits, a instanceof AgateError ? a : undefined).start();
     };
     if (!(admitted instanceof Promise)) return start(admitted);
-    // A worker thread asks the main thread (src/workers); nothing is read meanwhile.
+    // A worker thread asks the main thread (src/workers); nothing is read meanwhile, and a reset is no crash.
     socket.pause();
+    socket.on("error", () => socket.destroy());
     admitted.then(
       (a) => {
         if (socket.destroyed) {
