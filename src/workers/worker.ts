@@ -6,7 +6,7 @@
  * over the port.
  */
 import { parentPort } from "node:worker_threads";
-import type { Level, Logger } from "../core/log.ts";
+import { type Logger, logs } from "../core/log.ts";
 import { serveConnections, type Serving } from "../gateway.ts";
 import { cancelHere, relayCancels } from "../protocols/postgres/server.ts";
 import { initSql } from "../protocols/postgres/sql.ts";
@@ -14,8 +14,6 @@ import { RemoteAuditSink } from "./audit.ts";
 import { Peer } from "./peer.ts";
 import type { WorkerInit } from "./pool.ts";
 import { RemoteLimits, RemoteLockout } from "./remote.ts";
-
-const LEVELS: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
 let serving: Serving<RemoteLockout> | null = null;
 let stopRelaying: (() => void) | undefined;
@@ -27,9 +25,8 @@ const peer = new Peer(parentPort!, {
     const index = init.index!;
     await initSql();
     // Logged by the main thread's logger (it masks facts), tagged with this worker.
-    const min = LEVELS[config.log_level];
     const log: Logger = (level, msg, facts = {}) => {
-      if (LEVELS[level] >= min) peer.note("log", level, msg, { ...facts, worker: index });
+      if (logs(level, config.log_level)) peer.note("log", level, msg, { ...facts, worker: index });
     };
     sink = new RemoteAuditSink(peer);
     const limits = new Map(config.connections.map((c) => [c.name, new RemoteLimits(peer, c.name, c.limits)]));
