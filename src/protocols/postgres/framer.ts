@@ -142,8 +142,13 @@ export class Outbox {
   private first: Buffer | null = null;
   private end = 0;
   private size = 0;
+  // When the run ends with bytes added by addRange: that buffer and where they end in it (so the next range
+  // of the same buffer extends the run without reading `.buffer`, which costs a call per row).
+  private src: Buffer | null = null;
+  private srcEnd = 0;
 
   add(b: Buffer): void {
+    this.src = null;
     const first = this.first;
     if (first !== null && b.byteOffset === this.end && b.buffer === first.buffer) {
       this.end += b.length;
@@ -158,13 +163,19 @@ export class Outbox {
 
   /** Bytes [a, b) of `buf`, as add(buf.subarray(a, b)), without making that view when they extend the run being collected. */
   addRange(buf: Buffer, a: number, b: number): void {
+    if (buf === this.src && a === this.srcEnd) {
+      this.end += b - a;
+      this.size += b - a;
+      this.srcEnd = b;
+      return;
+    }
     const first = this.first;
     if (first !== null && buf.byteOffset + a === this.end && buf.buffer === first.buffer) {
       this.end += b - a;
       this.size += b - a;
-      return;
-    }
-    this.add(buf.subarray(a, b));
+    } else this.add(buf.subarray(a, b));
+    this.src = buf;
+    this.srcEnd = b;
   }
 
   get empty(): boolean {
@@ -188,6 +199,7 @@ export class Outbox {
   }
 
   private close(): void {
+    this.src = null;
     const first = this.first;
     if (first === null) return;
     this.parts.push(this.size === first.length ? first : Buffer.from(first.buffer, first.byteOffset, this.size));

@@ -49,7 +49,7 @@ import { isUtf8 } from "node:buffer";
 import type { SqlFacts, SqlStatement } from "../../core/types.ts";
 import { binaryScannable, type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName, strictest } from "../../mask/rules.ts";
 import { triggers } from "../../mask/prefilter.ts";
-import { maskValue, starPartial } from "../../mask/styles.ts";
+import { isPersonal, keptChars, maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
 import { FIRST_USER_OID, fieldText, maskInside, OPAQUE_SAFE, textBytesOffset, type UserTypes } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
@@ -117,6 +117,11 @@ interface Column {
   offset: number;
   /** A rule whose replacement does not depend on the value (redact): the replacement, made once. */
   constant?: Buffer | null;
+  /** The partial style: whether its label is personal data (styles.ts), and how many characters it keeps. */
+  personal: boolean;
+  keep: number;
+  /** Detected as text from `offset` (not bytea, not a binary value decoded first): the row loop runs the prefilter itself. */
+  text: boolean;
 }
 
 const SLAB_BYTES = 64 * 1024;
@@ -242,7 +247,7 @@ export class ResultMasker {
         : binary
           ? textBytesOffset(f.type) === 0 ? "string" : "other"
           : TEXT_STRING.has(f.type) || f.type >= FIRST_USER_OID ? "string" : "other";
-    const base = { label: f.name, shape, binary, type: f.type, offset: binary ? (textBytesOffset(f.type) ?? 0) : 0 };
+    const base = { label: f.name, shape, binary, type: f.type, offset: binary ? (textBytesOffset(f.type) ?? 0) : 0, personal: false, keep: 0, text: false };
     const m = this.mask;
     let rule: ColumnRule | undefined;
     if (m.columns.length > 0 || computed !== undefined) {
@@ -264,13 +269,17 @@ export class ResultMasker {
     if (rule) {
       const col: Column = { action: RULE, rule, ...base };
       if (rule.style.kind === "redact") col.constant = encode(col, maskValue("", col.label, rule.style));
+      if (rule.style.kind === "partial") {
+        col.personal = isPersonal(col.label);
+        col.keep = keptChars(rule.style.keep);
+      }
       return col;
     }
     if (m.detectors.length === 0) return { action: KEEP, ...base };
     // A type that cannot hold text a detector finds passes, in either format.
     if (OPAQUE_SAFE.has(f.type)) return { action: KEEP, ...base };
     if (!this.numeric && NUMERIC_TEXT.has(f.type)) return { action: KEEP, ...base };
-    return { action: DETECT, ...base };
+    return { action: DETECT, ...base, text: shape !== "bytea" && !(shape === "other" && binary) };
   }
 
   /** The DataRow message `raw` (type byte and length included), masked; the same buffer when nothing changed. */
@@ -294,7 +303,7 @@ export class ResultMasker {
   /** Mask `raw` into the slab: false when nothing changed, else the row is slab [at, used). */
   private write(raw: Buffer): boolean {
     if (raw.length < 7) throw new ProtocolViolation("DataRow is truncated");
-    const n = raw.readUInt16BE(5);
+    const n = (raw[5]! << 8) | raw[6]!;
     const cols = this.columns;
     let p = 7;
     // Once a field changes, the row is written into the slab from `row`: raw bytes [0, copied) are there, up to `o`.
@@ -315,7 +324,16 @@ export class ResultMasker {
       const a = p;
       const b = p + len;
       p = b;
-      const v = col.action === RULE ? this.ruleValue(col, i, raw, a, b) : this.detectValue(col, raw, a, b);
+      let v: Value;
+      if (col.action === RULE) v = this.ruleValue(col, i, raw, a, b);
+      else if (col.text) {
+        // Most text is ruled out by the prefilter alone: nothing more is read, called or made for it.
+        const found = triggers(raw, a + col.offset, b);
+        if (found === 0) continue;
+        const names = this.mask.forTriggers(found);
+        if (names.length === 0) continue;
+        v = this.detectText(col, raw, a, b, names);
+      } else v = this.detectValue(col, raw, a, b);
       if (v === undefined) continue;
       // room for the raw bytes before the field, the field and the rest of the row
       const size = v === null ? 0 : v === TEXT ? this.text.length * 3 + (b - a) : v === STARRED ? b - a : v.length;
@@ -330,7 +348,7 @@ export class ResultMasker {
         o = row + written;
       }
       const out = slabs.slab;
-      o += raw.copy(out, o, copied, start);
+      o = put(raw, copied, start, out, o);
       copied = b;
       if (v === null) {
         o = int32(out, o, -1);
@@ -338,17 +356,15 @@ export class ResultMasker {
       }
       const at = o;
       o += 4;
-      if (v === STARRED) {
-        o += raw.copy(out, o, a, b);
-        starPartial(out, at + 4, o, col.label, (col.rule!.style as { keep: number }).keep);
-      } else if (v === TEXT) {
-        if (this.prefix) o += raw.copy(out, o, a, a + this.prefix);
+      if (v === STARRED) o = starPartial(raw, a, b, out, o, col.personal, col.keep);
+      else if (v === TEXT) {
+        if (this.prefix) o = put(raw, a, a + this.prefix, out, o);
         o += out.write(this.text, o, this.latin1 ? "latin1" : "utf8");
-      } else o += v.copy(out, o);
+      } else o = put(v, 0, v.length, out, o);
       int32(out, at, o - at - 4);
     }
     if (row < 0) return false;
-    o += raw.copy(this.out.slab, o, copied, raw.length);
+    o = put(raw, copied, raw.length, this.out.slab, o);
     int32(this.out.slab, row + 1, o - row - 1);
     this.out.used = o;
     this.at = row;
@@ -384,7 +400,7 @@ export class ResultMasker {
     if (col.constant !== undefined) return col.constant;
     if (col.shape === "other") return null;
     const style = col.rule!.style;
-    if (col.shape === "string" && style.kind === "partial" && isAsciiPartial(raw, a, b, style.keep)) return STARRED;
+    if (col.shape === "string" && style.kind === "partial" && isAsciiPartial(raw, a, b, col.keep)) return STARRED;
     const value = col.shape === "bytea" ? raw.toString("latin1", a, b) : raw.toString("utf8", a + col.offset, b);
     return encode(col, maskValue(value, col.label, style));
   }
@@ -423,7 +439,12 @@ export class ResultMasker {
       for (const [k, v] of Object.entries(found)) counts[k] = (counts[k] ?? 0) + v;
       return masked ? inside : null;
     }
-    const masked = maskSpan(raw, a + col.offset, b, m, counts);
+    return this.detectText(col, raw, a, b);
+  }
+
+  /** The detectors on a column read as text from `col.offset` (`names`: those its triggers allow, if known). */
+  private detectText(col: Column, raw: Buffer, a: number, b: number, names?: readonly string[]): Value {
+    const masked = maskSpan(raw, a + col.offset, b, this.mask, this.tally.detectors, names);
     if (masked === undefined) return undefined;
     if (col.shape === "other") return null;
     if (col.shape === "json" && !isJson(masked.text)) return encode(col, masked.text);
@@ -452,9 +473,16 @@ function int32(buf: Buffer, at: number, v: number): number {
   return at + 4;
 }
 
-/** Can the partial style work on these bytes in place (ASCII, long enough)? */
+/** Bytes [a, b) of `src` copied to `dst` at `o` (short runs without a native call); returns the offset after them. */
+function put(src: Buffer, a: number, b: number, dst: Buffer, o: number): number {
+  if (b - a > 16) return o + src.copy(dst, o, a, b);
+  while (a < b) dst[o++] = src[a++]!;
+  return o;
+}
+
+/** Can the partial style work on these bytes as they are (ASCII, long enough)? `keep`: keptChars of the style's. */
 function isAsciiPartial(buf: Buffer, a: number, b: number, keep: number): boolean {
-  if (b - a < Math.max(0, Math.floor(keep)) + 4) return false;
+  if (b - a < keep + 4) return false;
   for (let i = a; i < b; i++) if (buf[i]! >= 0x80) return false;
   return true;
 }
@@ -593,10 +621,12 @@ export function maskBytes(buf: Buffer, a: number, b: number, m: CompiledMask, co
  * text and whether it is Latin-1 (the bytes were not UTF-8), or undefined
  * when nothing was found (most text is not even decoded).
  */
-function maskSpan(buf: Buffer, a: number, b: number, m: CompiledMask, counts: MaskCounts): { text: string; latin1: boolean } | undefined {
+function maskSpan(buf: Buffer, a: number, b: number, m: CompiledMask, counts: MaskCounts, names?: readonly string[]): { text: string; latin1: boolean } | undefined {
   if (m.detectors.length === 0 || a >= b) return undefined;
-  const found = triggers(buf, a, b);
-  const names = found === 0 ? NONE : m.forTriggers(found);
+  if (names === undefined) {
+    const found = triggers(buf, a, b);
+    names = found === 0 ? NONE : m.forTriggers(found);
+  }
   if (names.length === 0) return undefined;
   let text = buf.toString("utf8", a, b);
   const latin1 = text.includes("\uFFFD") && !isUtf8(buf.subarray(a, b));
