@@ -42,6 +42,8 @@ const COPY_PIECE_ABOVE = 64 * 1024;
  */
 export class Framer {
   private chunks: Buffer[] = [];
+  /** Where the bytes not yet returned start in chunks[0] (the rest of a chunk is not re-sliced per message). */
+  private pos = 0;
   private size = 0;
   /** When true the next packet has no type byte (startup phase). */
   untyped: boolean;
@@ -74,12 +76,13 @@ export class Framer {
     const head = this.untyped ? 4 : 5;
     if (this.size < head) return null;
     let first = this.chunks[0]!;
-    if (first.length < head) first = this.joinFirst(head);
+    if (first.length - this.pos < head) first = this.joinFirst(head);
+    const at = this.pos;
     const lenAt = this.untyped ? 0 : 1;
-    const len = first.readInt32BE(lenAt);
+    const len = first.readInt32BE(at + lenAt);
     if (len < 4) throw new ProtocolViolation(`invalid message length ${len}`);
     const total = lenAt + len;
-    const copy = this.streamCopyData && !this.untyped && first[0] === COPY_DATA;
+    const copy = this.streamCopyData && !this.untyped && first[at] === COPY_DATA;
     if (copy && len > LARGE_MESSAGE_LIMIT) throw new ProtocolViolation(`CopyData message of ${len} bytes exceeds PostgreSQL's limit of ${LARGE_MESSAGE_LIMIT} bytes`);
     if (len > this.maxBytes && !copy) {
       throw new ProtocolViolation(`message of ${len} bytes exceeds the limit of ${this.maxBytes} bytes`);
@@ -89,44 +92,54 @@ export class Framer {
       return this.copyPiece();
     }
     if (this.size < total) return null; // wait without copying partial bodies
-    if (first.length < total) first = this.joinFirst(total);
-    const raw = first.subarray(0, total);
-    if (total === first.length) this.chunks.shift();
-    else this.chunks[0] = first.subarray(total);
-    this.size -= total;
+    if (first.length - at < total) first = this.joinFirst(total);
+    const raw = this.take(first, total);
     return new RawFrame(this.untyped ? 0 : raw[0]!, raw, head);
+  }
+
+  /** The next `n` bytes of `first` (chunks[0], which holds them) as a view; the chunk is dropped once all of it is taken. */
+  private take(first: Buffer, n: number): Buffer {
+    const at = this.pos;
+    const raw = at === 0 && n === first.length ? first : first.subarray(at, at + n);
+    if (at + n === first.length) {
+      this.chunks.shift();
+      this.pos = 0;
+    } else this.pos = at + n;
+    this.size -= n;
+    return raw;
   }
 
   /** The next part of the CopyData message being passed on: what has arrived of it, one chunk at most. */
   private copyPiece(): Frame | null {
     if (this.size === 0) return null;
     const first = this.chunks[0]!;
-    const take = Math.min(first.length, this.copyLeft);
-    const raw = take === first.length ? first : first.subarray(0, take);
-    if (take === first.length) this.chunks.shift();
-    else this.chunks[0] = first.subarray(take);
-    this.size -= take;
-    this.copyLeft -= take;
+    const raw = this.take(first, Math.min(first.length - this.pos, this.copyLeft));
+    this.copyLeft -= raw.length;
     return new RawFrame(COPY_DATA, raw, 0);
   }
 
   /**
    * The first `n` bytes (which have arrived) joined into one first chunk:
    * only the message that spans chunks is copied, the rest of the last
-   * chunk it takes from stays a view (so the bytes after it are not copied,
-   * and stay one run with what follows them in that chunk).
+   * chunk it takes from stays where it is (so the bytes after it are not
+   * copied, and stay one run with what follows them in that chunk).
    */
   private joinFirst(n: number): Buffer {
     const out = Buffer.allocUnsafe(n);
     let o = 0;
     while (o < n) {
       const c = this.chunks[0]!;
-      const take = Math.min(c.length, n - o);
-      o += c.copy(out, o, 0, take);
-      if (take === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(take);
+      const take = Math.min(c.length - this.pos, n - o);
+      o += c.copy(out, o, this.pos, this.pos + take);
+      if (this.pos + take === c.length) {
+        this.chunks.shift();
+        this.pos = 0;
+      } else this.pos += take;
     }
+    // the chunk it ended in keeps its rest; `pos` is for chunks[0] only
+    if (this.pos > 0) this.chunks[0] = this.chunks[0]!.subarray(this.pos);
     this.chunks.unshift(out);
+    this.pos = 0;
     return out;
   }
 }
