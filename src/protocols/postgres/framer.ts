@@ -8,17 +8,28 @@ export interface Frame {
   body: Buffer;
   /** The whole message as received, for forwarding unchanged. */
   raw: Buffer;
+  /** Where `raw` is: bytes [at, end) of `chunk` (to read or forward it without making the view). */
+  chunk: Buffer;
+  at: number;
+  end: number;
 }
 
-/** A frame whose body view is made only when asked for (most relayed messages never need it). */
+/** A frame whose views are made only when asked for (most relayed messages never need a body, rows not even `raw`). */
 class RawFrame implements Frame {
   constructor(
     readonly type: number,
-    readonly raw: Buffer,
+    readonly chunk: Buffer,
+    readonly at: number,
+    readonly end: number,
     private readonly head: number,
   ) {}
+  private view: Buffer | undefined;
+  get raw(): Buffer {
+    this.view ??= this.at === 0 && this.end === this.chunk.length ? this.chunk : this.chunk.subarray(this.at, this.end);
+    return this.view;
+  }
   get body(): Buffer {
-    return this.raw.subarray(this.head);
+    return this.chunk.subarray(this.at + this.head, this.end);
   }
 }
 
@@ -92,30 +103,30 @@ export class Framer {
       return this.copyPiece();
     }
     if (this.size < total) return null; // wait without copying partial bodies
-    if (first.length - at < total) first = this.joinFirst(total);
-    const raw = this.take(first, total);
-    return new RawFrame(this.untyped ? 0 : raw[0]!, raw, head);
+    if (first.length - this.pos < total) first = this.joinFirst(total);
+    const from = this.take(first, total);
+    return new RawFrame(this.untyped ? 0 : first[from]!, first, from, from + total, head);
   }
 
-  /** The next `n` bytes of `first` (chunks[0], which holds them) as a view; the chunk is dropped once all of it is taken. */
-  private take(first: Buffer, n: number): Buffer {
+  /** Take the next `n` bytes of `first` (chunks[0], which holds them); returns where they start in it. The chunk is dropped once all of it is taken. */
+  private take(first: Buffer, n: number): number {
     const at = this.pos;
-    const raw = at === 0 && n === first.length ? first : first.subarray(at, at + n);
     if (at + n === first.length) {
       this.chunks.shift();
       this.pos = 0;
     } else this.pos = at + n;
     this.size -= n;
-    return raw;
+    return at;
   }
 
   /** The next part of the CopyData message being passed on: what has arrived of it, one chunk at most. */
   private copyPiece(): Frame | null {
     if (this.size === 0) return null;
     const first = this.chunks[0]!;
-    const raw = this.take(first, Math.min(first.length - this.pos, this.copyLeft));
-    this.copyLeft -= raw.length;
-    return new RawFrame(COPY_DATA, raw, 0);
+    const n = Math.min(first.length - this.pos, this.copyLeft);
+    const from = this.take(first, n);
+    this.copyLeft -= n;
+    return new RawFrame(COPY_DATA, first, from, from + n, 0);
   }
 
   /**

@@ -124,9 +124,13 @@ interface Column {
   text: boolean;
 }
 
-const SLAB_BYTES = 64 * 1024;
-/** Free slabs a session keeps for reuse at most. */
-const FREE_SLABS = 32;
+/**
+ * As large as the chunks a socket read delivers (Bun's are up to 512 KB): the
+ * masked rows of one chunk then leave in one write, not in one per 64 KB.
+ */
+const SLAB_BYTES = 512 * 1024;
+/** Free slabs a session keeps for reuse at most (2 MB). */
+const FREE_SLABS = 4;
 
 /**
  * Where masked rows are written: slabs of SLAB_BYTES; consecutive masked
@@ -155,6 +159,7 @@ export class RowSlabs {
   reserve(row: number, written: number, need: number): number {
     const from = row < 0 ? this.used : row;
     if (from + written + need <= this.slab.length) return from;
+    this.flush();
     const size = written + need;
     const slab = size <= SLAB_BYTES ? (this.free.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES)) : Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, 2 * size));
     if (written > 0) this.slab.copy(slab, 0, from, from + written);
@@ -168,6 +173,7 @@ export class RowSlabs {
 
   /** The slabs holding rows written since the last call (to be released once the write carrying them is flushed); the next row starts a new slab. */
   seal(): Buffer[] | undefined {
+    this.flush();
     if (this.used > 0) this.sealed.push(this.slab);
     this.slab = EMPTY;
     this.used = 0;
@@ -176,6 +182,48 @@ export class RowSlabs {
     this.sealed = [];
     return out;
   }
+
+  /**
+   * Bytes [a, b) of `src` into the slab at `o` (the caller has made room);
+   * returns the offset after them. Short runs are copied at once, without a
+   * native call; a longer one waits (flush()), so that the next run of the
+   * same bytes of `src` that lands right after it joins it: the end of one
+   * masked row and the start of the next, adjacent in what the target sent,
+   * go in one copy. (`src` is never written to: received bytes.)
+   */
+  copy(src: Buffer, a: number, b: number, o: number): number {
+    if (src === this.pendingSrc && a === this.pendingTo && o === this.pendingAt + (a - this.pendingFrom)) {
+      this.pendingTo = b;
+      return o + (b - a);
+    }
+    if (b - a <= 16) {
+      while (a < b) this.slab[o++] = src[a++]!;
+      return o;
+    }
+    this.flush();
+    this.pendingSrc = src;
+    this.pendingFrom = a;
+    this.pendingTo = b;
+    this.pendingAt = o;
+    return o + (b - a);
+  }
+
+  /** The copy copy() holds back, done (before the slab is read or changed). */
+  flush(): void {
+    if (this.pendingSrc === null) return;
+    this.pendingSrc.copy(this.slab, this.pendingAt, this.pendingFrom, this.pendingTo);
+    this.pendingSrc = null;
+  }
+
+  /** flush() if the copy held back writes slab byte `at` (or any before it). */
+  flushOver(at: number): void {
+    if (this.pendingSrc !== null && this.pendingAt <= at) this.flush();
+  }
+
+  private pendingSrc: Buffer | null = null;
+  private pendingFrom = 0;
+  private pendingTo = 0;
+  private pendingAt = 0;
 
   /** Slabs sealed before, whose write has been flushed: free for new rows. */
   release(slabs: readonly Buffer[]): void {
@@ -284,14 +332,21 @@ export class ResultMasker {
 
   /** The DataRow message `raw` (type byte and length included), masked; the same buffer when nothing changed. */
   row(raw: Buffer): Buffer {
-    return this.write(raw) ? this.out.slab.subarray(this.at, this.out.used) : raw;
+    if (!this.write(raw, 0, raw.length)) return raw;
+    this.out.flush();
+    return this.out.slab.subarray(this.at, this.out.used);
   }
 
-  /** The DataRow message `raw` masked into `out` (no view of a masked row is made when it extends the run `out` collects); returns its length. */
-  rowInto(raw: Buffer, out: Outbox): number {
-    if (!this.write(raw)) {
-      out.add(raw);
-      return raw.length;
+  /**
+   * The DataRow message at bytes [start, end) of `buf` masked into `out`
+   * (no view of the row is made when it extends the run `out` collects);
+   * returns its length. The bytes of a masked row are in place once the
+   * slabs are sealed (RowSlabs.seal, before the write that sends them).
+   */
+  rowInto(buf: Buffer, start: number, end: number, out: Outbox): number {
+    if (!this.write(buf, start, end)) {
+      out.addRange(buf, start, end);
+      return end - start;
     }
     out.addRange(this.out.slab, this.at, this.out.used);
     return this.out.used - this.at;
@@ -300,22 +355,22 @@ export class ResultMasker {
   /** Where the last masked row starts in the slab (it ends at out.used). */
   private at = 0;
 
-  /** Mask `raw` into the slab: false when nothing changed, else the row is slab [at, used). */
-  private write(raw: Buffer): boolean {
-    if (raw.length < 7) throw new ProtocolViolation("DataRow is truncated");
-    const n = (raw[5]! << 8) | raw[6]!;
+  /** Mask the DataRow at [s, e) of `raw` into the slab: false when nothing changed, else the row is slab [at, used). */
+  private write(raw: Buffer, s: number, e: number): boolean {
+    if (e - s < 7) throw new ProtocolViolation("DataRow is truncated");
+    const n = (raw[s + 5]! << 8) | raw[s + 6]!;
     const cols = this.columns;
-    let p = 7;
-    // Once a field changes, the row is written into the slab from `row`: raw bytes [0, copied) are there, up to `o`.
+    let p = s + 7;
+    // Once a field changes, the row is written into the slab from `row`: raw bytes [s, copied) are there, up to `o`.
     let row = -1;
     let o = 0;
-    let copied = 0;
+    let copied = s;
     for (let i = 0; i < n; i++) {
-      if (p + 4 > raw.length) throw new ProtocolViolation("DataRow is truncated");
+      if (p + 4 > e) throw new ProtocolViolation("DataRow is truncated");
       const len = (raw[p]! << 24) | (raw[p + 1]! << 16) | (raw[p + 2]! << 8) | raw[p + 3]!;
       const start = p;
       p += 4;
-      if (len > 0 && p + len > raw.length) throw new ProtocolViolation("DataRow is truncated");
+      if (len > 0 && p + len > e) throw new ProtocolViolation("DataRow is truncated");
       const col = cols[i];
       if (len < 0 || col === undefined || col.action === KEEP) {
         if (len > 0) p += len;
@@ -337,7 +392,7 @@ export class ResultMasker {
       if (v === undefined) continue;
       // room for the raw bytes before the field, the field and the rest of the row
       const size = v === null ? 0 : v === TEXT ? this.text.length * 3 + (b - a) : v === STARRED ? b - a : v.length;
-      const need = start - copied + 4 + size + raw.length - b;
+      const need = start - copied + 4 + size + e - b;
       const slabs = this.out;
       if (row < 0) {
         row = slabs.reserve(-1, 0, need);
@@ -348,7 +403,7 @@ export class ResultMasker {
         o = row + written;
       }
       const out = slabs.slab;
-      o = put(raw, copied, start, out, o);
+      o = slabs.copy(raw, copied, start, o);
       copied = b;
       if (v === null) {
         o = int32(out, o, -1);
@@ -358,13 +413,16 @@ export class ResultMasker {
       o += 4;
       if (v === STARRED) o = starPartial(raw, a, b, out, o, col.personal, col.keep);
       else if (v === TEXT) {
-        if (this.prefix) o = put(raw, a, a + this.prefix, out, o);
+        if (this.prefix) o = slabs.copy(raw, a, a + this.prefix, o);
         o += out.write(this.text, o, this.latin1 ? "latin1" : "utf8");
-      } else o = put(v, 0, v.length, out, o);
+      } else o = slabs.copy(v, 0, v.length, o);
       int32(out, at, o - at - 4);
     }
     if (row < 0) return false;
-    o = put(raw, copied, raw.length, this.out.slab, o);
+    // (the rest of the row is copied with the next row's first bytes when they follow it in `raw`, see RowSlabs.copy)
+    o = this.out.copy(raw, copied, e, o);
+    // the row's new length goes over the raw one, which copy() may still hold back
+    this.out.flushOver(row + 1);
     int32(this.out.slab, row + 1, o - row - 1);
     this.out.used = o;
     this.at = row;
@@ -471,13 +529,6 @@ function int32(buf: Buffer, at: number, v: number): number {
   buf[at + 2] = v >>> 8;
   buf[at + 3] = v;
   return at + 4;
-}
-
-/** Bytes [a, b) of `src` copied to `dst` at `o` (short runs without a native call); returns the offset after them. */
-function put(src: Buffer, a: number, b: number, dst: Buffer, o: number): number {
-  if (b - a > 16) return o + src.copy(dst, o, a, b);
-  while (a < b) dst[o++] = src[a++]!;
-  return o;
 }
 
 /** Can the partial style work on these bytes as they are (ASCII, long enough)? `keep`: keptChars of the style's. */
