@@ -92,6 +92,9 @@ describe("starPartial", () => {
           expect(copy.toString("latin1")).toBe(want);
           starPartial(buf, 1, buf.length - 1, buf, 1, isPersonal(detector), keptChars(keep));
           expect(buf.toString("latin1")).toBe(want);
+          // a byte beyond ASCII: not starred here (the caller uses maskValue)
+          const wide = Buffer.from(`<${v}é>`);
+          expect(starPartial(wide, 1, wide.length - 1, Buffer.alloc(wide.length), 1, isPersonal(detector), keptChars(keep))).toBe(-1);
         }
       }
     }

@@ -6,6 +6,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { compileMask } from "../src/mask/rules.ts";
+import { maskValue } from "../src/mask/styles.ts";
 import type { ColumnOrigin } from "../src/protocols/postgres/catalog.ts";
 import { Outbox } from "../src/protocols/postgres/framer.ts";
 import { type Field, newTally, readRowDescription, ResultMasker, RowSlabs } from "../src/protocols/postgres/rows.ts";
@@ -129,6 +130,17 @@ describe("ResultMasker", () => {
       const out = fieldsOf(m.row(dataRow([`v${i}`, `${long} user${i}@example.com`])));
       expect(out[0]!.toString()).toBe("[REDACTED:c1]");
       expect(out[1]!.toString()).toBe(`${long} [REDACTED:email]`);
+    }
+  });
+
+  test("partial: ASCII starred in place, anything else through the text (the same as maskValue), the rest of the row intact, across slabs", () => {
+    const { m } = masker([field("card", 25, 0, 1, 1), field("after", 25, 0, 2, 1)], { columns: ["t1.c1:partial"], detectors: [] });
+    const values = ["4111 1111 1111 1111", "ünïcode card 4242", "ab", "ßßßßßßßßßßßßßßßßßßßß 9876", "x".repeat(5000), "é".repeat(40000)];
+    for (let i = 0; i < 200; i++) {
+      const v = values[i % values.length]!;
+      const out = fieldsOf(m.row(dataRow([v, `after ${i}`])));
+      expect(out[0]!.toString()).toBe(maskValue(v, "c1", { kind: "partial", keep: 4 }));
+      expect(out[1]!.toString()).toBe(`after ${i}`);
     }
   });
 

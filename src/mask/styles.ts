@@ -92,22 +92,25 @@ export function keptChars(keep: number): number {
 }
 
 /**
- * The partial style on ASCII bytes [a, b) of `src`, written to `dst` at
- * `o`: the same characters starred as maskValue would star (`personal`:
- * isPersonal of the detector; `keep`: keptChars of the style's; the caller
- * checks the bytes are ASCII and at least keep + 4 long). Returns the
- * offset after them.
+ * The partial style on bytes [a, b) of `src`, written to `dst` at `o`: the
+ * same characters starred as maskValue would star (`personal`: isPersonal
+ * of the detector; `keep`: keptChars of the style's; the caller checks
+ * there are at least keep + 4 bytes). Returns the offset after them, or -1
+ * when a byte is not ASCII (what it wrote is then no value: use maskValue).
  */
 export function starPartial(src: Uint8Array, a: number, b: number, dst: Uint8Array, o: number, personal: boolean, keep: number): number {
-  let kept = 0;
   const end = o + (b - a);
+  let kept = 0;
+  let bits = 0;
   for (let i = b - 1, j = end - 1; i >= a; i--, j--) {
     const c = src[i]!;
+    bits |= c;
     const maskable = personal ? (c >= 48 && c <= 57) || ((c | 32) >= 97 && (c | 32) <= 122) : !(c === 32 || (c >= 9 && c <= 13));
-    if (!maskable || kept < keep) {
+    if (maskable && kept >= keep) dst[j] = 0x2a; // *
+    else {
       if (maskable) kept++;
       dst[j] = c;
-    } else dst[j] = 0x2a; // *
+    }
   }
-  return end;
+  return bits < 0x80 ? end : -1;
 }

@@ -411,8 +411,22 @@ export class ResultMasker {
       }
       const at = o;
       o += 4;
-      if (v === STARRED) o = starPartial(raw, a, b, out, o, col.personal, col.keep);
-      else if (v === TEXT) {
+      if (v === STARRED) {
+        const end = starPartial(raw, a, b, out, o, col.personal, col.keep);
+        if (end < 0) {
+          // not ASCII (rare): the partial style on the text, over what starPartial wrote
+          const w = encode(col, maskValue(raw.toString("utf8", a, b), col.label, col.rule!.style))!;
+          if (o + w.length + e - b > slabs.slab.length) {
+            const written = o - row;
+            row = slabs.reserve(row, written, w.length + e - b);
+            o = row + written;
+          }
+          o = slabs.copy(w, 0, w.length, o);
+          int32(slabs.slab, o - w.length - 4, w.length);
+          continue;
+        }
+        o = end;
+      } else if (v === TEXT) {
         if (this.prefix) o = slabs.copy(raw, a, a + this.prefix, o);
         o += out.write(this.text, o, this.latin1 ? "latin1" : "utf8");
       } else o = slabs.copy(v, 0, v.length, o);
@@ -458,7 +472,8 @@ export class ResultMasker {
     if (col.constant !== undefined) return col.constant;
     if (col.shape === "other") return null;
     const style = col.rule!.style;
-    if (col.shape === "string" && style.kind === "partial" && isAsciiPartial(raw, a, b, col.keep)) return STARRED;
+    // starred as the bytes are copied, if they are ASCII (see write)
+    if (col.shape === "string" && style.kind === "partial" && b - a >= col.keep + 4) return STARRED;
     const value = col.shape === "bytea" ? raw.toString("latin1", a, b) : raw.toString("utf8", a + col.offset, b);
     return encode(col, maskValue(value, col.label, style));
   }
@@ -517,7 +532,7 @@ export class ResultMasker {
   }
 }
 
-/** What a field becomes: unchanged (undefined), NULL, bytes, this.text (TEXT), or its own bytes partly starred (STARRED). */
+/** What a field becomes: unchanged (undefined), NULL, bytes, this.text (TEXT), or its own bytes partly starred (STARRED: when they are ASCII; see write). */
 const TEXT = 1;
 const STARRED = 2;
 type Value = Buffer | null | undefined | typeof TEXT | typeof STARRED;
@@ -529,13 +544,6 @@ function int32(buf: Buffer, at: number, v: number): number {
   buf[at + 2] = v >>> 8;
   buf[at + 3] = v;
   return at + 4;
-}
-
-/** Can the partial style work on these bytes as they are (ASCII, long enough)? `keep`: keptChars of the style's. */
-function isAsciiPartial(buf: Buffer, a: number, b: number, keep: number): boolean {
-  if (b - a < keep + 4) return false;
-  for (let i = a; i < b; i++) if (buf[i]! >= 0x80) return false;
-  return true;
 }
 
 /** A replacement text as a value of the column's shape and format. */
