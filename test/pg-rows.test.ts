@@ -185,6 +185,13 @@ describe("ResultMasker", () => {
     expect(Buffer.concat(sent).equals(expected)).toBe(true);
   });
 
+  test("a DataRow with more or fewer fields than its RowDescription is a protocol violation, never relayed with a field unmasked", () => {
+    const { m } = masker([field("note", 25)], { columns: [], detectors: SECRETS });
+    expect(() => m.row(dataRow(["plain", `key ghp_${"x7Kq2mZ9pL4vR8sT1wY6uE3oI5aD0fGhJkLz"}`]))).toThrow("2 fields, its RowDescription 1 columns");
+    expect(() => m.row(dataRow([]))).toThrow("0 fields");
+    expect(m.row(dataRow(["plain"]))).toEqual(dataRow(["plain"]));
+  });
+
   test("RowDescription is read field by field; a truncated one is a protocol violation", () => {
     const name = Buffer.from("email\0");
     const rest = Buffer.alloc(18);

@@ -360,6 +360,8 @@ export class ResultMasker {
     if (e - s < 7) throw new ProtocolViolation("DataRow is truncated");
     const n = (raw[s + 5]! << 8) | raw[s + 6]!;
     const cols = this.columns;
+    // A field beyond the columns planned would pass unmasked (fail closed: PostgreSQL never sends one).
+    if (n !== cols.length) throw new ProtocolViolation(`a DataRow has ${n} fields, its RowDescription ${cols.length} columns`);
     let p = s + 7;
     // Once a field changes, the row is written into the slab from `row`: raw bytes [s, copied) are there, up to `o`.
     let row = -1;
