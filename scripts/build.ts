@@ -32,7 +32,8 @@ if (!policy.fresh) {
 
 mkdirSync(dirname(outfile), { recursive: true });
 const started = performance.now();
-const run = Bun.spawn([process.execPath, "build", "--compile", "--minify", "--sourcemap", `${root}/src/main.ts`, "--outfile", outfile], {
+// The worker thread's entry (src/workers/worker.ts, `workers` above 1) is an entry point of its own in the executable.
+const run = Bun.spawn([process.execPath, "build", "--compile", "--minify", "--sourcemap", `${root}/src/main.ts`, `${root}/src/workers/worker.ts`, "--outfile", outfile], {
   cwd: root,
   stdout: "inherit",
   stderr: "inherit",

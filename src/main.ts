@@ -13,7 +13,7 @@ import { generateKey, parseVerifierKey, type Verifier } from "./audit/note.ts";
 import { dirSource, httpSource, proveConsistency, proveInclusion } from "./audit/prove.ts";
 import { fetchShipped } from "./audit/ship.ts";
 import { acceptTail, cutTail, inspectTail, type TailReport } from "./audit/tail.ts";
-import { loadConfig } from "./config/index.ts";
+import { loadConfig, parseWorkers } from "./config/index.ts";
 import { ensureHostKeys } from "./protocols/ssh/hostkeys.ts";
 import { AgateError } from "./core/errors.ts";
 import { createLogger } from "./core/log.ts";
@@ -50,7 +50,7 @@ Run 'agate <command> --help' for a command's options.
 
 const COMMANDS: Record<string, { help: string; run: (argv: string[]) => Promise<number> }> = {
   serve: {
-    help: `Usage: agate serve --config FILE
+    help: `Usage: agate serve --config FILE [--workers N|auto]
 
 Starts every connection in FILE (YAML; see README.md, "Configuration") and runs
 until SIGINT or SIGTERM, then closes listeners and flushes the audit log.
@@ -58,6 +58,10 @@ Logs are JSON lines on stderr.
 
 Options:
   -c, --config FILE   configuration file (required)
+  -w, --workers N     threads that serve the listeners, sharing each port
+                      (SO_REUSEPORT); auto: one per CPU core. Overrides the
+                      config's workers (default 1). One audit log, one set of
+                      limits and lockout counts for all of them.
   -h, --help          this help`,
     run: serve,
   },
@@ -300,9 +304,10 @@ async function main(argv: string[]): Promise<number> {
 }
 
 async function serve(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { config: { type: "string", short: "c" } } });
+  const { values } = parseArgs({ args: argv, options: { config: { type: "string", short: "c" }, workers: { type: "string", short: "w" } } });
   if (!values.config) throw new AgateError("USAGE", "serve needs --config FILE");
   const config = loadConfig(values.config);
+  if (values.workers !== undefined) config.workers = parseWorkers(values.workers, "--workers");
   const log = createLogger(config.log_level);
   const gw = await startGateway(config, log);
   for (const l of gw.listeners) process.stdout.write(`agate: ${l.name} listening on ${l.host}:${l.port}\n`);

@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { AgateError } from "../src/core/errors.ts";
 import { canonicalFull, canonicalJson } from "../src/audit/canonical.ts";
 import { crc32c } from "../src/audit/crc32c.ts";
-import { ZERO_HASH, encodeFileHeader, encodeFrame, encodePayload, encodeRecord, hashPayload, segmentName } from "../src/audit/format.ts";
+import { ZERO_HASH, EncodedFields, encodeFields, encodeFileHeader, encodeFrame, encodePayload, encodeRecord, hashPayload, segmentName } from "../src/audit/format.ts";
 import { openLog, readRecords, verifyLog, type AuditLog } from "../src/audit/index.ts";
 import { openNote, parseSignerKey, parseVerifierKey } from "../src/audit/note.ts";
 import { VECTORS_DIR, makeVectors } from "../scripts/vectors.ts";
@@ -151,9 +151,16 @@ describe("canonicalJson fast path", () => {
       const f = value(r, 1);
       if (typeof f !== "object" || f === null || Array.isArray(f) || ["i", "prev", "t", "v"].some((k) => Object.hasOwn(f, k))) continue;
       const fields = f as Record<string, unknown>;
-      const want = outcome(() => canonicalFull({ ...fields, v: 2, i: n, prev: ZERO_HASH, t: "2025-01-01T00:00:00.000Z" }));
+      // Fields with a toJSON() of their own are refused: the record would not be an object with the log's keys.
+      const own = typeof (fields as { toJSON?: unknown }).toJSON === "function";
+      const want = own ? "throws AUDIT_BAD_RECORD: Cannot write an audit record: fields must be a JSON object." : outcome(() => canonicalFull({ ...fields, v: 2, i: n, prev: ZERO_HASH, t: "2025-01-01T00:00:00.000Z" }));
       expect(outcome(() => encodePayload(n, ZERO_HASH, "2025-01-01T00:00:00.000Z", fields))).toBe(want);
+      // As a worker thread encodes it (canonical parts, joined by the writer): the same text; a refusal may name another path.
+      const parts = outcome(() => encodePayload(n, ZERO_HASH, "2025-01-01T00:00:00.000Z", new EncodedFields(encodeFields(fields), 0)));
+      if (want.startsWith("throws")) expect(parts.split(":")[0]).toBe(want.split(":")[0]);
+      else expect(parts).toBe(want);
     }
+    expect(() => encodeFields({ i: 1 })).toThrow('the log sets "i" itself');
   });
   test("the hard cases: refusals, cycles, deep nesting, index keys, boxed values, holes", () => {
     const cyclic: Record<string, unknown> = { a: [1] };

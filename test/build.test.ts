@@ -134,7 +134,8 @@ connections:
 `,
     );
 
-    const gw = Bun.spawn(["./agate", "serve", "--config", "agate.yaml"], {
+    // Two workers: the executable also carries the worker threads' entry point (scripts/build.ts).
+    const gw = Bun.spawn(["./agate", "serve", "--config", "agate.yaml", "--workers", "2"], {
       cwd: dir,
       env: { ...env, AGATE_TEST_PG_PASSWORD: pg.password },
       stdin: "ignore",

@@ -184,7 +184,7 @@ describe("kill -9 under concurrent load", () => {
    * restart it, check every acknowledged statement is in the log, serve one
    * more statement, stop it with SIGTERM and verify the log.
    */
-  async function killAndRecover(opts: { tearTail: boolean; killAfter: number }) {
+  async function killAndRecover(opts: { tearTail: boolean; killAfter: number; workers?: number }) {
     const dir = tempDir("agate-kill-");
     const auditDir = join(dir, "audit");
     // Small segments so the kill can land around a rotation; frequent checkpoints so it can land in one.
@@ -192,6 +192,7 @@ describe("kill -9 under concurrent load", () => {
       by: "durability.test",
       apiKey: { id: "ci", key: PROC_KEY },
       audit: "  segment_bytes: 262144\n  checkpoint: { every_records: 500, every_seconds: 0.2 }",
+      ...(opts.workers ? { sections: `workers: ${opts.workers}` } : {}),
     });
 
     const first = await serve(dir);
@@ -250,6 +251,12 @@ describe("kill -9 under concurrent load", () => {
     const missing = acknowledged.filter((m) => !markers.has(m));
     expect(missing).toEqual([]);
     expect(markers.has(marker)).toBe(true);
+    if (opts.workers) {
+      // The load really was served by every thread.
+      const threads = new Set<unknown>();
+      for await (const rec of readRecords(auditDir)) if (rec.type === "session_start") threads.add(rec.worker);
+      expect(threads.size).toBe(opts.workers);
+    }
 
     // (c) The whole log verifies, signatures included; the shutdown checkpoint signs every record.
     const v = await agate(["verify", "--log", auditDir, "--key", vkey, "--quiet"]);
@@ -263,6 +270,11 @@ describe("kill -9 under concurrent load", () => {
   test("every acknowledged statement survives SIGKILL; the gateway restarts and the log verifies", async () => {
     const r = await killAndRecover({ tearTail: false, killAfter: 2000 });
     if (process.env.AGATE_TEST_LOG) console.log("kill -9:", r);
+  }, 120_000);
+
+  test("with workers: 2, every statement acknowledged by either thread survives SIGKILL, and the one log verifies", async () => {
+    const r = await killAndRecover({ tearTail: false, killAfter: 2000, workers: 2 });
+    if (process.env.AGATE_TEST_LOG) console.log("kill -9, two workers:", r);
   }, 120_000);
 
   test("a torn tail after SIGKILL is truncated with a warning at restart, and the log verifies", async () => {

@@ -4,7 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { AgateError } from "../src/core/errors.ts";
 import { ALL_DETECTORS } from "../src/mask/detectors.ts";
-import { maskValue, starPartial } from "../src/mask/styles.ts";
+import { isPersonal, keptChars, maskValue, starPartial } from "../src/mask/styles.ts";
 import { prng } from "./helpers/mask-corpus.ts";
 import { BinaryUnscanned, compileMask, type MaskKeys, maskWith, NO_MASK, readsAsText, ruleForColumn, ruleForColumnName, ruleForName, UNSCANNED_BINARY } from "../src/mask/rules.ts";
 
@@ -75,7 +75,7 @@ describe("maskWith", () => {
 });
 
 describe("starPartial", () => {
-  test("stars ASCII bytes in place exactly as maskValue's partial style does", () => {
+  test("stars ASCII bytes, copied or in place, exactly as maskValue's partial style does", () => {
     const rand = prng(11);
     const alphabet = "0123456789 -abcXYZ@.\t!,_";
     for (let n = 0; n < 5000; n++) {
@@ -85,9 +85,16 @@ describe("starPartial", () => {
       for (const detector of ["card", "jwt"]) {
         for (const keep of [0, 4]) {
           if (v.length < keep + 4) continue;
+          const want = `<${maskValue(v, detector, { kind: "partial", keep })}>`;
           const buf = Buffer.from(`<${v}>`);
-          starPartial(buf, 1, buf.length - 1, detector, keep);
-          expect(buf.toString("latin1")).toBe(`<${maskValue(v, detector, { kind: "partial", keep })}>`);
+          const copy = Buffer.from(`<${" ".repeat(v.length)}>`);
+          expect(starPartial(buf, 1, buf.length - 1, copy, 1, isPersonal(detector), keptChars(keep))).toBe(buf.length - 1);
+          expect(copy.toString("latin1")).toBe(want);
+          starPartial(buf, 1, buf.length - 1, buf, 1, isPersonal(detector), keptChars(keep));
+          expect(buf.toString("latin1")).toBe(want);
+          // a byte beyond ASCII: not starred here (the caller uses maskValue)
+          const wide = Buffer.from(`<${v}é>`);
+          expect(starPartial(wide, 1, wide.length - 1, Buffer.alloc(wide.length), 1, isPersonal(detector), keptChars(keep))).toBe(-1);
         }
       }
     }

@@ -6,8 +6,11 @@
  */
 import { describe, expect, test } from "bun:test";
 import { compileMask } from "../src/mask/rules.ts";
+import { maskValue } from "../src/mask/styles.ts";
 import type { ColumnOrigin } from "../src/protocols/postgres/catalog.ts";
-import { type Field, newTally, readRowDescription, ResultMasker } from "../src/protocols/postgres/rows.ts";
+import { Outbox } from "../src/protocols/postgres/framer.ts";
+import { type Field, newTally, readRowDescription, ResultMasker, RowSlabs } from "../src/protocols/postgres/rows.ts";
+import { prng } from "./helpers/mask-corpus.ts";
 
 const SECRETS = ["aws_access_key", "aws_secret_key", "github_token", "gitlab_token", "slack_token", "jwt", "pem_private_key", "url_password", "kv_secret"];
 const CARD = "4111111111111111";
@@ -128,6 +131,65 @@ describe("ResultMasker", () => {
       expect(out[0]!.toString()).toBe("[REDACTED:c1]");
       expect(out[1]!.toString()).toBe(`${long} [REDACTED:email]`);
     }
+  });
+
+  test("partial: ASCII starred in place, anything else through the text (the same as maskValue), the rest of the row intact, across slabs", () => {
+    const { m } = masker([field("card", 25, 0, 1, 1), field("after", 25, 0, 2, 1)], { columns: ["t1.c1:partial"], detectors: [] });
+    const values = ["4111 1111 1111 1111", "ünïcode card 4242", "ab", "ßßßßßßßßßßßßßßßßßßßß 9876", "x".repeat(5000), "é".repeat(40000)];
+    for (let i = 0; i < 200; i++) {
+      const v = values[i % values.length]!;
+      const out = fieldsOf(m.row(dataRow([v, `after ${i}`])));
+      expect(out[0]!.toString()).toBe(maskValue(v, "c1", { kind: "partial", keep: 4 }));
+      expect(out[1]!.toString()).toBe(`after ${i}`);
+    }
+  });
+
+  test("rows masked from one received chunk into the session's slabs (copies joined across rows, sealed per write) are the bytes row() makes of each", () => {
+    const fields = [field("id", 25), field("email", 25, 0, 1, 1), field("card", 25, 0, 1, 2), field("note", 25), field("tail", 25)];
+    const mask = { columns: ["t1.c1", "t1.c2:partial"], detectors: ["email", "phone"] };
+    const rand = prng(5);
+    const pick = (xs: (string | null)[]) => xs[Math.floor(rand() * xs.length)]!;
+    const rows: Buffer[] = [];
+    for (let i = 0; i < 20_000; i++) {
+      rows.push(
+        dataRow([
+          pick([String(i), "x".repeat(40), null]),
+          pick([`u${i}@example.com`, null, "", "é@é"]),
+          pick(["4111 1111 1111 1111", "12", "ünïcode card 4242", null]),
+          pick(["plain words", `call +44 20 7946 ${String(i % 10000).padStart(4, "0")} now`, "y".repeat(i % 700), null]),
+          pick(["", "t", "0123456789abcdef0123", "z".repeat(100), null]),
+        ]),
+      );
+    }
+    const chunk = Buffer.concat(rows);
+    const expected = (() => {
+      const { m } = masker(fields, mask);
+      return Buffer.concat(rows.map((r) => Buffer.from(m.row(r))));
+    })();
+    const slabs = new RowSlabs(true);
+    const m = new ResultMasker(fields, compileMask(mask), undefined, origin, newTally(), undefined, undefined, slabs);
+    const out = new Outbox();
+    const sent: Buffer[] = [];
+    let at = 0;
+    for (let i = 0; i < rows.length; i++) {
+      m.rowInto(chunk, at, at + rows[i]!.length, out);
+      at += rows[i]!.length;
+      // a write to the client now and then, as the session makes one per chunk read: seal, copy out (the socket), release
+      if (i % 97 === 96 || i === rows.length - 1) {
+        const parts = out.takeParts();
+        const sealed = slabs.seal();
+        sent.push(Buffer.concat(parts));
+        if (sealed) slabs.release(sealed);
+      }
+    }
+    expect(Buffer.concat(sent).equals(expected)).toBe(true);
+  });
+
+  test("a DataRow with more or fewer fields than its RowDescription is a protocol violation, never relayed with a field unmasked", () => {
+    const { m } = masker([field("note", 25)], { columns: [], detectors: SECRETS });
+    expect(() => m.row(dataRow(["plain", `key ghp_${"x7Kq2mZ9pL4vR8sT1wY6uE3oI5aD0fGhJkLz"}`]))).toThrow("2 fields, its RowDescription 1 columns");
+    expect(() => m.row(dataRow([]))).toThrow("0 fields");
+    expect(m.row(dataRow(["plain"]))).toEqual(dataRow(["plain"]));
   });
 
   test("RowDescription is read field by field; a truncated one is a protocol violation", () => {

@@ -445,6 +445,21 @@ describe("held for approval", () => {
   });
 });
 
+describe("with worker threads", () => {
+  test("workers: 2: SSH is served (by the main thread), refusals too", async () => {
+    const g = await startSshGateway(sshd, {}, { workers: 2 });
+    try {
+      const m = marker("workers-refused");
+      expect((await g.run("echo from-main")).stdout.toString()).toBe("from-main\n");
+      const refused = await g.run(`touch ${m}; reboot`);
+      expect(refused.code).toBe(126);
+      expect(existsSync(m)).toBe(false);
+    } finally {
+      await g.close();
+    }
+  });
+});
+
 describe("limits", () => {
   test("idle_session_timeout_s ends a session no channel uses, recorded; a running command is never idle", async () => {
     const limited = await startSshGateway(sshd, {}, {}, { limits: { idle_session_timeout_s: 2 } });

@@ -49,6 +49,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { readRecords } from "../../src/audit/index.ts";
 import { startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
+import { FIRST, LAST, NOTES } from "./mask-data.ts";
 import { type AgateProcess, handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, printHelp, runMain, procCpu, procMemory, run, say, startAgate } from "./stack.ts";
 
 const USER = "app_scram";
@@ -105,15 +106,6 @@ onCleanup("temp dir", async () => {
 });
 
 // ── the data ───────────────────────────────────────────────────────────
-
-const FIRST = ["Anna", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hiroshi", "Ines", "Jonas", "Keiko", "Lars", "Maria", "Nikolai", "Olga", "Pedro"];
-const LAST = ["Smith", "Müller", "Rossi", "Ivanova", "García", "Nakamura", "Dubois", "Kowalski", "Andersen", "Silva", "Novak", "Schmidt", "Jensen", "Moreau", "Costa", "Fischer"];
-const NOTES = [
-  "Asked about delivery times for order %; prefers written contact and will follow up next week about the loyalty programme.",
-  "Reported a damaged parcel for order % early in March; a replacement was sent and the refund approved by the support team.",
-  "Wants the invoice for order % split into two payments; finance agreed, the second instalment is due at the end of the month.",
-  "Changed the delivery slot for order % twice; the courier now leaves parcels with the neighbour if nobody answers the door.",
-];
 
 const sqlArray = (xs: string[]) => `ARRAY[${xs.map((x) => `'${x.replaceAll("'", "''")}'`).join(", ")}]`;
 

@@ -23,6 +23,8 @@
  *     --audit MODE         strict (default) or interval:MS, to see what durability costs
  *     --clients N[,N]      pgbench clients per run, each on 2 threads (default 16; e.g. 16,64)
  *     --agate-flags="..." extra bun flags for the agate process (e.g. --agate-flags="--cpu-prof --cpu-prof-dir=/tmp/p")
+ *     --agate-workers N[,N] agate's `workers` (default 1); with several (e.g. 1,2) one agate per count, each
+ *                          measured in every run, and a table of each against the first (the main table shows the first)
  *     --hold               start the stack, print its endpoints as NAME=value lines, wait for Ctrl-C
  *     --keep               keep the temp dir (configs, logs, audit log) afterwards
  *
@@ -34,7 +36,7 @@ import { availableParallelism, cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { freePort, startPostgres, type TestPostgres } from "../../test/helpers/postgres.ts";
-import { handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, printHelp, runMain, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate } from "./stack.ts";
+import { handleSignals, isStopping, machineCpu, mustRun, onCleanup, pgEnv, printHelp, runMain, procCpu, readText, REPO, run, say, signalPid, startAgate as spawnAgate, threadCpu } from "./stack.ts";
 const THREADS = 2;
 const SCALE = 10;
 const USER = "app_scram";
@@ -59,6 +61,7 @@ const { values: opt, positionals } = parseArgs({
     audit: { type: "string", default: "strict" },
     clients: { type: "string", default: "16" },
     "agate-flags": { type: "string", default: "" },
+    "agate-workers": { type: "string", default: "1" },
     hold: { type: "boolean", default: false },
     keep: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
@@ -82,6 +85,11 @@ const selected = only ? runs.filter((r) => only.includes(`${r.workload}:${r.mode
 const POOL = Math.max(20, ...clientCounts);
 const durability = parseDurability(opt.audit!);
 const agateFlags = opt["agate-flags"]!.split(/\s+/).filter(Boolean);
+const workerCounts = opt["agate-workers"]!.split(",").map((s) => Number(s.trim()));
+for (const w of workerCounts) if (!Number.isInteger(w) || w < 1 || w > 64) die(`--agate-workers must be whole numbers from 1 to 64; got ${opt["agate-workers"]}`);
+if (new Set(workerCounts).size !== workerCounts.length) die(`--agate-workers lists a count twice: ${opt["agate-workers"]}`);
+/** The result key of the agate with `w` workers: the first count is "agate" (the main table), the others "agate-wN". */
+const agateKey = (w: number) => (w === workerCounts[0] ? "agate" : `agate-w${w}`);
 
 function parseDurability(s: string): object {
   if (s === "strict") return { mode: "strict" };
@@ -116,7 +124,9 @@ onCleanup("temp dir", async () => {
   else rmSync(base, { recursive: true, force: true });
 });
 
-async function startStack(): Promise<{ pg: TestPostgres; endpoints: Record<PathName, Endpoint>; agate: Awaited<ReturnType<typeof startAgate>> }> {
+type Agate = Awaited<ReturnType<typeof startAgate>>;
+
+async function startStack(): Promise<{ pg: TestPostgres; endpoints: Record<PathName, Endpoint>; agates: Agate[] }> {
   say(`temp dir ${base} (audit log, configs, logs); machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? "?"}`);
   say("starting PostgreSQL (fsync on)");
   const pg = await startPostgres({ fsync: true });
@@ -128,13 +138,14 @@ async function startStack(): Promise<{ pg: TestPostgres; endpoints: Record<PathN
   await mustRun(["pgbench", "-i", "-s", String(SCALE), "-q", ...conn(direct), DB], { env: pgEnv(direct, "pgbench"), timeoutMs: 600_000 });
 
   const bouncer = await startPgbouncer(pg);
-  const agate = await startAgate(pg);
-  const endpoints = { direct, pgbouncer: bouncer, agate: agate.endpoint };
-  for (const p of PATHS) {
-    const out = await mustRun(["psql", "-X", "-At", ...conn(endpoints[p]), "-c", "select count(*) from pgbench_branches", DB], { env: pgEnv(endpoints[p], "pgbench"), timeoutMs: 30_000 });
-    if (out.trim() !== String(SCALE)) throw new Error(`${p}: expected ${SCALE} branches, got ${out.trim()}`);
+  const agates: Agate[] = [];
+  for (const w of workerCounts) agates.push(await startAgate(pg, w));
+  const endpoints = { direct, pgbouncer: bouncer, agate: agates[0]!.endpoint };
+  for (const e of [direct, bouncer, ...agates.map((a) => a.endpoint)]) {
+    const out = await mustRun(["psql", "-X", "-At", ...conn(e), "-c", "select count(*) from pgbench_branches", DB], { env: pgEnv(e, "pgbench"), timeoutMs: 30_000 });
+    if (out.trim() !== String(SCALE)) throw new Error(`${e.name}: expected ${SCALE} branches, got ${out.trim()}`);
   }
-  return { pg, endpoints, agate };
+  return { pg, endpoints, agates };
 }
 
 async function startPgbouncer(pg: TestPostgres): Promise<Endpoint> {
@@ -207,11 +218,12 @@ log_disconnections = 0
   return { name: "pgbouncer", port, user: USER, password: pg.password, pid };
 }
 
-async function startAgate(pg: TestPostgres): Promise<{ endpoint: Endpoint; auditDir: string; verifierKey: string; stop: () => Promise<void> }> {
-  say(`starting agate (audit ${JSON.stringify(durability)}${agateFlags.length ? `, bun ${agateFlags.join(" ")}` : ""})`);
-  const a = await spawnAgate({ base, name: "agate", target: { port: pg.port, database: DB, user: USER, password: pg.password }, connections: ["bench"], durability, flags: agateFlags });
-  say(`agate listening on 127.0.0.1:${a.ports.bench} (audit log in ${a.auditDir})`);
-  return { endpoint: { name: "agate", port: a.ports.bench!, user: a.user, password: a.password, pid: a.pid }, auditDir: a.auditDir, verifierKey: a.verifierKey, stop: a.stop };
+async function startAgate(pg: TestPostgres, workers: number): Promise<{ workers: number; endpoint: Endpoint; auditDir: string; verifierKey: string; stop: () => Promise<void> }> {
+  const name = agateKey(workers);
+  say(`starting ${name} (workers ${workers}, audit ${JSON.stringify(durability)}${agateFlags.length ? `, bun ${agateFlags.join(" ")}` : ""})`);
+  const a = await spawnAgate({ base, name, target: { port: pg.port, database: DB, user: USER, password: pg.password }, connections: ["bench"], durability, flags: agateFlags, config: { workers } });
+  say(`${name} listening on 127.0.0.1:${a.ports.bench} (audit log in ${a.auditDir})`);
+  return { workers, endpoint: { name: "agate", port: a.ports.bench!, user: a.user, password: a.password, pid: a.pid }, auditDir: a.auditDir, verifierKey: a.verifierKey, stop: a.stop };
 }
 
 /** Host, port and user; the database goes last as a positional argument (for pgbench, -d means --debug). */
@@ -231,6 +243,8 @@ interface Result {
   pgbenchCpu: number;
   /** Whole-machine busy time, % of all cores. */
   machineBusy: number;
+  /** CPU seconds of the gateway's main thread and of its worker threads (the rest: pools, collector, JIT). */
+  threads: { main: number; workers: number; total: number };
 }
 
 async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: number, pg: TestPostgres, clients = 16): Promise<Result> {
@@ -238,12 +252,14 @@ async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: num
   for (const sql of ["VACUUM pgbench_branches", "VACUUM pgbench_tellers", "TRUNCATE pgbench_history"]) await pg.psql(sql);
   const argv = ["pgbench", "-n", ...(workload === "select-only" ? ["-S"] : []), "-M", mode, "-c", String(clients), "-j", String(THREADS), "-T", String(seconds), ...conn(e), DB];
   const g0 = await procCpu(e.pid);
+  const t0s = await threadCpu(e.pid);
   const m0 = machineCpu();
   const t0 = performance.now();
   const r = await run(argv, { env: pgEnv(e, "pgbench"), timeoutMs: (seconds + 60) * 1000 });
   const wall = (performance.now() - t0) / 1000;
   const m1 = machineCpu();
   const g1 = await procCpu(e.pid);
+  const t1s = await threadCpu(e.pid);
   if (isStopping()) throw new Error("stopping");
   const tps = /^tps = ([\d.]+) \(without initial connection time\)/m.exec(r.out);
   const lat = /^latency average = ([\d.]+) ms/m.exec(r.out);
@@ -258,6 +274,7 @@ async function pgbench(e: Endpoint, workload: Workload, mode: Mode, seconds: num
     gatewayCpu: e.pid ? (100 * (g1 - g0)) / wall : NaN,
     pgbenchCpu: (100 * r.cpu) / wall,
     machineBusy: (100 * (m1.busy - m0.busy)) / Math.max(1, m1.total - m0.total),
+    threads: { main: t1s.main - t0s.main, workers: t1s.workers - t0s.workers, total: g1 - g0 },
   };
 }
 
@@ -267,6 +284,13 @@ const pad = (s: string, n: number) => s.padEnd(n);
 const lpad = (s: string, n: number) => s.padStart(n);
 const fmt = (n: number | undefined, digits = 0) => (n === undefined || Number.isNaN(n) ? "-" : n.toFixed(digits));
 const ratio = (a?: number, b?: number) => (a === undefined || b === undefined || !b ? "-" : (a / b).toFixed(2));
+
+/** The gateway's CPU per transaction by thread: main / worker threads / the rest, in us. */
+const byThread = (r?: Result) => {
+  if (!r) return "-";
+  const per = (s: number) => fmt((s / r.transactions) * 1e6);
+  return `${per(r.threads.main)}/${per(r.threads.workers)}/${per(r.threads.total - r.threads.main - r.threads.workers)}`;
+};
 
 /** Gateway CPU microseconds per transaction. */
 const cpuPerTx = (r?: Result) => (r ? (r.gatewayCpu / 100 / r.tps) * 1e6 : undefined);
@@ -290,15 +314,29 @@ function table(results: Map<string, Result>): string {
       `${pad(workload, 14)}${pad(mode, 10)}${lpad(String(clients), 8)}${lpad(fmt(b?.gatewayCpu), 11)}${lpad(fmt(a?.gatewayCpu), 8)}${lpad(fmt(cpuPerTx(b)), 11)}${lpad(fmt(cpuPerTx(a)), 13)}${lpad([d, b, a].map((r) => fmt(r?.pgbenchCpu)).join("/"), 17)}  ${[d, b, a].map((r) => fmt(r?.machineBusy)).join("/")}`,
     );
   }
+  if (workerCounts.length > 1) {
+    const [first, ...others] = workerCounts;
+    lines.push("", `agate by workers (each against workers ${first}, same run; us/tx: gateway CPU per transaction, all threads; by thread: main / worker threads / the rest (pools, collector, JIT), us per transaction of all)`);
+    lines.push(`${pad("workload", 14)}${pad("mode", 10)}${lpad("clients", 8)}${workerCounts.map((w) => lpad(`w${w} tps`, 10)).join("")}${others.map((w) => lpad(`w${w}/w${first}`, 9)).join("")}${workerCounts.map((w) => lpad(`w${w} us/tx`, 11)).join("")}${workerCounts.map((w) => lpad(`w${w} cpu%`, 10)).join("")}  lat ms ${workerCounts.map((w) => `w${w}`).join("/")}  ${workerCounts.map((w) => `w${w} main/workers/rest`).join("  ")}`);
+    for (const { workload, mode, clients } of selected) {
+      const rs = workerCounts.map((w) => results.get(`${workload}/${mode}/${clients}/${agateKey(w)}`));
+      lines.push(
+        `${pad(workload, 14)}${pad(mode, 10)}${lpad(String(clients), 8)}${rs.map((r) => lpad(fmt(r?.tps), 10)).join("")}${rs.slice(1).map((r) => lpad(ratio(r?.tps, rs[0]?.tps), 9)).join("")}${rs.map((r) => lpad(fmt(cpuPerTx(r)), 11)).join("")}${rs.map((r) => lpad(fmt(r?.gatewayCpu), 10)).join("")}  ${rs.map((r) => fmt(r?.latencyMs, 3)).join(" / ")}  ${rs.map((r) => byThread(r)).join("  ")}`,
+      );
+    }
+  }
   return lines.join("\n");
 }
 
 // ── main ───────────────────────────────────────────────────────────────
 
 async function main(): Promise<number> {
-  const { pg, endpoints, agate } = await startStack();
+  const { pg, endpoints, agates } = await startStack();
+  const agate = agates[0]!;
   const { auditDir } = agate;
   const agatePid = agate.endpoint.pid!;
+  /** What one path stands for: "agate" is every agate (one per --agate-workers count). */
+  const measured = (p: PathName) => (p === "agate" ? agates.map((a) => ({ key: agateKey(a.workers), e: a.endpoint })) : [{ key: p, e: endpoints[p] }]);
 
   if (opt.hold) {
     for (const p of PATHS) {
@@ -306,6 +344,11 @@ async function main(): Promise<number> {
       console.log(`${p.toUpperCase()}_URL=postgres://${e.user}:${encodeURIComponent(e.password)}@127.0.0.1:${e.port}/${DB}`);
     }
     console.log(`AGATE_PID=${agatePid}`);
+    for (const a of agates.slice(1)) {
+      const e = a.endpoint;
+      console.log(`AGATE_W${a.workers}_URL=postgres://${e.user}:${encodeURIComponent(e.password)}@127.0.0.1:${e.port}/${DB}`);
+      console.log(`AGATE_W${a.workers}_PID=${e.pid}`);
+    }
     console.log(`PGBOUNCER_PID=${endpoints.pgbouncer.pid ?? ""}`);
     console.log(`AUDIT_DIR=${auditDir}`);
     console.log(`PG_SOCKET_DIR=${pg.dir}`);
@@ -322,24 +365,32 @@ async function main(): Promise<number> {
 
   if (warmup > 0) {
     for (const p of paths) {
-      say(`warm-up ${p}: select-only simple ${warmup} s`);
-      await pgbench(endpoints[p], "select-only", "simple", warmup, pg);
+      for (const { key, e } of measured(p)) {
+        say(`warm-up ${key}: select-only simple ${warmup} s`);
+        await pgbench(e, "select-only", "simple", warmup, pg);
+      }
     }
   }
 
   const results = new Map<string, Result>();
   for (const { workload, mode, clients } of selected) {
     for (const p of paths) {
-      say(`${p}: ${workload} -M ${mode}, ${clients} clients / ${THREADS} threads, ${duration} s`);
-      const r = await pgbench(endpoints[p], workload, mode, duration, pg, clients);
-      results.set(`${workload}/${mode}/${clients}/${p}`, r);
-      say(`  tps ${r.tps.toFixed(0)}, latency ${r.latencyMs.toFixed(3)} ms${Number.isNaN(r.gatewayCpu) ? "" : `, gateway CPU ${r.gatewayCpu.toFixed(0)}%`}`);
+      for (const { key, e } of measured(p)) {
+        say(`${key}: ${workload} -M ${mode}, ${clients} clients / ${THREADS} threads, ${duration} s`);
+        const r = await pgbench(e, workload, mode, duration, pg, clients);
+        results.set(`${workload}/${mode}/${clients}/${key}`, r);
+        say(`  tps ${r.tps.toFixed(0)}, latency ${r.latencyMs.toFixed(3)} ms${Number.isNaN(r.gatewayCpu) ? "" : `, gateway CPU ${r.gatewayCpu.toFixed(0)}%`}`);
+      }
     }
   }
 
-  // Stop agate (it flushes the log), then verify the log from its files.
-  await agate.stop();
-  const verify = await run(["bun", "src/main.ts", "verify", "--quiet", "--log", auditDir, "--key", agate.verifierKey], { cwd: REPO, timeoutMs: 600_000 });
+  // Stop each agate (it flushes the log), then verify its log from its files.
+  const verifies = [];
+  for (const a of agates) {
+    await a.stop();
+    verifies.push(await run(["bun", "src/main.ts", "verify", "--quiet", "--log", a.auditDir, "--key", a.verifierKey], { cwd: REPO, timeoutMs: 600_000 }));
+  }
+  const verify = verifies[0]!;
   const auditBytes = readdirSync(auditDir).reduce((sum, f) => sum + statSync(join(auditDir, f)).size, 0);
   const verified = /^ok: (\d+) records/m.exec(verify.out);
 
@@ -361,7 +412,12 @@ async function main(): Promise<number> {
     const b = results.get(`select-only/${mode}/${clientCounts[0]}/pgbouncer`);
     if (a && b) console.log(`target agate >= 0.8 x pgbouncer select-only TPS (${mode}): ${(a.tps / b.tps).toFixed(2)} -> ${a.tps >= 0.8 * b.tps ? "MET" : "NOT MET"}`);
   }
-  return verify.code === 0 ? 0 : 1;
+  for (const [i, a] of agates.entries()) {
+    if (i === 0) continue;
+    const v = verifies[i]!;
+    console.log(`audit of ${agateKey(a.workers)}: ${/^ok: (\d+) records/m.exec(v.out)?.[1] ?? "?"} records; agate verify: ${v.code === 0 ? "ok" : `FAILED (exit ${v.code}): ${v.out.trim()} ${v.err.trim()}`}`);
+  }
+  return verifies.every((v) => v.code === 0) ? 0 : 1;
 }
 
 function sameFs(a: string, b: string): boolean {

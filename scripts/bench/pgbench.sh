@@ -7,7 +7,7 @@
 # duration_s is per pgbench run (4 runs per path: select-only and TPC-B-like,
 # each with -M simple and -M prepared). Options (see
 # `bun scripts/bench/pgbench-stack.ts --help`): --only, --paths, --warmup,
-# --audit, --agate-flags, --clients, --hold, --keep. Needs: bun, pgbench, psql,
+# --audit, --agate-flags, --agate-workers, --clients, --hold, --keep. Needs: bun, pgbench, psql,
 # pg_isready, the PostgreSQL server binaries and pgbouncer (installed with
 # apt-get when missing and run as root). Everything it
 # starts is stopped on exit, error, Ctrl-C or SIGTERM.

@@ -6,7 +6,7 @@
  *
  * Importing this module has no effect; a script calls handleSignals() once.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { generateKey } from "../../src/audit/note.ts";
 import { createApiKey } from "../../src/identity/apikey.ts";
@@ -153,6 +153,30 @@ function procCpuSync(pid: number | undefined, tck: number): number {
   } catch {
     return NaN;
   }
+}
+
+/**
+ * CPU seconds of a live process's main thread and of its worker threads (a Bun Worker's thread is named
+ * "Worker"); the rest (thread pool, collector, JIT) is the process's total minus these.
+ */
+export async function threadCpu(pid: number | undefined): Promise<{ main: number; workers: number }> {
+  clkTck ??= Number((await mustRun(["getconf", "CLK_TCK"])).trim()) || 100;
+  const out = { main: NaN, workers: NaN };
+  if (!pid) return out;
+  try {
+    out.workers = 0;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const cpu = (Number(f[11]) + Number(f[12])) / clkTck;
+      if (Number(tid) === pid) out.main = cpu;
+      else if (comm.startsWith("Worker")) out.workers += cpu;
+    }
+  } catch {
+    // the process ended
+  }
+  return out;
 }
 
 /** Busy and total jiffies of the whole machine. */

@@ -59,6 +59,45 @@ export function canonicalRecord(fields: Record<string, unknown>, v: number, i: n
   return JSON.stringify(out);
 }
 
+/**
+ * The canonical JSON of a record's fields, split where the keys every record gets (i, prev, t, v) go: five runs
+ * of `"key":value` members, comma-separated, each maybe empty. joinRecordParts() completes the record, with
+ * the same text canonicalRecord() writes. A worker thread encodes its records this way (src/workers), and the
+ * writer, which alone knows i and prev, only joins. The caller has checked that `fields` has none of those keys.
+ */
+export function canonicalParts(fields: Record<string, unknown>): string[] {
+  const parts = ["", "", "", "", ""];
+  // Object keys sort by UTF-16 code units, as the default sort compares strings.
+  const keys = Object.keys(fields).sort();
+  let r = 0;
+  for (const key of keys) {
+    const value = fields[key];
+    if (value === undefined) continue;
+    while (r < 4 && RESERVED_SORTED[r]! < key) r++;
+    const member = `${JSON.stringify(key)}:${canonicalJson(value)}`;
+    parts[r] = parts[r] ? `${parts[r]},${member}` : member;
+  }
+  return parts;
+}
+
+/** canonicalRecord()'s text from canonicalParts(fields) at `at` in `parts`. */
+export function joinRecordParts(parts: readonly string[], at: number, v: number, i: number, prev: string, t: string): string {
+  let out = "{";
+  const add = (member: string) => {
+    if (member) out += out.length > 1 ? `,${member}` : member;
+  };
+  add(parts[at]!);
+  add(`"i":${i}`);
+  add(parts[at + 1]!);
+  add(`"prev":${JSON.stringify(prev)}`);
+  add(parts[at + 2]!);
+  add(`"t":${JSON.stringify(t)}`);
+  add(parts[at + 3]!);
+  add(`"v":${v}`);
+  add(parts[at + 4]!);
+  return `${out}}`;
+}
+
 /** The keys every record gets, in sorted order. */
 const RESERVED_SORTED = ["i", "prev", "t", "v"];
 

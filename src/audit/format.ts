@@ -122,7 +122,7 @@
  *   only a deliberate `agate recover --accept` or `--cut` clears that.
  */
 import { AgateError } from "../core/errors.ts";
-import { canonicalRecord } from "./canonical.ts";
+import { canonicalParts, canonicalRecord, joinRecordParts } from "./canonical.ts";
 import { crc32cRange } from "./crc32c.ts";
 import { leafHash } from "./merkle.ts";
 
@@ -181,8 +181,15 @@ export function encodeRecord(i: number, prev: string, t: string, fields: Record<
  * check (the writer encodes it straight into its batch buffer and checks
  * the size there). Throws AUDIT_BAD_RECORD.
  */
-export function encodePayload(i: number, prev: string, t: string, fields: Record<string, unknown>): string {
-  if (typeof fields !== "object" || fields === null || Array.isArray(fields)) {
+export function encodePayload(i: number, prev: string, t: string, fields: RecordFields): string {
+  if (fields instanceof EncodedFields) return joinRecordParts(fields.parts, fields.at, FORMAT_VERSION, i, prev, t);
+  checkFields(fields);
+  return canonicalRecord(fields, FORMAT_VERSION, i, prev, t);
+}
+
+function checkFields(fields: Record<string, unknown>): void {
+  // A toJSON() of its own would make the record whatever it returns, not an object with the log's keys.
+  if (typeof fields !== "object" || fields === null || Array.isArray(fields) || typeof (fields as { toJSON?: unknown }).toJSON === "function") {
     throw new AgateError("AUDIT_BAD_RECORD", "Cannot write an audit record: fields must be a JSON object.");
   }
   for (const key of RESERVED_KEYS) {
@@ -190,7 +197,26 @@ export function encodePayload(i: number, prev: string, t: string, fields: Record
       throw new AgateError("AUDIT_BAD_RECORD", `Cannot write an audit record: the log sets "${key}" itself; rename that field.`, { key });
     }
   }
-  return canonicalRecord(fields, FORMAT_VERSION, i, prev, t);
+}
+
+/**
+ * A record's fields already in canonical JSON, in the five parts canonicalParts() makes, at `at` in `parts`:
+ * what a worker thread hands the writer (src/workers), so that the one writer only joins and hashes.
+ */
+export class EncodedFields {
+  constructor(
+    readonly parts: readonly string[],
+    readonly at: number,
+  ) {}
+}
+
+/** What the writer appends: fields, or fields a worker thread encoded. */
+export type RecordFields = Record<string, unknown> | EncodedFields;
+
+/** `fields` as EncodedFields' parts (throws AUDIT_BAD_RECORD as encodePayload does). */
+export function encodeFields(fields: Record<string, unknown>): string[] {
+  checkFields(fields);
+  return canonicalParts(fields);
 }
 
 /** AUDIT_RECORD_TOO_LARGE for a payload of `bytes`. */

@@ -14,7 +14,7 @@ import { mkdir, open } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
 import { Checkpointer, latestCheckpointSize, type StoredCheckpoint } from "./checkpoints.ts";
-import { DEFAULT_SEGMENT_BYTES, FILE_HEADER_BYTES, ZERO_HASH, encodeFileHeader, segmentName } from "./format.ts";
+import { DEFAULT_SEGMENT_BYTES, FILE_HEADER_BYTES, ZERO_HASH, encodeFileHeader, segmentName, type RecordFields } from "./format.ts";
 import { consistencyProof, frontierAt, inclusionProof, storedIndex } from "./merkle.ts";
 import { MarkerFile, checkTail, readMarker } from "./marker.ts";
 import type { Signer } from "./note.ts";
@@ -157,11 +157,14 @@ class Log implements TransparencyLog {
   append(fields: Record<string, unknown>): Promise<number> {
     return this.#w.append(fields);
   }
-  appendLater(fields: Record<string, unknown>): number {
+  appendLater(fields: RecordFields): number {
     return this.#w.appendLater(fields);
   }
   flush(): Promise<void> {
     return this.#w.flush();
+  }
+  settled(count: number): Promise<void> {
+    return this.#w.settled(count);
   }
   seal(): Promise<number> {
     return this.#w.seal();

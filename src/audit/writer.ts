@@ -26,7 +26,7 @@ import * as nodeFs from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { AgateError } from "../core/errors.ts";
-import { FILE_HEADER_BYTES, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES, encodeFileHeader, encodePayload, segmentName, tooLarge, writeFrameHeader } from "./format.ts";
+import { FILE_HEADER_BYTES, FRAME_HEADER_BYTES, MAX_PAYLOAD_BYTES, encodeFileHeader, encodePayload, segmentName, tooLarge, writeFrameHeader, type RecordFields } from "./format.ts";
 import type { MarkerFile } from "./marker.ts";
 import type { Tail, Warn } from "./recover.ts";
 import type { TreeFile } from "./tree.ts";
@@ -37,9 +37,14 @@ export interface AuditLog {
   /** Append; resolves with the record index once the record is durable per the durability mode. Rejects with AgateError code "AUDIT_WRITE_FAILED" if the write/fsync fails (the log then refuses all further appends: fail closed). */
   append(fields: Record<string, unknown>): Promise<number>;
   /** Append without waiting for durability (still ordered, still fsynced with the next group). Returns the index. For outcome records. Throws synchronously if the log is failed or closed. */
-  appendLater(fields: Record<string, unknown>): number;
+  appendLater(fields: RecordFields): number;
   /** Waits until everything appended so far is durable (forces an fdatasync in interval mode). */
   flush(): Promise<void>;
+  /**
+   * Resolves once the first `count` records are as durable as append() promises (strict: fdatasync'd; interval:
+   * written): what one append() of the last of them would wait for, for records added with appendLater().
+   */
+  settled(count: number): Promise<void>;
   /** Flushes and closes. Later appends reject with AUDIT_CLOSED. Rejects with AUDIT_WRITE_FAILED if the log had failed. */
   close(): Promise<void>;
   /** Number of records, counting those appended but not yet durable. */
@@ -167,8 +172,16 @@ export class SegmentWriter implements AuditLog {
     });
   }
 
-  appendLater(fields: Record<string, unknown>): number {
+  appendLater(fields: RecordFields): number {
     return this.#enqueue(fields);
+  }
+
+  settled(count: number): Promise<void> {
+    if (this.#failure) return Promise.reject(this.#failed());
+    if ((this.#strict ? this.#durable : this.#written) >= count) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      (this.#strict ? this.#durableWaiters : this.#writtenWaiters).push({ count, resolve: () => resolve(), reject });
+    });
   }
 
   flush(): Promise<void> {
@@ -205,7 +218,7 @@ export class SegmentWriter implements AuditLog {
     return this.#closing;
   }
 
-  #enqueue(fields: Record<string, unknown>): number {
+  #enqueue(fields: RecordFields): number {
     if (this.#failure) throw this.#failed();
     if (this.#closing) throw new AgateError("AUDIT_CLOSED", "The audit log is closed; nothing more can be appended.");
     const index = this.#next;

@@ -44,6 +44,7 @@
  *   block_after: 20               # failures from one address at which it is blocked for block_s
  *   block_s: 600
  *   lock_user_after: 0            # failures for one user name at which it is locked (needs identity.accounts)
+ * workers: 1                      # event loops serving the listeners: a number, or auto (one per CPU core)
  * connections:
  *   - name: app-db
  *     protocol: postgres
@@ -55,6 +56,7 @@
  * ```
  */
 import { readFileSync, statSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { dirname, resolve } from "node:path";
 import { parse } from "yaml";
 import { MAX_PAYLOAD_BYTES } from "../audit/format.ts";
@@ -132,6 +134,8 @@ export interface Config {
   /** `protocol: ssh` entries of `connections` (config/ssh.ts). */
   ssh: SshConnectionConfig[];
   log_level: "debug" | "info" | "warn" | "error";
+  /** Threads that serve the listeners (src/workers); `auto` is resolved to the CPU count at load. */
+  workers: number;
 }
 
 /** Read and validate a config file; relative paths resolve against the file's folder. */
@@ -155,7 +159,7 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
   const root = obj(doc, "the configuration");
   const path = (p: string) => resolve(baseDir, p);
 
-  only(root, "the configuration", ["audit", "admin", "approvals", "mask", "policy", "identity", "lockout", "connections", "log_level"]);
+  only(root, "the configuration", ["audit", "admin", "approvals", "mask", "policy", "identity", "lockout", "connections", "log_level", "workers"]);
   const audit = obj(root.audit ?? {}, "audit");
   only(audit, "audit", ["dir", "durability", "segment_bytes", "signing_key", "origin", "checkpoint", "seal_after_s", "ship"]);
   const durability = parseDurability(audit.durability ?? "strict");
@@ -216,7 +220,19 @@ export function parseConfig(doc: unknown, baseDir: string, env: Record<string, s
     connections,
     ssh,
     log_level: logLevel as Config["log_level"],
+    workers: parseWorkers(root.workers ?? 1, "workers"),
   };
+}
+
+/** Most threads a gateway runs: past this a typo (workers: 1000) would only cost memory. */
+const MAX_WORKERS = 256;
+
+/** `workers`: a count from 1, or auto (the CPU cores this process may use). */
+export function parseWorkers(v: unknown, at: string): number {
+  if (v === "auto") return availableParallelism();
+  const n = typeof v === "string" && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== "number" || !Number.isInteger(n) || n < 1 || n > MAX_WORKERS) throw invalid(at, v, `auto or a whole number from 1 to ${MAX_WORKERS}`);
+  return n;
 }
 
 /** A key file's text; it must not be readable by group or others. */

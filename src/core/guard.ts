@@ -14,8 +14,8 @@
  */
 import { randomUUID } from "node:crypto";
 import { AgateError, asError } from "./errors.ts";
-import type { ListenerLimits, Release } from "./limits.ts";
-import type { Lockout } from "./lockout.ts";
+import type { Limits, Release } from "./limits.ts";
+import type { LoginLockout } from "./lockout.ts";
 import { ALL_DETECTORS } from "../mask/detectors.ts";
 import { derive, type DerivedRule, type DerivedRuleStore } from "../mask/derived.ts";
 import { type CompiledMask, compileMask, type MaskKeys, STRICTNESS } from "../mask/rules.ts";
@@ -181,9 +181,11 @@ export interface GuardDeps {
   /** Keys for masking styles (the hmac style's key). */
   maskKeys?: MaskKeys;
   /** Counts failed logins; delays, blocks and locks (lockout.ts). */
-  lockout?: Lockout;
+  lockout?: LoginLockout;
   /** Derived mask rules (mask/derived.ts): added to every decision's mask; without it, a copy of covered values is refused. */
   derived?: DerivedRuleStore;
+  /** Which worker thread of the gateway this guard serves in (src/workers), for session_start records; absent with one worker. */
+  worker?: number;
 }
 
 /** Failures that say nothing about the credential (the identity provider is down): not counted against the client. */
@@ -209,8 +211,9 @@ export class Guard {
    * Whether a client may try to log in as `user` at all (an address blocked,
    * a user locked after failed logins): asked before it presents a
    * credential. Returns the refusal (LOCKOUT_*), or null; the caller records it.
+   * In a worker thread (src/workers) the answer comes later, from the main thread.
    */
-  admission(client: ClientInfo, user: string | undefined): AgateError | null {
+  admission(client: ClientInfo, user: string | undefined): AgateError | null | Promise<AgateError | null> {
     return this.deps.lockout?.check(client.address, user) ?? null;
   }
 
@@ -222,14 +225,15 @@ export class Guard {
    * recorded too. A failed login counts against the client's address and
    * user name; its answer may be delayed (lockout.ts).
    */
-  async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential, limits?: ListenerLimits, settings: readonly StartupSetting[] = []): Promise<Session> {
+  async openSession(connection: ConnectionRef, client: ClientInfo, credential: Credential, limits?: Limits, settings: readonly StartupSetting[] = []): Promise<Session> {
     const refuse = (e: AgateError) => {
       this.sessionRefused(connection, client, e, { user: credential.user, ...(identity ? { identity } : {}) });
       return e;
     };
     let identity: Identity | undefined;
     const lockout = this.deps.lockout;
-    const barred = this.admission(client, credential.user);
+    let barred = this.admission(client, credential.user);
+    if (barred instanceof Promise) barred = await barred;
     if (barred) throw refuse(barred);
     try {
       identity = await this.deps.identity.verify(credential, connection);
@@ -237,7 +241,9 @@ export class Guard {
       const err = e instanceof AgateError ? e : new AgateError("AUTH_FAILED", "the credential could not be verified");
       refuse(err);
       if (lockout && !NOT_A_FAILED_LOGIN.has(err.code)) {
-        const { delayMs, events } = lockout.failed(client.address, credential.user);
+        let failed = lockout.failed(client.address, credential.user);
+        if (failed instanceof Promise) failed = await failed;
+        const { delayMs, events } = failed;
         for (const ev of events) this.later({ type: "lockout", ...ev, connection, client }, EVERY);
         await lockout.delay(delayMs);
       }
@@ -249,12 +255,14 @@ export class Guard {
     if (!decision.allow) {
       throw refuse(new AgateError("SESSION_DENIED", `policy denied the session: ${decision.reasons.join("; ") || "no rule allowed it"}`, { reasons: decision.reasons }));
     }
-    const release = limits?.admitSession(identity.subject);
+    let release = limits?.admitSession(identity.subject);
+    if (release instanceof Promise) release = await release;
     if (release instanceof AgateError) throw refuse(release);
     // As "name=value" text: the masker reads both (a client chooses the names under an allowed prefix such as "app.*").
     const asked = settings.length ? { settings: settings.map((s) => `${s.name}=${s.value}`) } : {};
     try {
-      await this.deps.audit.append(maskRecord({ type: "session_start", session: session.id, identity, connection, client, ...asked, policy: this.deps.policy.version }, EVERY));
+      const worker = this.deps.worker !== undefined ? { worker: this.deps.worker } : {};
+      await this.deps.audit.append(maskRecord({ type: "session_start", session: session.id, identity, connection, client, ...asked, policy: this.deps.policy.version, ...worker }, EVERY));
     } catch (e) {
       release?.();
       throw e;
@@ -512,14 +520,20 @@ export class Guard {
         added.push(r);
       }
       if (added.length === 0) return next();
-      const written = added.map((r) =>
+      const written: Promise<unknown>[] = added.map((r) =>
         guard.deps.audit.append(
           maskRecord({ type: "mask_derived", session: session.id, identity: session.identity, seq: command.seq, connection: session.connection.name, kind: r.kind, rule: r.rule, style: r.style, from: r.sources, scope: r.kind === "setting" ? "session" : "connection" }, EVERY),
         ),
       );
+      // With several worker threads, every other one must hold a new column rule before the statement runs.
+      const shared = added.some((r) => r.kind === "column") ? guard.deps.derived!.share?.() : undefined;
+      const everywhere = shared?.catch((e: unknown) => {
+        throw new AgateError("MASK_DERIVED_UNAVAILABLE", `the derived mask rules could not reach every worker, so the statement was not run: ${asError(e).message}`);
+      });
       return Promise.all(written).then(
-        () => next(),
+        () => (everywhere ? everywhere.then(() => next()) : next()),
         (e: unknown) => {
+          everywhere?.catch(() => {});
           throw new AgateError("AUDIT_WRITE_FAILED", `the audit log could not record a derived mask rule: ${asError(e).message}`);
         },
       );

@@ -60,7 +60,21 @@ export type LimitCounts = Record<"LIMIT_CONNECTIONS" | "LIMIT_CONNECTIONS_PER_AD
 /** Give back what an admission took; calling it again does nothing. */
 export type Release = () => void;
 
-export class ListenerLimits {
+/**
+ * What an adapter and the guard ask of a listener's limits: a ListenerLimits
+ * in this thread, or a worker thread's view of the main thread's one
+ * (src/workers: the limits hold across every worker, not per worker). The
+ * admissions of the latter answer later.
+ */
+export interface Limits {
+  readonly connection: string;
+  readonly config: LimitsConfig;
+  admitConnection(address: string): Release | AgateError | Promise<Release | AgateError>;
+  admitSession(subject: string): Release | AgateError | Promise<Release | AgateError>;
+  clock(expire: (why: AgateError) => void): SessionClock;
+}
+
+export class ListenerLimits implements Limits {
   #connections = 0;
   readonly #byAddress = new Map<string, number>();
   readonly #bySubject = new Map<string, number>();

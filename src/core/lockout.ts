@@ -80,7 +80,25 @@ export interface LockoutStatus {
 const MAX_TRACKED = 100_000;
 const MAX_DELAYED = 1024;
 
-export class Lockout {
+/** What one failed login leads to (Lockout.failed). */
+export interface FailedLogin {
+  delayMs: number;
+  events: LockoutEvent[];
+}
+
+/**
+ * What the guard asks of the lockout: a Lockout in this thread, or a worker
+ * thread's view of the main thread's one (src/workers: failures count across
+ * every worker), whose answers come later.
+ */
+export interface LoginLockout {
+  check(address: string, user: string | undefined): AgateError | null | Promise<AgateError | null>;
+  failed(address: string, user: string | undefined): FailedLogin | Promise<FailedLogin>;
+  succeeded(user: string): void;
+  delay(ms: number): Promise<void>;
+}
+
+export class Lockout implements LoginLockout {
   readonly #byAddress = new Map<string, number[]>();
   readonly #byUser = new Map<string, number[]>();
   /** Address → when its block ends (ms). */
@@ -115,7 +133,7 @@ export class Lockout {
   }
 
   /** A login from `address` as `user` failed: how long to delay its answer (ms), and what it led to. */
-  failed(address: string, user: string | undefined): { delayMs: number; events: LockoutEvent[] } {
+  failed(address: string, user: string | undefined): FailedLogin {
     const c = this.config;
     const now = this.now();
     this.#counts.failures++;

@@ -19,6 +19,11 @@ export interface Logger {
 
 const order: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
+/** Whether a line of `level` is written where `min` is the configured level. */
+export function logs(level: Level, min: Level): boolean {
+  return order[level] >= order[min];
+}
+
 /** Facts that name what the gateway itself configured, verified or made: not masked. */
 const GATEWAY_FACTS = new Set(["connection", "session", "client", "address", "target", "subject", "dir", "key", "version", "previous", "bundle", "file", "segment", "request", "code", "type", "protocol", "signal"]);
 

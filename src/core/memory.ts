@@ -12,6 +12,11 @@
  * every CHECK_MS and collects once it has grown by GROWTH_BYTES: live memory
  * plus at most that much garbage (and what one interval adds), at the cost of
  * a pause of a few tens of ms, only when that much was allocated.
+ *
+ * RSS is the process's, and a full collection collects one thread's heap:
+ * with worker threads (src/workers) only the main thread checks, and asks
+ * the others to collect with it (onFullCollection), instead of each thread
+ * collecting whenever the process as a whole is over its own floor.
  */
 import type { Logger } from "./log.ts";
 
@@ -24,12 +29,21 @@ let timer: ReturnType<typeof setInterval> | undefined;
 /** RSS right after the last collection (or the lowest seen since). */
 let floor = 0;
 let log: Logger | undefined;
+/** Told of each full collection here (the worker threads collect too). */
+const alsoCollect = new Set<() => void>();
+
+/** Call `f` whenever this thread makes a full collection, until the returned function is called. */
+export function onFullCollection(f: () => void): () => void {
+  alsoCollect.add(f);
+  return () => alsoCollect.delete(f);
+}
 
 /** One check: collect if RSS is GROWTH_BYTES over the floor. Exported for tests. */
 export function checkMemory(rss = process.memoryUsage.rss()): boolean {
   if (rss < floor || floor === 0) floor = rss;
   if (rss - floor < GROWTH_BYTES) return false;
   const started = performance.now();
+  for (const f of alsoCollect) f();
   Bun.gc(true);
   const after = process.memoryUsage.rss();
   log?.("debug", "garbage collected", { rss_before_mb: Math.round(rss / 2 ** 20), rss_after_mb: Math.round(after / 2 ** 20), ms: Math.round(performance.now() - started) });

@@ -69,6 +69,12 @@ const NONE: readonly string[] = Object.freeze([]);
 export class DerivedRuleStore {
   readonly #db: Database;
   readonly #byConnection = new Map<string, string[]>();
+  /**
+   * Set where several worker threads serve (src/workers), each with its own copy: resolves once every other
+   * thread has re-read the rules after this one added some. The guard waits for it before it forwards the
+   * statement that derived them, so no session anywhere reads the copy unmasked.
+   */
+  share: (() => Promise<void>) | undefined;
 
   /** Open (creating, mode 0600) the store at `path`. */
   constructor(readonly path: string) {
@@ -92,6 +98,11 @@ export class DerivedRuleStore {
 
   close(): void {
     this.#db.close();
+  }
+
+  /** Read the rules again: another thread (src/workers) added some. */
+  reload(): void {
+    this.#load();
   }
 
   #load(): void {

@@ -94,53 +94,52 @@ const NUMBER_DIGITS = 7;
 /** The triggers present in bytes [start, end) of `buf`: 0 when no detector can match there. */
 export function triggers(buf: Uint8Array, start: number, end: number): number {
   let found = 0;
-  let run = 0; // token characters in a row
+  // The token run being read started at `runFrom` (16+ token characters in a row: RUN; 40+: LONG_RUN).
+  let runFrom = start;
   let digits = 0; // digits of the number being read
   let dots = 0; // its dots
   let i = start;
   while (i < end) {
     let c = buf[i]!;
-    // Lower-case letters and spaces, most of any text, in a loop of their own.
-    while (c === 0x20 || (c >= 0x61 && c <= 0x7a)) {
-      if (c === 0x20) {
-        if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
-        run = 0;
-      } else {
-        run++;
-        digits = 0;
-        dots = 0;
+    // Lower-case letters and spaces, most of any text, in a loop of their own: a letter only moves `i`.
+    if (c >= 0x61 && c <= 0x7a) {
+      digits = 0;
+      dots = 0;
+      while (++i < end) {
+        c = buf[i]!;
+        if (c > 0x7a || c < 0x61) break;
       }
-      if (++i >= end) break;
-      c = buf[i]!;
+      if (i >= end) break;
     }
-    if (i >= end) break;
+    if (c === 0x20) {
+      if (i - runFrom >= RUN_LENGTH) found |= i - runFrom >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
+      runFrom = ++i;
+      continue;
+    }
     const k = CLASS[c]!;
     switch (k) {
       case K_DIGIT:
-        run++;
         if (++digits >= NUMBER_DIGITS) found |= NUMBER;
+        // two capitals and two digits, "GB82": the second digit after capitals (they reset `digits`)
+        else if (digits === 2 && i - start >= 3 && CLASS[buf[i - 1]!] === K_DIGIT && CLASS[buf[i - 2]!] === K_UPPER && CLASS[buf[i - 3]!] === K_UPPER) found |= IBAN;
         if (dots >= 3 && digits >= 4) found |= DOTTED;
-        // two capitals and two digits: "GB82"
-        if (i - start >= 3 && CLASS[buf[i - 1]!] === K_DIGIT && CLASS[buf[i - 2]!] === K_UPPER && CLASS[buf[i - 3]!] === K_UPPER) found |= IBAN;
         break;
       case K_UPPER:
       case K_TOKEN:
-        run++;
         digits = 0;
         dots = 0;
         break;
       case K_NUMTOKEN:
-        run++;
         if (c === 0x2e) dots++;
         else if (c === 0x2d && i > start && buf[i - 1] === 0x2d) found |= DASHES;
         break;
       case K_NUMSEP:
-        if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
-        run = 0;
+        if (i - runFrom >= RUN_LENGTH) found |= i - runFrom >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
+        runFrom = i + 1;
         break;
       default:
-        if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
-        run = 0;
+        if (i - runFrom >= RUN_LENGTH) found |= i - runFrom >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
+        runFrom = i + 1;
         digits = 0;
         dots = 0;
         if (k === K_AT) found |= AT;
@@ -149,6 +148,6 @@ export function triggers(buf: Uint8Array, start: number, end: number): number {
     }
     i++;
   }
-  if (run >= RUN_LENGTH) found |= run >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
+  if (end - runFrom >= RUN_LENGTH) found |= end - runFrom >= LONG_RUN_LENGTH ? RUN | LONG_RUN : RUN;
   return found;
 }

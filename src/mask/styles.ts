@@ -38,7 +38,7 @@ const LETTER_OR_DIGIT = /[\p{L}\p{N}]/u;
 const WHITESPACE = /\s/u;
 
 function partial(value: string, detector: string, keep: number): string {
-  const k = Number.isFinite(keep) && keep > 0 ? Math.floor(keep) : 0;
+  const k = keptChars(keep);
   if (value.length < k + 4) return `[REDACTED:${detector}]`;
   const personal = PERSONAL.has(detector);
   if (ASCII.test(value)) return partialAscii(value, personal, k);
@@ -81,19 +81,36 @@ export function maskValue(value: string, detector: string, style: MaskStyle): st
   }
 }
 
+/** Whether partial keeps `detector`'s separators and punctuation (personal data) or stars all but whitespace (secrets). */
+export function isPersonal(detector: string): boolean {
+  return PERSONAL.has(detector);
+}
+
+/** How many characters the partial style keeps for a rule's `keep`. */
+export function keptChars(keep: number): number {
+  return Number.isFinite(keep) && keep > 0 ? Math.floor(keep) : 0;
+}
+
 /**
- * The partial style applied in place to ASCII bytes [start, end) of `buf`:
- * the same characters are starred as maskValue would star (the caller
- * checks the bytes are ASCII and at least keep + 4 long).
+ * The partial style on bytes [a, b) of `src`, written to `dst` at `o`: the
+ * same characters starred as maskValue would star (`personal`: isPersonal
+ * of the detector; `keep`: keptChars of the style's; the caller checks
+ * there are at least keep + 4 bytes). Returns the offset after them, or -1
+ * when a byte is not ASCII (what it wrote is then no value: use maskValue).
  */
-export function starPartial(buf: Uint8Array, start: number, end: number, detector: string, keep: number): void {
-  const personal = PERSONAL.has(detector);
-  const k = Number.isFinite(keep) && keep > 0 ? Math.floor(keep) : 0;
+export function starPartial(src: Uint8Array, a: number, b: number, dst: Uint8Array, o: number, personal: boolean, keep: number): number {
+  const end = o + (b - a);
   let kept = 0;
-  for (let i = end - 1; i >= start; i--) {
-    const c = buf[i]!;
-    if (!(personal ? (c >= 48 && c <= 57) || ((c | 32) >= 97 && (c | 32) <= 122) : !(c === 32 || (c >= 9 && c <= 13)))) continue;
-    if (kept < k) kept++;
-    else buf[i] = 0x2a; // *
+  let bits = 0;
+  for (let i = b - 1, j = end - 1; i >= a; i--, j--) {
+    const c = src[i]!;
+    bits |= c;
+    const maskable = personal ? (c >= 48 && c <= 57) || ((c | 32) >= 97 && (c | 32) <= 122) : !(c === 32 || (c >= 9 && c <= 13));
+    if (maskable && kept >= keep) dst[j] = 0x2a; // *
+    else {
+      if (maskable) kept++;
+      dst[j] = c;
+    }
   }
+  return bits < 0x80 ? end : -1;
 }

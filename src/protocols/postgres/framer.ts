@@ -8,17 +8,28 @@ export interface Frame {
   body: Buffer;
   /** The whole message as received, for forwarding unchanged. */
   raw: Buffer;
+  /** Where `raw` is: bytes [at, end) of `chunk` (to read or forward it without making the view). */
+  chunk: Buffer;
+  at: number;
+  end: number;
 }
 
-/** A frame whose body view is made only when asked for (most relayed messages never need it). */
+/** A frame whose views are made only when asked for (most relayed messages never need a body, rows not even `raw`). */
 class RawFrame implements Frame {
   constructor(
     readonly type: number,
-    readonly raw: Buffer,
+    readonly chunk: Buffer,
+    readonly at: number,
+    readonly end: number,
     private readonly head: number,
   ) {}
+  private view: Buffer | undefined;
+  get raw(): Buffer {
+    this.view ??= this.at === 0 && this.end === this.chunk.length ? this.chunk : this.chunk.subarray(this.at, this.end);
+    return this.view;
+  }
   get body(): Buffer {
-    return this.raw.subarray(this.head);
+    return this.chunk.subarray(this.at + this.head, this.end);
   }
 }
 
@@ -42,6 +53,8 @@ const COPY_PIECE_ABOVE = 64 * 1024;
  */
 export class Framer {
   private chunks: Buffer[] = [];
+  /** Where the bytes not yet returned start in chunks[0] (the rest of a chunk is not re-sliced per message). */
+  private pos = 0;
   private size = 0;
   /** When true the next packet has no type byte (startup phase). */
   untyped: boolean;
@@ -74,12 +87,13 @@ export class Framer {
     const head = this.untyped ? 4 : 5;
     if (this.size < head) return null;
     let first = this.chunks[0]!;
-    if (first.length < head) first = this.joinFirst(head);
+    if (first.length - this.pos < head) first = this.joinFirst(head);
+    const at = this.pos;
     const lenAt = this.untyped ? 0 : 1;
-    const len = first.readInt32BE(lenAt);
+    const len = first.readInt32BE(at + lenAt);
     if (len < 4) throw new ProtocolViolation(`invalid message length ${len}`);
     const total = lenAt + len;
-    const copy = this.streamCopyData && !this.untyped && first[0] === COPY_DATA;
+    const copy = this.streamCopyData && !this.untyped && first[at] === COPY_DATA;
     if (copy && len > LARGE_MESSAGE_LIMIT) throw new ProtocolViolation(`CopyData message of ${len} bytes exceeds PostgreSQL's limit of ${LARGE_MESSAGE_LIMIT} bytes`);
     if (len > this.maxBytes && !copy) {
       throw new ProtocolViolation(`message of ${len} bytes exceeds the limit of ${this.maxBytes} bytes`);
@@ -89,44 +103,54 @@ export class Framer {
       return this.copyPiece();
     }
     if (this.size < total) return null; // wait without copying partial bodies
-    if (first.length < total) first = this.joinFirst(total);
-    const raw = first.subarray(0, total);
-    if (total === first.length) this.chunks.shift();
-    else this.chunks[0] = first.subarray(total);
-    this.size -= total;
-    return new RawFrame(this.untyped ? 0 : raw[0]!, raw, head);
+    if (first.length - this.pos < total) first = this.joinFirst(total);
+    const from = this.take(first, total);
+    return new RawFrame(this.untyped ? 0 : first[from]!, first, from, from + total, head);
+  }
+
+  /** Take the next `n` bytes of `first` (chunks[0], which holds them); returns where they start in it. The chunk is dropped once all of it is taken. */
+  private take(first: Buffer, n: number): number {
+    const at = this.pos;
+    if (at + n === first.length) {
+      this.chunks.shift();
+      this.pos = 0;
+    } else this.pos = at + n;
+    this.size -= n;
+    return at;
   }
 
   /** The next part of the CopyData message being passed on: what has arrived of it, one chunk at most. */
   private copyPiece(): Frame | null {
     if (this.size === 0) return null;
     const first = this.chunks[0]!;
-    const take = Math.min(first.length, this.copyLeft);
-    const raw = take === first.length ? first : first.subarray(0, take);
-    if (take === first.length) this.chunks.shift();
-    else this.chunks[0] = first.subarray(take);
-    this.size -= take;
-    this.copyLeft -= take;
-    return new RawFrame(COPY_DATA, raw, 0);
+    const n = Math.min(first.length - this.pos, this.copyLeft);
+    const from = this.take(first, n);
+    this.copyLeft -= n;
+    return new RawFrame(COPY_DATA, first, from, from + n, 0);
   }
 
   /**
    * The first `n` bytes (which have arrived) joined into one first chunk:
    * only the message that spans chunks is copied, the rest of the last
-   * chunk it takes from stays a view (so the bytes after it are not copied,
-   * and stay one run with what follows them in that chunk).
+   * chunk it takes from stays where it is (so the bytes after it are not
+   * copied, and stay one run with what follows them in that chunk).
    */
   private joinFirst(n: number): Buffer {
     const out = Buffer.allocUnsafe(n);
     let o = 0;
     while (o < n) {
       const c = this.chunks[0]!;
-      const take = Math.min(c.length, n - o);
-      o += c.copy(out, o, 0, take);
-      if (take === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(take);
+      const take = Math.min(c.length - this.pos, n - o);
+      o += c.copy(out, o, this.pos, this.pos + take);
+      if (this.pos + take === c.length) {
+        this.chunks.shift();
+        this.pos = 0;
+      } else this.pos += take;
     }
+    // the chunk it ended in keeps its rest; `pos` is for chunks[0] only
+    if (this.pos > 0) this.chunks[0] = this.chunks[0]!.subarray(this.pos);
     this.chunks.unshift(out);
+    this.pos = 0;
     return out;
   }
 }
@@ -142,8 +166,13 @@ export class Outbox {
   private first: Buffer | null = null;
   private end = 0;
   private size = 0;
+  // When the run ends with bytes added by addRange: that buffer and where they end in it (so the next range
+  // of the same buffer extends the run without reading `.buffer`, which costs a call per row).
+  private src: Buffer | null = null;
+  private srcEnd = 0;
 
   add(b: Buffer): void {
+    this.src = null;
     const first = this.first;
     if (first !== null && b.byteOffset === this.end && b.buffer === first.buffer) {
       this.end += b.length;
@@ -158,13 +187,19 @@ export class Outbox {
 
   /** Bytes [a, b) of `buf`, as add(buf.subarray(a, b)), without making that view when they extend the run being collected. */
   addRange(buf: Buffer, a: number, b: number): void {
+    if (buf === this.src && a === this.srcEnd) {
+      this.end += b - a;
+      this.size += b - a;
+      this.srcEnd = b;
+      return;
+    }
     const first = this.first;
     if (first !== null && buf.byteOffset + a === this.end && buf.buffer === first.buffer) {
       this.end += b - a;
       this.size += b - a;
-      return;
-    }
-    this.add(buf.subarray(a, b));
+    } else this.add(buf.subarray(a, b));
+    this.src = buf;
+    this.srcEnd = b;
   }
 
   get empty(): boolean {
@@ -188,6 +223,7 @@ export class Outbox {
   }
 
   private close(): void {
+    this.src = null;
     const first = this.first;
     if (first === null) return;
     this.parts.push(this.size === first.length ? first : Buffer.from(first.buffer, first.byteOffset, this.size));

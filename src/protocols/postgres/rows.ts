@@ -49,7 +49,7 @@ import { isUtf8 } from "node:buffer";
 import type { SqlFacts, SqlStatement } from "../../core/types.ts";
 import { binaryScannable, type ColumnRule, type CompiledMask, maskWith, ruleForColumn, ruleForColumnName, ruleForName, strictest } from "../../mask/rules.ts";
 import { triggers } from "../../mask/prefilter.ts";
-import { maskValue, starPartial } from "../../mask/styles.ts";
+import { isPersonal, keptChars, maskValue, starPartial } from "../../mask/styles.ts";
 import type { MaskCounts } from "../../mask/types.ts";
 import { FIRST_USER_OID, fieldText, maskInside, OPAQUE_SAFE, textBytesOffset, type UserTypes } from "./binary.ts";
 import type { ColumnOrigin } from "./catalog.ts";
@@ -117,11 +117,20 @@ interface Column {
   offset: number;
   /** A rule whose replacement does not depend on the value (redact): the replacement, made once. */
   constant?: Buffer | null;
+  /** The partial style: whether its label is personal data (styles.ts), and how many characters it keeps. */
+  personal: boolean;
+  keep: number;
+  /** Detected as text from `offset` (not bytea, not a binary value decoded first): the row loop runs the prefilter itself. */
+  text: boolean;
 }
 
-const SLAB_BYTES = 64 * 1024;
-/** Free slabs a session keeps for reuse at most. */
-const FREE_SLABS = 32;
+/**
+ * As large as the chunks a socket read delivers (Bun's are up to 512 KB): the
+ * masked rows of one chunk then leave in one write, not in one per 64 KB.
+ */
+const SLAB_BYTES = 512 * 1024;
+/** Free slabs a session keeps for reuse at most (2 MB). */
+const FREE_SLABS = 4;
 
 /**
  * Where masked rows are written: slabs of SLAB_BYTES; consecutive masked
@@ -150,6 +159,7 @@ export class RowSlabs {
   reserve(row: number, written: number, need: number): number {
     const from = row < 0 ? this.used : row;
     if (from + written + need <= this.slab.length) return from;
+    this.flush();
     const size = written + need;
     const slab = size <= SLAB_BYTES ? (this.free.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES)) : Buffer.allocUnsafeSlow(Math.max(SLAB_BYTES, 2 * size));
     if (written > 0) this.slab.copy(slab, 0, from, from + written);
@@ -163,6 +173,7 @@ export class RowSlabs {
 
   /** The slabs holding rows written since the last call (to be released once the write carrying them is flushed); the next row starts a new slab. */
   seal(): Buffer[] | undefined {
+    this.flush();
     if (this.used > 0) this.sealed.push(this.slab);
     this.slab = EMPTY;
     this.used = 0;
@@ -171,6 +182,48 @@ export class RowSlabs {
     this.sealed = [];
     return out;
   }
+
+  /**
+   * Bytes [a, b) of `src` into the slab at `o` (the caller has made room);
+   * returns the offset after them. Short runs are copied at once, without a
+   * native call; a longer one waits (flush()), so that the next run of the
+   * same bytes of `src` that lands right after it joins it: the end of one
+   * masked row and the start of the next, adjacent in what the target sent,
+   * go in one copy. (`src` is never written to: received bytes.)
+   */
+  copy(src: Buffer, a: number, b: number, o: number): number {
+    if (src === this.pendingSrc && a === this.pendingTo && o === this.pendingAt + (a - this.pendingFrom)) {
+      this.pendingTo = b;
+      return o + (b - a);
+    }
+    if (b - a <= 16) {
+      while (a < b) this.slab[o++] = src[a++]!;
+      return o;
+    }
+    this.flush();
+    this.pendingSrc = src;
+    this.pendingFrom = a;
+    this.pendingTo = b;
+    this.pendingAt = o;
+    return o + (b - a);
+  }
+
+  /** The copy copy() holds back, done (before the slab is read or changed). */
+  flush(): void {
+    if (this.pendingSrc === null) return;
+    this.pendingSrc.copy(this.slab, this.pendingAt, this.pendingFrom, this.pendingTo);
+    this.pendingSrc = null;
+  }
+
+  /** flush() if the copy held back writes slab byte `at` (or any before it). */
+  flushOver(at: number): void {
+    if (this.pendingSrc !== null && this.pendingAt <= at) this.flush();
+  }
+
+  private pendingSrc: Buffer | null = null;
+  private pendingFrom = 0;
+  private pendingTo = 0;
+  private pendingAt = 0;
 
   /** Slabs sealed before, whose write has been flushed: free for new rows. */
   release(slabs: readonly Buffer[]): void {
@@ -242,7 +295,7 @@ export class ResultMasker {
         : binary
           ? textBytesOffset(f.type) === 0 ? "string" : "other"
           : TEXT_STRING.has(f.type) || f.type >= FIRST_USER_OID ? "string" : "other";
-    const base = { label: f.name, shape, binary, type: f.type, offset: binary ? (textBytesOffset(f.type) ?? 0) : 0 };
+    const base = { label: f.name, shape, binary, type: f.type, offset: binary ? (textBytesOffset(f.type) ?? 0) : 0, personal: false, keep: 0, text: false };
     const m = this.mask;
     let rule: ColumnRule | undefined;
     if (m.columns.length > 0 || computed !== undefined) {
@@ -264,25 +317,36 @@ export class ResultMasker {
     if (rule) {
       const col: Column = { action: RULE, rule, ...base };
       if (rule.style.kind === "redact") col.constant = encode(col, maskValue("", col.label, rule.style));
+      if (rule.style.kind === "partial") {
+        col.personal = isPersonal(col.label);
+        col.keep = keptChars(rule.style.keep);
+      }
       return col;
     }
     if (m.detectors.length === 0) return { action: KEEP, ...base };
     // A type that cannot hold text a detector finds passes, in either format.
     if (OPAQUE_SAFE.has(f.type)) return { action: KEEP, ...base };
     if (!this.numeric && NUMERIC_TEXT.has(f.type)) return { action: KEEP, ...base };
-    return { action: DETECT, ...base };
+    return { action: DETECT, ...base, text: shape !== "bytea" && !(shape === "other" && binary) };
   }
 
   /** The DataRow message `raw` (type byte and length included), masked; the same buffer when nothing changed. */
   row(raw: Buffer): Buffer {
-    return this.write(raw) ? this.out.slab.subarray(this.at, this.out.used) : raw;
+    if (!this.write(raw, 0, raw.length)) return raw;
+    this.out.flush();
+    return this.out.slab.subarray(this.at, this.out.used);
   }
 
-  /** The DataRow message `raw` masked into `out` (no view of a masked row is made when it extends the run `out` collects); returns its length. */
-  rowInto(raw: Buffer, out: Outbox): number {
-    if (!this.write(raw)) {
-      out.add(raw);
-      return raw.length;
+  /**
+   * The DataRow message at bytes [start, end) of `buf` masked into `out`
+   * (no view of the row is made when it extends the run `out` collects);
+   * returns its length. The bytes of a masked row are in place once the
+   * slabs are sealed (RowSlabs.seal, before the write that sends them).
+   */
+  rowInto(buf: Buffer, start: number, end: number, out: Outbox): number {
+    if (!this.write(buf, start, end)) {
+      out.addRange(buf, start, end);
+      return end - start;
     }
     out.addRange(this.out.slab, this.at, this.out.used);
     return this.out.used - this.at;
@@ -291,22 +355,24 @@ export class ResultMasker {
   /** Where the last masked row starts in the slab (it ends at out.used). */
   private at = 0;
 
-  /** Mask `raw` into the slab: false when nothing changed, else the row is slab [at, used). */
-  private write(raw: Buffer): boolean {
-    if (raw.length < 7) throw new ProtocolViolation("DataRow is truncated");
-    const n = raw.readUInt16BE(5);
+  /** Mask the DataRow at [s, e) of `raw` into the slab: false when nothing changed, else the row is slab [at, used). */
+  private write(raw: Buffer, s: number, e: number): boolean {
+    if (e - s < 7) throw new ProtocolViolation("DataRow is truncated");
+    const n = (raw[s + 5]! << 8) | raw[s + 6]!;
     const cols = this.columns;
-    let p = 7;
-    // Once a field changes, the row is written into the slab from `row`: raw bytes [0, copied) are there, up to `o`.
+    // A field beyond the columns planned would pass unmasked (fail closed: PostgreSQL never sends one).
+    if (n !== cols.length) throw new ProtocolViolation(`a DataRow has ${n} fields, its RowDescription ${cols.length} columns`);
+    let p = s + 7;
+    // Once a field changes, the row is written into the slab from `row`: raw bytes [s, copied) are there, up to `o`.
     let row = -1;
     let o = 0;
-    let copied = 0;
+    let copied = s;
     for (let i = 0; i < n; i++) {
-      if (p + 4 > raw.length) throw new ProtocolViolation("DataRow is truncated");
+      if (p + 4 > e) throw new ProtocolViolation("DataRow is truncated");
       const len = (raw[p]! << 24) | (raw[p + 1]! << 16) | (raw[p + 2]! << 8) | raw[p + 3]!;
       const start = p;
       p += 4;
-      if (len > 0 && p + len > raw.length) throw new ProtocolViolation("DataRow is truncated");
+      if (len > 0 && p + len > e) throw new ProtocolViolation("DataRow is truncated");
       const col = cols[i];
       if (len < 0 || col === undefined || col.action === KEEP) {
         if (len > 0) p += len;
@@ -315,11 +381,20 @@ export class ResultMasker {
       const a = p;
       const b = p + len;
       p = b;
-      const v = col.action === RULE ? this.ruleValue(col, i, raw, a, b) : this.detectValue(col, raw, a, b);
+      let v: Value;
+      if (col.action === RULE) v = this.ruleValue(col, i, raw, a, b);
+      else if (col.text) {
+        // Most text is ruled out by the prefilter alone: nothing more is read, called or made for it.
+        const found = triggers(raw, a + col.offset, b);
+        if (found === 0) continue;
+        const names = this.mask.forTriggers(found);
+        if (names.length === 0) continue;
+        v = this.detectText(col, raw, a, b, names);
+      } else v = this.detectValue(col, raw, a, b);
       if (v === undefined) continue;
       // room for the raw bytes before the field, the field and the rest of the row
       const size = v === null ? 0 : v === TEXT ? this.text.length * 3 + (b - a) : v === STARRED ? b - a : v.length;
-      const need = start - copied + 4 + size + raw.length - b;
+      const need = start - copied + 4 + size + e - b;
       const slabs = this.out;
       if (row < 0) {
         row = slabs.reserve(-1, 0, need);
@@ -330,7 +405,7 @@ export class ResultMasker {
         o = row + written;
       }
       const out = slabs.slab;
-      o += raw.copy(out, o, copied, start);
+      o = slabs.copy(raw, copied, start, o);
       copied = b;
       if (v === null) {
         o = int32(out, o, -1);
@@ -339,16 +414,31 @@ export class ResultMasker {
       const at = o;
       o += 4;
       if (v === STARRED) {
-        o += raw.copy(out, o, a, b);
-        starPartial(out, at + 4, o, col.label, (col.rule!.style as { keep: number }).keep);
+        const end = starPartial(raw, a, b, out, o, col.personal, col.keep);
+        if (end < 0) {
+          // not ASCII (rare): the partial style on the text, over what starPartial wrote
+          const w = encode(col, maskValue(raw.toString("utf8", a, b), col.label, col.rule!.style))!;
+          if (o + w.length + e - b > slabs.slab.length) {
+            const written = o - row;
+            row = slabs.reserve(row, written, w.length + e - b);
+            o = row + written;
+          }
+          o = slabs.copy(w, 0, w.length, o);
+          int32(slabs.slab, o - w.length - 4, w.length);
+          continue;
+        }
+        o = end;
       } else if (v === TEXT) {
-        if (this.prefix) o += raw.copy(out, o, a, a + this.prefix);
+        if (this.prefix) o = slabs.copy(raw, a, a + this.prefix, o);
         o += out.write(this.text, o, this.latin1 ? "latin1" : "utf8");
-      } else o += v.copy(out, o);
+      } else o = slabs.copy(v, 0, v.length, o);
       int32(out, at, o - at - 4);
     }
     if (row < 0) return false;
-    o += raw.copy(this.out.slab, o, copied, raw.length);
+    // (the rest of the row is copied with the next row's first bytes when they follow it in `raw`, see RowSlabs.copy)
+    o = this.out.copy(raw, copied, e, o);
+    // the row's new length goes over the raw one, which copy() may still hold back
+    this.out.flushOver(row + 1);
     int32(this.out.slab, row + 1, o - row - 1);
     this.out.used = o;
     this.at = row;
@@ -384,7 +474,8 @@ export class ResultMasker {
     if (col.constant !== undefined) return col.constant;
     if (col.shape === "other") return null;
     const style = col.rule!.style;
-    if (col.shape === "string" && style.kind === "partial" && isAsciiPartial(raw, a, b, style.keep)) return STARRED;
+    // starred as the bytes are copied, if they are ASCII (see write)
+    if (col.shape === "string" && style.kind === "partial" && b - a >= col.keep + 4) return STARRED;
     const value = col.shape === "bytea" ? raw.toString("latin1", a, b) : raw.toString("utf8", a + col.offset, b);
     return encode(col, maskValue(value, col.label, style));
   }
@@ -423,7 +514,12 @@ export class ResultMasker {
       for (const [k, v] of Object.entries(found)) counts[k] = (counts[k] ?? 0) + v;
       return masked ? inside : null;
     }
-    const masked = maskSpan(raw, a + col.offset, b, m, counts);
+    return this.detectText(col, raw, a, b);
+  }
+
+  /** The detectors on a column read as text from `col.offset` (`names`: those its triggers allow, if known). */
+  private detectText(col: Column, raw: Buffer, a: number, b: number, names?: readonly string[]): Value {
+    const masked = maskSpan(raw, a + col.offset, b, this.mask, this.tally.detectors, names);
     if (masked === undefined) return undefined;
     if (col.shape === "other") return null;
     if (col.shape === "json" && !isJson(masked.text)) return encode(col, masked.text);
@@ -438,7 +534,7 @@ export class ResultMasker {
   }
 }
 
-/** What a field becomes: unchanged (undefined), NULL, bytes, this.text (TEXT), or its own bytes partly starred (STARRED). */
+/** What a field becomes: unchanged (undefined), NULL, bytes, this.text (TEXT), or its own bytes partly starred (STARRED: when they are ASCII; see write). */
 const TEXT = 1;
 const STARRED = 2;
 type Value = Buffer | null | undefined | typeof TEXT | typeof STARRED;
@@ -450,13 +546,6 @@ function int32(buf: Buffer, at: number, v: number): number {
   buf[at + 2] = v >>> 8;
   buf[at + 3] = v;
   return at + 4;
-}
-
-/** Can the partial style work on these bytes in place (ASCII, long enough)? */
-function isAsciiPartial(buf: Buffer, a: number, b: number, keep: number): boolean {
-  if (b - a < Math.max(0, Math.floor(keep)) + 4) return false;
-  for (let i = a; i < b; i++) if (buf[i]! >= 0x80) return false;
-  return true;
 }
 
 /** A replacement text as a value of the column's shape and format. */
@@ -593,10 +682,12 @@ export function maskBytes(buf: Buffer, a: number, b: number, m: CompiledMask, co
  * text and whether it is Latin-1 (the bytes were not UTF-8), or undefined
  * when nothing was found (most text is not even decoded).
  */
-function maskSpan(buf: Buffer, a: number, b: number, m: CompiledMask, counts: MaskCounts): { text: string; latin1: boolean } | undefined {
+function maskSpan(buf: Buffer, a: number, b: number, m: CompiledMask, counts: MaskCounts, names?: readonly string[]): { text: string; latin1: boolean } | undefined {
   if (m.detectors.length === 0 || a >= b) return undefined;
-  const found = triggers(buf, a, b);
-  const names = found === 0 ? NONE : m.forTriggers(found);
+  if (names === undefined) {
+    const found = triggers(buf, a, b);
+    names = found === 0 ? NONE : m.forTriggers(found);
+  }
   if (names.length === 0) return undefined;
   let text = buf.toString("utf8", a, b);
   const latin1 = text.includes("\uFFFD") && !isUtf8(buf.subarray(a, b));

@@ -9,7 +9,7 @@ import net from "node:net";
 import tls from "node:tls";
 import { AgateError } from "../../core/errors.ts";
 import { connectionCap } from "../../core/fd-limit.ts";
-import { DEFAULT_LIMITS, ListenerLimits } from "../../core/limits.ts";
+import { DEFAULT_LIMITS, type Limits, ListenerLimits, type Release } from "../../core/limits.ts";
 import type { ClientInfo, Guard, StartupSetting } from "../../core/guard.ts";
 import type { Logger } from "../../core/log.ts";
 import type { ConnectionRef, Session } from "../../core/types.ts";
@@ -43,7 +43,13 @@ export interface PgListenerOptions {
   /** Like PostgreSQL's authentication_timeout: a client not logged in by then is dropped. */
   startupTimeoutMs: number;
   /** Connections, sessions, idle timeouts and lifetime (core/limits.ts); PostgreSQL's defaults when absent. */
-  limits?: ListenerLimits;
+  limits?: Limits;
+  /**
+   * Bind with SO_REUSEPORT, so that several worker threads (src/workers) accept on the same port: "first"
+   * for the thread that binds it first (a fixed port must be free: another process with SO_REUSEPORT on
+   * it would otherwise silently share its connections), "join" for the others.
+   */
+  reusePort?: "first" | "join";
 }
 
 /**
@@ -103,6 +109,29 @@ interface CancelKey {
 }
 const cancelKeys = new Map<number, Set<CancelKey>>();
 
+/**
+ * Where a CancelRequest goes whose key no session of this thread holds: with
+ * several worker threads (src/workers), the session may be another's (a
+ * cancel arrives on a new connection, which any of them may accept).
+ */
+type CancelRelay = (pid: number, secret: number, client: ClientInfo) => void;
+const cancelRelays = new Set<CancelRelay>();
+
+/** Send CancelRequests for sessions this thread does not hold to `relay` too, until the returned function is called. */
+export function relayCancels(relay: CancelRelay): () => void {
+  cancelRelays.add(relay);
+  return () => cancelRelays.delete(relay);
+}
+
+/** Cancel what the session of key (pid, secret) runs, if one of this thread's sessions holds it; whether one did. */
+export function cancelHere(pid: number, secret: number, client: ClientInfo): boolean {
+  const key = cancelKeyFor(pid, secret);
+  if (!key) return false;
+  key.guard.cancelRequested(key.session, client);
+  void cancelUpstream(key.target, pid, key.upstreamSecret).catch(() => {});
+  return true;
+}
+
 /** The session a CancelRequest's (pid, secret) stands for, the secret compared in constant time. */
 function cancelKeyFor(pid: number, secret: number): CancelKey | undefined {
   const given = Buffer.alloc(4);
@@ -112,7 +141,20 @@ function cancelKeyFor(pid: number, secret: number): CancelKey | undefined {
   return found;
 }
 
-export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
+/** Whether `host:port` can be bound without SO_REUSEPORT right now (nothing else listens there). */
+function portFree(host: string, port: number): Promise<Error | null> {
+  return new Promise((done) => {
+    const probe = net.createServer();
+    probe.once("error", (e) => done(e));
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => done(null)));
+  });
+}
+
+export async function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
+  if (opts.reusePort === "first" && opts.port !== 0) {
+    const taken = await portFree(opts.host, opts.port);
+    if (taken) throw new AgateError("LISTEN_FAILED", `cannot listen on ${opts.host}:${opts.port} for connection "${opts.connection.name}": ${taken.message}`);
+  }
   const secureContext = opts.tls ? tls.createSecureContext({ cert: opts.tls.cert, key: opts.tls.key }) : undefined;
   const sockets = new Set<net.Socket>();
   // Column origins for masking, looked up with the gateway's own target credentials; shared by the sessions.
@@ -138,14 +180,31 @@ export function listenPostgres(opts: PgListenerOptions): Promise<PgListener> {
     // Counted from accept; over a limit, refused (53300) once the startup packet is read, as PostgreSQL does,
     // so that the client gets the error over TLS if it asked for TLS, and a CancelRequest still works.
     const admitted = limits.admitConnection(socket.remoteAddress ?? "unknown");
-    if (typeof admitted === "function") socket.once("close", admitted);
-    new Startup(socket, opts, secureContext, catalog, limits, admitted instanceof AgateError ? admitted : undefined).start();
+    const start = (a: Release | AgateError) => {
+      if (typeof a === "function") socket.once("close", a);
+      new Startup(socket, opts, secureContext, catalog, limits, a instanceof AgateError ? a : undefined).start();
+    };
+    if (!(admitted instanceof Promise)) return start(admitted);
+    // A worker thread asks the main thread (src/workers); nothing is read meanwhile, and a reset is no crash.
+    socket.pause();
+    socket.on("error", () => socket.destroy());
+    admitted.then(
+      (a) => {
+        if (socket.destroyed) {
+          if (typeof a === "function") a();
+          return;
+        }
+        start(a);
+        socket.resume();
+      },
+      () => socket.destroy(),
+    );
   });
   return new Promise((resolve, reject) => {
     server.once("error", (e) =>
       reject(new AgateError("LISTEN_FAILED", `cannot listen on ${opts.host}:${opts.port} for connection "${opts.connection.name}": ${e.message}`)),
     );
-    server.listen(opts.port, opts.host, () => {
+    server.listen({ port: opts.port, host: opts.host, ...(opts.reusePort ? { reusePort: true } : {}) }, () => {
       const addr = server.address() as net.AddressInfo;
       resolve({
         port: addr.port,
@@ -186,7 +245,7 @@ class Startup {
     private readonly opts: PgListenerOptions,
     private readonly secureContext: tls.SecureContext | undefined,
     private readonly catalog: Catalog,
-    private readonly limits: ListenerLimits,
+    private readonly limits: Limits,
     /** Why the connection is over a limit (core/limits.ts), refused at the startup packet. */
     private readonly overLimit: AgateError | undefined,
   ) {
@@ -283,11 +342,10 @@ class Startup {
     if (code === CANCEL_REQUEST_CODE) {
       const pid = r.i32();
       const secret = r.i32();
-      const key = cancelKeyFor(pid, secret);
       // As PostgreSQL does: no answer either way, and a wrong secret is silently ignored.
-      if (key) {
-        key.guard.cancelRequested(key.session, this.client());
-        void cancelUpstream(key.target, pid, key.upstreamSecret).catch(() => {});
+      if (!cancelHere(pid, secret, this.client()) && cancelRelays.size > 0) {
+        this.opts.log("debug", "cancel request relayed to the other workers", { connection: this.opts.connection.name });
+        for (const relay of cancelRelays) relay(pid, secret, this.client());
       }
       this.stage = "closing";
       this.sock.destroy();
@@ -329,6 +387,24 @@ class Startup {
     }
     // A blocked address, a locked user: refused before a password is asked for.
     const barred = this.opts.guard.admission(this.client(), this.params.user);
+    if (!(barred instanceof Promise)) return this.askPassword(code, barred);
+    // A worker thread asks the main thread (src/workers); nothing is read meanwhile.
+    this.stage = "busy";
+    this.sock.pause();
+    barred.then(
+      (b) => {
+        if (this.stage !== "busy") return;
+        this.stage = "startup";
+        this.askPassword(code, b);
+        this.sock.resume();
+        this.step();
+      },
+      () => this.sock.destroy(),
+    );
+  }
+
+  /** Ask for the password, unless `barred` says why not. */
+  private askPassword(code: number, barred: AgateError | null): void {
     if (barred) {
       this.reject(LIMIT_SQLSTATE[barred.code] ?? "28000", barred.code, `agate: ${barred.message}`);
       return;

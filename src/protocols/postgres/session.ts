@@ -900,10 +900,13 @@ export class PgSession {
           break;
         }
         this.resultRows++;
-        if (r?.rows) this.resultBytes += r.rows.rowInto(f.raw, out);
+        if (r?.rows) this.resultBytes += r.rows.rowInto(f.chunk, f.at, f.end, out);
         else if (r?.kind === "execute" && !r.mask.empty) return this.executeRows(f, out);
         else if (!(r && r.kind !== "describe" ? r.mask : this.lastMask).empty) throw new Error("the target sent rows agate cannot match with their columns, so they cannot be masked");
-        else this.relayRow(f.raw, out);
+        else {
+          this.resultBytes += f.end - f.at;
+          out.addRange(f.chunk, f.at, f.end);
+        }
         break;
       }
       case T.RowDescription:
@@ -1145,7 +1148,7 @@ export class PgSession {
     if (!desc) throw new Error(`rows of portal "${r.portal}" arrived without its columns, so they cannot be masked`);
     const planned = this.plan(desc, r);
     if (planned) return planned;
-    this.resultBytes += r.rows!.rowInto(f.raw, out);
+    this.resultBytes += r.rows!.rowInto(f.chunk, f.at, f.end, out);
     return undefined;
   }
 

@@ -17,7 +17,7 @@ import { Server, type AuthContext, type Connection, type ServerChannel, type Cli
 import type { SshTarget } from "../../config/ssh.ts";
 import { AgateError, asError } from "../../core/errors.ts";
 import type { ClientInfo, Guard, HeldRequest } from "../../core/guard.ts";
-import { ListenerLimits, DEFAULT_LIMITS, type Release, type SessionClock } from "../../core/limits.ts";
+import { ListenerLimits, DEFAULT_LIMITS, type Limits, type Release, type SessionClock } from "../../core/limits.ts";
 import type { Logger } from "../../core/log.ts";
 import type { Command, ConnectionRef, Session } from "../../core/types.ts";
 import { DETECTORS, findAll } from "../../mask/detectors.ts";
@@ -39,7 +39,7 @@ export interface SshListenerOptions {
   target: SshTarget;
   guard: Guard;
   log: Logger;
-  limits?: ListenerLimits;
+  limits?: Limits;
   /** From accept to a verified identity. */
   loginTimeoutMs?: number;
 }
@@ -54,7 +54,7 @@ export const REFUSED_EXIT = 126;
 const METHODS: AuthContext["method"][] = ["password", "keyboard-interactive"];
 
 export function listenSsh(opts: SshListenerOptions): Promise<SshListener> {
-  const limits = opts.limits ?? new ListenerLimits(opts.connection.name, DEFAULT_LIMITS);
+  const limits: Limits = opts.limits ?? new ListenerLimits(opts.connection.name, DEFAULT_LIMITS);
   const open = new Set<SshConnection>();
   const server = new Server({ hostKeys: opts.hostKeys.map((k) => k.private), algorithms: SERVER_ALGORITHMS, ident: "agate" }, (client, info) => {
     const c = new SshConnection(client, { address: info.ip, port: info.port, tls: false, application: info.header.identRaw }, opts, limits);
@@ -83,8 +83,10 @@ class SshConnection {
   private upstream: Promise<Client> | undefined;
   private seq = 0;
   private ended = false;
-  private readonly releaseConnection: Release | undefined;
+  private releaseConnection: Release | undefined;
   private readonly loginTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Settles once the connection is admitted (core/limits.ts; asked of the main thread from a worker). */
+  private readonly admitted: Promise<boolean>;
   /** One login attempt at a time (a client may pipeline them). */
   private authenticating: Promise<void> = Promise.resolve();
   private closeReason = "client disconnected";
@@ -97,17 +99,21 @@ class SshConnection {
     private readonly client: Connection,
     private readonly info: ClientInfo,
     private readonly opts: SshListenerOptions,
-    private readonly limits: ListenerLimits,
+    private readonly limits: Limits,
   ) {
     client.on("error", (e: Error) => opts.log("debug", "ssh client error", { connection: opts.connection.name, client: info.address, error: e.message }));
+    const admit = (a: Release | AgateError): boolean => {
+      if (a instanceof AgateError) {
+        this.refuse(a);
+        void this.end(a.message, a.code);
+        return false;
+      }
+      if (this.ended) a();
+      else this.releaseConnection = a;
+      return true;
+    };
     const admitted = limits.admitConnection(info.address);
-    if (admitted instanceof AgateError) {
-      this.refuse(admitted);
-      client.end();
-      this.loginTimer = undefined;
-      return;
-    }
-    this.releaseConnection = admitted;
+    this.admitted = admitted instanceof Promise ? admitted.then(admit, () => admit(new AgateError("LIMIT_UNAVAILABLE", "the connection limits could not be asked"))) : Promise.resolve(admit(admitted));
     this.loginTimer = setTimeout(() => {
       if (this.session) return;
       this.refuse(new AgateError("LOGIN_TIMEOUT", `no verified login within ${opts.loginTimeoutMs ?? 60_000} ms`));
@@ -159,10 +165,10 @@ class SshConnection {
   }
 
   private async authenticate(ctx: AuthContext): Promise<void> {
-    if (this.session || this.ended) return ctx.reject();
+    if (!(await this.admitted) || this.session || this.ended) return ctx.reject([], false);
     const user = ctx.username;
     // A blocked address, a locked user: refused before a credential is asked for.
-    const barred = this.opts.guard.admission(this.info, user);
+    const barred = await this.opts.guard.admission(this.info, user);
     if (barred) {
       this.refuse(barred, user);
       return ctx.reject([], false);

@@ -5,13 +5,13 @@
  */
 import type { SshConnectionConfig } from "../../config/ssh.ts";
 import type { Guard } from "../../core/guard.ts";
-import { ListenerLimits } from "../../core/limits.ts";
+import type { Limits } from "../../core/limits.ts";
 import type { Logger } from "../../core/log.ts";
 import { ensureHostKeys } from "./hostkeys.ts";
 import { listenSsh, type SshListener } from "./server.ts";
 import { initShell } from "./shparse.ts";
 
-export async function startSshListeners(connections: SshConnectionConfig[], guard: Guard, log: Logger, limits: ListenerLimits[]): Promise<(SshListener & { name: string; host: string })[]> {
+export async function startSshListeners(connections: SshConnectionConfig[], guard: Guard, log: Logger, limits: (connection: string) => Limits): Promise<(SshListener & { name: string; host: string })[]> {
   if (connections.length === 0) return [];
   await initShell();
   const out: (SshListener & { name: string; host: string })[] = [];
@@ -19,8 +19,6 @@ export async function startSshListeners(connections: SshConnectionConfig[], guar
     for (const c of connections) {
       const { keys, generated } = ensureHostKeys(c.host_keys_dir);
       for (const g of generated) log("info", "ssh host key generated", { connection: c.name, file: g });
-      const connectionLimits = new ListenerLimits(c.name, c.limits);
-      limits.push(connectionLimits);
       const target = `${c.target.user}@${c.target.host}:${c.target.port}`;
       const l = await listenSsh({
         connection: { name: c.name, protocol: "ssh", target },
@@ -31,7 +29,7 @@ export async function startSshListeners(connections: SshConnectionConfig[], guar
         target: c.target,
         guard,
         log,
-        limits: connectionLimits,
+        limits: limits(c.name),
         loginTimeoutMs: c.login_timeout_ms,
       });
       out.push({ ...l, name: c.name, host: c.host });
