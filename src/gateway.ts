@@ -19,7 +19,7 @@ import { Guard } from "./core/guard.ts";
 import { ListenerLimits } from "./core/limits.ts";
 import { Lockout } from "./core/lockout.ts";
 import type { Logger } from "./core/log.ts";
-import { AccountStore } from "./identity/accounts.ts";
+import { AccountStore, recordAccountEvents } from "./identity/accounts.ts";
 import { Identities } from "./identity/index.ts";
 import { DerivedRuleStore } from "./mask/derived.ts";
 import { createPolicyEngine, type PolicyManifest } from "./policy/index.ts";
@@ -73,6 +73,7 @@ export async function startGateway(config: Config, log: Logger, testing: { audit
   const accounts = config.identity.accounts ? new AccountStore(config.identity.accounts) : undefined;
   const identity = new Identities(config.identity, accounts);
   const lockout = new Lockout(config.lockout, accounts);
+  const accountEvents = accounts ? recordAccountEvents(accounts, (fields) => audit.append(fields), log) : undefined;
   const limits: ListenerLimits[] = [];
   const a = config.approvals;
   const approvalStore = a.store.kind === "sqlite" ? new SqliteApprovalStore(a.store.path) : await (await import("./approvals/pg.ts")).PgApprovalStore.open(a.store.url);
@@ -110,6 +111,7 @@ export async function startGateway(config: Config, log: Logger, testing: { audit
     privilegeChecks.abort();
     // Held commands end (recorded, "the gateway is shutting down") before their sessions close and before the log closes.
     await approvals.close();
+    await accountEvents?.close();
     await Promise.all(listeners.map((l) => l.close({ sessions: true })));
     await admin?.stop(true);
     // Seal and checkpoint what is left so all of it can ship, then drain.
