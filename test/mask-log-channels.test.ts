@@ -27,6 +27,7 @@ import { createLogger } from "../src/core/log.ts";
 import { message } from "../src/protocols/postgres/wire.ts";
 import { API_KEY, directoryText, psql, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
+import { PSYCOPG_PYTHON } from "./helpers/psycopg.ts";
 import { Query, rawSession, Sync } from "./helpers/wire.ts";
 
 let db: TestPostgres;
@@ -243,7 +244,7 @@ with psycopg.connect(sys.argv[1]) as c:
     cur.execute("SELECT %b::text, %b::text", (${CARD}, Decimal("${CARD}")))
     print(cur.fetchone())
 `;
-    const r = await sh(["python3", "-c", py, url()]);
+    const r = await sh([PSYCOPG_PYTHON, "-c", py, url()]);
     expect(r.code).toBe(0);
     const rs = await records();
     const cmd = rs.findLast((x) => x.type === "command" && x.text === "SELECT $1::text, $2::text")!;
