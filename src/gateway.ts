@@ -25,7 +25,7 @@ import { type AuditSink, Guard } from "./core/guard.ts";
 import { type Limits, ListenerLimits } from "./core/limits.ts";
 import { Lockout, type LoginLockout } from "./core/lockout.ts";
 import type { Logger } from "./core/log.ts";
-import { AccountStore } from "./identity/accounts.ts";
+import { AccountStore, recordAccountEvents } from "./identity/accounts.ts";
 import { Identities } from "./identity/index.ts";
 import { DerivedRuleStore } from "./mask/derived.ts";
 import { createPolicyEngine, type PolicyManifest } from "./policy/index.ts";
@@ -76,6 +76,9 @@ export async function startGateway(config: Config, log: Logger, testing: { audit
   }
   const several = config.workers > 1;
   const limits = new Map([...config.connections, ...config.ssh].map((c) => [c.name, new ListenerLimits(c.name, c.limits)]));
+  // What `agate accounts unlock` leaves in the accounts store is recorded here, once for every worker thread.
+  const eventsStore = config.identity.accounts ? new AccountStore(config.identity.accounts) : undefined;
+  const accountEvents = eventsStore ? recordAccountEvents(eventsStore, (fields) => audit.append(fields), log) : undefined;
   let adminUrl: string | undefined;
   let pool: WorkerPool | null = null;
   let admin: ReturnType<typeof Bun.serve> | null = null;
@@ -87,6 +90,8 @@ export async function startGateway(config: Config, log: Logger, testing: { audit
     privilegeChecks.abort();
     // Held commands end (recorded, "the gateway is shutting down") and sessions close in every thread before the log closes.
     await Promise.all([pool?.close(), serving?.end()]);
+    await accountEvents?.close();
+    eventsStore?.close();
     await admin?.stop(true);
     // Seal and checkpoint what is left so all of it can ship, then drain.
     await shipper?.sealNow();

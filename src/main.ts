@@ -4,7 +4,7 @@
  * its own --help; errors print a sentence and exit non-zero.
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import { homedir } from "node:os";
+import { homedir, hostname, userInfo } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import pkg from "../package.json" with { type: "json" };
@@ -548,6 +548,19 @@ async function proof(argv: string[]): Promise<number> {
   }
 }
 
+/** Who runs this command, for the audit log: the system user (SUDO_USER behind sudo) and the host. */
+function operator(): string {
+  let user = process.env.SUDO_USER;
+  if (!user) {
+    try {
+      user = userInfo().username;
+    } catch {
+      user = `uid ${process.getuid?.() ?? "?"}`;
+    }
+  }
+  return `${user}@${hostname()}`;
+}
+
 /** The accounts store named by --db, or by identity.accounts in --config (read without the rest of the config). */
 function openAccounts(values: { db?: string; config?: string }): AccountStore {
   if (values.db) return new AccountStore(values.db);
@@ -606,8 +619,8 @@ async function accounts(argv: string[]): Promise<number> {
     if (sub === "unlock") {
       const user = positionals[0];
       if (!user) throw new AgateError("USAGE", "accounts unlock needs the user name (see agate accounts locked)");
-      if (!store.unlockUser(user)) throw new AgateError("NOT_LOCKED", `"${user}" is not locked in ${store.path}`);
-      console.log(`unlocked ${user}: its logins are accepted again`);
+      if (!store.unlockUser(user, operator())) throw new AgateError("NOT_LOCKED", `"${user}" is not locked in ${store.path}`);
+      console.log(`unlocked ${user}: its logins are accepted again (recorded in the audit log by the gateway)`);
       return 0;
     }
     if (sub === "locked") {

@@ -3,16 +3,18 @@
  * against a real PostgreSQL: failed logins from one address delay its
  * failure answers, then block it for a while; failures for one user name
  * from any address lock it, in the accounts store, until
- * `agate accounts unlock`. Each block and lock is recorded and in /metrics.
+ * `agate accounts unlock`. Each block, lock and unlock is recorded; blocks
+ * and locks are in /metrics.
  * Thresholds are small; the tests assert outcomes and order, not durations.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { generateKey } from "../src/audit/note.ts";
 import { parseConfig } from "../src/config/index.ts";
 import { Lockout } from "../src/core/lockout.ts";
+import { AccountStore } from "../src/identity/accounts.ts";
 import { hashApiKey } from "../src/identity/apikey.ts";
 import { API_KEY, psql, recordsOf, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
@@ -169,9 +171,40 @@ describe("per user", () => {
     }
     expect(e).toBeNull();
     expect(await metric(again, "agate_lockout_locked_users")).toBe(0);
+    // The unlock is recorded by the gateway (the CLI does not write the log), with who made it and the lock it lifted.
+    const [unlocked] = await recordsOf(again, "lockout", (rs) => rs.length >= 1);
+    expect(unlocked).toMatchObject({ action: "user_unlocked", user: USER, failures: 3, locked_at: right!.message.match(/since ([^)]+)\)/)![1] });
+    expect(String(unlocked!.by)).toEndWith(`@${hostname()}`);
+    expect(Date.parse(String(unlocked!.at))).toBeGreaterThan(Date.parse(String(unlocked!.locked_at)) - 1);
     const twice = await sh([process.execPath, MAIN, "accounts", "unlock", USER, "--db", accounts]);
     expect(twice.code).toBe(1);
     expect(twice.stderr).toContain(`"${USER}" is not locked`);
+  });
+
+  test("an unlock made while no gateway runs is recorded by the next one to start, once", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "agate-lockout-"));
+    dirs.push(dir);
+    const accounts = join(dir, "accounts.db");
+    const store = new AccountStore(accounts);
+    store.lockUser("someone", 7);
+    store.close();
+    const unlock = await sh([process.execPath, MAIN, "accounts", "unlock", "someone", "--db", accounts]);
+    expect(unlock.code).toBe(0);
+    const g = await gateway({ delay_after: 0, block_after: 0, lock_user_after: 3 }, accounts);
+    const records = await recordsOf(g, "lockout", (rs) => rs.length >= 1);
+    expect(records.map((r) => [r.action, r.user, r.failures])).toEqual([["user_unlocked", "someone", 7]]);
+    // Deleted from the store once durable: a later gateway does not record it again.
+    const reader = new AccountStore(accounts);
+    try {
+      let pending = reader.pendingEvents();
+      for (let i = 0; i < 200 && pending.length > 0; i++) {
+        await Bun.sleep(25);
+        pending = reader.pendingEvents();
+      }
+      expect(pending).toEqual([]);
+    } finally {
+      reader.close();
+    }
   });
 
   test("`agate accounts --help` describes locked and unlock", async () => {

@@ -6,13 +6,14 @@
  * loads with COPY … FROM STDIN (FORMAT binary), holding the masked values.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { psql, sh, startTestGateway, type TestGateway } from "./helpers/gateway.ts";
+import { API_KEY, psql, sh, startTestGateway, USER, type TestGateway } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
 import { PSYCOPG_PYTHON } from "./helpers/psycopg.ts";
+import { Bind, errorOf, Execute, Flush, Parse, Query, rawSession, Sync, type BackendMessage } from "./helpers/wire.ts";
 
 let db: TestPostgres;
 let gw: TestGateway;
@@ -167,6 +168,112 @@ with psycopg.connect(sys.argv[1]) as conn:
     } finally {
       await plain.close();
     }
+  });
+});
+
+describe("COPY … TO through every protocol path", () => {
+  // Every COPY here is described first and masked field by field (binary, or text and CSV under the column rules).
+  // Control characters in a literal: libpg-query's scanner wrote them raw into its JSON, so such a COPY could not be split.
+  const COPIES = [
+    "COPY people TO STDOUT (FORMAT binary)",
+    "COPY people (id, email) TO STDOUT (FORMAT binary)",
+    "COPY people (id, email) TO STDOUT",
+    "COPY people (id, email, card) TO STDOUT (FORMAT csv, HEADER)",
+    "COPY (SELECT id, email FROM people ORDER BY id) TO STDOUT (FORMAT binary)",
+    "COPY (SELECT id, email FROM people ORDER BY id) TO STDOUT (FORMAT csv)",
+    "COPY (SELECT id, E'\x01' || email AS email, '\x02\x1f' AS c FROM people ORDER BY id) TO STDOUT (FORMAT binary)",
+    "COPY (SELECT id, '\x01' || email AS email FROM people ORDER BY id) TO STDOUT",
+    "COPY (VALUES (1, 'x'), (2, NULL)) TO STDOUT (FORMAT binary)",
+  ];
+
+  /** One COPY's answer: CopyOutResponse, its CopyData, CopyDone, CommandComplete COPY 2; the data, masked. */
+  function expectCopied(messages: BackendMessage[], text: string): Buffer {
+    expect(messages.map((m) => m.type).join("")).toMatch(/^(?:1|2)*Hd+cC/);
+    expect(messages.find((m) => m.type === "C")!.body.toString("latin1")).toBe("COPY 2\0");
+    const data = Buffer.concat(messages.filter((m) => m.type === "d").map((m) => m.body));
+    noRaw(data);
+    if (text.includes("email")) expect(data.toString("latin1")).toContain("[REDACTED:email]");
+    return data;
+  }
+
+  test("simple, extended, pipelined and after Sync, Flush: every COPY is masked and the session goes on", async () => {
+    const s = await rawSession(gw.port, { user: USER, password: API_KEY });
+    try {
+      for (const text of COPIES) {
+        s.send(Query(text));
+        const expected = expectCopied(await s.untilReady(), text);
+        // the extended protocol, the COPY in a batch of its own: the same bytes
+        s.send([Parse(text), Bind(), Execute(), Sync]);
+        expect(expectCopied(await s.untilReady(), text).equals(expected)).toBe(true);
+        // libpq's pipelines end in Sync, Flush: the Query after them stands in no batch
+        s.send([Parse("SELECT 1"), Bind(), Execute(), Sync, Flush, Query(text)]);
+        const after = await s.untilReady(2);
+        expect(expectCopied(after.slice(after.findIndex((m) => m.type === "Z") + 1), text).equals(expected)).toBe(true);
+      }
+      // two COPYs pipelined in one batch
+      s.send([Parse(COPIES[1]!), Bind(), Execute(), Parse(COPIES[4]!), Bind(), Execute(), Sync]);
+      const both = await s.untilReady();
+      const second = both.findIndex((m) => m.type === "C") + 1;
+      expectCopied(both.slice(0, second), COPIES[1]!);
+      expectCopied(both.slice(second), COPIES[4]!);
+      expect(s.closed).toBe(false);
+    } finally {
+      s.close();
+    }
+  });
+
+  test("a COPY agate cannot describe is refused before it runs, and the session goes on", async () => {
+    const s = await rawSession(gw.port, { user: USER, password: API_KEY });
+    try {
+      // a Unicode-escaped name, which PostgreSQL reads and agate does not split
+      s.send(Query(`COPY U&"peopl\\0065" TO STDOUT (FORMAT binary)`));
+      const refused = await s.untilReady();
+      expect(refused.map((m) => m.type).join("")).toBe("EZ");
+      expect(errorOf(refused[0]!).code).toBe("42501");
+      s.send([Parse(`COPY U&"peopl\\0065" (id) TO STDOUT (FORMAT binary)`), Bind(), Execute(), Sync]);
+      const inBatch = await s.untilReady();
+      expect(inBatch.map((m) => m.type).join("")).toBe("12EZ");
+      expect(errorOf(inBatch[2]!).code).toBe("42501");
+      // a Query inside an open extended batch cannot be described first (agate's Sync would end the batch)
+      s.send([Parse("SELECT 1"), Query(COPIES[0]!)]);
+      const open = await s.untilReady();
+      expect(open.map((m) => m.type).join("")).toBe("1EZ");
+      expect(errorOf(open[1]!).message).toContain("unfinished extended-protocol batch");
+      s.send(Query("SELECT 1"));
+      expect((await s.untilReady()).map((m) => m.type).join("")).toBe("TDCZ");
+    } finally {
+      s.close();
+    }
+  });
+
+  test.skipIf(!existsSync(PSYCOPG_PYTHON))("psycopg: binary and text COPY of a query holding every character, and COPY after executemany's pipeline, as direct", async () => {
+    const script = `
+import sys, psycopg
+from psycopg import sql
+with psycopg.connect(sys.argv[1]) as conn:
+    chars = list(map(chr, range(1, 256)))
+    conn.execute("set client_encoding to utf8")
+    for fmt in ("binary", "text"):
+        query = sql.SQL("copy (select unnest({}::text[])) to stdout (format {})").format(chars, sql.SQL(fmt))
+        with conn.cursor().copy(query) as copy:
+            copy.set_types(["text"])
+            rows = [r[0] for r in copy.rows()]
+        print(fmt, rows == chars)
+    conn.commit()
+    conn.cursor().executemany("insert into across values (%s, %s)", [(1, "a"), (2, "${TOKEN}")])
+    with conn.cursor().copy("copy across to stdout (format binary)") as copy:
+        copy.set_types(["int4", "text"])
+        print(list(copy.rows()))
+    conn.rollback()
+`;
+    // made beforehand (DDL is held for approval under the default policy), so that agate's catalog sees its columns' origins
+    await db.psql("CREATE TABLE across (id int, note text); GRANT ALL ON across TO app_scram");
+    const direct = await sh([PSYCOPG_PYTHON, "-c", script, db.url("app_scram")]);
+    expect(direct.stderr).toBe("");
+    const out = await sh([PSYCOPG_PYTHON, "-c", script, gw.url()]);
+    expect(out.stderr).toBe("");
+    expect(out.stdout).toBe(direct.stdout.replace(TOKEN, "[REDACTED:github_token]"));
+    expect(out.stdout).toBe("binary True\ntext True\n[(1, 'a'), (2, '[REDACTED:github_token]')]\n");
   });
 });
 

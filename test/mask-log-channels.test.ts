@@ -27,8 +27,8 @@ import { createLogger } from "../src/core/log.ts";
 import { message } from "../src/protocols/postgres/wire.ts";
 import { API_KEY, directoryText, psql, sh, startTestGateway, type TestGateway, USER } from "./helpers/gateway.ts";
 import { startPostgres, type TestPostgres } from "./helpers/postgres.ts";
-import { Query, rawSession, Sync } from "./helpers/wire.ts";
 import { PSYCOPG_PYTHON } from "./helpers/psycopg.ts";
+import { Query, rawSession, Sync } from "./helpers/wire.ts";
 
 let db: TestPostgres;
 let gw: TestGateway;

@@ -119,4 +119,11 @@ describe("copySource", () => {
     expect(copySource(`COPY t TO STDOUT (DELIMITER '|')`).plain).toBe(false);
     expect(copySource(`COPY t TO STDOUT WITH NULL 'x'`).plain).toBe(false);
   });
+
+  test("a query whose literals or names hold control characters (the scanner's JSON has them raw)", () => {
+    const every = Array.from({ length: 255 }, (_, i) => String.fromCharCode(i + 1)).join("").replaceAll("'", "''");
+    for (const query of [`SELECT E'\x01'`, `SELECT '${every}'::text`, `SELECT 1 AS "a\x1fb"`, `SELECT U&'\\0001' || $$\x02$$`]) {
+      expect(copySource(`COPY (${query}) TO STDOUT (FORMAT binary)`)).toEqual({ describe: query, plain: true, header: false });
+    }
+  });
 });

@@ -11,9 +11,16 @@
  * (core/lockout.ts), so a lock survives a restart; `agate accounts unlock`
  * lifts one. A locked name need not be an account here (an API key of the
  * configuration, an OIDC user, or no one at all).
+ *
+ * The CLI cannot write the audit log (the gateway is its only writer), so
+ * an unlock leaves an event in `account_events`, in the same transaction
+ * as the lock's removal; a gateway records each event (pendingEvents) and
+ * then deletes it (eventsRecorded): at least once, and an unlock made while
+ * no gateway ran is recorded when one starts.
  */
 import type { Database } from "bun:sqlite";
-import { AgateError } from "../core/errors.ts";
+import { AgateError, asError } from "../core/errors.ts";
+import type { Logger } from "../core/log.ts";
 import { dataVersion, openSqlite } from "../store/sqlite.ts";
 import { createApiKey, type ApiKeyAccount } from "./apikey.ts";
 
@@ -25,6 +32,8 @@ export interface StoredAccount extends ApiKeyAccount {
 
 /** How often a gateway looks for changes another process made. */
 const REFRESH_MS = 100;
+/** How often a gateway looks for events to record. */
+const EVENTS_MS = 1000;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS accounts (
@@ -42,6 +51,11 @@ CREATE TABLE IF NOT EXISTS locked_users (
   user       TEXT PRIMARY KEY,       -- the user name as clients gave it
   locked_at  TEXT NOT NULL,
   failures   INTEGER NOT NULL        -- failed logins in the window that locked it
+) STRICT;
+CREATE TABLE IF NOT EXISTS account_events (
+  seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+  at         TEXT NOT NULL,
+  event      TEXT NOT NULL           -- JSON: the audit record's fields, {action: "user_unlocked", ...}
 ) STRICT;`;
 
 interface Row {
@@ -60,6 +74,13 @@ export interface LockedUser {
   user: string;
   locked_at: string;
   failures: number;
+}
+
+/** An operator's change to the store, for the audit log: `at` when it was made. */
+export interface AccountEvent {
+  seq: number;
+  at: string;
+  fields: { action: "user_unlocked"; user: string; by: string; locked_at: string; failures: number };
 }
 
 export class AccountStore {
@@ -107,11 +128,28 @@ export class AccountStore {
     this.#load();
   }
 
-  /** Lift the lock on `user`. Returns false if it was not locked. */
-  unlockUser(user: string): boolean {
-    const r = this.#db.query("DELETE FROM locked_users WHERE user = ?").run(user);
+  /** Lift the lock on `user`, by operator `by`, leaving an event for the audit log. Returns false if it was not locked. */
+  unlockUser(user: string, by: string): boolean {
+    const unlocked = this.#db.transaction(() => {
+      const lock = this.#db.query("SELECT locked_at, failures FROM locked_users WHERE user = ?").get(user) as { locked_at: string; failures: number } | null;
+      if (!lock) return false;
+      this.#db.query("DELETE FROM locked_users WHERE user = ?").run(user);
+      const event: AccountEvent["fields"] = { action: "user_unlocked", user, by, locked_at: lock.locked_at, failures: lock.failures };
+      this.#db.query("INSERT INTO account_events (at, event) VALUES (?, ?)").run(new Date().toISOString(), JSON.stringify(event));
+      return true;
+    })();
     this.#load();
-    return r.changes > 0;
+    return unlocked;
+  }
+
+  /** Events not yet recorded in the audit log, oldest first. */
+  pendingEvents(): AccountEvent[] {
+    return (this.#db.query("SELECT seq, at, event FROM account_events ORDER BY seq").all() as { seq: number; at: string; event: string }[]).map((r) => ({ seq: r.seq, at: r.at, fields: JSON.parse(r.event) as AccountEvent["fields"] }));
+  }
+
+  /** The events up to `seq` are durable in the audit log. */
+  eventsRecorded(seq: number): void {
+    this.#db.query("DELETE FROM account_events WHERE seq <= ?").run(seq);
   }
 
   /** When `user` was locked, or undefined (another process's unlock is seen within REFRESH_MS). */
@@ -182,4 +220,38 @@ export class AccountStore {
   close(): void {
     this.#db.close();
   }
+}
+
+/**
+ * Record the store's events in the audit log, as `{type: "lockout", action,
+ * …, at}`, now and every EVENTS_MS: each is deleted once its record is
+ * durable (`append` resolves). close() records what is left.
+ */
+export function recordAccountEvents(store: AccountStore, append: (fields: Record<string, unknown>) => Promise<number>, log: Logger): { close(): Promise<void> } {
+  let running: Promise<void> | undefined;
+  const once = async () => {
+    try {
+      for (const e of store.pendingEvents()) {
+        await append({ type: "lockout", ...e.fields, at: e.at });
+        store.eventsRecorded(e.seq);
+      }
+    } catch (err) {
+      log("error", "accounts store events not recorded yet; retrying", { error: asError(err).message });
+    }
+  };
+  // One drain at a time; a tick during one is skipped.
+  const drain = () => {
+    if (!running) running = once().finally(() => (running = undefined));
+    return running;
+  };
+  void drain();
+  const timer = setInterval(drain, EVENTS_MS);
+  timer.unref();
+  return {
+    async close() {
+      clearInterval(timer);
+      await running;
+      await drain();
+    },
+  };
 }

@@ -355,7 +355,10 @@ export class PgSession {
         return this.forward(f);
       }
       case T.Flush:
-        return this.forward(f);
+        // A Flush asks for what is owed and opens no batch (libpq pipelines end in Sync, Flush): what comes
+        // next, a Query or a COPY agate must describe first, does not stand inside an extended batch.
+        this.toUpstream.add(f.raw);
+        return;
       case T.Sync:
         return this.onSync(f);
       case T.CopyData:
@@ -400,7 +403,19 @@ export class PgSession {
       return;
     }
     const copies = this.copiesToDescribe(command, verdict.mask);
-    const copyColumns = copies.length > 0 && this.batchForwarded === 0 ? await this.describeCopies(command, copies, true) : undefined;
+    if (copies.length > 0 && this.batchForwarded > 0) {
+      // agate describes with a Sync of its own, which would end the client's open batch.
+      this.refuseQuery(
+        ErrorResponse({
+          severity: "ERROR",
+          code: "42501",
+          message: "agate: a COPY … TO whose output is masked field by field cannot be sent inside an unfinished extended-protocol batch",
+          hint: "Send Sync before the query.",
+        }),
+      );
+      return;
+    }
+    const copyColumns = copies.length > 0 ? await this.describeCopies(command, copies, true) : undefined;
     if (this.closed) return;
     if (copies.some((i) => i > 0 && copyColumns?.get(i) === undefined)) {
       // What the COPY reads may be made by the statements before it: it runs, and cannot be masked.
@@ -482,6 +497,16 @@ export class PgSession {
    */
   private unmaskable(command: Command, verdict: Verdict): Buffer | undefined {
     const m = verdict.mask;
+    const statements = command.sql?.statements ?? [];
+    if (this.copiesToDescribe(command, m).some((i) => copySource(statements[i]!.text).describe === undefined)) {
+      // Its rows could not be masked: refused before it runs, not after, with the session kept.
+      return ErrorResponse({
+        severity: "ERROR",
+        code: "42501",
+        message: "agate: the columns this COPY … TO reads cannot be told from its text, and its output must be masked field by field",
+        hint: "Name the table (and columns) with plain or double-quoted identifiers, or use COPY (SELECT …) TO.",
+      });
+    }
     if (m.empty || m.columns.length === 0) return undefined;
     const odd = command.sql?.statements.some((s) => s.copy?.direction === "to" && s.copy.stdio && s.copy.format !== "binary" && !copySource(s.text).plain);
     if (!odd) return undefined;

@@ -271,7 +271,19 @@ export function scanSql(bytes: Uint8Array): SqlToken[] {
   if (m === undefined) throw new AgateError("SQL_NOT_READY", "The SQL parser is not loaded or is restarting; retry the statement.");
   const json = callModule(m, bytes, "scanner", (q) => m._wasm_scan(q), (r) => m.UTF8ToString(r), (r) => m._wasm_free_string(r));
   if (!json.startsWith("{")) throw new AgateError("SQL_PARSE", json || "syntax error", {});
-  return (JSON.parse(json) as { tokens?: SqlToken[] }).tokens ?? [];
+  return (JSON.parse(escapeControls(json)) as { tokens?: SqlToken[] }).tokens ?? [];
+}
+
+/**
+ * libpg-query's scanner writes each token's text into its JSON escaping `"`,
+ * `\\`, \n, \t and a few more, but other control characters (U+0001 to
+ * U+001F, legal in a string literal or an identifier) raw, which JSON
+ * forbids: COPY (SELECT E'\x01'…) could not be split, nor text lexed
+ * under standard_conforming_strings off. Its JSON has no whitespace between tokens, so every control
+ * character in it is inside a string: escape them all.
+ */
+function escapeControls(json: string): string {
+  return /[\u0000-\u001f]/.test(json) ? json.replace(/[\u0000-\u001f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`) : json;
 }
 
 /**
