@@ -29,6 +29,7 @@ import { parseArgs } from "node:util";
 import { openLog, verifyLog } from "../../src/audit/index.ts";
 import { generateKey, parseSignerKey, parseVerifierKey } from "../../src/audit/note.ts";
 import { scanSegment, listSegments } from "../../src/audit/segments.ts";
+import { printHelp } from "./stack.ts";
 
 const { values: opt } = parseArgs({
   options: {
@@ -36,8 +37,10 @@ const { values: opt } = parseArgs({
     records: { type: "string", default: "40000" },
     rounds: { type: "string", default: "3" },
     dir: { type: "string", default: os.tmpdir() },
+    help: { type: "boolean", short: "h" },
   },
 });
+if (opt.help) printHelp(import.meta.path);
 const W = Number(opt.writers);
 const N = Number(opt.records);
 const R = Number(opt.rounds);

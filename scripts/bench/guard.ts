@@ -29,12 +29,10 @@ import { Catalog } from "../../src/protocols/postgres/catalog.ts";
 import { catalogFacts } from "../../src/protocols/postgres/facts.ts";
 import { analyzeSql, initSql } from "../../src/protocols/postgres/sql.ts";
 import { startPostgres } from "../../test/helpers/postgres.ts";
+import { printHelp } from "./stack.ts";
 
 const { values: args } = parseArgs({ options: { n: { type: "string", default: "20000" }, rounds: { type: "string", default: "5" }, help: { type: "boolean" } } });
-if (args.help) {
-  console.log((await Bun.file(import.meta.path).text()).split("*/")[0]!.replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
-  process.exit(0);
-}
+if (args.help) printHelp(import.meta.path);
 const N = Number(args.n);
 const ROUNDS = Number(args.rounds);
 

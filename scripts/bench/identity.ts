@@ -14,8 +14,10 @@ import { parseArgs } from "node:util";
 import { SignJWT, exportJWK, generateKeyPair, jwtVerify } from "jose";
 import { ApiKeyVerifier, createApiKey } from "../../src/identity/apikey.ts";
 import { OidcVerifier } from "../../src/identity/oidc.ts";
+import { printHelp } from "./stack.ts";
 
-const { values: opt } = parseArgs({ options: { seconds: { type: "string", default: "3" } } });
+const { values: opt } = parseArgs({ options: { seconds: { type: "string", default: "3" }, help: { type: "boolean", short: "h" } } });
+if (opt.help) printHelp(import.meta.path);
 const SECONDS = Number(opt.seconds);
 
 const rsa = await generateKeyPair("RS256");

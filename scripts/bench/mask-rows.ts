@@ -23,8 +23,10 @@ import type { ColumnOrigin } from "../../src/protocols/postgres/catalog.ts";
 import { Outbox } from "../../src/protocols/postgres/framer.ts";
 import { type Field, newTally, ResultMasker, RowSlabs } from "../../src/protocols/postgres/rows.ts";
 import { FIRST, LAST, NOTES } from "./mask-data.ts";
+import { printHelp } from "./stack.ts";
 
-const { values: opt } = parseArgs({ args: process.argv.slice(2), options: { rows: { type: "string", default: "1000000" }, rounds: { type: "string", default: "5" } } });
+const { values: opt } = parseArgs({ args: process.argv.slice(2), options: { rows: { type: "string", default: "1000000" }, rounds: { type: "string", default: "5" }, help: { type: "boolean", short: "h" } } });
+if (opt.help) printHelp(import.meta.path);
 const ROWS = Number(opt.rows);
 const ROUNDS = Number(opt.rounds);
 const DISTINCT = Math.min(ROWS, 100_000);

@@ -26,8 +26,10 @@ import { createLogger } from "../../src/core/log.ts";
 import { startGateway } from "../../src/gateway.ts";
 import { hashApiKey } from "../../src/identity/apikey.ts";
 import { startSshd } from "../../test/helpers/sshd.ts";
+import { printHelp } from "./stack.ts";
 
-const { values } = parseArgs({ args: Bun.argv.slice(2), options: { execs: { type: "string" }, bytes: { type: "string" }, "no-mask": { type: "boolean" } } });
+const { values } = parseArgs({ args: Bun.argv.slice(2), options: { execs: { type: "string" }, bytes: { type: "string" }, "no-mask": { type: "boolean" }, help: { type: "boolean", short: "h" } } });
+if (values.help) printHelp(import.meta.path);
 const EXECS = Number(values.execs ?? 200);
 const BYTES = Number(values.bytes ?? 200 * 1024 * 1024);
 const KEY = "agk_bench_key_for_ssh_exec_0123456789abcdef";

@@ -342,6 +342,6 @@ export async function runMain(main: () => Promise<number>): Promise<void> {
 /** --help: print the script's header comment (its first block comment) and exit. */
 export function printHelp(script: string): never {
   const doc = readFileSync(script, "utf8").split("*/")[0]!;
-  console.log(doc.replace(/^#!.*\n\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
+  console.log(doc.replace(/^#!.*\n/, "").replace(/^\/\*\*\n/, "").replace(/^ \* ?/gm, ""));
   process.exit(0);
 }
