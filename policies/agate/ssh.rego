@@ -12,7 +12,10 @@
 #                                 computed at run time, `sh -c "$X"`, `eval "$X"`, a shell
 #                                 reading its script from a pipe or the client (`echo x | sh`)
 #   agate.ssh.deny_rm_system      recursive rm of /, a top-level system path, a glob at the
-#                                 top level, a path through `..`, or --no-preserve-root
+#                                 top level, a path through `..`, or --no-preserve-root; find
+#                                 deleting (-delete, -exec rm …) from / or a top-level system
+#                                 path but /tmp; rm -r of paths added at run time (xargs);
+#                                 rm -r of ".", ".." or a glob after cd to a system path
 #   agate.ssh.deny_mkfs           mkfs, mkfs.*, mke2fs, mkswap, wipefs
 #   agate.ssh.deny_device_write   dd of=/dev/…, or a redirection writing to a device
 #                                 (other than /dev/null, /dev/stdout, /dev/stderr, /dev/tty, /dev/fd/*)
@@ -98,6 +101,85 @@ violations contains violation(
 	not startswith(a, "-")
 	rm_system_path(a)
 }
+
+# find's start paths: its arguments before the expression (which starts at "-…", "(", "!" or ",").
+find_expression_start(a) if startswith(a, "-")
+
+find_expression_start(a) if a in {"(", "!", ","}
+
+find_roots(c) := roots if {
+	firsts := [i | some i, a in c.args; find_expression_start(a)]
+	count(firsts) > 0
+	roots := array.slice(c.args, 0, min(firsts))
+}
+
+find_roots(c) := c.args if {
+	count([i | some i, a in c.args; find_expression_start(a)]) == 0
+}
+
+# What a find does to each file it finds that deletes it: -delete, or -exec/-execdir/-ok/-okdir of rm, unlink, shred.
+find_deletes(c) if "-delete" in c.args
+
+find_deletes(c) if {
+	some i, a in c.args
+	a in {"-exec", "-execdir", "-ok", "-okdir"}
+	deleting_program(c.args[i + 1])
+}
+
+deleting_program(p) if p in {"rm", "unlink", "shred"}
+
+deleting_program(p) if {
+	some n in {"rm", "unlink", "shred"}
+	endswith(p, concat("", ["/", n]))
+}
+
+violations contains violation(
+	"agate.ssh.deny_rm_system", "deny_rm_system", true,
+	concat("", ["find ", root, " ", ssh_where(c), " deletes what it finds under a system directory"]),
+) if {
+	some c in ssh_commands
+	c.name == "find"
+	find_deletes(c)
+	some root in find_roots(c)
+	rm_system_path(root)
+	# Cleaning up /tmp (`find /tmp -mtime +7 -delete`) is what /tmp is for.
+	not regex.match(`^/+tmp/*$`, root)
+}
+
+# rm -r of paths added when the line runs (xargs, parallel): they may be any directory.
+violations contains violation(
+	"agate.ssh.deny_rm_system", "deny_rm_system", true,
+	concat("", ["rm -r ", ssh_where(c), " deletes paths only known when the line runs"]),
+) if {
+	some c in ssh_commands
+	c.name == "rm"
+	rm_recursive(c)
+	c.dynamic
+	some v in c.via
+	v in {"xargs", "parallel"}
+}
+
+# `cd /etc && rm -rf *`: everything in a system directory, named relative to it after a cd there.
+violations contains violation(
+	"agate.ssh.deny_rm_system", "deny_rm_system", true,
+	concat("", ["rm -r of ", json.marshal(a), " after cd ", dir, " ", ssh_where(c), " would empty a system directory"]),
+) if {
+	some d in ssh_commands
+	d.name in {"cd", "pushd"}
+	some dir in d.args
+	rm_system_path(dir)
+	some c in ssh_commands
+	c.name == "rm"
+	rm_recursive(c)
+	some a in c.args
+	not startswith(a, "-")
+	rm_relative_everything(a)
+}
+
+# Relative paths that name the working directory itself or everything in it: ".", "..", "*", "./.*", "{a,b}*" …
+rm_relative_everything(a) if regex.match(`^(\./+)*\.{1,2}/*$`, a)
+
+rm_relative_everything(a) if regex.match(`^(\./+)*[^/]*[*?\[{][^/]*/*$`, a)
 
 violations contains violation(
 	"agate.ssh.deny_rm_system", "deny_rm_system", true,

@@ -62,6 +62,35 @@ test_rm_system_every_spelling if {
 
 test_rm_no_preserve_root if ssh_denied_by([cmd("rm", ["--no-preserve-root", "-rf", "x"])], [], "agate.ssh.deny_rm_system")
 
+dyn(c, via) := object.union(c, {"dynamic": true, "via": [via]})
+
+test_find_deleting_from_a_system_path_denied if {
+	ssh_denied_by([cmd("find", ["/", "-exec", "rm", "-rf", "{}", "+"]), dyn(cmd("rm", ["-rf", "{}"]), "find -exec")], [], "agate.ssh.deny_rm_system")
+	ssh_denied_by([cmd("find", ["/etc", "-name", "*.conf", "-delete"])], [], "agate.ssh.deny_rm_system")
+	ssh_denied_by([cmd("find", ["/usr", "/srv/app", "-type", "f", "-execdir", "/bin/rm", "{}", ";"])], [], "agate.ssh.deny_rm_system")
+	ssh_denied_by([cmd("find", ["/", "(", "-name", "x", ")", "-ok", "shred", "{}", ";"])], [], "agate.ssh.deny_rm_system")
+}
+
+test_find_deleting_elsewhere_allowed if {
+	ssh_allowed([cmd("find", [".", "-name", "*.o", "-delete"])])
+	ssh_allowed([cmd("find", ["/tmp", "-mtime", "+7", "-delete"])])
+	ssh_allowed([cmd("find", ["/var/log/app", "-name", "*.gz", "-exec", "rm", "{}", "+"]), dyn(cmd("rm", ["{}"]), "find -exec")])
+	ssh_allowed([cmd("find", ["/", "-name", "core", "-print"])])
+}
+
+test_rm_recursive_of_runtime_paths_denied if {
+	ssh_denied_by([cmd("ls", ["/"]), cmd("xargs", ["rm", "-rf"]), dyn(cmd("rm", ["-rf"]), "xargs")], [], "agate.ssh.deny_rm_system")
+	ssh_allowed([cmd("xargs", ["rm", "-f"]), dyn(cmd("rm", ["-f"]), "xargs")])
+}
+
+test_rm_after_cd_to_a_system_path if {
+	ssh_denied_by([cmd("cd", ["/"]), cmd("rm", ["-rf", "*"])], [], "agate.ssh.deny_rm_system")
+	ssh_denied_by([cmd("cd", ["/etc"]), cmd("rm", ["-r", "."])], [], "agate.ssh.deny_rm_system")
+	ssh_denied_by([cmd("cd", ["/usr/"]), cmd("rm", ["-rf", "./*"])], [], "agate.ssh.deny_rm_system")
+	ssh_allowed([cmd("cd", ["/tmp"]), cmd("rm", ["-rf", "build"])])
+	ssh_allowed([cmd("cd", ["/srv/app"]), cmd("rm", ["-rf", "*"])])
+}
+
 test_rm_not_recursive_allowed if ssh_allowed([cmd("rm", ["/etc/app.conf.bak"])])
 
 test_mkfs_denied if {
