@@ -153,13 +153,15 @@ export class Catalog {
   }
 
   /**
-   * Forget every cached origin and type: a DDL statement ran through agate
-   * (CREATE OR REPLACE VIEW, ALTER TABLE …), so lineage must be read anew at
-   * once. Changes made elsewhere are seen after CACHE_MS.
+   * Forget every cached origin and type, and what the estimator knows of
+   * tables (rules, unique keys): a DDL statement ran through agate (CREATE
+   * OR REPLACE VIEW, ALTER TABLE …), so they must be read anew at once.
+   * Changes made elsewhere are seen after CACHE_MS.
    */
   invalidate(): void {
     this.relations.clear();
     this.types.clear();
+    this.estimator.invalidate();
   }
 
   async close(): Promise<void> {

@@ -1150,7 +1150,6 @@ export class PgSession {
   private lineageChanged(): void {
     this.catalog.invalidate();
     catalogFacts(this.catalog).invalidate();
-    this.catalog.estimator.invalidate();
   }
 
   /** An error answers the statement after the last CommandComplete: there must be one. */

@@ -97,7 +97,7 @@ function whereEqual(type: string, node: Obj): { columns: string[]; only: boolean
   if (Array.isArray(from) && from.length > 0) return undefined;
   const rel = node.relation as Obj | undefined;
   if (!isRangeVar(rel) || typeof rel.relname !== "string") return undefined;
-  const alias = ((rel.alias as Obj | undefined)?.aliasname as string | undefined) ?? undefined;
+  const alias = (rel.alias as Obj | undefined)?.aliasname as string | undefined;
   // A column of the written relation, as the WHERE clause may name it: bare, by alias (which hides the
   // relation's own name), by relation name, or schema-qualified.
   const column = (e: unknown): string | undefined => {
@@ -125,9 +125,9 @@ function whereEqual(type: string, node: Obj): { columns: string[]; only: boolean
     if (op?.kind !== "AEXPR_OP" || !Array.isArray(op.name)) return;
     const name = op.name.map((n) => ((n as Obj)?.String as Obj | undefined)?.sval);
     if (!(name.length === 1 && name[0] === "=") && !(name.length === 2 && name[0] === "pg_catalog" && name[1] === "=")) return;
-    const c = column(op.lexpr) ?? column(op.rexpr);
-    const other = column(op.lexpr) !== undefined ? op.rexpr : op.lexpr;
-    if (c !== undefined && constant(other)) columns.add(c);
+    const left = column(op.lexpr);
+    const c = left ?? column(op.rexpr);
+    if (c !== undefined && constant(left !== undefined ? op.rexpr : op.lexpr)) columns.add(c);
   };
   visit(node.whereClause);
   return columns.size > 0 ? { columns: [...columns], only: rel.inh !== true } : undefined;
